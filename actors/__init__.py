@@ -1,0 +1,1 @@
+"""Domain actors and demo applications built on :mod:`runtime`."""

@@ -1,0 +1,60 @@
+"""Card-fraud detection: transactions in, customer profiles and alerts out.
+
+The app validates each transaction (bad rows go to ``dead_letters`` with a reason),
+drops redelivered ``event_id``s, routes the rest to :class:`~actors.customer.Customer`
+shards, and persists the ``alerts`` topic to the ``alerts`` table (an idempotent
+upsert by ``event_id``, so a replay after a crash leaves one alert per event).
+
+>>> fraud_app.kind.name, sorted(fraud_app.sinks)
+('customers', ['alerts'])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.customer import Customer, FraudConfig
+from runtime import App, Column, EventSchema
+
+MAX_ID_LEN = 128
+MAX_AMOUNT = 1_000_000.0  # above this an amount is taken as a data error, not a purchase
+
+TRANSACTIONS = EventSchema(
+    "transactions",
+    [
+        Column("event_id", "int64", min=0),
+        Column("ts", "timestamp"),
+        Column("customer_id", "string", max_len=MAX_ID_LEN),
+        Column("device_id", "string", max_len=MAX_ID_LEN),
+        Column("merchant_id", "string", max_len=MAX_ID_LEN),
+        Column("category", "string", max_len=64),
+        Column("amount", "float64", min=0.0, max=MAX_AMOUNT),
+        Column("lat", "float64", min=-90.0, max=90.0),
+        Column("lon", "float64", min=-180.0, max=180.0),
+        Column("is_fraud", "bool", required=False),
+    ],
+)
+
+
+def summarize(counters: dict[str, float]) -> dict[str, Any]:
+    """Alert counts and, when the stream carried labels, precision and recall."""
+    tp = counters.get("true_positives", 0)
+    fp = counters.get("false_positives", 0)
+    fn = counters.get("false_negatives", 0)
+    out: dict[str, Any] = {"alerts": int(counters.get("alerts", 0))}
+    if counters.get("labelled"):
+        out["labelled"] = int(counters["labelled"])
+        out["precision"] = round(tp / (tp + fp), 4) if tp + fp else None
+        out["recall"] = round(tp / (tp + fn), 4) if tp + fn else None
+    return out
+
+
+def make_app(config: FraudConfig | None = None) -> App:
+    """The fraud app with custom scoring settings."""
+    sinks = {"alerts": ("alerts", "event_id")}
+    if config is not None and config.predictions:
+        sinks["predictions"] = ("predictions", "event_id")
+    return App("fraud", TRANSACTIONS, Customer, config, sinks=sinks, summarize=summarize)
+
+
+fraud_app = make_app()

@@ -1,0 +1,360 @@
+"""The coordinator: starts Ray, hosts kinds in shards, routes batches, takes checkpoints.
+
+>>> import tempfile, pyarrow as pa
+>>> from runtime.entity import EntityKind
+>>> class Counter(EntityKind):
+...     name, key, state = "counters", "user_id", {"clicks": "int64"}
+...     def on_event(self, state, event):
+...         state["clicks"] += 1
+>>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local") as rt:
+...     rt.register(Counter)
+...     _ = rt.send("counters", [{"user_id": "u1"}, {"user_id": "u1"}])
+...     Counter.ref("u1").get()["clicks"]
+2
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from runtime.entity import EntityKind, EntityRef, current_runtime
+from runtime.errors import ConfigError, NotStartedError
+from runtime.handles import Handle, init_ray, ready, resolve, spawn
+from runtime.index import SeenSet
+from runtime.keys import hash_keys, shard_of
+from runtime.schema import DEAD_LETTER_SCHEMA
+from runtime.shard import Shard
+from runtime.sinks import TableSink
+from runtime.store import Checkpoint, Store
+from runtime.topic import Topic
+
+DEAD_LETTERS = "dead_letters"
+SEEN = "_seen"
+SNAPSHOTS = "_snapshots"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Settings only; live state is rebuilt from the data folder when the runtime starts."""
+
+    data_dir: str = "./edgecore-data"
+    #: None: start an embedded local Ray; "auto" or "ray://..."/"host:port": attach
+    address: str | None = None
+    #: "ray" (actors in Ray) or "local" (in-process, for tests and debugging)
+    mode: str = "ray"
+    #: shards per entity kind; default: the number of CPUs
+    shards: int | None = None
+    #: active entities per shard before the least recently used are passivated
+    max_active: int = 2_000_000
+    #: batches in flight per shard; bounds memory when a shard is slower than its source
+    max_inflight: int = 2
+    #: checkpoint after this many accepted events, or this many seconds
+    checkpoint_rows: int = 2_000_000
+    checkpoint_seconds: float = 30.0
+    #: compact tables and drop old versions every N checkpoints
+    compact_every: int = 5
+    #: how many applied event ids are remembered for deduplication
+    dedup_capacity: int = 50_000_000
+    topic_retention_rows: int = 1_000_000
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ray", "local"):
+            raise ConfigError(f"mode must be 'ray' or 'local', not {self.mode!r}")
+        if self.shards is not None and self.shards < 1:
+            raise ConfigError(f"shards must be >= 1, not {self.shards}")
+
+
+@dataclass
+class _Kind:
+    cls: type[EntityKind]
+    shards: list[Handle]
+    inflight: list[list[Any]] = field(default_factory=list)
+
+
+class Runtime:
+    """A running edgecore: use as a context manager, or call start() and stop()."""
+
+    def __init__(self, config: RuntimeConfig | None = None, **overrides: Any) -> None:
+        self.config = replace(config or RuntimeConfig(), **overrides)
+        self.store: Store | None = None
+        self.kinds: dict[str, _Kind] = {}
+        self.topics: dict[str, Handle] = {}
+        self.subscribers: dict[str, Handle] = {}
+        self.seen = SeenSet(self.config.dedup_capacity)
+        self.checkpoint_state = Checkpoint()
+        self._new_seen: list[np.ndarray] = []
+        self._dead: list[pa.Table] = []
+        self._done: list[dict[str, float]] = []  # stats of finished shard calls
+        self._started_ray = False
+        self._token: Any = None
+        self.n_checkpoints = 0
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> Runtime:
+        cfg = self.config
+        if cfg.mode == "ray":
+            self._started_ray = init_ray(cfg.address, cfg.num_cpus)
+        self.store = Store(cfg.data_dir)
+        cp = self.store.last_checkpoint()
+        self.checkpoint_state = self.store.recover(sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions}))
+        if self.store.exists(SEEN):
+            ids = self.store.read(SEEN, columns=["event_id"]).column("event_id").to_numpy()
+            self.seen.add(np.unique(ids))
+        self._token = current_runtime.set(self)
+        return self
+
+    def __enter__(self) -> Runtime:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop(checkpoint=exc[0] is None)
+
+    def stop(self, checkpoint: bool = True) -> None:
+        if self.store is None:
+            return
+        if checkpoint and self.kinds:
+            self.checkpoint()
+            self.flush_topics()
+        for h in [*self.subscribers.values(), *self.topics.values()]:
+            h.kill()
+        for k in self.kinds.values():
+            for h in k.shards:
+                h.kill()
+        if self._token is not None:
+            current_runtime.reset(self._token)
+            self._token = None
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+        self.store = None
+
+    def _need(self) -> Store:
+        if self.store is None:
+            raise NotStartedError("the runtime is not started: use `with Runtime(...) as rt:` or rt.start()")
+        return self.store
+
+    @property
+    def n_shards(self) -> int:
+        return self.config.shards or max(1, os.cpu_count() or 1)
+
+    # -- topics ---------------------------------------------------------------------------------
+    def topic(self, name: str) -> Handle:
+        """The topic named ``name``, created on first use."""
+        if name not in self.topics:
+            self.topics[name] = spawn(
+                Topic, name, self.config.topic_retention_rows,
+                name=f"topic:{name}", mode=self.config.mode, max_concurrency=1,
+            )
+        return self.topics[name]
+
+    def subscribe(self, topic: str, subscriber_cls: type, *args: Any, name: str | None = None,
+                  from_offset: int | None = None, **kwargs: Any) -> Handle:
+        """Host ``subscriber_cls(*args)`` as an actor and push ``topic``'s batches to its ``on_batch``."""
+        for needed in ("on_batch", "flush"):
+            if not callable(getattr(subscriber_cls, needed, None)):
+                raise ConfigError(f"subscriber {subscriber_cls.__qualname__} must define {needed}()")
+        name = name or f"{topic}:{subscriber_cls.__name__.lower()}"
+        handle = spawn(subscriber_cls, *args, name=f"sub:{name}", mode=self.config.mode, **kwargs)
+        resolve([self.topic(topic).call("subscribe", name, handle, from_offset)])
+        self.subscribers[name] = handle
+        return handle
+
+    def sink_to_table(self, topic: str, table: str, key: str | None = None) -> Handle:
+        """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``)."""
+        return self.subscribe(topic, TableSink, str(self._need().path), table, key, name=f"{topic}->{table}")
+
+    def read_topic(self, topic: str, offset: int = 0, max_rows: int = 100_000) -> pa.Table:
+        return resolve([self.topic(topic).call("read", offset, max_rows)])[0]
+
+    def flush_topics(self) -> None:
+        resolve([t.call("flush") for t in self.topics.values()])
+
+    # -- kinds ----------------------------------------------------------------------------------
+    def register(self, kind_cls: type[EntityKind], config: Any = None, shards: int | None = None) -> None:
+        """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder."""
+        store = self._need()
+        kind_cls.check()
+        if kind_cls.name in self.kinds:
+            raise ConfigError(f"entity kind {kind_cls.name!r} is registered already")
+        if kind_cls.name not in self.checkpoint_state.versions and store.exists(kind_cls.name):
+            store.drop(kind_cls.name)  # written by a checkpoint that never committed
+        snapshot = self._load_snapshot(kind_cls.name)
+        topics = {t: self.topic(t) for t in kind_cls.topics}
+        n = shards or self.n_shards
+        handles = [
+            spawn(
+                Shard, kind_cls, config, i, n, str(store.path), self.config.max_active, topics, snapshot,
+                name=f"shard:{kind_cls.name}:{i}", mode=self.config.mode,
+            )
+            for i in range(n)
+        ]
+        resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
+        self.kinds[kind_cls.name] = _Kind(kind_cls, handles, [[] for _ in handles])
+
+    def _kind(self, name: str) -> _Kind:
+        if name not in self.kinds:
+            raise ConfigError(f"no entity kind {name!r} is registered; registered: {sorted(self.kinds)}")
+        return self.kinds[name]
+
+    def _load_snapshot(self, kind: str) -> bytes | None:
+        store = self._need()
+        if not store.exists(SNAPSHOTS):
+            return None
+        rows = store.read(SNAPSHOTS).to_pylist()
+        blobs = [r["blob"] for r in rows if r["kind"] == kind]
+        return blobs[0] if blobs else None
+
+    # -- routing ---------------------------------------------------------------------------------
+    def dispatch(self, kind: str, events: pa.Table) -> None:
+        """Send ``events`` to the shards of ``kind`` without waiting (bounded in flight)."""
+        k = self._kind(kind)
+        if events.num_rows == 0:
+            return
+        if k.cls.key not in events.column_names:
+            raise ConfigError(f"events for kind {kind!r} lack its key column {k.cls.key!r}")
+        hashes = hash_keys(events.column(k.cls.key))
+        events = events.append_column("_key_hash", pa.array(hashes))
+        n = len(k.shards)
+        if n == 1:
+            parts = [(0, events)]
+        else:
+            sid = shard_of(hashes, n)
+            order = np.argsort(sid, kind="stable")
+            bounds = np.searchsorted(sid[order], np.arange(n + 1))
+            sorted_events = events.take(pa.array(order))
+            parts = [(i, sorted_events.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)]
+        for i, part in parts:
+            if part.num_rows == 0:
+                continue
+            pending = k.inflight[i]
+            if len(pending) >= self.config.max_inflight:  # backpressure: wait for the oldest
+                self._done.extend(resolve([pending.pop(0)]))
+            pending.append(k.shards[i].call("apply", part))
+
+    def poll(self) -> list[dict[str, float]]:
+        """Stats of the shard calls finished since the last poll (does not block)."""
+        for k in self.kinds.values():
+            for pending in k.inflight:
+                if pending:
+                    done, rest = ready(pending, 1)
+                    done_set = {id(d) for d in done}
+                    # keep order: only pop finished calls from the front
+                    while pending and id(pending[0]) in done_set:
+                        self._done.extend(resolve([pending.pop(0)]))
+                    del rest
+        out, self._done = self._done, []
+        return out
+
+    def drain_inflight(self) -> list[dict[str, float]]:
+        for k in self.kinds.values():
+            for pending in k.inflight:
+                self._done.extend(resolve(pending))
+                pending.clear()
+        out, self._done = self._done, []
+        return out
+
+    def send(self, kind: str, events: pa.Table | list[dict[str, Any]]) -> dict[str, float]:
+        """Apply ``events`` to their entities and wait; returns summed shard stats."""
+        if isinstance(events, list):
+            events = pa.Table.from_pylist(events)
+        self.dispatch(kind, events)
+        return sum_stats(self.drain_inflight())
+
+    def dead_letter(self, rows: pa.Table) -> None:
+        """Buffer refused rows; they are written with the next checkpoint."""
+        if rows.num_rows:
+            self._dead.append(rows)
+
+    def dedup(self, event_ids: np.ndarray) -> np.ndarray:
+        """Mask of ids not applied before (in this run, or before the last checkpoint)."""
+        new = self.seen.add_new(event_ids)
+        if new.any():
+            self._new_seen.append(np.asarray(event_ids, dtype=np.int64)[new])
+        return new
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self, positions: dict[str, int] | None = None) -> Checkpoint:
+        """Barrier: wait for in-flight batches, write every changed profile, commit positions."""
+        store = self._need()
+        started = time.time()
+        self._done.extend(self.drain_inflight())
+        snapshots: list[tuple[str, Any]] = []
+        for name, k in self.kinds.items():
+            drained = resolve([h.call("drain") for h in k.shards])
+            tables = [t for t, _ in drained if t is not None and t.num_rows]
+            if tables:
+                store.upsert(name, pa.concat_tables(tables, promote_options="default"), key=k.cls.key)
+            blobs = [b for _, b in drained if b is not None]
+            if blobs:
+                merged = k.cls(None).merge_snapshots(blobs)
+                if merged is not None:
+                    snapshots.append((name, merged))
+                    resolve([h.call("restore_kind", merged) for h in k.shards])
+        if snapshots:
+            store.upsert(SNAPSHOTS, pa.table({"kind": [n for n, _ in snapshots], "blob": [b for _, b in snapshots]},
+                                             schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())])), key="kind")
+        if self._dead:
+            dead = pa.concat_tables(self._dead)
+            self._dead = []
+            store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
+        if self._new_seen:
+            ids = np.concatenate(self._new_seen)
+            self._new_seen = []
+            store.append(SEEN, pa.table({"event_id": pa.array(ids, pa.int64())}))
+        managed = [n for n in [*self.kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
+        previous = self.checkpoint_state
+        cp = Checkpoint(
+            epoch=previous.epoch + 1,
+            started_at=started,
+            positions={**previous.positions, **(positions or {})},
+            versions={**previous.versions, **{n: store.version(n) for n in managed}},
+        )
+        store.commit(cp)
+        self.checkpoint_state = cp
+        self.n_checkpoints += 1
+        if self.n_checkpoints % self.config.compact_every == 0:
+            for n in [*managed, "_checkpoints"]:
+                store.compact(n, keep_newer_than=previous.started_at or started)
+        return cp
+
+    # -- single entities -------------------------------------------------------------------------
+    def _shard_for(self, kind: str, key: str) -> Handle:
+        k = self._kind(kind)
+        return k.shards[int(shard_of(hash_keys(pa.array([key])), len(k.shards))[0])]
+
+    def entity_state(self, kind: str, key: str) -> dict[str, Any]:
+        return resolve([self._shard_for(kind, key).call("get", key)])[0]
+
+    def call_entity(self, kind: str, key: str, handler: str, *args: Any) -> Any:
+        return resolve([self._shard_for(kind, key).call("call", key, handler, args)])[0]
+
+    def ref(self, kind: str, key: str) -> EntityRef:
+        self._kind(kind)
+        return EntityRef(self, kind, key)
+
+    def shard_stats(self) -> dict[str, list[dict[str, float]]]:
+        return {n: resolve([h.call("stats") for h in k.shards]) for n, k in self.kinds.items()}
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.data_dir)
+
+
+def sum_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for s in stats:
+        for k, v in s.items():
+            if k != "outbox":
+                out[k] += v
+    return dict(out)

@@ -1,0 +1,57 @@
+"""One exception base for the whole runtime, with specific subclasses.
+
+Every message names the thing that failed (a step, an entity kind, a table) and,
+where there is one, the fix. Ray's own errors are translated into these at the
+single place that talks to Ray (:mod:`runtime.handles`).
+
+>>> try:
+...     raise UnknownEntityError("customers", "c42")
+... except EdgecoreError as err:
+...     print(err)
+customer 'c42' is not known to kind 'customers': no event for it was applied and no profile is stored
+"""
+
+from __future__ import annotations
+
+
+class EdgecoreError(Exception):
+    """Base of every error edgecore raises on purpose."""
+
+
+class ConfigError(EdgecoreError, ValueError):
+    """A setting, a name or a definition is wrong; raised before anything runs."""
+
+
+class SchemaError(EdgecoreError, ValueError):
+    """Input as a whole does not fit the expected schema (e.g. a required column is absent).
+
+    Single bad rows never raise: they go to ``dead_letters`` with a reason.
+    """
+
+
+class UnknownEntityError(EdgecoreError, KeyError):
+    """An entity key has neither live state nor a stored profile."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        singular = kind[:-1] if kind.endswith("s") else kind
+        super().__init__(
+            f"{singular} {key!r} is not known to kind {kind!r}: "
+            "no event for it was applied and no profile is stored"
+        )
+        self.kind = kind
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class NotStartedError(EdgecoreError, RuntimeError):
+    """An API that needs a running runtime was called without one."""
+
+
+class ActorFailedError(EdgecoreError, RuntimeError):
+    """A runtime actor (shard, topic, sink) died or raised; names the actor."""
+
+
+class StoreError(EdgecoreError, RuntimeError):
+    """LanceDB could not be read or written; names the table and the data folder."""

@@ -1,0 +1,158 @@
+"""The one place that talks to Ray: spawn plain classes as actors, call them, wait.
+
+Runtime code holds :class:`Handle` objects and :class:`Future` results; in
+``local`` mode the same classes run in-process (for tests and debugging, and for
+doctests), in ``ray`` mode each becomes a Ray actor via ``ray.remote(cls).options``.
+Ray's errors are translated here into :class:`~runtime.errors.ActorFailedError`.
+
+>>> class Echo:
+...     def hi(self, x):
+...         return f"hi {x}"
+>>> h = spawn(Echo, name="echo", mode="local")
+>>> resolve([h.call("hi", 1)])
+['hi 1']
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import ActorFailedError, EdgecoreError
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@dataclass
+class LocalFuture:
+    value: Any = None
+    error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass
+class Handle:
+    """An actor: ``call(method, *args)`` returns a future; ``resolve`` waits for it."""
+
+    name: str
+    mode: str
+    target: Any  # the object (local) or the Ray actor handle
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.mode == "local":
+            try:
+                return LocalFuture(getattr(self.target, method)(*args, **kwargs))
+            except Exception as err:  # delivered at resolve(), as Ray would
+                return LocalFuture(error=err)
+        return getattr(self.target, method).remote(*args, **kwargs)
+
+    def node_id(self) -> str:
+        if self.mode == "local":
+            return "local"
+        import ray
+
+        return ray.get(self.target.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+    def kill(self) -> None:
+        if self.mode == "ray":
+            import ray
+
+            ray.kill(self.target, no_restart=True)
+
+
+def spawn(
+    cls: type,
+    *args: Any,
+    name: str,
+    mode: str,
+    num_cpus: float = 0,
+    max_concurrency: int = 1,
+    resources: dict[str, float] | None = None,
+    **kwargs: Any,
+) -> Handle:
+    """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object)."""
+    if mode == "local":
+        return Handle(name, mode, cls(*args, **kwargs))
+    import ray
+
+    opts: dict[str, Any] = {
+        "name": name,
+        "num_cpus": num_cpus,
+        "max_concurrency": max_concurrency,
+        "max_restarts": 0,
+    }
+    if resources:
+        opts["resources"] = resources
+    actor = ray.remote(cls).options(**opts).remote(*args, **kwargs)
+    return Handle(name, mode, actor, opts)
+
+
+def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
+    """Wait for all ``futures``; raise the actor's own error or :class:`ActorFailedError`."""
+    if not futures:
+        return []
+    if isinstance(futures[0], LocalFuture):
+        return [f.result() for f in futures]
+    import ray
+
+    try:
+        return ray.get(list(futures), timeout=timeout)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, EdgecoreError):
+            raise cause from None
+        inner = getattr(err, "cause", None)
+        if isinstance(inner, EdgecoreError):
+            raise inner from None
+        raise ActorFailedError(f"an actor call failed: {err}") from err
+    except ray.exceptions.RayActorError as err:
+        raise ActorFailedError(
+            f"a runtime actor died ({err.__class__.__name__}); the runtime recovers from the "
+            "last checkpoint when restarted"
+        ) from err
+
+
+def ready(futures: list[Any], num: int = 1) -> tuple[list[Any], list[Any]]:
+    """Split ``futures`` into (at least ``num`` done, the rest) without raising."""
+    if not futures or isinstance(futures[0], LocalFuture):
+        return list(futures), []
+    import ray
+
+    done, rest = ray.wait(list(futures), num_returns=min(num, len(futures)))
+    return done, rest
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, namespace: str = "edgecore") -> bool:
+    """Start an embedded Ray (``address=None``) or attach to ``address``; True if we started it.
+
+    A bare ``ray.init()`` would try to join whatever cluster an earlier run left
+    recorded on this machine, even a dead one, so the embedded default is explicit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": True}
+    if address is None:
+        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        kwargs["_system_config"] = {"metrics_report_interval_ms": 60_000}
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    else:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    return True
+
+
+def put(value: Any, mode: str) -> Any:
+    """Place ``value`` in the object store once so several calls can share it."""
+    if mode == "local":
+        return value
+    import ray
+
+    return ray.put(value)

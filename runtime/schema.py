@@ -1,0 +1,233 @@
+"""Event schemas and vectorized validation: every row is accepted or dead-lettered with a reason.
+
+A whole input that cannot fit (a required column is absent) raises :class:`SchemaError`;
+single bad rows never raise. Checks run column-wise over the batch; only the few
+refused rows are turned into Python objects, to record them as raw JSON.
+
+>>> import pyarrow as pa
+>>> schema = EventSchema("clicks", [Column("id", "int64"), Column("amount", "float64", min=0)])
+>>> ok, dead = schema.validate(pa.table({"id": ["1", "x"], "amount": [2.5, 1.0]}))
+>>> ok.to_pydict()
+{'id': [1], 'amount': [2.5]}
+>>> dead.column("reason").to_pylist()
+["id: not a valid int64: 'x'"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runtime.errors import ConfigError, SchemaError
+
+_TYPES = {
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+    "timestamp": pa.timestamp("ms"),
+}
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("dead_letter_id", pa.string()),
+        ("source", pa.string()),
+        ("position", pa.int64()),
+        ("step", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("received_at", pa.timestamp("ms")),
+    ]
+)
+MAX_RAW_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field of an event: its type and the checks a value must pass.
+
+    ``min``/``max`` bound numbers (NaN and infinities are always refused);
+    ``max_len`` bounds strings; ``required=False`` lets the column be absent or null.
+    """
+
+    name: str
+    type: str
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    max_len: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            raise ConfigError(f"column {self.name!r}: unknown type {self.type!r}; use one of {sorted(_TYPES)}")
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return _TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """A named event schema: the canonical column order and types after validation."""
+
+    name: str
+    columns: list[Column] = field(default_factory=list)
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(c.name, c.arrow_type) for c in self.columns])
+
+    def validate(
+        self, table: pa.Table | pa.RecordBatch, *, source: str = "", first_position: int = 0
+    ) -> tuple[pa.Table, pa.Table]:
+        """Split ``table`` into (accepted rows in canonical types, dead letters)."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        missing = [c.name for c in self.columns if c.required and c.name not in table.column_names]
+        if missing:
+            raise SchemaError(
+                f"input for {self.name!r} lacks required column(s) {missing}; "
+                f"it has {table.column_names}. Expected columns: {[c.name for c in self.columns]}"
+            )
+        n = table.num_rows
+        reason = np.full(n, None, dtype=object)
+        out: dict[str, pa.Array] = {}
+        for col in self.columns:
+            if col.name not in table.column_names:
+                out[col.name] = pa.nulls(n, col.arrow_type)
+                continue
+            values, bad = _coerce(table.column(col.name), col)
+            out[col.name] = values
+            for mask, why in bad:
+                hit = mask & (reason == None)  # noqa: E711 - elementwise on an object array
+                if hit.any():
+                    reason[hit] = [f"{col.name}: {why(i)}" for i in np.flatnonzero(hit)]
+        bad_rows = reason != None  # noqa: E711
+        good = pa.table(out, schema=self.arrow_schema)
+        if not bad_rows.any():
+            return good, DEAD_LETTER_SCHEMA.empty_table()
+        idx = np.flatnonzero(bad_rows)
+        dead = dead_letters(
+            table.take(pa.array(idx)),
+            [str(r) for r in reason[idx]],
+            source=source,
+            positions=idx + first_position,
+            step=f"validate:{self.name}",
+        )
+        return good.filter(pa.array(~bad_rows)), dead
+
+
+def dead_letters(
+    raw: pa.Table, reasons: list[str], *, source: str, positions: np.ndarray, step: str
+) -> pa.Table:
+    """Build dead-letter rows (raw row as JSON, capped) for the refused rows of ``raw``."""
+    rows = raw.to_pylist()
+    now = pd.Timestamp.now(tz="UTC").floor("ms").tz_localize(None)
+    raws = [_raw_json(r)[:MAX_RAW_CHARS] for r in rows]
+    return pa.table(
+        {
+            "dead_letter_id": [f"{source}@{int(p)}" for p in positions],
+            "source": [source] * len(rows),
+            "position": pa.array(np.asarray(positions, dtype=np.int64)),
+            "step": [step] * len(rows),
+            "reason": reasons,
+            "raw": raws,
+            "received_at": pa.array([now] * len(rows), pa.timestamp("ms")),
+        },
+        schema=DEAD_LETTER_SCHEMA,
+    )
+
+
+def _raw_json(row: dict[str, Any]) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        return str(v)
+
+    return json.dumps({k: clean(v) for k, v in row.items()}, ensure_ascii=False)
+
+
+def _show(values: np.ndarray):
+    def why_factory(template: str):
+        return lambda i: template.format(repr(values[i])[:80])
+
+    return why_factory
+
+
+def _coerce(arr: pa.ChunkedArray, col: Column):
+    """Cast one column to its type; return (values, [(bad mask, reason fn), ...])."""
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    n = len(arr)
+    null_in = arr.is_null().to_numpy(zero_copy_only=False)
+    checks: list[tuple[np.ndarray, Any]] = []
+    if col.required:
+        checks.append((null_in, lambda i: "missing value"))
+    target = col.arrow_type
+    if arr.type == target:
+        values = arr
+    elif col.type == "string":
+        values = pc.cast(arr, pa.string()) if not pa.types.is_large_string(arr.type) else pc.cast(arr, pa.string())
+    else:
+        values, unparsable = _parse(arr, col)
+        raw = arr.to_numpy(zero_copy_only=False)
+        checks.append((unparsable & ~null_in, _show(raw)(f"not a valid {col.type}: {{}}")))
+    if col.type in ("int64", "float64"):
+        num = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        if col.type == "float64":
+            nonfinite = ~np.isfinite(num) & ~null_in
+            checks.append((nonfinite, _show(num)("not a finite number: {}")))
+        if col.min is not None:
+            checks.append((num < col.min, _show(num)(f"{{}} is below the minimum {col.min:g}")))
+        if col.max is not None:
+            checks.append((num > col.max, _show(num)(f"{{}} is above the maximum {col.max:g}")))
+    if col.max_len is not None and pa.types.is_string(values.type):
+        lens = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
+        checks.append((lens > col.max_len, lambda i: f"string of {lens[i]} bytes exceeds {col.max_len}"))
+        if col.required:
+            checks.append((lens == 0, lambda i: "empty string"))
+    return values, checks
+
+
+def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
+    """Parse a mistyped column vectorized (pandas' coercing parsers); unparsable -> null + flag."""
+    series = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
+    if col.type == "timestamp":
+        if pa.types.is_timestamp(arr.type):
+            parsed = pc.cast(arr, pa.timestamp("ms"))
+            return parsed, np.zeros(len(arr), dtype=bool)
+        if pa.types.is_integer(arr.type):  # epoch milliseconds
+            return pc.cast(arr, pa.int64()).cast(pa.timestamp("ms")), np.zeros(len(arr), dtype=bool)
+        ts = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
+        bad = ts.isna().to_numpy() & series.notna().to_numpy()
+        ms = ts.dt.tz_localize(None).astype("datetime64[ms]")
+        return pa.array(ms, pa.timestamp("ms")), bad
+    if col.type == "bool":
+        mapped = series.map(_BOOLS.get) if series.dtype == object else series
+        bad = mapped.isna().to_numpy() & series.notna().to_numpy()
+        return pa.array(mapped.where(mapped.notna(), None).tolist(), pa.bool_()), bad
+    num = pd.to_numeric(series, errors="coerce")
+    bad = num.isna().to_numpy() & series.notna().to_numpy()
+    if col.type == "int64":
+        f = num.to_numpy(dtype=np.float64, na_value=np.nan)
+        frac = np.isfinite(f) & (f != np.round(f))
+        bad |= frac | (np.isinf(f))
+        ok = np.isfinite(f) & ~frac
+        return pa.array(np.where(ok, f, 0).astype(np.int64), pa.int64(), mask=~ok), bad
+    f = num.to_numpy(dtype=np.float64, na_value=np.nan)
+    # keep NaN that came from the input as NaN (refused later as non-finite), null where unparsable
+    return pa.array(f, pa.float64(), mask=bad | series.isna().to_numpy()), bad
+
+
+_BOOLS: dict[Any, bool] = {
+    True: True, False: False, 1: True, 0: False, "true": True, "false": False,
+    "True": True, "False": False, "1": True, "0": False, "TRUE": True, "FALSE": False,
+}

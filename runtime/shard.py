@@ -1,0 +1,226 @@
+"""A shard hosts many entities of one kind: activation, batch apply, passivation.
+
+Plain class (testable in-process); the runtime wraps it as a Ray actor in
+:func:`runtime.handles.spawn`. An entity becomes active on its first event or
+call: its stored profile is loaded from LanceDB if there is one, else it starts
+from the defaults. When more than ``max_active`` entities are active, the least
+recently used are passivated: their state moves to an outbox that the next
+checkpoint writes to LanceDB, and their memory is reused.
+
+>>> import pyarrow as pa, tempfile
+>>> from runtime.entity import EntityKind
+>>> from runtime.keys import hash_keys
+>>> class Counter(EntityKind):
+...     name, key, state = "counters", "user_id", {"clicks": "int64"}
+...     def on_event(self, state, event):
+...         state["clicks"] += 1
+>>> shard = Shard(Counter, None, 0, 1, tempfile.mkdtemp())
+>>> events = pa.table({"user_id": ["a", "b", "a"]})
+>>> events = events.append_column("_key_hash", pa.array(hash_keys(events["user_id"])))
+>>> shard.apply(events)["rows"]
+3
+>>> shard.get("a")["clicks"]
+2
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from runtime.entity import Batch, EntityKind
+from runtime.errors import ConfigError, UnknownEntityError
+from runtime.handles import Handle, ready, resolve
+from runtime.keys import as_signed, hash_keys, shard_of
+from runtime.state import ColumnarState
+from runtime.store import Store
+
+MAX_PENDING_PUBLISHES = 8
+
+
+class Shard:
+    def __init__(
+        self,
+        kind_cls: type[EntityKind],
+        kind_config: Any,
+        shard_id: int,
+        n_shards: int,
+        data_dir: str,
+        max_active: int = 1_000_000,
+        topics: dict[str, Handle] | None = None,
+        kind_snapshot: bytes | None = None,
+    ) -> None:
+        self.kind_cls = kind_cls
+        self.kind = kind_cls(kind_config)
+        self.name = kind_cls.name
+        self.shard_id = shard_id
+        self.n_shards = n_shards
+        self.max_active = max(1, int(max_active))
+        self.state = ColumnarState(kind_cls.spec(), key=kind_cls.key)
+        self.store = Store(data_dir)
+        self.topics = topics or {}
+        self._pending: list[Any] = []
+        self._outbox: list[pa.Table] = []
+        self._outbox_hash = np.zeros(0, dtype=np.uint64)
+        self._seq = 0
+        self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
+        self._stored = np.zeros(0, dtype=np.uint64)  # sorted hashes with a stored profile
+        if kind_snapshot is not None:
+            self.kind.restore(kind_snapshot)
+        self._warm_start()
+
+    # -- activation ------------------------------------------------------------------------
+    def _warm_start(self) -> None:
+        """Learn which keys have stored profiles; load them now if they fit the budget."""
+        if not self.store.exists(self.name):
+            return
+        stored = self.store.read(self.name)
+        hashes = stored.column("_key_hash").to_numpy().view(np.uint64)
+        mine = np.flatnonzero(shard_of(hashes, self.n_shards) == self.shard_id)
+        self._stored = np.sort(hashes[mine])
+        if 0 < len(mine) <= self.max_active:
+            self._activate_from(stored.take(pa.array(mine)))
+
+    def _activate_from(self, rows: pa.Table) -> None:
+        hashes = rows.column("_key_hash").to_numpy().view(np.uint64)
+        slots, _ = self.state.activate(hashes, rows.column(self.kind_cls.key).combine_chunks())
+        self.state.load(slots, rows)
+        self.counters["loaded"] += rows.num_rows
+
+    def _is_stored(self, hashes: np.ndarray) -> np.ndarray:
+        if len(self._stored) == 0:
+            return np.zeros(len(hashes), dtype=bool)
+        pos = np.minimum(np.searchsorted(self._stored, hashes), len(self._stored) - 1)
+        return self._stored[pos] == hashes
+
+    def _activate(self, hashes: np.ndarray, keys: pa.Array) -> np.ndarray:
+        """Slots for a batch's keys, bringing passivated/stored entities back first."""
+        missing = self.state.lookup(hashes) < 0
+        if missing.any():
+            want = np.unique(hashes[missing])
+            if len(self._outbox_hash):
+                back = np.isin(self._outbox_hash, want)
+                if back.any():
+                    box = pa.concat_tables(self._outbox)
+                    self._outbox = [box.filter(pa.array(~back))]
+                    self._outbox_hash = self._outbox_hash[~back]
+                    returning = box.filter(pa.array(back))
+                    self._activate_from(returning)
+                    self.state.dirty[self.state.lookup(returning.column("_key_hash").to_numpy().view(np.uint64))] = True
+                    want = want[~np.isin(want, returning.column("_key_hash").to_numpy().view(np.uint64))]
+            stored = want[self._is_stored(want)]
+            if len(stored):
+                in_list = ",".join(map(str, as_signed(stored).tolist()))
+                rows = self.store.read(self.name, where=f"_key_hash IN ({in_list})")
+                if rows.num_rows:
+                    self._activate_from(rows)
+        slots, _ = self.state.activate(hashes, keys)
+        return slots
+
+    def _passivate(self, keep_seq: int) -> None:
+        """Move the least recently used entities out until 90% of the budget is used."""
+        st = self.state
+        excess = st.n_active - int(self.max_active * 0.9)
+        if st.n_active <= self.max_active or excess <= 0:
+            return
+        cand = np.flatnonzero(st.active & (st.last_used < keep_seq))
+        if len(cand) == 0:
+            return
+        excess = min(excess, len(cand))
+        victims = cand[np.argpartition(st.last_used[cand], excess - 1)[:excess]]
+        dirty = victims[st.dirty[victims]]
+        if len(dirty):
+            self._outbox.append(st.to_arrow(dirty))
+            self._outbox_hash = np.concatenate([self._outbox_hash, st.key_hash[dirty]])
+        st.release(victims)
+        self.counters["passivated"] += len(victims)
+
+    # -- the hot path ------------------------------------------------------------------------
+    def apply(self, events: pa.Table) -> dict[str, float]:
+        """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
+        t0 = time.perf_counter()
+        self._seq += 1
+        hashes = events.column("_key_hash").to_numpy().view(np.uint64)
+        slots = self._activate(hashes, events.column(self.kind_cls.key).combine_chunks())
+        batch = Batch(events=events, slots=slots, state=self.state, seq=self._seq)
+        self.kind.apply(batch)
+        self.state.dirty[slots] = True
+        self.state.last_used[slots] = self._seq
+        self._publish(batch.outputs)
+        self._passivate(self._seq)
+        self.counters["rows"] += events.num_rows
+        self.counters["batches"] += 1
+        self.counters["busy_s"] += time.perf_counter() - t0
+        return {"rows": events.num_rows, "outbox": int(len(self._outbox_hash)), **batch.stats}
+
+    def _publish(self, outputs: dict[str, list[pa.Table]]) -> None:
+        for topic, tables in outputs.items():
+            handle = self.topics.get(topic)
+            if handle is None:
+                raise ConfigError(
+                    f"entity kind {self.name!r} emitted to topic {topic!r}, which it did not "
+                    f"declare; add it to {self.kind_cls.__qualname__}.topics"
+                )
+            self._pending.append(handle.call("publish", pa.concat_tables(tables)))
+        if len(self._pending) > MAX_PENDING_PUBLISHES:  # backpressure from slow topics
+            done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING_PUBLISHES)
+            resolve(done)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def drain(self) -> tuple[pa.Table | None, bytes | None]:
+        """Hand over every changed profile (live and passivated) and the kind's snapshot."""
+        resolve(self._pending)
+        self._pending = []
+        st = self.state
+        dirty = np.flatnonzero(st.dirty & st.active)
+        parts = [*self._outbox, st.to_arrow(dirty)] if len(dirty) or self._outbox else []
+        st.dirty[dirty] = False
+        self._outbox, self._outbox_hash = [], np.zeros(0, dtype=np.uint64)
+        table = None
+        if parts:
+            table = pa.concat_tables([p for p in parts if p.num_rows]) if any(p.num_rows for p in parts) else None
+        if table is not None:
+            new = table.column("_key_hash").to_numpy().view(np.uint64)
+            self._stored = np.union1d(self._stored, new)
+            table = self.kind.export(table)
+        return table, self.kind.snapshot()
+
+    def restore_kind(self, blob: bytes) -> None:
+        self.kind.restore(blob)
+
+    # -- single-entity access -----------------------------------------------------------------
+    def _slot(self, key: str, create: bool) -> int:
+        keys = pa.array([key])
+        h = hash_keys(keys)
+        if not create and self.state.lookup(h)[0] < 0 and not self._is_stored(h)[0] and not np.isin(h, self._outbox_hash)[0]:
+            raise UnknownEntityError(self.name, key)
+        slot = int(self._activate(h, keys)[0])
+        self._seq += 1
+        self.state.last_used[slot] = self._seq
+        return slot
+
+    def get(self, key: str) -> dict[str, Any]:
+        slot = self._slot(key, create=False)
+        return {self.kind_cls.key: key, **self.state.row(slot)}
+
+    def call(self, key: str, handler_name: str, args: tuple[Any, ...]) -> Any:
+        fn = self.kind_cls.handlers().get(handler_name)
+        if fn is None:
+            raise ConfigError(
+                f"entity kind {self.name!r} has no handler {handler_name!r}; "
+                f"it has {sorted(self.kind_cls.handlers())}"
+            )
+        slot = self._slot(key, create=True)
+        row = self.state.row(slot)
+        result = fn(self.kind, row, *args)
+        self.state.set_row(slot, row)
+        return result
+
+    def stats(self) -> dict[str, float]:
+        return {**self.counters, "active": self.state.n_active, "outbox": int(len(self._outbox_hash))}
+
+    def ping(self) -> int:
+        return self.shard_id

@@ -1,0 +1,228 @@
+"""LanceDB behind the in-memory state: batched upserts, point reads, atomic checkpoints.
+
+LanceDB has no transaction across tables, but every write makes a new table
+version and any version can be restored. A checkpoint therefore writes the state
+tables first and then appends one row to ``_checkpoints`` naming the version of
+each table and the source positions the state reflects; that single append is the
+commit. Recovery restores every managed table to the version its last commit
+names, so a crash in the middle of a checkpoint leaves no half-applied state.
+
+>>> import tempfile, pyarrow as pa
+>>> store = Store(tempfile.mkdtemp())
+>>> store.upsert("people", pa.table({"id": ["a"], "n": [1]}), key="id")
+>>> store.upsert("people", pa.table({"id": ["a", "b"], "n": [2, 3]}), key="id")
+>>> sorted(store.read("people").to_pylist(), key=lambda r: r["id"])
+[{'id': 'a', 'n': 2}, {'id': 'b', 'n': 3}]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runtime.errors import StoreError
+
+CHECKPOINTS = "_checkpoints"
+_CHECKPOINT_SCHEMA = pa.schema(
+    [
+        ("epoch", pa.int64()),
+        ("started_at", pa.float64()),
+        ("committed_at", pa.float64()),
+        ("positions", pa.string()),
+        ("versions", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Checkpoint:
+    """What the last commit promised: the state reflects exactly these source positions."""
+
+    epoch: int = 0
+    started_at: float = 0.0
+    positions: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Store:
+    """A data folder of LanceDB tables. Safe to open from several processes for reading;
+    the runtime's coordinator is the only writer of checkpointed tables."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.db = lancedb.connect(str(self.path))
+        except Exception as err:  # pragma: no cover - depends on the filesystem
+            raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
+        self._tables: dict[str, Any] = {}
+
+    # -- tables --------------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        res = self.db.list_tables()
+        names = getattr(res, "tables", res)
+        return sorted(str(n) for n in names)
+
+    def exists(self, name: str) -> bool:
+        return name in self.tables()
+
+    def table(self, name: str) -> Any:
+        tbl = self._tables.get(name)
+        if tbl is None:
+            try:
+                tbl = self.db.open_table(name)
+            except Exception as err:
+                raise StoreError(f"table {name!r} does not exist in {self.path}") from err
+            self._tables[name] = tbl
+        return tbl
+
+    def _create(self, name: str, data: pa.Table) -> None:
+        self._tables[name] = self.db.create_table(name, data, mode="overwrite")
+
+    def upsert(self, name: str, data: pa.Table, key: str) -> None:
+        """Insert or replace rows by ``key`` in one merge_insert (creates the table)."""
+        if data.num_rows == 0:
+            return
+        try:
+            if not self.exists(name):
+                self._create(name, data)
+                return
+            tbl = self.table(name)
+            tbl.checkout_latest()
+            (
+                tbl.merge_insert(key)
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(_conform(data, tbl.schema))
+            )
+        except StoreError:
+            raise
+        except Exception as err:
+            raise StoreError(f"upsert into {name!r} in {self.path} failed: {err}") from err
+
+    def append(self, name: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        try:
+            if not self.exists(name):
+                self._create(name, data)
+            else:
+                tbl = self.table(name)
+                tbl.checkout_latest()
+                tbl.add(_conform(data, tbl.schema))
+        except Exception as err:
+            raise StoreError(f"append to {name!r} in {self.path} failed: {err}") from err
+
+    def read(self, name: str, *, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of a table (all of them, or those matching the SQL predicate ``where``)."""
+        if not self.exists(name):
+            raise StoreError(f"table {name!r} does not exist in {self.path}")
+        tbl = self.table(name)
+        tbl.checkout_latest()
+        if where is None:
+            data = tbl.to_arrow()
+            return data.select(columns) if columns else data
+        q = tbl.search().where(where)
+        if columns:
+            q = q.select(columns)
+        return q.limit(None).to_arrow()
+
+    def version(self, name: str) -> int:
+        tbl = self.table(name)
+        tbl.checkout_latest()
+        return int(tbl.version)
+
+    def drop(self, name: str) -> None:
+        if self.exists(name):
+            self.db.drop_table(name)
+        self._tables.pop(name, None)
+
+    def compact(self, name: str, keep_newer_than: float) -> None:
+        """Merge small fragments and drop versions older than ``keep_newer_than`` (epoch s)."""
+        tbl = self.table(name)
+        tbl.checkout_latest()
+        age = max(0.0, time.time() - keep_newer_than)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tbl.optimize(cleanup_older_than=timedelta(seconds=age), delete_unverified=True)
+
+    def n_versions(self, name: str) -> int:
+        return len(self.table(name).list_versions())
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def last_checkpoint(self) -> Checkpoint:
+        if not self.exists(CHECKPOINTS):
+            return Checkpoint()
+        rows = self.read(CHECKPOINTS)
+        if rows.num_rows == 0:
+            return Checkpoint()
+        i = int(pc.index(rows.column("epoch"), pc.max(rows.column("epoch"))).as_py())
+        r = rows.slice(i, 1).to_pylist()[0]
+        return Checkpoint(
+            epoch=r["epoch"],
+            started_at=r["started_at"],
+            positions=json.loads(r["positions"]),
+            versions=json.loads(r["versions"]),
+            meta=json.loads(r["meta"]),
+        )
+
+    def commit(self, cp: Checkpoint, keep: int = 3) -> None:
+        """Record ``cp`` (the commit point), then trim the checkpoint log to ``keep`` rows."""
+        row = pa.table(
+            {
+                "epoch": [cp.epoch],
+                "started_at": [cp.started_at],
+                "committed_at": [time.time()],
+                "positions": [json.dumps(cp.positions)],
+                "versions": [json.dumps(cp.versions)],
+                "meta": [json.dumps(cp.meta)],
+            },
+            schema=_CHECKPOINT_SCHEMA,
+        )
+        self.append(CHECKPOINTS, row)
+        tbl = self.table(CHECKPOINTS)
+        tbl.delete(f"epoch <= {cp.epoch - keep}")
+
+    def recover(self, managed: list[str]) -> Checkpoint:
+        """Bring ``managed`` tables back to what the last commit names; return that commit.
+
+        A table written after the commit is restored to the committed version; one
+        created after it (not named by the commit) is dropped.
+        """
+        cp = self.last_checkpoint()
+        for name in managed:
+            if not self.exists(name):
+                continue
+            committed = cp.versions.get(name)
+            if committed is None:
+                self.drop(name)
+            elif self.version(name) != committed:
+                try:
+                    self.table(name).restore(committed)
+                except Exception as err:
+                    raise StoreError(
+                        f"cannot restore {name!r} in {self.path} to committed version {committed}: {err}"
+                    ) from err
+        return cp
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Order and cast columns to an existing table's schema (extra columns are refused)."""
+    extra = set(data.column_names) - set(schema.names)
+    if extra:
+        raise StoreError(f"columns {sorted(extra)} are not in the table schema {schema.names}")
+    cols = []
+    for f in schema:
+        cols.append(data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type))
+    return pa.table(cols, schema=schema)
