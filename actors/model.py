@@ -55,14 +55,14 @@ class OnlineModel:
             return np.zeros(len(X))
         return self.clf.predict_proba(X)[:, 1]
 
-    def learn(self, X: np.ndarray, y: np.ndarray) -> None:
+    def learn(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         """One partial_fit over a labelled batch; waits until both classes were seen once."""
         if len(X) == 0:
             return
         y = y.astype(np.int64)
         if not self.fitted and len(np.unique(y)) < 2:
             return
-        self.clf.partial_fit(X, y, classes=np.array([0, 1]))
+        self.clf.partial_fit(X, y, classes=np.array([0, 1]), sample_weight=sample_weight)
         self.fitted = True
         self.learned_since_sync += len(X)
         self.learned_total += len(X)

@@ -247,12 +247,11 @@ class Runtime:
         for k in self.kinds.values():
             for pending in k.inflight:
                 if pending:
-                    done, rest = ready(pending, 1)
-                    done_set = {id(d) for d in done}
-                    # keep order: only pop finished calls from the front
-                    while pending and id(pending[0]) in done_set:
+                    done, _ = ready(pending, len(pending), timeout=0)
+                    done_ids = {id(d) for d in done}
+                    # results are taken in order: only finished calls at the front
+                    while pending and id(pending[0]) in done_ids:
                         self._done.extend(resolve([pending.pop(0)]))
-                    del rest
         out, self._done = self._done, []
         return out
 

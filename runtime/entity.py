@@ -63,6 +63,10 @@ class Batch:
     slots: np.ndarray
     state: ColumnarState
     seq: int
+    #: rows grouped by entity, arrival order kept within a group
+    order: np.ndarray | None = None
+    #: where each entity's group starts in ``order``
+    starts: np.ndarray | None = None
     outputs: dict[str, list[pa.Table]] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -127,6 +131,7 @@ class EntityKind:
     def apply(self, batch: Batch) -> None:
         """Apply a batch; the default calls :meth:`on_event` per event, in order."""
         st = batch.state
+        # in arrival order; the events of one entity stay in their relative order either way
         for slot, event in zip(batch.slots.tolist(), batch.events.to_pylist(), strict=True):
             row = st.row(slot)
             self.on_event(row, event)

@@ -118,13 +118,14 @@ def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
         ) from err
 
 
-def ready(futures: list[Any], num: int = 1) -> tuple[list[Any], list[Any]]:
-    """Split ``futures`` into (at least ``num`` done, the rest) without raising."""
+def ready(futures: list[Any], num: int = 1, timeout: float | None = None) -> tuple[list[Any], list[Any]]:
+    """Split ``futures`` into (done, the rest) without raising: waits for ``num`` of them,
+    or at most ``timeout`` seconds (0 = just look)."""
     if not futures or isinstance(futures[0], LocalFuture):
         return list(futures), []
     import ray
 
-    done, rest = ray.wait(list(futures), num_returns=min(num, len(futures)))
+    done, rest = ray.wait(list(futures), num_returns=min(num, len(futures)), timeout=timeout)
     return done, rest
 
 

@@ -97,19 +97,22 @@ class EventSchema:
                 f"it has {table.column_names}. Expected columns: {[c.name for c in self.columns]}"
             )
         n = table.num_rows
-        reason = np.full(n, None, dtype=object)
         out: dict[str, pa.Array] = {}
+        failed: list[tuple[str, np.ndarray, Any]] = []
         for col in self.columns:
             if col.name not in table.column_names:
                 out[col.name] = pa.nulls(n, col.arrow_type)
                 continue
             values, bad = _coerce(table.column(col.name), col)
             out[col.name] = values
-            for mask, why in bad:
-                hit = mask & (reason == None)  # noqa: E711 - elementwise on an object array
-                if hit.any():
-                    reason[hit] = [f"{col.name}: {why(i)}" for i in np.flatnonzero(hit)]
-        bad_rows = reason != None  # noqa: E711
+            failed += [(col.name, mask, why) for mask, why in bad if mask.any()]
+        bad_rows = np.zeros(n, dtype=bool)
+        reason = np.full(n, None, dtype=object)
+        for name, mask, why in failed:  # the first failing check names the reason
+            hit = mask & ~bad_rows
+            if hit.any():
+                reason[hit] = [f"{name}: {why(i)}" for i in np.flatnonzero(hit)]
+                bad_rows |= hit
         good = pa.table(out, schema=self.arrow_schema)
         if not bad_rows.any():
             return good, DEAD_LETTER_SCHEMA.empty_table()

@@ -26,6 +26,7 @@ checkpoint writes to LanceDB, and their memory is reused.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,40 @@ from runtime.state import ColumnarState
 from runtime.store import Store
 
 MAX_PENDING_PUBLISHES = 8
+
+
+@dataclass
+class Groups:
+    """Rows of a batch grouped by key: ``order`` lists rows key by key, arrival order kept."""
+
+    keys: np.ndarray  # sorted unique key hashes
+    gid: np.ndarray  # group (index into keys) of each row
+    order: np.ndarray  # rows, grouped
+    starts: np.ndarray  # where each group begins in ``order``
+    first: np.ndarray  # first row of each group
+
+
+def group_rows(hashes: np.ndarray) -> Groups:
+    """Group rows by key hash with two unstable sorts (a stable one costs 5x more).
+
+    >>> g = group_rows(np.array([9, 4, 9, 4, 7], dtype=np.uint64))
+    >>> g.keys.tolist(), g.order.tolist(), g.starts.tolist(), g.first.tolist()
+    ([4, 7, 9], [1, 3, 4, 0, 2], [0, 2, 3], [1, 4, 0])
+    """
+    n = len(hashes)
+    by_hash = np.argsort(hashes)
+    sh = hashes[by_hash]
+    start = np.empty(n, dtype=bool)
+    start[:1] = True
+    np.not_equal(sh[1:], sh[:-1], out=start[1:])
+    starts = np.flatnonzero(start)
+    gid = np.empty(n, dtype=np.int64)
+    gid[by_hash] = np.cumsum(start) - 1
+    if n < 1 << 21:
+        order = np.argsort((gid << 21) | np.arange(n))
+    else:
+        order = np.argsort(gid, kind="stable")
+    return Groups(sh[starts], gid, order, starts, order[starts])
 
 
 class Shard:
@@ -96,29 +131,38 @@ class Shard:
         pos = np.minimum(np.searchsorted(self._stored, hashes), len(self._stored) - 1)
         return self._stored[pos] == hashes
 
-    def _activate(self, hashes: np.ndarray, keys: pa.Array) -> np.ndarray:
-        """Slots for a batch's keys, bringing passivated/stored entities back first."""
-        missing = self.state.lookup(hashes) < 0
+    def _activate(self, uniq: np.ndarray, keys: pa.Array, first: np.ndarray) -> np.ndarray:
+        """Slots for sorted unique key hashes, bringing passivated/stored entities back first."""
+        uslots = self.state.lookup(uniq)  # sorted needles: the searches walk forwards, in cache
+        missing = uslots < 0
         if missing.any():
-            want = np.unique(hashes[missing])
-            if len(self._outbox_hash):
-                back = np.isin(self._outbox_hash, want)
-                if back.any():
-                    box = pa.concat_tables(self._outbox)
-                    self._outbox = [box.filter(pa.array(~back))]
-                    self._outbox_hash = self._outbox_hash[~back]
-                    returning = box.filter(pa.array(back))
-                    self._activate_from(returning)
-                    self.state.dirty[self.state.lookup(returning.column("_key_hash").to_numpy().view(np.uint64))] = True
-                    want = want[~np.isin(want, returning.column("_key_hash").to_numpy().view(np.uint64))]
-            stored = want[self._is_stored(want)]
+            want = uniq[missing]
+            returned = self._from_outbox(want)
+            stored = want[self._is_stored(want) & ~np.isin(want, returned)]
             if len(stored):
                 in_list = ",".join(map(str, as_signed(stored).tolist()))
                 rows = self.store.read(self.name, where=f"_key_hash IN ({in_list})")
                 if rows.num_rows:
                     self._activate_from(rows)
-        slots, _ = self.state.activate(hashes, keys)
-        return slots
+            self.state.activate(uniq[missing], keys.take(pa.array(first[missing])))
+            uslots = self.state.lookup(uniq)
+        return uslots
+
+    def _from_outbox(self, want: np.ndarray) -> np.ndarray:
+        """Reactivate passivated entities still waiting in the outbox; returns their hashes."""
+        if not len(self._outbox_hash):
+            return np.zeros(0, dtype=np.uint64)
+        back = np.isin(self._outbox_hash, want)
+        if not back.any():
+            return np.zeros(0, dtype=np.uint64)
+        box = pa.concat_tables(self._outbox)
+        self._outbox = [box.filter(pa.array(~back))]
+        returning = box.filter(pa.array(back))
+        self._outbox_hash = self._outbox_hash[~back]
+        self._activate_from(returning)
+        hashes = returning.column("_key_hash").to_numpy().view(np.uint64)
+        self.state.dirty[self.state.lookup(hashes)] = True  # still unwritten
+        return hashes
 
     def _passivate(self, keep_seq: int) -> None:
         """Move the least recently used entities out until 90% of the budget is used."""
@@ -144,8 +188,10 @@ class Shard:
         t0 = time.perf_counter()
         self._seq += 1
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
-        slots = self._activate(hashes, events.column(self.kind_cls.key).combine_chunks())
-        batch = Batch(events=events, slots=slots, state=self.state, seq=self._seq)
+        groups = group_rows(hashes)
+        uslots = self._activate(groups.keys, events.column(self.kind_cls.key).combine_chunks(), groups.first)
+        slots = uslots[groups.gid]
+        batch = Batch(events=events, slots=slots, state=self.state, seq=self._seq, order=groups.order, starts=groups.starts)
         self.kind.apply(batch)
         self.state.dirty[slots] = True
         self.state.last_used[slots] = self._seq
@@ -160,6 +206,8 @@ class Shard:
         for topic, tables in outputs.items():
             handle = self.topics.get(topic)
             if handle is None:
+                if topic in self.kind_cls.topics:
+                    raise ConfigError(f"shard {self.name}:{self.shard_id} was started without topic {topic!r}")
                 raise ConfigError(
                     f"entity kind {self.name!r} emitted to topic {topic!r}, which it did not "
                     f"declare; add it to {self.kind_cls.__qualname__}.topics"
@@ -197,7 +245,7 @@ class Shard:
         h = hash_keys(keys)
         if not create and self.state.lookup(h)[0] < 0 and not self._is_stored(h)[0] and not np.isin(h, self._outbox_hash)[0]:
             raise UnknownEntityError(self.name, key)
-        slot = int(self._activate(h, keys)[0])
+        slot = int(self._activate(h, keys, np.zeros(1, dtype=np.int64))[0])
         self._seq += 1
         self.state.last_used[slot] = self._seq
         return slot

@@ -168,7 +168,9 @@ class ColumnarState:
             rows = miss_idx[first]
             self.keys[fresh] = keys.take(pa.array(rows)).to_numpy(zero_copy_only=False)
             self.index.insert(uniq, fresh)
-            slots = self.index.lookup(hashes)
+            slots = slots.copy()
+            # rows of one new key share its slot
+            slots[miss_idx] = fresh[np.searchsorted(uniq, hashes[miss_idx])]
             new_first[rows] = True
         return slots, new_first
 
