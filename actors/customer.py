@@ -49,7 +49,12 @@ ALERT_SCHEMA = pa.schema(
     ]
 )
 PREDICTION_SCHEMA = pa.schema(
-    [("event_id", pa.int64()), ("customer_id", pa.string()), ("score", pa.float64()), ("ts", pa.timestamp("ms"))]
+    [
+        ("event_id", pa.int64()),
+        ("customer_id", pa.string()),
+        ("score", pa.float64()),
+        ("ts", pa.timestamp("ms")),
+    ]
 )
 
 
@@ -66,7 +71,11 @@ class FraudConfig:
     negative_sample: float = 0.1  # share of non-fraud labels the model learns from
     weights: dict[str, float] = field(
         default_factory=lambda: {
-            "high_amount": 0.7, "burst": 0.6, "far_location": 0.6, "new_device_high_amount": 0.6,
+            # a burst alone is weak evidence: busy card holders make them too
+            "high_amount": 0.7,
+            "burst": 0.45,
+            "far_location": 0.6,
+            "new_device_high_amount": 0.6,
         }
     )
 
@@ -127,10 +136,19 @@ class Customer(EntityKind):
         std = np.sqrt(var)
         clat = before(lat, c["lat_sum"]) / denom
         clon = before(lon, c["lon_sum"]) / denom
-        dist = np.where(has, _haversine_km(lat, lon, clat, clon), 0.0)
+        prev = np.maximum(np.arange(n) - 1, 0)
+        plat = np.where(rank > 0, lat[prev], c["last_lat"][s])
+        plon = np.where(rank > 0, lon[prev], c["last_lon"][s])
+        # far from both the usual place and the last one: a trip moves the last place,
+        # so only its first purchase counts as far
+        dist = np.where(
+            has,
+            np.minimum(_haversine_km(lat, lon, clat, clon), _haversine_km(lat, lon, plat, plon)),
+            0.0,
+        )
 
         # previous arrival's timestamp, and how many earlier events fall in the burst window
-        prev_t = np.where(rank > 0, t[np.maximum(np.arange(n) - 1, 0)], c["last_ts"][s])
+        prev_t = np.where(rank > 0, t[prev], c["last_ts"][s])
         since = np.where(has, np.maximum(t - prev_t, 0) / 1000.0, 1e6)
         ring = c["recent_ts"][s]
         burst = np.zeros(n, dtype=np.int64)
@@ -153,10 +171,10 @@ class Customer(EntityKind):
 
         # -- score: rules and model, then learn from labels (test-then-train) -----------------
         rules = {
-            "high_amount": (n_prev >= 5) & (amt > mean + 4 * std) & (amt > 3 * mean),
+            "high_amount": (n_prev >= 5) & (amt > mean + 5 * std) & (amt > 5 * mean),
             "burst": burst >= cfg.burst_count,
             "far_location": (n_prev >= 3) & (dist > cfg.far_km),
-            "new_device_high_amount": new_device & (n_prev >= 3) & (amt > 2 * mean),
+            "new_device_high_amount": new_device & (n_prev >= 3) & (amt > 3 * mean),
         }
         keep = np.ones(n)
         for name, hit in rules.items():
@@ -177,13 +195,20 @@ class Customer(EntityKind):
                 batch.count("true_positives", int((alert & labels & known).sum()))
                 batch.count("false_positives", int((alert & ~labels & known).sum()))
                 batch.count("false_negatives", int((~alert & labels & known).sum()))
+                for name, hit in rules.items():
+                    batch.count(f"rule:{name}:fraud", int((hit & labels & known).sum()))
+                batch.count(
+                    "model_alerts:fraud", int(((p >= cfg.threshold) & labels & known).sum())
+                )
                 if cfg.learn:
                     # all frauds, and a fixed, id-chosen share of the rest, weighted back up:
                     # the model sees the same evidence at a fraction of the partial_fit cost
                     ids = ev.column("event_id").to_numpy()[order]
                     with np.errstate(over="ignore"):
                         mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-                    keep_neg = (mixed >> np.uint64(40)) % np.uint64(1000) < cfg.negative_sample * 1000
+                    keep_neg = (mixed >> np.uint64(40)) % np.uint64(
+                        1000
+                    ) < cfg.negative_sample * 1000
                     use = known & (labels | keep_neg)
                     weight = np.where(labels[use], 1.0, 1.0 / cfg.negative_sample)
                     self.model.learn(X[use], labels[use], weight)
@@ -202,7 +227,9 @@ class Customer(EntityKind):
         c["lat_sum"][gslot] += np.add.reduceat(lat, gstart)
         c["lon_sum"][gslot] += np.add.reduceat(lon, gstart)
         gmax = np.maximum.reduceat(amt, gstart)
-        c["amount_max"][gslot] = np.where(first_time, gmax, np.maximum(c["amount_max"][gslot], gmax))
+        c["amount_max"][gslot] = np.where(
+            first_time, gmax, np.maximum(c["amount_max"][gslot], gmax)
+        )
         tmin, tmax = np.minimum.reduceat(t, gstart), np.maximum.reduceat(t, gstart)
         c["first_ts"][gslot] = np.where(first_time, tmin, np.minimum(c["first_ts"][gslot], tmin))
         c["last_ts"][gslot] = np.where(first_time, tmax, np.maximum(c["last_ts"][gslot], tmax))
@@ -214,7 +241,9 @@ class Customer(EntityKind):
         for m in range(RECENT):
             from_batch = m < gsize
             c["recent_ts"][gslot, m] = np.where(
-                from_batch, t[np.maximum(gend - m, gstart)], old[np.arange(len(gslot)), np.clip(m - gsize, 0, RECENT - 1)]
+                from_batch,
+                t[np.maximum(gend - m, gstart)],
+                old[np.arange(len(gslot)), np.clip(m - gsize, 0, RECENT - 1)],
             )
         # devices: push each new one to the front of the profile's list
         new_rows = np.flatnonzero(unseen)  # in (customer, arrival) order
@@ -227,37 +256,65 @@ class Customer(EntityKind):
                 rows = c["devices"][s[sel]]
                 c["devices"][s[sel]] = np.column_stack([dev[sel], rows[:, :-1]])
 
-    def _emit(self, batch: Batch, order: np.ndarray, alert: np.ndarray, score: np.ndarray,
-              p: np.ndarray, rules: dict[str, np.ndarray], amt: np.ndarray, cfg: FraudConfig) -> None:
+    def _emit(
+        self,
+        batch: Batch,
+        order: np.ndarray,
+        alert: np.ndarray,
+        score: np.ndarray,
+        p: np.ndarray,
+        rules: dict[str, np.ndarray],
+        amt: np.ndarray,
+        cfg: FraudConfig,
+    ) -> None:
         ev = batch.events
         if alert.any():
             rows = np.flatnonzero(alert)
             reasons = [
-                "+".join([name for name, hit in rules.items() if hit[i]] + ([f"model:{p[i]:.2f}"] if p[i] >= cfg.threshold else []))
+                "+".join(
+                    [name for name, hit in rules.items() if hit[i]]
+                    + ([f"model:{p[i]:.2f}"] if p[i] >= cfg.threshold else [])
+                )
                 for i in rows.tolist()
             ]
             src = pa.array(order[rows])
-            batch.emit("alerts", pa.table({
-                "event_id": ev.column("event_id").take(src),
-                "customer_id": ev.column("customer_id").take(src),
-                "score": score[rows],
-                "reason": reasons,
-                "ts": ev.column("ts").take(src),
-                "amount": amt[rows],
-                "model_version": np.full(len(rows), self.model.version, dtype=np.int64),
-            }, schema=ALERT_SCHEMA))
+            batch.emit(
+                "alerts",
+                pa.table(
+                    {
+                        "event_id": ev.column("event_id").take(src),
+                        "customer_id": ev.column("customer_id").take(src),
+                        "score": score[rows],
+                        "reason": reasons,
+                        "ts": ev.column("ts").take(src),
+                        "amount": amt[rows],
+                        "model_version": np.full(len(rows), self.model.version, dtype=np.int64),
+                    },
+                    schema=ALERT_SCHEMA,
+                ),
+            )
         if cfg.predictions:
             src = pa.array(order)
-            batch.emit("predictions", pa.table({
-                "event_id": ev.column("event_id").take(src), "customer_id": ev.column("customer_id").take(src),
-                "score": score, "ts": ev.column("ts").take(src),
-            }, schema=PREDICTION_SCHEMA))
+            batch.emit(
+                "predictions",
+                pa.table(
+                    {
+                        "event_id": ev.column("event_id").take(src),
+                        "customer_id": ev.column("customer_id").take(src),
+                        "score": score,
+                        "ts": ev.column("ts").take(src),
+                    },
+                    schema=PREDICTION_SCHEMA,
+                ),
+            )
 
     # -- profile export, model sync ------------------------------------------------------------
     def export(self, table: pa.Table) -> pa.Table:
         n = pc.max_element_wise(table["txn_count"], 1).cast(pa.float64())
         mean = pc.divide(table["amount_sum"], n)
-        var = pc.max_element_wise(pc.subtract(pc.divide(table["amount_sumsq"], n), pc.multiply(mean, mean)), 0.0)
+        var = pc.max_element_wise(
+            pc.subtract(pc.divide(table["amount_sumsq"], n), pc.multiply(mean, mean)), 0.0
+        )
         return table.append_column("amount_mean", mean).append_column("amount_std", pc.sqrt(var))
 
     def snapshot(self) -> bytes:
@@ -276,29 +333,43 @@ class Customer(EntityKind):
         """A short view of the profile: count, mean amount, distinct devices, alerts."""
         n = max(state["txn_count"], 1)
         return {
-            "txn_count": state["txn_count"], "amount_mean": state["amount_sum"] / n,
-            "device_count": state["device_count"], "alert_count": state["alert_count"],
+            "txn_count": state["txn_count"],
+            "amount_mean": state["amount_sum"] / n,
+            "device_count": state["device_count"],
+            "alert_count": state["alert_count"],
         }
 
 
-def features(amt: np.ndarray, mean: np.ndarray, std: np.ndarray, burst: np.ndarray, dist: np.ndarray,
-             new_device: np.ndarray, since: np.ndarray, n_prev: np.ndarray) -> np.ndarray:
+def features(
+    amt: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    burst: np.ndarray,
+    dist: np.ndarray,
+    new_device: np.ndarray,
+    since: np.ndarray,
+    n_prev: np.ndarray,
+) -> np.ndarray:
     """The model's feature matrix (see :data:`actors.model.FEATURES`), each roughly unit scale."""
     has = n_prev >= 3
     z = np.where(has, (amt - mean) / np.maximum(std, 1.0 + 0.1 * mean), 0.0)
-    return np.column_stack([
-        np.log1p(amt) / 5.0,
-        np.where(has, np.log1p(amt / (mean + 1.0)), 0.0),
-        np.clip(z, -5.0, 10.0) / 5.0,
-        burst / RECENT,
-        np.log1p(dist) / 8.0,
-        new_device.astype(np.float64),
-        np.log1p(np.minimum(since, 1e6)) / 14.0,
-        has.astype(np.float64),
-    ])
+    return np.column_stack(
+        [
+            np.log1p(amt) / 5.0,
+            np.where(has, np.log1p(amt / (mean + 1.0)), 0.0),
+            np.clip(z, -5.0, 10.0) / 5.0,
+            burst / RECENT,
+            np.log1p(dist) / 8.0,
+            new_device.astype(np.float64),
+            np.log1p(np.minimum(since, 1e6)) / 14.0,
+            has.astype(np.float64),
+        ]
+    )
 
 
-def _haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+def _haversine_km(
+    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
+) -> np.ndarray:
     p1, p2 = np.radians(lat1), np.radians(lat2)
     dp, dl = p2 - p1, np.radians(lon2 - lon1)
     a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2

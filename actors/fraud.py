@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from actors.customer import Customer, FraudConfig
+from actors.generator import GeneratorSource, TxnGeneratorConfig
 from runtime import App, Column, EventSchema
 
 MAX_ID_LEN = 128
@@ -54,7 +55,16 @@ def make_app(config: FraudConfig | None = None) -> App:
     sinks = {"alerts": ("alerts", "event_id")}
     if config is not None and config.predictions:
         sinks["predictions"] = ("predictions", "event_id")
-    return App("fraud", TRANSACTIONS, Customer, config, sinks=sinks, summarize=summarize)
+    return App(
+        "fraud", TRANSACTIONS, Customer, config, sinks=sinks, summarize=summarize, demo=demo_source
+    )
+
+
+def demo_source(
+    n_events: int, rate: float | None = None, customers: int = 50_000
+) -> GeneratorSource:
+    """Synthetic card transactions; a second demo in the same data folder continues the stream."""
+    return GeneratorSource(TxnGeneratorConfig(n_customers=customers), n_events, rate=rate)
 
 
 fraud_app = make_app()

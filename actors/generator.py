@@ -15,6 +15,7 @@ Injected fraud (``is_fraud=True``, about ``fraud_rate`` of the events) mixes thr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,9 +158,10 @@ class TxnGenerator:
         if n_events < 0 or batch_size < 1:
             raise ConfigError("n_events must be >= 0 and batch_size >= 1")
         pending: list[pa.RecordBatch] = []
-        rows, carry = 0, 0.0
+        # a stream continued from first_event_id goes on later in time, with fresh draws
+        rows, carry = 0, first_event_id * self.config.mean_gap_ms
         for idx, lo in enumerate(range(0, n_events, _CHUNK)):
-            rng = np.random.default_rng([self.config.seed, 1, idx])
+            rng = np.random.default_rng([self.config.seed, 1, idx, first_event_id])
             chunk, carry = self._chunk(rng, min(_CHUNK, n_events - lo), carry, first_event_id + lo)
             pending.append(chunk)
             rows += chunk.num_rows
@@ -310,3 +312,36 @@ def write_transactions(
             for batch in batches:
                 fh.write(_json_lines(batch))
     return path
+
+
+class GeneratorSource:
+    """The generator as a resumable source: position p continues the stream at event id p.
+
+    >>> src = GeneratorSource(TxnGeneratorConfig(n_customers=100), n_events=1000, batch_size=600)
+    >>> [(b.num_rows, end) for b, end in src.batches(start=200)]
+    [(600, 800), (400, 1200)]
+    """
+
+    def __init__(
+        self,
+        config: TxnGeneratorConfig = TxnGeneratorConfig(),
+        n_events: int = 1_000_000,
+        batch_size: int = 50_000,
+        rate: float | None = None,
+    ) -> None:
+        self.config = config
+        self.n_events = n_events
+        self.batch_size = batch_size
+        self.rate = rate
+        self.id = f"generator:seed={config.seed}:customers={config.n_customers}"
+
+    def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
+        gen = TxnGenerator(self.config)
+        pos, t0 = start, time.perf_counter()
+        for rb in gen.batches(self.n_events, self.batch_size, first_event_id=start):
+            if self.rate:
+                wait = (pos - start) / self.rate - (time.perf_counter() - t0)
+                if wait > 0:
+                    time.sleep(wait)
+            pos += rb.num_rows
+            yield pa.Table.from_batches([rb]), pos

@@ -4,8 +4,10 @@ Each shard holds a replica; at every checkpoint the runtime averages the replica
 (weighted by the labels each learned from since the last sync) and hands the
 average back to all of them, so the model learns from every shard's labels.
 
-A decaying step size (``invscaling``, small ``eta0``) keeps scores from jumping on
-small feature noise; SGD's default schedule did exactly that on this stream.
+A decaying step size (``invscaling``) keeps scores from jumping on small feature
+noise; SGD's default schedule did exactly that on this stream. ``eta0`` = 0.01
+was stable but learned too slowly to ever alert (prequential AP 0.23); 0.2 with
+a weak L2 reached AP ~0.6, on par with an offline logistic regression's 0.57.
 
 >>> import numpy as np
 >>> m = OnlineModel()
@@ -27,22 +29,32 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 FEATURES = (
-    "log_amount", "amount_ratio", "amount_z", "burst", "distance", "new_device",
-    "since_last", "has_history",
+    "log_amount",
+    "amount_ratio",
+    "amount_z",
+    "burst",
+    "distance",
+    "new_device",
+    "since_last",
+    "has_history",
 )
 N_FEATURES = len(FEATURES)
 
 
 @dataclass
 class OnlineModel:
-    eta0: float = 0.01
-    alpha: float = 1e-4
+    eta0: float = 0.2
+    alpha: float = 1e-5
     fraud_weight: float = 10.0
 
     def __post_init__(self) -> None:
         self.clf = SGDClassifier(
-            loss="log_loss", learning_rate="invscaling", eta0=self.eta0, alpha=self.alpha,
-            class_weight={0: 1.0, 1: self.fraud_weight}, random_state=0,
+            loss="log_loss",
+            learning_rate="invscaling",
+            eta0=self.eta0,
+            alpha=self.alpha,
+            class_weight={0: 1.0, 1: self.fraud_weight},
+            random_state=0,
         )
         self.fitted = False
         self.version = 0
@@ -81,7 +93,9 @@ class OnlineModel:
             w /= w.sum()
             base = fitted[0]
             base.clf.coef_ = sum(wi * m.clf.coef_ for wi, m in zip(w, fitted, strict=True))
-            base.clf.intercept_ = sum(wi * m.clf.intercept_ for wi, m in zip(w, fitted, strict=True))
+            base.clf.intercept_ = sum(
+                wi * m.clf.intercept_ for wi, m in zip(w, fitted, strict=True)
+            )
             base.clf.t_ = max(m.clf.t_ for m in fitted)
             base.learned_total = sum(m.learned_total for m in models)
             base.version = max(m.version for m in models) + 1

@@ -105,7 +105,9 @@ class Runtime:
             self._started_ray = init_ray(cfg.address, cfg.num_cpus)
         self.store = Store(cfg.data_dir)
         cp = self.store.last_checkpoint()
-        self.checkpoint_state = self.store.recover(sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions}))
+        self.checkpoint_state = self.store.recover(
+            sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions})
+        )
         if self.store.exists(SEEN):
             ids = self.store.read(SEEN, columns=["event_id"]).column("event_id").to_numpy()
             self.seen.add(np.unique(ids))
@@ -141,7 +143,9 @@ class Runtime:
 
     def _need(self) -> Store:
         if self.store is None:
-            raise NotStartedError("the runtime is not started: use `with Runtime(...) as rt:` or rt.start()")
+            raise NotStartedError(
+                "the runtime is not started: use `with Runtime(...) as rt:` or rt.start()"
+            )
         return self.store
 
     @property
@@ -153,17 +157,30 @@ class Runtime:
         """The topic named ``name``, created on first use."""
         if name not in self.topics:
             self.topics[name] = spawn(
-                Topic, name, self.config.topic_retention_rows,
-                name=f"topic:{name}", mode=self.config.mode, max_concurrency=1,
+                Topic,
+                name,
+                self.config.topic_retention_rows,
+                name=f"topic:{name}",
+                mode=self.config.mode,
+                max_concurrency=1,
             )
         return self.topics[name]
 
-    def subscribe(self, topic: str, subscriber_cls: type, *args: Any, name: str | None = None,
-                  from_offset: int | None = None, **kwargs: Any) -> Handle:
+    def subscribe(
+        self,
+        topic: str,
+        subscriber_cls: type,
+        *args: Any,
+        name: str | None = None,
+        from_offset: int | None = None,
+        **kwargs: Any,
+    ) -> Handle:
         """Host ``subscriber_cls(*args)`` as an actor and push ``topic``'s batches to its ``on_batch``."""
         for needed in ("on_batch", "flush"):
             if not callable(getattr(subscriber_cls, needed, None)):
-                raise ConfigError(f"subscriber {subscriber_cls.__qualname__} must define {needed}()")
+                raise ConfigError(
+                    f"subscriber {subscriber_cls.__qualname__} must define {needed}()"
+                )
         name = name or f"{topic}:{subscriber_cls.__name__.lower()}"
         handle = spawn(subscriber_cls, *args, name=f"sub:{name}", mode=self.config.mode, **kwargs)
         resolve([self.topic(topic).call("subscribe", name, handle, from_offset)])
@@ -172,7 +189,9 @@ class Runtime:
 
     def sink_to_table(self, topic: str, table: str, key: str | None = None) -> Handle:
         """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``)."""
-        return self.subscribe(topic, TableSink, str(self._need().path), table, key, name=f"{topic}->{table}")
+        return self.subscribe(
+            topic, TableSink, str(self._need().path), table, key, name=f"{topic}->{table}"
+        )
 
     def read_topic(self, topic: str, offset: int = 0, max_rows: int = 100_000) -> pa.Table:
         return resolve([self.topic(topic).call("read", offset, max_rows)])[0]
@@ -181,7 +200,9 @@ class Runtime:
         resolve([t.call("flush") for t in self.topics.values()])
 
     # -- kinds ----------------------------------------------------------------------------------
-    def register(self, kind_cls: type[EntityKind], config: Any = None, shards: int | None = None) -> None:
+    def register(
+        self, kind_cls: type[EntityKind], config: Any = None, shards: int | None = None
+    ) -> None:
         """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder."""
         store = self._need()
         kind_cls.check()
@@ -194,8 +215,17 @@ class Runtime:
         n = shards or self.n_shards
         handles = [
             spawn(
-                Shard, kind_cls, config, i, n, str(store.path), self.config.max_active, topics, snapshot,
-                name=f"shard:{kind_cls.name}:{i}", mode=self.config.mode,
+                Shard,
+                kind_cls,
+                config,
+                i,
+                n,
+                str(store.path),
+                self.config.max_active,
+                topics,
+                snapshot,
+                name=f"shard:{kind_cls.name}:{i}",
+                mode=self.config.mode,
             )
             for i in range(n)
         ]
@@ -204,7 +234,9 @@ class Runtime:
 
     def _kind(self, name: str) -> _Kind:
         if name not in self.kinds:
-            raise ConfigError(f"no entity kind {name!r} is registered; registered: {sorted(self.kinds)}")
+            raise ConfigError(
+                f"no entity kind {name!r} is registered; registered: {sorted(self.kinds)}"
+            )
         return self.kinds[name]
 
     def _load_snapshot(self, kind: str) -> bytes | None:
@@ -233,7 +265,9 @@ class Runtime:
             order = np.argsort(sid, kind="stable")
             bounds = np.searchsorted(sid[order], np.arange(n + 1))
             sorted_events = events.take(pa.array(order))
-            parts = [(i, sorted_events.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)]
+            parts = [
+                (i, sorted_events.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)
+            ]
         for i, part in parts:
             if part.num_rows == 0:
                 continue
@@ -293,7 +327,9 @@ class Runtime:
             drained = resolve([h.call("drain") for h in k.shards])
             tables = [t for t, _ in drained if t is not None and t.num_rows]
             if tables:
-                store.upsert(name, pa.concat_tables(tables, promote_options="default"), key=k.cls.key)
+                store.upsert(
+                    name, pa.concat_tables(tables, promote_options="default"), key=k.cls.key
+                )
             blobs = [b for _, b in drained if b is not None]
             if blobs:
                 merged = k.cls(None).merge_snapshots(blobs)
@@ -301,8 +337,14 @@ class Runtime:
                     snapshots.append((name, merged))
                     resolve([h.call("restore_kind", merged) for h in k.shards])
         if snapshots:
-            store.upsert(SNAPSHOTS, pa.table({"kind": [n for n, _ in snapshots], "blob": [b for _, b in snapshots]},
-                                             schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())])), key="kind")
+            store.upsert(
+                SNAPSHOTS,
+                pa.table(
+                    {"kind": [n for n, _ in snapshots], "blob": [b for _, b in snapshots]},
+                    schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())]),
+                ),
+                key="kind",
+            )
         if self._dead:
             dead = pa.concat_tables(self._dead)
             self._dead = []

@@ -57,7 +57,9 @@ class Handle:
             return "local"
         import ray
 
-        return ray.get(self.target.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+        return ray.get(
+            self.target.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
+        )
 
     def kill(self) -> None:
         if self.mode == "ray":
@@ -118,7 +120,9 @@ def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
         ) from err
 
 
-def ready(futures: list[Any], num: int = 1, timeout: float | None = None) -> tuple[list[Any], list[Any]]:
+def ready(
+    futures: list[Any], num: int = 1, timeout: float | None = None
+) -> tuple[list[Any], list[Any]]:
     """Split ``futures`` into (done, the rest) without raising: waits for ``num`` of them,
     or at most ``timeout`` seconds (0 = just look)."""
     if not futures or isinstance(futures[0], LocalFuture):
@@ -129,7 +133,9 @@ def ready(futures: list[Any], num: int = 1, timeout: float | None = None) -> tup
     return done, rest
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, namespace: str = "edgecore") -> bool:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, namespace: str = "edgecore"
+) -> bool:
     """Start an embedded Ray (``address=None``) or attach to ``address``; True if we started it.
 
     A bare ``ray.init()`` would try to join whatever cluster an earlier run left
@@ -157,3 +163,17 @@ def put(value: Any, mode: str) -> Any:
     import ray
 
     return ray.put(value)
+
+
+def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
+    """Handles on the running runtime's actors whose names start with ``prefix``."""
+    import ray
+
+    out: dict[str, Handle] = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name, ns = (
+            (entry["name"], entry["namespace"]) if isinstance(entry, dict) else (entry, namespace)
+        )
+        if ns == namespace and name.startswith(prefix):
+            out[name] = Handle(name, "ray", ray.get_actor(name, namespace=namespace))
+    return out

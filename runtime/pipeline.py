@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
 from runtime.core import Runtime, sum_stats
 from runtime.entity import EntityKind
 from runtime.errors import ConfigError
@@ -48,12 +46,18 @@ class App:
     sinks: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     #: turns summed counters into the app's own summary fields
     summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
+    #: makes the synthetic source that `edgecore demo` runs: (events, rate, entities) -> Source
+    demo: Callable[[int, float | None, int], Source] | None = None
 
     def __post_init__(self) -> None:
         if self.event_id not in [c.name for c in self.schema.columns]:
-            raise ConfigError(f"app {self.name!r}: event id column {self.event_id!r} is not in its schema")
+            raise ConfigError(
+                f"app {self.name!r}: event id column {self.event_id!r} is not in its schema"
+            )
         if self.kind.key not in [c.name for c in self.schema.columns]:
-            raise ConfigError(f"app {self.name!r}: the kind's key {self.kind.key!r} is not in its schema")
+            raise ConfigError(
+                f"app {self.name!r}: the kind's key {self.kind.key!r} is not in its schema"
+            )
 
 
 @dataclass
@@ -118,7 +122,10 @@ def run(
         position = end
         rows_since_cp += batch.num_rows
         now = time.perf_counter()
-        if rows_since_cp >= rt.config.checkpoint_rows or now - last_cp_t >= rt.config.checkpoint_seconds:
+        if (
+            rows_since_cp >= rt.config.checkpoint_rows
+            or now - last_cp_t >= rt.config.checkpoint_seconds
+        ):
             rt.checkpoint({source.id: position})
             stats.checkpoints += 1
             last_cp_t, rows_since_cp = now, 0
@@ -142,5 +149,3 @@ def _finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) ->
     stats.counters = {k: (int(v) if float(v).is_integer() else v) for k, v in counters.items()}
     if app.summarize is not None:
         stats.app = app.summarize(counters)
-
-

@@ -66,7 +66,9 @@ class Column:
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
-            raise ConfigError(f"column {self.name!r}: unknown type {self.type!r}; use one of {sorted(_TYPES)}")
+            raise ConfigError(
+                f"column {self.name!r}: unknown type {self.type!r}; use one of {sorted(_TYPES)}"
+            )
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -178,7 +180,11 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
     if arr.type == target:
         values = arr
     elif col.type == "string":
-        values = pc.cast(arr, pa.string()) if not pa.types.is_large_string(arr.type) else pc.cast(arr, pa.string())
+        values = (
+            pc.cast(arr, pa.string())
+            if not pa.types.is_large_string(arr.type)
+            else pc.cast(arr, pa.string())
+        )
     else:
         values, unparsable = _parse(arr, col)
         raw = arr.to_numpy(zero_copy_only=False)
@@ -194,7 +200,9 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
             checks.append((num > col.max, _show(num)(f"{{}} is above the maximum {col.max:g}")))
     if col.max_len is not None and pa.types.is_string(values.type):
         lens = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
-        checks.append((lens > col.max_len, lambda i: f"string of {lens[i]} bytes exceeds {col.max_len}"))
+        checks.append(
+            (lens > col.max_len, lambda i: f"string of {lens[i]} bytes exceeds {col.max_len}")
+        )
         if col.required:
             checks.append((lens == 0, lambda i: "empty string"))
     return values, checks
@@ -231,6 +239,16 @@ def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
 
 
 _BOOLS: dict[Any, bool] = {
-    True: True, False: False, 1: True, 0: False, "true": True, "false": False,
-    "True": True, "False": False, "1": True, "0": False, "TRUE": True, "FALSE": False,
+    True: True,
+    False: False,
+    1: True,
+    0: False,
+    "true": True,
+    "false": False,
+    "True": True,
+    "False": False,
+    "1": True,
+    "0": False,
+    "TRUE": True,
+    "FALSE": False,
 }

@@ -189,9 +189,18 @@ class Shard:
         self._seq += 1
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
         groups = group_rows(hashes)
-        uslots = self._activate(groups.keys, events.column(self.kind_cls.key).combine_chunks(), groups.first)
+        uslots = self._activate(
+            groups.keys, events.column(self.kind_cls.key).combine_chunks(), groups.first
+        )
         slots = uslots[groups.gid]
-        batch = Batch(events=events, slots=slots, state=self.state, seq=self._seq, order=groups.order, starts=groups.starts)
+        batch = Batch(
+            events=events,
+            slots=slots,
+            state=self.state,
+            seq=self._seq,
+            order=groups.order,
+            starts=groups.starts,
+        )
         self.kind.apply(batch)
         self.state.dirty[slots] = True
         self.state.last_used[slots] = self._seq
@@ -207,7 +216,9 @@ class Shard:
             handle = self.topics.get(topic)
             if handle is None:
                 if topic in self.kind_cls.topics:
-                    raise ConfigError(f"shard {self.name}:{self.shard_id} was started without topic {topic!r}")
+                    raise ConfigError(
+                        f"shard {self.name}:{self.shard_id} was started without topic {topic!r}"
+                    )
                 raise ConfigError(
                     f"entity kind {self.name!r} emitted to topic {topic!r}, which it did not "
                     f"declare; add it to {self.kind_cls.__qualname__}.topics"
@@ -229,7 +240,11 @@ class Shard:
         self._outbox, self._outbox_hash = [], np.zeros(0, dtype=np.uint64)
         table = None
         if parts:
-            table = pa.concat_tables([p for p in parts if p.num_rows]) if any(p.num_rows for p in parts) else None
+            table = (
+                pa.concat_tables([p for p in parts if p.num_rows])
+                if any(p.num_rows for p in parts)
+                else None
+            )
         if table is not None:
             new = table.column("_key_hash").to_numpy().view(np.uint64)
             self._stored = np.union1d(self._stored, new)
@@ -243,7 +258,12 @@ class Shard:
     def _slot(self, key: str, create: bool) -> int:
         keys = pa.array([key])
         h = hash_keys(keys)
-        if not create and self.state.lookup(h)[0] < 0 and not self._is_stored(h)[0] and not np.isin(h, self._outbox_hash)[0]:
+        if (
+            not create
+            and self.state.lookup(h)[0] < 0
+            and not self._is_stored(h)[0]
+            and not np.isin(h, self._outbox_hash)[0]
+        ):
             raise UnknownEntityError(self.name, key)
         slot = int(self._activate(h, keys, np.zeros(1, dtype=np.int64))[0])
         self._seq += 1
@@ -268,7 +288,11 @@ class Shard:
         return result
 
     def stats(self) -> dict[str, float]:
-        return {**self.counters, "active": self.state.n_active, "outbox": int(len(self._outbox_hash))}
+        return {
+            **self.counters,
+            "active": self.state.n_active,
+            "outbox": int(len(self._outbox_hash)),
+        }
 
     def ping(self) -> int:
         return self.shard_id

@@ -24,7 +24,9 @@ class TableSink:
     restart (at-least-once) leaves one row per key.
     """
 
-    def __init__(self, data_dir: str, table: str, key: str | None = None, flush_rows: int = 50_000) -> None:
+    def __init__(
+        self, data_dir: str, table: str, key: str | None = None, flush_rows: int = 50_000
+    ) -> None:
         self.store = Store(data_dir)
         self.table = table
         self.key = key

@@ -29,7 +29,14 @@ import pyarrow.parquet as pq
 
 from runtime.errors import ConfigError, SchemaError
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 BAD_JSON = "_edgecore_bad_json"
 
 
@@ -138,7 +145,12 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 class IteratorSource:
     """Batches from a function (e.g. a generator), optionally paced to ``rate`` rows/s."""
 
-    def __init__(self, id: str, make: Callable[[], Iterator[pa.Table | pa.RecordBatch]], rate: float | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        make: Callable[[], Iterator[pa.Table | pa.RecordBatch]],
+        rate: float | None = None,
+    ) -> None:
         self.id = id
         self.make = make
         self.rate = rate

@@ -62,7 +62,9 @@ class Field:
                 "and '_', starting with a letter"
             )
         if self.dtype not in _ARROW:
-            raise ConfigError(f"state field {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_ARROW)}")
+            raise ConfigError(
+                f"state field {self.name!r}: unknown dtype {self.dtype!r}; use one of {sorted(_ARROW)}"
+            )
         if self.width and self.dtype == "string":
             raise ConfigError(f"state field {self.name!r}: string fields cannot have a width")
 
@@ -223,7 +225,9 @@ class ColumnarState:
         out: dict[str, Any] = {}
         for f in self.spec.fields:
             v = self.cols[f.name][slot]
-            out[f.name] = v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+            out[f.name] = (
+                v.tolist() if isinstance(v, np.ndarray) else (v.item() if hasattr(v, "item") else v)
+            )
         return out
 
     def set_row(self, slot: int, values: dict[str, Any]) -> None:

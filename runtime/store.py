@@ -124,7 +124,9 @@ class Store:
         except Exception as err:
             raise StoreError(f"append to {name!r} in {self.path} failed: {err}") from err
 
-    def read(self, name: str, *, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    def read(
+        self, name: str, *, where: str | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
         """Rows of a table (all of them, or those matching the SQL predicate ``where``)."""
         if not self.exists(name):
             raise StoreError(f"table {name!r} does not exist in {self.path}")
@@ -224,5 +226,9 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
         raise StoreError(f"columns {sorted(extra)} are not in the table schema {schema.names}")
     cols = []
     for f in schema:
-        cols.append(data.column(f.name).cast(f.type) if f.name in data.column_names else pa.nulls(data.num_rows, f.type))
+        cols.append(
+            data.column(f.name).cast(f.type)
+            if f.name in data.column_names
+            else pa.nulls(data.num_rows, f.type)
+        )
     return pa.table(cols, schema=schema)

@@ -46,7 +46,9 @@ class Topic:
         self._log.append((first, rows))
         self._next += rows.num_rows
         self._retained += rows.num_rows
-        while self._retained - self._log[0][1].num_rows >= self.retention_rows and len(self._log) > 1:
+        while (
+            self._retained - self._log[0][1].num_rows >= self.retention_rows and len(self._log) > 1
+        ):
             self._retained -= self._log.pop(0)[1].num_rows
         with_offsets = rows.append_column(OFFSET, pa.array(range(first, self._next), pa.int64()))
         for sub in self._subscribers.values():
@@ -66,7 +68,11 @@ class Topic:
             part = rows.slice(max(0, offset - first))
             start = max(first, offset)
             part = part.slice(0, max_rows - taken)
-            parts.append(part.append_column(OFFSET, pa.array(range(start, start + part.num_rows), pa.int64())))
+            parts.append(
+                part.append_column(
+                    OFFSET, pa.array(range(start, start + part.num_rows), pa.int64())
+                )
+            )
             taken += part.num_rows
             if taken >= max_rows:
                 break
