@@ -171,7 +171,6 @@ def _show(values: np.ndarray):
 def _coerce(arr: pa.ChunkedArray, col: Column):
     """Cast one column to its type; return (values, [(bad mask, reason fn), ...])."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    n = len(arr)
     null_in = arr.is_null().to_numpy(zero_copy_only=False)
     checks: list[tuple[np.ndarray, Any]] = []
     if col.required:
