@@ -237,11 +237,9 @@ def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     return pa.array(f, pa.float64(), mask=bad | series.isna().to_numpy()), bad
 
 
-_BOOLS: dict[Any, bool] = {
+_BOOLS: dict[Any, bool] = {  # 1 and 0 match True and False as dict keys
     True: True,
     False: False,
-    1: True,
-    0: False,
     "true": True,
     "false": False,
     "True": True,

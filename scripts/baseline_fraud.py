@@ -87,18 +87,13 @@ class Profiles:
     def __init__(self, capacity: int = 1 << 14) -> None:
         self.n = 0
         self.cap = capacity
-        self.col = {k: np.full(capacity, d, dtype=t) for k, (t, d) in self.SCALARS.items()}
+        for k, (t, d) in self.SCALARS.items():
+            setattr(self, k, np.full(capacity, d, dtype=t))
         self.devices = np.zeros((capacity, DEVICES), dtype=np.int64)
         self.recent_ts = np.full((capacity, RECENT), NO_TS, dtype=np.int64)
         self._hashes = np.zeros(0, dtype=np.uint64)  # sorted key hashes
         self._index = np.zeros(0, dtype=np.int64)  # dense index of each sorted hash
         self._names: list[pa.Array] = []  # customer ids, in dense order
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["col"][name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     def index_of(self, customer_ids: pa.Array) -> np.ndarray:
         """Dense index per row; customers seen for the first time get the next free rows."""
@@ -124,7 +119,7 @@ class Profiles:
             return
         new = max(need, 2 * self.cap)
         for k, (t, d) in self.SCALARS.items():
-            self.col[k] = np.concatenate([self.col[k], np.full(new - self.cap, d, dtype=t)])
+            setattr(self, k, np.concatenate([getattr(self, k), np.full(new - self.cap, d, dtype=t)]))
         self.devices = np.concatenate([self.devices, np.zeros((new - self.cap, DEVICES), np.int64)])
         self.recent_ts = np.concatenate(
             [self.recent_ts, np.full((new - self.cap, RECENT), NO_TS, np.int64)]
@@ -235,7 +230,7 @@ class Baseline:
         # latest timestamp before each event: the profile's, or an earlier event's of the batch
         tval, trank = np.unique(t, return_inverse=True)
         runmax = np.maximum.accumulate(grp * n + trank.reshape(-1))  # groups cannot mix
-        batch_prev = tval[np.r_[0, runmax[:-1]] - grp * n]
+        batch_prev = tval[np.where(rank > 0, np.r_[0, runmax[:-1]] - grp * n, 0)]
         stored_last = P.last_ts[c]
         prev_t = np.where(
             rank == 0,
@@ -313,20 +308,18 @@ class Baseline:
                 m < sizes, t[np.maximum(last - m, starts)], old[g, np.clip(m - sizes, 0, RECENT - 1)]
             )
         # devices, newest first: the group's new devices (latest first), then the old ring
-        pushed = np.flatnonzero(new_dev)
-        k = np.bincount(grp[pushed], minlength=len(gc))  # new devices per group
-        first_push = np.cumsum(k) - k
-        old = P.devices[gc]
-        for m in range(DEVICES):
-            from_batch = m < k
-            P.devices[gc, m] = np.where(
-                from_batch,
-                dev[pushed[np.clip(first_push + k - 1 - m, 0, max(len(pushed) - 1, 0))]]
-                if len(pushed)
-                else 0,
-                old[g, np.clip(m - k, 0, DEVICES - 1)],
-            )
-        P.device_count[gc] += k
+        pushed = np.flatnonzero(new_dev)  # grouped, arrival order kept
+        if len(pushed):
+            k = np.bincount(grp[pushed], minlength=len(gc))  # new devices per group
+            last_push = np.cumsum(k) - 1
+            old = P.devices[gc]
+            for m in range(DEVICES):
+                P.devices[gc, m] = np.where(
+                    m < k,
+                    dev[pushed[np.clip(last_push - m, 0, len(pushed) - 1)]],
+                    old[g, np.clip(m - k, 0, DEVICES - 1)],
+                )
+            P.device_count[gc] += k
 
     def _new_devices(self, c, dev, grp, starts, sizes, gc) -> np.ndarray:
         """Per event: is its device absent from the customer's device ring just before it?"""
