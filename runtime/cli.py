@@ -59,12 +59,11 @@ def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
     out.print(table)
 
 
-def _runtime(data: Path, address: str | None, shards: int | None, local: bool = False) -> Any:
+def _runtime(data: Path, address: str | None, shards: int | None, local: bool = False, **settings: Any) -> Any:
     from runtime.core import Runtime
 
-    return Runtime(
-        data_dir=str(data), address=address, shards=shards, mode="local" if local else "ray"
-    )
+    mode = "local" if local else "ray"
+    return Runtime(data_dir=str(data), address=address, shards=shards, mode=mode, **settings)
 
 
 def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool) -> Any:
@@ -170,6 +169,11 @@ def replay(
     shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
+    checkpoint_every: int = typer.Option(
+        2_000_000, "--checkpoint-every", help="Commit state and the file position after this many rows."
+    ),
+    max_active: int = typer.Option(2_000_000, "--max-active", help="Entities kept in memory per shard before passivation."),
+    rate: float = typer.Option(0, "--rate", help="Pace the replay to this many events/s (0: as fast as it goes)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a recorded stream through an app and update the data folder.
@@ -178,17 +182,23 @@ def replay(
     count as duplicates; an interrupted replay resumes from its last checkpoint.
     """
     from runtime.apps import load_app
-    from runtime.sources import FileSource
+    from runtime.sources import FileSource, Paced
 
     the_app = load_app(app_name)
     source = FileSource(file, batch_size=batch_size)
+    if rate < 0:
+        _fail("--rate must be >= 0")
     total = None
     if source.fmt == "parquet":
         import pyarrow.parquet as pq
 
         total = pq.ParquetFile(file).metadata.num_rows
-    with _runtime(data, address, shards or None, local) as rt:
-        stats = _drive(rt, the_app, source, total, as_json)
+    if checkpoint_every < 1 or max_active < 1:
+        _fail("--checkpoint-every and --max-active must be at least 1")
+    settings = {"checkpoint_rows": checkpoint_every, "max_active": max_active}
+    paced = Paced(source, rate) if rate else source
+    with _runtime(data, address, shards or None, local, **settings) as rt:
+        stats = _drive(rt, the_app, paced, total, as_json)
     _emit(_summary(stats, data), as_json, f"edgecore replay: {file.name}")
 
 

@@ -321,7 +321,8 @@ class Runtime:
         """Barrier: wait for in-flight batches, write every changed profile, commit positions."""
         store = self._need()
         started = time.time()
-        self._done.extend(self.drain_inflight())
+        finished = self.drain_inflight()  # (extend() would bind the list before it is swapped)
+        self._done.extend(finished)
         snapshots: list[tuple[str, Any]] = []
         for name, k in self.kinds.items():
             drained = resolve([h.call("drain") for h in k.shards])

@@ -142,6 +142,29 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.table(cols)
 
 
+class Paced:
+    """Wrap a source so it yields no faster than ``rate`` rows per second.
+
+    >>> src = Paced(IteratorSource("mem", lambda: iter([pa.table({"x": [1, 2]})])), rate=1e6)
+    >>> src.id, [end for _, end in src.batches()]
+    ('mem', [2])
+    """
+
+    def __init__(self, source: Source, rate: float) -> None:
+        if rate <= 0:
+            raise ConfigError(f"rate must be > 0 events/s, not {rate}")
+        self.source, self.rate, self.id = source, rate, source.id
+
+    def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
+        t0, sent = time.perf_counter(), 0
+        for batch, end in self.source.batches(start):
+            wait = sent / self.rate - (time.perf_counter() - t0)
+            if wait > 0:
+                time.sleep(wait)
+            sent += batch.num_rows
+            yield batch, end
+
+
 class IteratorSource:
     """Batches from a function (e.g. a generator), optionally paced to ``rate`` rows/s."""
 

@@ -1,0 +1,65 @@
+"""Shared fixtures: one Ray session per test module, generated transaction files, DuckDB oracles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("LANCE_LOG", "error")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """An embedded Ray for the whole module: starting one costs seconds on 2 cores."""
+    import ray
+
+    from runtime.handles import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def make_transactions(path: Path, n: int, customers: int, seed: int = 7) -> Path:
+    from actors.generator import TxnGeneratorConfig, write_transactions
+
+    return write_transactions(path, n, TxnGeneratorConfig(n_customers=customers, seed=seed))
+
+
+def sql_profiles(source: str | Path | pa.Table) -> dict[str, dict]:
+    """The profile columns computed by DuckDB straight from the events: the oracle."""
+    con = duckdb.connect()
+    if isinstance(source, pa.Table):
+        con.register("events", source)
+        rel = "events"
+    else:
+        p = str(source)
+        rel = f"read_parquet('{p}')" if p.endswith(".parquet") else f"read_csv_auto('{p}')"
+    rows = con.sql(
+        f"""SELECT customer_id, count(*) AS txn_count, sum(amount) AS amount_sum,
+                   max(amount) AS amount_max, min(ts) AS first_ts, max(ts) AS last_ts,
+                   count(DISTINCT device_id) AS devices
+            FROM (SELECT DISTINCT ON (event_id) * FROM {rel}) GROUP BY customer_id"""
+    ).to_arrow_table()
+    return {r["customer_id"]: r for r in rows.to_pylist()}
+
+
+def assert_profiles_match(data_dir: str | Path, expected: dict[str, dict]) -> None:
+    from runtime.store import Store
+
+    got = {r["customer_id"]: r for r in Store(data_dir).read("customers").to_pylist()}
+    assert set(got) == set(expected), f"{len(set(got) ^ set(expected))} customers differ"
+    for key, want in expected.items():
+        row = got[key]
+        assert row["txn_count"] == want["txn_count"], key
+        assert row["amount_max"] == want["amount_max"], key
+        assert row["first_ts"] == want["first_ts"], key
+        assert row["last_ts"] == want["last_ts"], key
+        # float sums depend on summation order (DuckDB's is parallel); 1e-9 relative is exact
+        # up to rounding
+        assert row["amount_sum"] == pytest.approx(want["amount_sum"], rel=1e-9), key

@@ -1,0 +1,263 @@
+"""runtime.shard: batch apply, handlers, passivation to the outbox and reactivation."""
+
+from __future__ import annotations
+
+import doctest
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import runtime.shard as shard_module
+from runtime.entity import Batch, EntityKind, handler
+from runtime.errors import ConfigError, UnknownEntityError
+from runtime.handles import spawn
+from runtime.keys import hash_keys, shard_of
+from runtime.shard import Shard, group_rows
+from runtime.store import Store
+from runtime.topic import Topic
+
+
+class Clicks(EntityKind):
+    """Per-event kind: a count, a sum, the last event's time and tag."""
+
+    name = "clicks"
+    key = "user_id"
+    state = {
+        "count": "int64",
+        "total": ("float64", 0.0),
+        "last_ts": "timestamp",
+        "tag": "string",
+        "recent": ("int64", -1, 3),
+    }
+
+    def on_event(self, state: dict[str, Any], event: dict[str, Any]) -> None:
+        state["count"] += 1
+        state["total"] += event["amount"]
+        state["last_ts"] = event["ms"]
+        state["tag"] = event["tag"]
+        state["recent"] = [*state["recent"][1:], event["seq"]]
+
+    @handler
+    def add(self, state: dict[str, Any], n: int) -> int:
+        state["count"] += n
+        return state["count"]
+
+    @handler
+    def peek(self, state: dict[str, Any]) -> tuple[int, str]:
+        return state["count"], state["tag"]
+
+
+class Oracle:
+    """The same logic in plain Python dicts."""
+
+    def __init__(self) -> None:
+        self.s: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {"count": 0, "total": 0.0, "last_ts": 0, "tag": "", "recent": [-1, -1, -1]}
+        )
+
+    def apply(self, events: pa.Table) -> None:
+        for e in events.to_pylist():
+            st = self.s[e["user_id"]]
+            st["count"] += 1
+            st["total"] += e["amount"]
+            st["last_ts"] = e["ms"]
+            st["tag"] = e["tag"]
+            st["recent"] = [*st["recent"][1:], e["seq"]]
+
+
+def events(keys: list[str], seq0: int = 0, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    n = len(keys)
+    t = pa.table(
+        {
+            "user_id": keys,
+            "amount": rng.integers(1, 100, n).astype(float) / 4,  # exact in float64
+            "ms": pa.array(1_700_000_000_000 + seq0 + np.arange(n), pa.int64()),
+            "tag": [f"t{seq0 + i}" for i in range(n)],
+            "seq": pa.array(seq0 + np.arange(n), pa.int64()),
+        }
+    )
+    return t.append_column("_key_hash", pa.array(hash_keys(t["user_id"])))
+
+
+def assert_matches(shard: Shard, oracle: Oracle, keys: list[str]) -> None:
+    for k in keys:
+        got = shard.get(k)
+        assert got == {"user_id": k, **oracle.s[k]}, k
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(shard_module).failed == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_group_rows_against_oracle(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 50, 1000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    g = group_rows(hashes)
+    assert g.keys.tolist() == sorted(set(hashes.tolist()))
+    assert (g.keys[g.gid] == hashes).all()
+    ends = [*g.starts[1:].tolist(), len(hashes)]
+    for i, (s, e) in enumerate(zip(g.starts.tolist(), ends, strict=True)):
+        rows = g.order[s:e].tolist()
+        assert rows == [r for r in range(len(hashes)) if hashes[r] == g.keys[i]]
+        assert g.first[i] == rows[0]
+
+
+def test_apply_per_event_and_get(tmp_path: Path) -> None:
+    shard = Shard(Clicks, None, 0, 1, str(tmp_path))
+    oracle = Oracle()
+    keys = ["a", "b", "a", "c", "a", "b", "ü-日本"]
+    for i in range(3):
+        ev = events(keys, seq0=i * 100, seed=i)
+        out = shard.apply(ev)
+        oracle.apply(ev)
+        assert out["rows"] == len(keys) and out["outbox"] == 0
+    assert_matches(shard, oracle, sorted(set(keys)))
+    assert shard.get("a")["recent"] == [200, 202, 204]
+    assert shard.get("a")["tag"] == "t204"  # events of one key applied in arrival order
+    st = shard.stats()
+    assert st["rows"] == 21 and st["batches"] == 3 and st["active"] == 4
+
+
+def test_get_of_unknown_key_raises(tmp_path: Path) -> None:
+    shard = Shard(Clicks, None, 0, 1, str(tmp_path))
+    shard.apply(events(["a"]))
+    with pytest.raises(UnknownEntityError, match="click 'nobody' is not known to kind 'clicks'"):
+        shard.get("nobody")
+    with pytest.raises(KeyError):
+        shard.get("")
+    assert shard.stats()["active"] == 1  # a failed get does not create the entity
+
+
+def test_call_handlers(tmp_path: Path) -> None:
+    shard = Shard(Clicks, None, 0, 1, str(tmp_path))
+    shard.apply(events(["a", "a"]))
+    assert shard.call("a", "add", (5,)) == 7
+    assert shard.call("a", "peek", ()) == (7, "t1")
+    # a call creates an entity that does not exist yet
+    assert shard.call("new", "add", (3,)) == 3
+    assert shard.get("new")["count"] == 3
+    with pytest.raises(ConfigError, match="no handler 'nope'.*\\['add', 'peek'\\]"):
+        shard.call("a", "nope", ())
+    # handler changes are written at the next drain
+    table, _ = shard.drain()
+    got = dict(zip(table["user_id"].to_pylist(), table["count"].to_pylist(), strict=True))
+    assert got == {"a": 7, "new": 3}
+
+
+def test_vectorized_apply_and_emit(tmp_path: Path) -> None:
+    class Totals(EntityKind):
+        name, key, state, topics = "totals", "user_id", {"sum": ("float64", 0.0)}, ("big",)
+
+        def apply(self, batch: Batch) -> None:
+            amount = batch.events["amount"].to_numpy()
+            np.add.at(batch.state.cols["sum"], batch.slots, amount)
+            big = batch.state.cols["sum"][batch.slots] > 100
+            batch.emit("big", batch.events.filter(pa.array(big)).select(["user_id"]))
+            batch.count("seen", len(amount))
+
+    topic = Topic("big")
+    shard = Shard(
+        Totals,
+        None,
+        0,
+        1,
+        str(tmp_path),
+        topics={"big": spawn(lambda: topic, name="big", mode="local")},
+    )
+    ev = pa.table({"user_id": ["a", "b", "a"], "amount": [60.0, 1.0, 50.0]})
+    ev = ev.append_column("_key_hash", pa.array(hash_keys(ev["user_id"])))
+    out = shard.apply(ev)
+    assert out["seen"] == 3
+    assert shard.get("a")["sum"] == 110.0 and shard.get("b")["sum"] == 1.0
+    assert topic.read(0)["user_id"].to_pylist() == ["a", "a"]
+
+    undeclared = Shard(Totals, None, 0, 1, str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match="without topic 'big'"):
+        undeclared.apply(ev)
+
+
+def test_passivation_drain_and_reactivation_from_store(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    max_active = 8
+    shard = Shard(Clicks, None, 0, 1, data, max_active=max_active)
+    oracle = Oracle()
+    rng = np.random.default_rng(42)
+    universe = [f"c{i}" for i in range(120)]
+    seq = 0
+
+    def feed(n_batches: int, target: Shard) -> None:
+        nonlocal seq
+        for _ in range(n_batches):
+            keys = rng.choice(universe, size=int(rng.integers(1, 7))).tolist()
+            ev = events(keys, seq0=seq, seed=seq)
+            seq += len(keys)
+            target.apply(ev)
+            oracle.apply(ev)
+            # only the keys of the batch may keep the shard above its budget
+            assert target.state.n_active <= max(max_active, len(set(keys)))
+
+    feed(150, shard)
+    assert shard.stats()["passivated"] > 50
+    assert shard.stats()["outbox"] > 0
+    # values stay right: get brings entities back from the outbox (and passivates none)
+    sample = rng.choice(sorted(oracle.s), size=20, replace=False).tolist()
+    assert_matches(shard, oracle, sample)
+    feed(30, shard)  # entities taken back from the outbox are counted on, not reset
+
+    # drain hands over every changed entity once: the live dirty ones and the outbox
+    table, snapshot = shard.drain()
+    assert snapshot is None
+    assert sorted(table["user_id"].to_pylist()) == sorted(oracle.s)
+    assert shard.stats()["outbox"] == 0
+    Store(data).upsert(Clicks.name, table, key=Clicks.key)
+    assert shard.drain() == (None, None)  # nothing changed since
+
+    # clean entities are now released without writing; they come back from the store
+    feed(60, shard)
+    assert_matches(shard, oracle, sorted(oracle.s))
+    table, _ = shard.drain()
+    Store(data).upsert(Clicks.name, table, key=Clicks.key)
+    stored = Store(data).read(Clicks.name)
+    assert stored.num_rows == len(oracle.s)
+    assert stored.schema.field("recent").type == pa.list_(pa.int64(), 3)
+
+    # a new shard on the same data dir (a restart): too many profiles to preload
+    again = Shard(Clicks, None, 0, 1, data, max_active=max_active)
+    assert again.stats()["active"] == 0
+    with pytest.raises(UnknownEntityError):
+        again.get("never-seen")
+    assert_matches(again, oracle, sorted(oracle.s))
+    feed(40, again)
+    assert_matches(again, oracle, sorted(oracle.s))
+    table, _ = again.drain()
+    Store(data).upsert(Clicks.name, table, key=Clicks.key)
+
+    # a restart with room for all: the profiles are loaded at start
+    roomy = Shard(Clicks, None, 0, 1, data)
+    assert roomy.stats()["loaded"] == roomy.stats()["active"] == len(oracle.s)
+    assert_matches(roomy, oracle, sorted(oracle.s))
+
+
+def test_warm_start_loads_only_own_keys(tmp_path: Path) -> None:
+    data = str(tmp_path)
+    keys = [f"k{i}" for i in range(200)]
+    ev = events(keys)
+    one = Shard(Clicks, None, 0, 1, data)
+    one.apply(ev)
+    table, _ = one.drain()
+    Store(data).upsert(Clicks.name, table, key=Clicks.key)
+
+    owner = shard_of(hash_keys(pa.array(keys)), 2)
+    shards = [Shard(Clicks, None, i, 2, data) for i in range(2)]
+    for i, s in enumerate(shards):
+        assert s.stats()["loaded"] == int((owner == i).sum())
+    k0 = keys[int(np.flatnonzero(owner == 0)[0])]
+    assert shards[0].get(k0)["count"] == 1
+    with pytest.raises(UnknownEntityError):
+        shards[1].get(k0)

@@ -1,0 +1,144 @@
+"""The fraud app end to end on a real local Ray and real LanceDB: profiles, recovery, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import assert_profiles_match, make_transactions, sql_profiles
+
+from actors.fraud import fraud_app
+from runtime import FileSource, Runtime, run
+from runtime.store import Store
+
+
+@pytest.fixture(scope="module")
+def txns(tmp_path_factory) -> Path:
+    return make_transactions(tmp_path_factory.mktemp("tx") / "tx.parquet", 60_000, 3_000)
+
+
+@pytest.mark.parametrize("mode", ["local", "ray"])
+def test_replay_profiles_equal_sql(ray_session, txns, tmp_path, mode):
+    with Runtime(data_dir=str(tmp_path), mode=mode, shards=2) as rt:
+        stats = run(rt, fraud_app, FileSource(txns, batch_size=7_000))
+    assert stats.input == stats.accepted == 60_000
+    assert stats.dead_lettered == stats.duplicates == 0
+    assert_profiles_match(tmp_path, sql_profiles(txns))
+    alerts = Store(tmp_path).read("alerts")
+    assert alerts.num_rows == stats.app["alerts"] > 0
+    assert len(set(alerts.column("event_id").to_pylist())) == alerts.num_rows
+
+
+def test_profiles_do_not_depend_on_batching(ray_session, txns, tmp_path):
+    """Point-in-time features in arrival order: the same alerts whatever the batch size."""
+    from actors.customer import FraudConfig
+    from actors.fraud import make_app
+
+    app = make_app(FraudConfig(learn=False))  # the model learns per batch; rules alone are exact
+    alert_sets = []
+    for bs in (1_000, 25_000):
+        d = tmp_path / str(bs)
+        with Runtime(data_dir=str(d), mode="ray", shards=2) as rt:
+            run(rt, app, FileSource(txns, batch_size=bs))
+        alert_sets.append(set(Store(d).read("alerts").column("event_id").to_pylist()))
+    assert alert_sets[0] == alert_sets[1]
+
+
+def test_second_file_continues_profiles(ray_session, tmp_path):
+    events = pq.read_table(make_transactions(tmp_path / "all.parquet", 20_000, 1_000))
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(events.slice(0, 12_000), first)
+    pq.write_table(events.slice(12_000), second)
+    data = tmp_path / "data"
+    for f in (first, second):
+        with Runtime(data_dir=str(data), mode="ray", shards=2) as rt:
+            run(rt, fraud_app, FileSource(f))
+    assert_profiles_match(data, sql_profiles(events))
+
+
+def test_killed_replay_resumes_exactly(ray_session, txns, tmp_path):
+    """SIGKILL the whole runtime after a checkpoint, replay again: same profiles as a clean run."""
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "runtime.cli", "replay", str(txns), "--data", str(data),
+           "--batch-size", "2000", "--checkpoint-every", "10000", "--rate", "15000", "--json"]
+    # paced so that the kill lands in the middle of the stream
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+            if (data / "_checkpoints.lance").exists() and Store(data).last_checkpoint().positions:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cp = Store(data).last_checkpoint()
+    done = next(iter(cp.positions.values()))
+    assert 0 < done < 60_000, "the kill should land in the middle of the stream"
+
+    with Runtime(data_dir=str(data), mode="ray", shards=2) as rt:
+        stats = run(rt, fraud_app, FileSource(txns, batch_size=5_000))
+    assert stats.resumed_from == done
+    assert stats.input == 60_000 - done
+    assert_profiles_match(data, sql_profiles(txns))
+
+
+def test_bad_rows_and_duplicates_reconcile(ray_session, tmp_path):
+    good_table = pq.read_table(make_transactions(tmp_path / "g.parquet", 3_000, 200))
+    good = good_table.to_pylist()
+    for r in good:
+        r["ts"] = r["ts"].isoformat()
+    bad = [
+        {**good[0], "event_id": 10_000_001, "amount": "twelve"},
+        {**good[1], "event_id": 10_000_002, "amount": float("nan")},
+        {**good[2], "event_id": 10_000_003, "amount": -5.0},
+        {**good[3], "event_id": 10_000_004, "amount": 1e12},
+        {**good[4], "event_id": 10_000_005, "ts": "yesterday-ish"},
+        {**good[5], "event_id": 10_000_006, "customer_id": None},
+        {**good[6], "event_id": 10_000_007, "customer_id": "x" * 10_000},
+        {**good[7], "event_id": "seven"},
+        {**good[8], "event_id": 10_000_009, "lat": 123.0},
+    ]
+    dups = [dict(r) for r in good[:40]]
+    lines = [json.dumps(r) for r in good + bad + dups]  # NaN is written as a bare NaN token
+    lines.insert(100, "{not json at all")
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    with Runtime(data_dir=str(tmp_path / "d"), mode="ray", shards=2) as rt:
+        stats = run(rt, fraud_app, FileSource(path, batch_size=1_000))
+    assert stats.input == len(lines)
+    assert stats.duplicates == 40
+    assert stats.dead_lettered == len(bad) + 1
+    assert stats.accepted + stats.dead_lettered + stats.duplicates == stats.input
+    dead = Store(tmp_path / "d").read("dead_letters")
+    reasons = " | ".join(dead.column("reason").to_pylist())
+    for word in ("amount", "ts", "customer_id", "event_id", "lat", "exceeds", "maximum", "minimum"):
+        assert word in reasons, word
+    assert all(len(r) <= 4096 for r in dead.column("raw").to_pylist())
+    assert_profiles_match(tmp_path / "d", sql_profiles(good_table))
+
+
+def test_passivation_keeps_profiles_exact(ray_session, txns, tmp_path):
+    """More customers than the memory budget allows: LRU entities go to LanceDB and come back."""
+    with Runtime(data_dir=str(tmp_path), mode="ray", shards=2, max_active=300, checkpoint_rows=20_000) as rt:
+        stats = run(rt, fraud_app, FileSource(txns, batch_size=4_000))
+        shard_stats = rt.shard_stats()["customers"]
+    assert sum(s["passivated"] for s in shard_stats) > 1_000
+    assert sum(s["loaded"] for s in shard_stats) > 100
+    assert all(s["active"] <= 300 + 4_000 for s in shard_stats)
+    assert stats.accepted == 60_000
+    assert stats.counters["rows"] == 60_000  # every shard result is counted across checkpoints
+    assert_profiles_match(tmp_path, sql_profiles(txns))
