@@ -59,7 +59,9 @@ def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
     out.print(table)
 
 
-def _runtime(data: Path, address: str | None, shards: int | None, local: bool = False, **settings: Any) -> Any:
+def _runtime(
+    data: Path, address: str | None, shards: int | None, local: bool = False, **settings: Any
+) -> Any:
     from runtime.core import Runtime
 
     mode = "local" if local else "ray"
@@ -170,10 +172,16 @@ def replay(
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
     checkpoint_every: int = typer.Option(
-        2_000_000, "--checkpoint-every", help="Commit state and the file position after this many rows."
+        2_000_000,
+        "--checkpoint-every",
+        help="Commit state and the file position after this many rows.",
     ),
-    max_active: int = typer.Option(2_000_000, "--max-active", help="Entities kept in memory per shard before passivation."),
-    rate: float = typer.Option(0, "--rate", help="Pace the replay to this many events/s (0: as fast as it goes)."),
+    max_active: int = typer.Option(
+        2_000_000, "--max-active", help="Entities kept in memory per shard before passivation."
+    ),
+    rate: float = typer.Option(
+        0, "--rate", help="Pace the replay to this many events/s (0: as fast as it goes)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a recorded stream through an app and update the data folder.

@@ -367,7 +367,11 @@ class Runtime:
         self.n_checkpoints += 1
         if self.n_checkpoints % self.config.compact_every == 0:
             for n in [*managed, "_checkpoints"]:
-                store.compact(n, keep_newer_than=previous.started_at or started)
+                store.compact(
+                    n,
+                    keep_newer_than=previous.started_at or started,
+                    keep_version=cp.versions.get(n),
+                )
         return cp
 
     # -- single entities -------------------------------------------------------------------------

@@ -101,6 +101,11 @@ class SeenSet:
         self._fifo.append(ids)
         self._size += len(ids)
         while self._size > self.capacity and self._fifo:
-            old = self._fifo.pop(0)
+            excess = self._size - self.capacity
+            oldest = self._fifo[0]
+            if len(oldest) <= excess:
+                old = self._fifo.pop(0)
+            else:  # forget only the oldest part of this batch
+                old, self._fifo[0] = oldest[:excess], oldest[excess:]
             self._sorted = self._sorted[~np.isin(self._sorted, old)]
             self._size -= len(old)

@@ -47,6 +47,8 @@ DEAD_LETTER_SCHEMA = pa.schema(
     ]
 )
 MAX_RAW_CHARS = 4096
+#: column a source fills with the text of a record it could not parse at all
+MALFORMED = "_edgecore_malformed"
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class EventSchema:
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         missing = [c.name for c in self.columns if c.required and c.name not in table.column_names]
-        if missing:
+        # per-record sources (JSON lines, CSV with broken rows) can lack a field row by row
+        per_record = MALFORMED in table.column_names
+        if missing and not per_record:
             raise SchemaError(
                 f"input for {self.name!r} lacks required column(s) {missing}; "
                 f"it has {table.column_names}. Expected columns: {[c.name for c in self.columns]}"
@@ -101,9 +105,14 @@ class EventSchema:
         n = table.num_rows
         out: dict[str, pa.Array] = {}
         failed: list[tuple[str, np.ndarray, Any]] = []
+        if per_record:
+            broken = table.column(MALFORMED).is_valid().to_numpy(zero_copy_only=False)
+            failed.append(("record", broken, lambda i: "malformed (not parseable as a record)"))
         for col in self.columns:
             if col.name not in table.column_names:
                 out[col.name] = pa.nulls(n, col.arrow_type)
+                if col.required:
+                    failed.append((col.name, np.ones(n, dtype=bool), lambda i: "missing value"))
                 continue
             values, bad = _coerce(table.column(col.name), col)
             out[col.name] = values
@@ -163,7 +172,11 @@ def _raw_json(row: dict[str, Any]) -> str:
 
 def _show(values: np.ndarray):
     def why_factory(template: str):
-        return lambda i: template.format(repr(values[i])[:80])
+        def why(i: int) -> str:
+            v = values[i]
+            return template.format(repr(v.item() if isinstance(v, np.generic) else v)[:80])
+
+        return why
 
     return why_factory
 
@@ -211,30 +224,60 @@ def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     """Parse a mistyped column vectorized (pandas' coercing parsers); unparsable -> null + flag."""
     series = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     if col.type == "timestamp":
-        if pa.types.is_timestamp(arr.type):
-            parsed = pc.cast(arr, pa.timestamp("ms"))
-            return parsed, np.zeros(len(arr), dtype=bool)
+        if pa.types.is_timestamp(arr.type):  # sub-millisecond precision is truncated
+            if arr.type.tz is not None:
+                arr = pc.cast(arr, pa.timestamp(arr.type.unit))
+            return pc.cast(arr, pa.timestamp("ms"), safe=False), np.zeros(len(arr), dtype=bool)
         if pa.types.is_integer(arr.type):  # epoch milliseconds
             return pc.cast(arr, pa.int64()).cast(pa.timestamp("ms")), np.zeros(len(arr), dtype=bool)
-        ts = pd.to_datetime(series, errors="coerce", utc=True, format="ISO8601")
-        bad = ts.isna().to_numpy() & series.notna().to_numpy()
-        ms = ts.dt.tz_localize(None).astype("datetime64[ms]")
-        return pa.array(ms, pa.timestamp("ms")), bad
+        text = series.astype("string")
+        epoch = text.str.fullmatch(r"\s*[+-]?\d{1,15}\s*").fillna(False).to_numpy(dtype=bool)
+        ts = pd.to_datetime(series.where(~epoch, None), errors="coerce", utc=True, format="ISO8601")
+        ms = ts.dt.tz_localize(None).astype("datetime64[ms]").to_numpy().astype(np.int64)
+        if epoch.any():  # digits in text: epoch milliseconds, as CSV carries them
+            ms[epoch] = text[epoch].astype("int64").to_numpy()
+        valid = ~ts.isna().to_numpy() | epoch
+        bad = ~valid & series.notna().to_numpy()
+        return pa.array(ms, pa.int64(), mask=~valid).cast(pa.timestamp("ms")), bad
     if col.type == "bool":
         mapped = series.map(_BOOLS.get) if series.dtype == object else series
         bad = mapped.isna().to_numpy() & series.notna().to_numpy()
         return pa.array(mapped.where(mapped.notna(), None).tolist(), pa.bool_()), bad
+    if col.type == "int64":
+        return _parse_int(arr, series)
     num = pd.to_numeric(series, errors="coerce")
     bad = num.isna().to_numpy() & series.notna().to_numpy()
-    if col.type == "int64":
-        f = num.to_numpy(dtype=np.float64, na_value=np.nan)
-        frac = np.isfinite(f) & (f != np.round(f))
-        bad |= frac | (np.isinf(f))
-        ok = np.isfinite(f) & ~frac
-        return pa.array(np.where(ok, f, 0).astype(np.int64), pa.int64(), mask=~ok), bad
     f = num.to_numpy(dtype=np.float64, na_value=np.nan)
     # keep NaN that came from the input as NaN (refused later as non-finite), null where unparsable
     return pa.array(f, pa.float64(), mask=bad | series.isna().to_numpy()), bad
+
+
+def _parse_int(arr: pa.Array, series: pd.Series) -> tuple[pa.Array, np.ndarray]:
+    """Integers exactly: digit strings are cast as integers, never through float64
+    (which silently rounds above 2**53); integral floats are taken within +-2**53."""
+    n = len(arr)
+    out = np.zeros(n, dtype=np.int64)
+    ok = np.zeros(n, dtype=bool)
+    present = series.notna().to_numpy()
+    if pa.types.is_floating(arr.type):
+        f = arr.to_numpy(zero_copy_only=False)
+        ok = np.isfinite(f) & (f == np.round(f)) & (np.abs(f) <= 2.0**53)
+        out[ok] = f[ok].astype(np.int64)
+    else:
+        text = series.astype("string").str.strip()
+        digits = text.str.fullmatch(r"[+-]?\d{1,18}").fillna(False).to_numpy(dtype=bool)
+        out[digits] = text[digits].astype("int64").to_numpy()
+        ok |= digits
+        rest = present & ~digits  # e.g. "12.0" or 1e3: integral values written as floats
+        if rest.any():
+            f = pd.to_numeric(series[rest], errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
+            fine = np.isfinite(f) & (f == np.round(f)) & (np.abs(f) <= 2.0**53)
+            idx = np.flatnonzero(rest)[fine]
+            out[idx] = f[fine].astype(np.int64)
+            ok[idx] = True
+    return pa.array(out, pa.int64(), mask=~ok), present & ~ok
 
 
 _BOOLS: dict[Any, bool] = {  # 1 and 0 match True and False as dict keys

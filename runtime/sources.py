@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from runtime.errors import ConfigError, SchemaError
+from runtime.schema import MALFORMED
 
 FORMATS = {
     ".parquet": "parquet",
@@ -37,7 +38,7 @@ FORMATS = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
-BAD_JSON = "_edgecore_bad_json"
+BAD_JSON = MALFORMED  # a JSON line that is not an object
 
 
 class Source(Protocol):
@@ -89,12 +90,18 @@ class FileSource:
             header = next(csv.reader(f), None)
         if not header:
             return
+        broken: list[str] = []
+
+        def keep_broken(row: pacsv.InvalidRow) -> str:
+            broken.append((row.text or "")[:4096])  # becomes a dead letter, not a silent skip
+            return "skip"
+
         reader = pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(block_size=1 << 22),
             # everything as text: types are checked row by row at validation
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=keep_broken),
         )
         buf: list[pa.RecordBatch] = []
         n = 0
@@ -104,6 +111,9 @@ class FileSource:
             if n >= self.batch_size:
                 yield pa.Table.from_batches(buf)
                 buf, n = [], 0
+            if broken:
+                yield pa.table({MALFORMED: pa.array(broken, pa.string())})
+                broken.clear()
         if buf:
             yield pa.Table.from_batches(buf)
 

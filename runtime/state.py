@@ -96,7 +96,9 @@ class StateSpec:
             fields = []
             for name, v in spec.items():
                 if isinstance(v, str):
-                    fields.append(Field(name, v, "" if v == "string" else 0))
+                    fields.append(
+                        Field(name, v, {"string": "", "bool": False, "float64": 0.0}.get(v, 0))
+                    )
                 else:
                     fields.append(Field(name, *v))
             return StateSpec(tuple(fields))
@@ -217,7 +219,8 @@ class ColumnarState:
             elif f.dtype == "string":
                 vals = col.to_numpy(zero_copy_only=False)
             else:
-                vals = col.fill_null(f.default).to_numpy(zero_copy_only=False)
+                default = pa.scalar(f.default).cast(f.arrow_type)
+                vals = col.cast(f.arrow_type).fill_null(default).to_numpy(zero_copy_only=False)
             self.cols[f.name][slots] = vals
 
     def row(self, slot: int) -> dict[str, Any]:

@@ -150,11 +150,20 @@ class Store:
             self.db.drop_table(name)
         self._tables.pop(name, None)
 
-    def compact(self, name: str, keep_newer_than: float) -> None:
-        """Merge small fragments and drop versions older than ``keep_newer_than`` (epoch s)."""
+    def compact(self, name: str, keep_newer_than: float, keep_version: int | None = None) -> None:
+        """Merge small fragments; drop versions older than ``keep_newer_than`` (epoch s) but
+        never ``keep_version`` (the one the last commit names, needed by recovery)."""
         tbl = self.table(name)
         tbl.checkout_latest()
-        age = max(0.0, time.time() - keep_newer_than)
+        cutoff = keep_newer_than
+        if keep_version is not None:
+            for v in tbl.list_versions():
+                if v["version"] == keep_version:
+                    ts = v["timestamp"]
+                    cutoff = (
+                        min(cutoff, ts.timestamp() if hasattr(ts, "timestamp") else float(ts)) - 1.0
+                    )
+        age = max(0.0, time.time() - cutoff)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tbl.optimize(cleanup_older_than=timedelta(seconds=age), delete_unverified=True)

@@ -84,7 +84,7 @@ class Topic:
         """Push every future batch to ``handle.on_batch`` (replaying from ``from_offset``)."""
         self._subscribers[name] = handle
         if from_offset is not None:
-            backlog = self.read(from_offset, max_rows=self.retention_rows)
+            backlog = self.read(from_offset, max_rows=max(1, self._next - from_offset))
             if backlog.num_rows:
                 self._pending.append(handle.call("on_batch", backlog))
 

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import assert_profiles_match, make_transactions, sql_profiles
@@ -68,15 +66,33 @@ def test_second_file_continues_profiles(ray_session, tmp_path):
 def test_killed_replay_resumes_exactly(ray_session, txns, tmp_path):
     """SIGKILL the whole runtime after a checkpoint, replay again: same profiles as a clean run."""
     data = tmp_path / "data"
-    cmd = [sys.executable, "-m", "runtime.cli", "replay", str(txns), "--data", str(data),
-           "--batch-size", "2000", "--checkpoint-every", "10000", "--rate", "15000", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runtime.cli",
+        "replay",
+        str(txns),
+        "--data",
+        str(data),
+        "--batch-size",
+        "2000",
+        "--checkpoint-every",
+        "10000",
+        "--rate",
+        "15000",
+        "--json",
+    ]
     # paced so that the kill lands in the middle of the stream
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(
+                    f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+                )
             if (data / "_checkpoints.lance").exists() and Store(data).last_checkpoint().positions:
                 break
             time.sleep(0.2)
@@ -133,7 +149,9 @@ def test_bad_rows_and_duplicates_reconcile(ray_session, tmp_path):
 
 def test_passivation_keeps_profiles_exact(ray_session, txns, tmp_path):
     """More customers than the memory budget allows: LRU entities go to LanceDB and come back."""
-    with Runtime(data_dir=str(tmp_path), mode="ray", shards=2, max_active=300, checkpoint_rows=20_000) as rt:
+    with Runtime(
+        data_dir=str(tmp_path), mode="ray", shards=2, max_active=300, checkpoint_rows=20_000
+    ) as rt:
         stats = run(rt, fraud_app, FileSource(txns, batch_size=4_000))
         shard_stats = rt.shard_stats()["customers"]
     assert sum(s["passivated"] for s in shard_stats) > 1_000

@@ -99,20 +99,15 @@ def test_seen_set_random_against_python_set() -> None:
 def test_seen_set_capacity_evicts_oldest_batches() -> None:
     seen = SeenSet(capacity=10)
     assert seen.add_new(np.arange(0, 6)).all()
-    assert seen.add_new(np.arange(6, 12)).all()  # 12 > 10: the first batch is forgotten
-    assert len(seen) <= 10
-    assert not seen.contains(np.arange(0, 6)).any()
-    assert seen.contains(np.arange(6, 12)).all()
+    assert seen.add_new(np.arange(6, 12)).all()  # 12 > 10: the two oldest ids are forgotten
+    assert len(seen) == 10
+    assert not seen.contains(np.arange(0, 2)).any()
+    assert seen.contains(np.arange(2, 12)).all()
     # forgotten ids count as new again; remembered ones do not
     assert seen.add_new(np.array([0, 7])).tolist() == [True, False]
     assert len(seen) <= 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/index.py:103-106 evicts whole batches, including the batch just added, "
-    "so one batch larger than capacity leaves the set empty",
-)
 def test_seen_set_batch_larger_than_capacity_keeps_newest() -> None:
     seen = SeenSet(capacity=5)
     assert seen.add_new(np.arange(8)).all()

@@ -126,11 +126,6 @@ def test_int_from_float_input() -> None:
     assert len(why) == 2 and all(w.startswith("n: not a valid int64") for w in why)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/schema.py:230-234 parses int64 text through float64: values above 2**53 "
-    "lose precision and out-of-range values become INT64_MIN, silently accepted",
-)
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
 def test_int_parse_exact_for_large_and_out_of_range_values() -> None:
     vals, why = one(Column("n", "int64"), ["9007199254740993", "1e30"])
@@ -186,11 +181,6 @@ def test_unparsable_bool() -> None:
     assert_reasons(why, [("b: not a valid bool: ", "2")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/schema.py:166 (_show) uses repr() of numpy scalars: with numpy 2 reasons read "
-    "'np.float64(-0.01) is below the minimum 0' instead of '-0.01 is below the minimum 0'",
-)
 def test_reason_shows_plain_values() -> None:
     _, why = one(Column("amount", "float64", min=0), [-0.01])
     assert why == ["amount: -0.01 is below the minimum 0"]
@@ -259,11 +249,6 @@ def test_timestamp_from_timestamp_types() -> None:
         assert vals[0].replace(microsecond=0) == dt.datetime(2023, 11, 14, 22, 13, 20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/schema.py:215 casts timestamp[us/ns] to timestamp[ms] with safe=True: "
-    "sub-millisecond values (any pandas datetime64[ns]) raise ArrowInvalid from validate",
-)
 def test_timestamp_with_sub_millisecond_precision() -> None:
     arr = pa.array([1_700_000_000_123_456_789], pa.timestamp("ns"))
     vals, why = one(Column("ts", "timestamp"), arr)

@@ -151,11 +151,6 @@ def test_csv_header_only(tmp_path: Path) -> None:
     assert list(FileSource(tmp_path / "empty.csv").batches()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/sources.py:97 skips CSV rows with a wrong field count (invalid_row_handler "
-    "returns 'skip'): they vanish instead of coming through to be dead-lettered",
-)
 def test_csv_row_with_wrong_field_count_is_not_lost(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
     path.write_text("id,amount,name\n1,2.5,a\n2,1.0\n3,1.0,c,extra\n4,1.0,d\n")
@@ -185,7 +180,9 @@ def test_jsonl_with_a_broken_line(tmp_path: Path) -> None:
     assert ok.column("id").to_pylist() == [1, 4]
     assert ok.column("amount").to_pylist() == [2.5, 7.0]
     assert dead.column("position").to_pylist() == [1, 2]
-    assert dead.column("reason").to_pylist() == ["id: missing value"] * 2
+    assert (
+        dead.column("reason").to_pylist() == ["record: malformed (not parseable as a record)"] * 2
+    )
     assert BAD_JSON in json.loads(dead.column("raw")[0].as_py())
     # resume after the broken line
     ok, dead, ends = validate_each(FileSource(path, batch_size=2), start=2)

@@ -241,11 +241,6 @@ def test_load_keeps_defaults_for_new_fields_and_fills_nulls() -> None:
     assert st.cols["vec"][slots].tolist() == [[0.5] * 4] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/state.py:220 fill_null(f.default) with the int default 0 that "
-    "StateSpec.of gives a 'bool' field raises ArrowInvalid, so such profiles cannot be loaded",
-)
 def test_load_bool_field_declared_by_shorthand() -> None:
     spec = StateSpec.of({"flag": "bool"})
     st = ColumnarState(spec, key="k")

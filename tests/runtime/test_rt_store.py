@@ -184,12 +184,6 @@ def test_compaction_bounds_versions_and_keeps_the_commit_restorable(tmp_path: Pa
     assert fresh.last_checkpoint().epoch == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/core.py:367-369 compacts with keep_newer_than=previous.started_at; a table "
-    "not written since an older checkpoint has its committed version deleted by "
-    "Store.compact (runtime/store.py:153-160), and recover then raises StoreError",
-)
 def test_compaction_keeps_commit_of_a_table_not_written_lately(tmp_path: Path) -> None:
     store = Store(tmp_path)
     prev = Checkpoint()
@@ -199,7 +193,9 @@ def test_compaction_keeps_commit_of_a_table_not_written_lately(tmp_path: Path) -
             store.upsert("t", people([f"k{epoch}"], [epoch]), key="id")
         cp = checkpoint(store, epoch, started, ["t"])
         if epoch == 5:  # compact_every=5, exactly as Runtime.checkpoint does
-            store.compact("t", keep_newer_than=prev.started_at or started)
+            store.compact(
+                "t", keep_newer_than=prev.started_at or started, keep_version=cp.versions["t"]
+            )
         prev = cp
         time.sleep(0.01)
     store.upsert("t", people(["late"], [1]), key="id")

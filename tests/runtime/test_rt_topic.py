@@ -127,11 +127,6 @@ def test_subscribe_with_backlog() -> None:
     assert sub.target.values() == list(range(3, 12))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/topic.py:87 reads the backlog with max_rows=retention_rows, but whole-batch "
-    "retention can keep more rows than that: the newest retained rows are never delivered",
-)
 def test_subscribe_with_backlog_when_retention_holds_more_rows() -> None:
     t = Topic("t", retention_rows=10)
     t.publish(xs(0, 7))
