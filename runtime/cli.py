@@ -6,6 +6,9 @@ JSON object on stdout. User errors exit with code 1 and a one-line reason.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import functools
 import json
 import sys
 from pathlib import Path
@@ -40,14 +43,42 @@ def main() -> None:
         sys.exit(1)
 
 
+def _user_errors(fn: Any) -> Any:
+    """Report edgecore errors as one line on stderr and exit 1 (also under CliRunner)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgecoreError as e:
+            _fail(str(e))
+
+    return wrapper
+
+
 def _fail(message: str) -> None:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(1)
 
 
+def _plain(v: Any) -> Any:
+    """JSON for values SQL and Arrow hand back: decimals as numbers, times as ISO-8601."""
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (datetime.datetime, datetime.date)):
+        return v.isoformat()
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, default=_plain)
+
+
 def _emit(data: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
-        typer.echo(json.dumps(data, default=str))
+        typer.echo(_dumps(data))
         return
     table = Table(title=title, show_header=False)
     for k, v in data.items():
@@ -114,6 +145,7 @@ def _summary(stats: Any, data: Path) -> dict[str, Any]:
 
 
 @app.command()
+@_user_errors
 def demo(
     events: int = typer.Option(
         1_000_000, "--events", "-n", help="How many synthetic transactions to run."
@@ -159,6 +191,7 @@ def demo(
 
 
 @app.command()
+@_user_errors
 def replay(
     file: Path = typer.Argument(..., help="Recorded events: .parquet, .csv or .jsonl/.ndjson."),
     app_name: str = typer.Option(
@@ -211,6 +244,7 @@ def replay(
 
 
 @app.command()
+@_user_errors
 def entity(
     kind: str = typer.Argument(
         ..., help="Entity kind, e.g. 'customer' (or the table name 'customers')."
@@ -232,6 +266,7 @@ def entity(
 
 
 @app.command()
+@_user_errors
 def sql(
     query: str = typer.Argument(
         ..., help="DuckDB SQL; tables are named as in the data folder (customers, alerts, ...)."
@@ -248,7 +283,7 @@ def sql(
     result = run_query(data, query)
     rows = result.to_pylist()
     if as_json:
-        typer.echo(json.dumps({"columns": result.column_names, "rows": rows}, default=str))
+        typer.echo(_dumps({"columns": result.column_names, "rows": rows}))
         return
     table = Table(*result.column_names)
     for r in rows[:limit]:
@@ -259,6 +294,7 @@ def sql(
 
 
 @app.command()
+@_user_errors
 def status(
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -268,7 +304,7 @@ def status(
 
     info = folder_status(data)
     if as_json:
-        typer.echo(json.dumps(info, default=str))
+        typer.echo(_dumps(info))
         return
     table = Table("table", "rows", "versions")
     for t in info["tables"]:

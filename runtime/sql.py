@@ -42,12 +42,8 @@ def query(data_dir: str | Path, sql: str) -> pa.Table:
         rel = con.sql(sql)
         return rel.to_arrow_table() if rel is not None else pa.table({})
     except duckdb.Error as err:
-        tables = [
-            r[0]
-            for r in con.execute(
-                "SELECT view_name FROM duckdb_views() WHERE NOT internal"
-            ).fetchall()
-        ]
+        views = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        tables = [r[0] for r in views if not r[0].startswith("__")]
         raise ConfigError(f"SQL failed: {err}\ntables in {data_dir}: {sorted(tables)}") from err
     finally:
         con.close()

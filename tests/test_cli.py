@@ -1,0 +1,156 @@
+"""The `edgecore` CLI through typer's CliRunner, the README's Python examples, cluster.yaml."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import make_transactions, sql_profiles
+from typer.testing import CliRunner
+
+from runtime.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def replayed(ray_session, tmp_path_factory):
+    """One replay through the CLI; the other CLI tests read its data folder."""
+    d = tmp_path_factory.mktemp("cli")
+    txns = make_transactions(d / "tx.csv", 8_000, 500)
+    result = runner.invoke(
+        app, ["replay", str(txns), "--app", "fraud", "--data", str(d / "data"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    return d / "data", txns, json.loads(result.stdout)
+
+
+def test_replay_json(replayed):
+    _, _, out = replayed
+    assert {
+        "input",
+        "accepted",
+        "dead_lettered",
+        "duplicates",
+        "alerts",
+        "seconds",
+        "events_per_s",
+    } <= set(out)
+    assert out["input"] == out["accepted"] == 8_000
+    assert out["accepted"] + out["dead_lettered"] + out["duplicates"] == out["input"]
+
+
+def test_entity_from_lancedb(replayed):
+    data, txns, _ = replayed
+    expected = sql_profiles(txns)["c7"]
+    for kind in ("customer", "customers"):
+        result = runner.invoke(app, ["entity", kind, "c7", "--data", str(data), "--json"])
+        assert result.exit_code == 0, result.output
+        profile = json.loads(result.stdout)
+        assert profile["customer_id"] == "c7"
+        assert profile["txn_count"] == expected["txn_count"]
+
+
+def test_entity_unknown_key_exits_1(replayed):
+    data, _, _ = replayed
+    result = runner.invoke(app, ["entity", "customer", "no-such-customer", "--data", str(data)])
+    assert result.exit_code == 1
+    assert "no-such-customer" in result.output and "not known" in result.output
+
+
+def test_sql_json_and_errors(replayed):
+    data, txns, _ = replayed
+    result = runner.invoke(
+        app,
+        [
+            "sql",
+            "SELECT count(*) AS n, sum(txn_count) AS t FROM customers",
+            "--data",
+            str(data),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["rows"][0]
+    assert row["n"] == len(sql_profiles(txns)) and row["t"] == 8_000
+    result = runner.invoke(app, ["sql", "SELECT nope FROM customers", "--data", str(data)])
+    assert result.exit_code == 1 and "customers" in result.output
+    result = runner.invoke(app, ["sql", "SELECT 1", "--data", str(data / "missing")])
+    assert result.exit_code == 1 and "no data folder" in result.output
+
+
+def test_status_json(replayed):
+    data, _, _ = replayed
+    result = runner.invoke(app, ["status", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert {t["name"] for t in info["tables"]} >= {"customers", "alerts", "_checkpoints"}
+    assert info["checkpoint"]["epoch"] >= 1
+
+
+def test_replay_user_errors(tmp_path):
+    assert runner.invoke(app, ["replay", str(tmp_path / "nope.parquet")]).exit_code == 1
+    bad = tmp_path / "x.txt"
+    bad.write_text("hello")
+    result = runner.invoke(app, ["replay", str(bad)])
+    assert result.exit_code == 1 and ".parquet" in result.output
+    result = runner.invoke(app, ["replay", str(bad), "--app", "nosuchapp"])
+    assert result.exit_code == 1 and "fraud" in result.output
+
+
+def test_replay_missing_column_is_a_clear_error(ray_session, tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("event_id,ts,customer_id\n1,2026-01-01T00:00:00Z,c1\n")
+    result = runner.invoke(app, ["replay", str(f), "--data", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert "amount" in result.output and "lacks required column" in result.output
+
+
+def test_demo_json(ray_session, tmp_path):
+    result = runner.invoke(
+        app, ["demo", "--events", "20000", "--customers", "1000", "--data", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["events"] == 20_000 and out["accepted"] == 20_000
+    assert 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1
+    again = json.loads(
+        runner.invoke(
+            app,
+            ["demo", "--events", "5000", "--customers", "1000", "--data", str(tmp_path), "--json"],
+        ).stdout
+    )
+    assert again["resumed_from"] == 20_000 and again["duplicates"] == 0  # the stream goes on
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_readme_python_examples_run(ray_session, block):
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(code) == 2
+    exec(
+        compile(code[block], f"README.md[python {block}]", "exec"), {"__name__": f"readme_{block}"}
+    )
+
+
+def test_readme_commands_match_ci():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install '.[test]'" in readme and "pip install -q '.[test]'" in ci
+    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+
+
+def test_cluster_yaml_is_valid_for_ray_up():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    roles = {t["labels"]["role"] for t in types.values()}
+    assert roles == {"core", "edge"}
+    assert types[config["head_node_type"]]["labels"]["role"] == "core"
+    start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "RAY_AUTH_MODE=token" in start
