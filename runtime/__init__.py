@@ -39,7 +39,32 @@ _EXPORTS = {
     "Source": "runtime.sources",
     "Field": "runtime.state",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ActorFailedError",
+    "App",
+    "Batch",
+    "Column",
+    "ConfigError",
+    "EdgecoreError",
+    "EntityKind",
+    "EntityRef",
+    "EventSchema",
+    "Field",
+    "FileSource",
+    "IteratorSource",
+    "NotStartedError",
+    "Paced",
+    "RunStats",
+    "Runtime",
+    "RuntimeConfig",
+    "SchemaError",
+    "Source",
+    "StoreError",
+    "TableSink",
+    "UnknownEntityError",
+    "handler",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:
