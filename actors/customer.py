@@ -148,7 +148,8 @@ class Customer(EntityKind):
         )
 
         # previous arrival's timestamp, and how many earlier events fall in the burst window
-        prev_t = np.where(rank > 0, t[prev], c["last_ts"][s])
+        # the previous arrival (not the latest timestamp): the same whatever the batching
+        prev_t = np.where(rank > 0, t[prev], c["recent_ts"][s, 0])
         since = np.where(has, np.maximum(t - prev_t, 0) / 1000.0, 1e6)
         ring = c["recent_ts"][s]
         burst = np.zeros(n, dtype=np.int64)
@@ -156,8 +157,7 @@ class Customer(EntityKind):
             within = rank >= j
             from_ring = np.clip(j - rank - 1, 0, RECENT - 1)
             pj = np.where(within, t[np.maximum(np.arange(n) - j, 0)], ring[np.arange(n), from_ring])
-            valid = within | ((j - rank - 1) < RECENT)
-            burst += valid & (pj != NO_TS) & (t - pj >= 0) & (t - pj <= cfg.burst_window_ms)
+            burst += (pj != NO_TS) & (t - pj >= 0) & (t - pj <= cfg.burst_window_ms)
 
         # a device is new if neither the profile nor an earlier event of the batch had it
         in_profile = (c["devices"][s] == dev[:, None]).any(axis=1)
@@ -167,6 +167,7 @@ class Customer(EntityKind):
             po = cand[np.lexsort((rank[cand], dev[cand], grp[cand]))]
             repeat = (grp[po[1:]] == grp[po[:-1]]) & (dev[po[1:]] == dev[po[:-1]])
             unseen[po[1:][repeat]] = False  # an earlier event of the batch brought it
+        sequential = _devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
         new_device = unseen & has
 
         # -- score: rules and model, then learn from labels (test-then-train) -----------------
@@ -249,9 +250,10 @@ class Customer(EntityKind):
         new_rows = np.flatnonzero(unseen)  # in (customer, arrival) order
         if len(new_rows):
             np.add.at(c["device_count"], s[new_rows], 1)
+            new_rows = new_rows[~np.isin(grp[new_rows], sequential)]  # their lists are final
             g = grp[new_rows]
             k = np.arange(len(new_rows)) - np.searchsorted(g, g)  # n-th new device of its customer
-            for step in range(int(k.max()) + 1):
+            for step in range(int(k.max(initial=-1)) + 1):
                 sel = new_rows[k == step]
                 rows = c["devices"][s[sel]]
                 c["devices"][s[sel]] = np.column_stack([dev[sel], rows[:, :-1]])
@@ -309,6 +311,9 @@ class Customer(EntityKind):
             )
 
     # -- profile export, model sync ------------------------------------------------------------
+    def active_topics(self) -> tuple[str, ...]:
+        return ("alerts", "predictions") if self.config.predictions else ("alerts",)
+
     def export(self, table: pa.Table) -> pa.Table:
         n = pc.max_element_wise(table["txn_count"], 1).cast(pa.float64())
         mean = pc.divide(table["amount_sum"], n)
@@ -365,6 +370,38 @@ def features(
             has.astype(np.float64),
         ]
     )
+
+
+def _devices_one_by_one(
+    devices: np.ndarray,
+    unseen: np.ndarray,
+    grp: np.ndarray,
+    gstart: np.ndarray,
+    gsize: np.ndarray,
+    s: np.ndarray,
+    dev: np.ndarray,
+) -> np.ndarray:
+    """Redo device novelty event by event where the vectorized check could be wrong.
+
+    The vectorized check compares against the device list as it was before the
+    batch. That is exact unless the batch pushes so many new devices that one
+    falls off the end of the list and comes back later in the same batch: only
+    customers with more than ``DEVICES`` devices in all. Those few are replayed
+    one event at a time, and their lists are updated here. Returns their groups.
+    """
+    pushes = np.bincount(grp[unseen], minlength=len(gstart))
+    filled = (devices[s[gstart]] != 0).sum(axis=1)
+    risky = np.flatnonzero(filled + pushes > DEVICES)
+    for g in risky.tolist():
+        slot = int(s[gstart[g]])
+        ring = devices[slot].tolist()
+        for i in range(int(gstart[g]), int(gstart[g] + gsize[g])):
+            d = int(dev[i])
+            unseen[i] = d not in ring
+            if unseen[i]:
+                ring = [d, *ring[:-1]]
+        devices[slot] = ring
+    return risky
 
 
 def _haversine_km(

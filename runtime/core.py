@@ -109,8 +109,12 @@ class Runtime:
             sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions})
         )
         if self.store.exists(SEEN):
-            ids = self.store.read(SEEN, columns=["event_id"]).column("event_id").to_numpy()
-            self.seen.add(np.unique(ids))
+            seen = self.store.read(SEEN)
+            if "epoch" in seen.column_names:  # oldest first, so the oldest are forgotten first
+                seen = seen.sort_by("epoch")
+            ids = seen.column("event_id").to_numpy()
+            _, first = np.unique(ids, return_index=True)
+            self.seen.add(ids[np.sort(first)])
         self._token = current_runtime.set(self)
         return self
 
@@ -211,7 +215,7 @@ class Runtime:
         if kind_cls.name not in self.checkpoint_state.versions and store.exists(kind_cls.name):
             store.drop(kind_cls.name)  # written by a checkpoint that never committed
         snapshot = self._load_snapshot(kind_cls.name)
-        topics = {t: self.topic(t) for t in kind_cls.topics}
+        topics = {t: self.topic(t) for t in kind_cls(config).active_topics()}
         n = shards or self.n_shards
         handles = [
             spawn(
@@ -353,7 +357,8 @@ class Runtime:
         if self._new_seen:
             ids = np.concatenate(self._new_seen)
             self._new_seen = []
-            store.append(SEEN, pa.table({"event_id": pa.array(ids, pa.int64())}))
+            epoch = np.full(len(ids), self.checkpoint_state.epoch + 1, dtype=np.int64)
+            store.append(SEEN, pa.table({"event_id": pa.array(ids, pa.int64()), "epoch": epoch}))
         managed = [n for n in [*self.kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.checkpoint_state
         cp = Checkpoint(
@@ -366,6 +371,7 @@ class Runtime:
         self.checkpoint_state = cp
         self.n_checkpoints += 1
         if self.n_checkpoints % self.config.compact_every == 0:
+            self._trim_seen(store, cp.epoch)
             for n in [*managed, "_checkpoints"]:
                 store.compact(
                     n,
@@ -373,6 +379,20 @@ class Runtime:
                     keep_version=cp.versions.get(n),
                 )
         return cp
+
+    def _trim_seen(self, store: Store, epoch: int) -> None:
+        """Keep the applied-ids table near the dedup capacity: drop whole old epochs."""
+        if not store.exists(SEEN) or store.table(SEEN).count_rows() <= self.config.dedup_capacity:
+            return
+        lo, hi = 0, epoch  # largest cutoff e with rows(epoch >= e) >= capacity
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if store.table(SEEN).count_rows(f"epoch >= {mid}") >= self.config.dedup_capacity:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo > 0:
+            store.table(SEEN).delete(f"epoch < {lo}")
 
     # -- single entities -------------------------------------------------------------------------
     def _shard_for(self, kind: str, key: str) -> Handle:

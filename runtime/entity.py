@@ -137,6 +137,10 @@ class EntityKind:
             self.on_event(row, event)
             st.set_row(slot, row)
 
+    def active_topics(self) -> tuple[str, ...]:
+        """Hook: the declared topics this configuration publishes to (each costs an actor)."""
+        return self.topics
+
     def export(self, table: pa.Table) -> pa.Table:
         """Hook: add derived columns to the stored profile (e.g. a mean from a sum)."""
         return table

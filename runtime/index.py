@@ -60,26 +60,39 @@ class HashIndex:
 
 
 class SeenSet:
-    """Set of int64 ids with a bounded size: the oldest-inserted ids are forgotten first.
+    """Set of int64 ids that remembers at least the ``capacity`` most recent ones.
 
-    ``add_new`` answers, for each id of a batch, whether it is new, counting a
-    repeat inside the same batch as seen (the first occurrence wins).
+    Ids live in generations of about ``generation`` ids, each a sorted array; new ids
+    go into the newest generation, and the oldest generation is forgotten whole once
+    the others still hold ``capacity`` ids. An insert copies one generation, not the
+    whole set, so the cost per batch stays flat on an endless stream.
+    ``add_new`` answers, for each id of a batch, whether it is new, counting a repeat
+    inside the same batch as seen (the first occurrence wins).
     """
 
-    def __init__(self, capacity: int = 50_000_000) -> None:
+    def __init__(self, capacity: int = 50_000_000, generation: int | None = None) -> None:
         self.capacity = capacity
-        self._sorted = np.zeros(0, dtype=np.int64)
-        self._fifo: list[np.ndarray] = []  # insertion order, for eviction
+        self.generation = generation or max(1 << 16, capacity // 8)
+        self._gens: list[np.ndarray] = []  # oldest first; the last one takes new ids
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
-        if len(self._sorted) == 0:
-            return np.zeros(len(ids), dtype=bool)
-        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-        return self._sorted[pos] == ids
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros(len(ids), dtype=bool)
+        if not self._gens or len(ids) == 0:
+            return found
+        order = np.argsort(ids)
+        needles = ids[order]  # sorted needles keep each binary search in cache
+        hit = np.zeros(len(ids), dtype=bool)
+        for gen in self._gens:
+            if len(gen):
+                pos = np.minimum(np.searchsorted(gen, needles), len(gen) - 1)
+                hit |= gen[pos] == needles
+        found[order] = hit
+        return found
 
     def add_new(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
@@ -93,19 +106,14 @@ class SeenSet:
 
     def add(self, ids: np.ndarray) -> None:
         """Add ids known to be absent and unique."""
-        if len(ids) == 0:
-            return
         ids = np.asarray(ids, dtype=np.int64)
-        srt = np.sort(ids)
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, srt), srt)
-        self._fifo.append(ids)
-        self._size += len(ids)
-        while self._size > self.capacity and self._fifo:
-            excess = self._size - self.capacity
-            oldest = self._fifo[0]
-            if len(oldest) <= excess:
-                old = self._fifo.pop(0)
-            else:  # forget only the oldest part of this batch
-                old, self._fifo[0] = oldest[:excess], oldest[excess:]
-            self._sorted = self._sorted[~np.isin(self._sorted, old)]
-            self._size -= len(old)
+        while len(ids):
+            if not self._gens or len(self._gens[-1]) >= self.generation:
+                self._gens.append(np.zeros(0, dtype=np.int64))
+            room = self.generation - len(self._gens[-1])
+            part, ids = np.sort(ids[:room]), ids[room:]
+            gen = self._gens[-1]
+            self._gens[-1] = np.insert(gen, np.searchsorted(gen, part), part)
+            self._size += len(part)
+        while len(self._gens) > 1 and self._size - len(self._gens[0]) >= self.capacity:
+            self._size -= len(self._gens.pop(0))

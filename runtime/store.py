@@ -25,7 +25,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -61,6 +60,10 @@ class Store:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir)
+        # imported here: loading LanceDB before Ray forks its services makes every
+        # fork warn about LanceDB's runtime; processes that never open a store skip it
+        import lancedb
+
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.db = lancedb.connect(str(self.path))

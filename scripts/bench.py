@@ -72,7 +72,9 @@ class PeakRss(threading.Thread):
                 system += rss
         self.samples += 1
         if driver + workers > self.peak["total"]:
-            self.peak.update(total=driver + workers, driver=driver, ray_workers=workers, workers=n_workers)
+            self.peak.update(
+                total=driver + workers, driver=driver, ray_workers=workers, workers=n_workers
+            )
         self.peak["ray_system"] = max(self.peak["ray_system"], system)
 
     def run(self) -> None:
@@ -94,6 +96,19 @@ class PeakRss(threading.Thread):
         }
 
 
+def cpu_seconds(me: psutil.Process) -> dict[int, float]:
+    """User + system CPU seconds of this process and its ``ray::`` descendants, by pid."""
+    out = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            if p is me or any("ray::" in part for part in p.cmdline()):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
 def generate(path: Path, events: int, customers: int) -> float:
     t0 = time.perf_counter()
     code = (
@@ -107,9 +122,16 @@ def generate(path: Path, events: int, customers: int) -> float:
 
 def run_baseline_subprocess(path: Path, batch_size: int, work: Path) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(HERE / "baseline_fraud.py"), str(path), "--batch-size", str(batch_size),
-        "--json", "--alerts-out", str(work / "baseline_alerts.npy"),
-        "--profiles-out", str(work / "baseline_profiles.parquet"),
+        sys.executable,
+        str(HERE / "baseline_fraud.py"),
+        str(path),
+        "--batch-size",
+        str(batch_size),
+        "--json",
+        "--alerts-out",
+        str(work / "baseline_alerts.npy"),
+        "--profiles-out",
+        str(work / "baseline_profiles.parquet"),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -127,13 +149,18 @@ def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int)
         n_shards = rt.n_shards
         setup(rt, fraud_app)
         t_ready = time.perf_counter()
+        cpu0 = cpu_seconds(sampler.me)
         stats = run(rt, fraud_app, FileSource(path, batch_size=batch_size))
+        cpu = sum(cpu_seconds(sampler.me).get(pid, 0.0) - t for pid, t in cpu0.items())
+        cpu += sum(t for pid, t in cpu_seconds(sampler.me).items() if pid not in cpu0)
         t_done = time.perf_counter()
+        shard_busy = [round(st["busy_s"], 2) for st in rt.shard_stats()[fraud_app.kind.name]]
     wall = time.perf_counter() - t0
     mem = sampler.stop()
     return {
         "events_per_s": stats.events_per_s,
         "run_s": stats.seconds,
+        "cpu_s": cpu,  # CPU time of the driver and the Ray workers during the run
         "wall_s": wall,
         "startup_s": t_ready - t0,
         "shutdown_s": wall - (t_done - t0),
@@ -141,6 +168,7 @@ def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int)
         "input": stats.input,
         "accepted": stats.accepted,
         "checkpoints": stats.checkpoints,
+        "shard_busy_s": shard_busy,  # time each shard spent in apply
         "alerts": stats.app.get("alerts"),
         "precision": stats.app.get("precision"),
         "recall": stats.app.get("recall"),
@@ -187,13 +215,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--customers", type=int, default=100_000)
     ap.add_argument("--shards", type=int, default=None, help="default: the number of CPUs")
     ap.add_argument("--batch-size", type=int, default=100_000)
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run each side N times, keep the fastest run"
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
 
     result: dict[str, Any] = {
-        "events": args.events, "customers": args.customers, "batch_size": args.batch_size,
-        "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "events": args.events,
+        "customers": args.customers,
+        "repeat": args.repeat,
+        "batch_size": args.batch_size,
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory(prefix="edgecore-bench-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
@@ -201,20 +236,38 @@ def main(argv: list[str] | None = None) -> None:
         say(f"generating {args.events:,} events for {args.customers:,} customers ...")
         result["generate_s"] = generate(path, args.events, args.customers)
         result["file_mb"] = path.stat().st_size / MB
-        say("baseline (one process, numpy) ...")
-        base = run_baseline_subprocess(path, args.batch_size, work)
-        say("runtime (embedded local Ray) ...")
-        rt = run_runtime(path, work / "data", args.shards, args.batch_size)
-        result["agreement"] = compare(work, work / "data")
+        base, rt, best = None, None, 0
+        for i in range(max(1, args.repeat)):
+            say(f"baseline (one process, numpy), run {i + 1} ...")
+            b = run_baseline_subprocess(path, args.batch_size, work)
+            base = b if base is None or b["events_per_s"] > base["events_per_s"] else base
+            say(f"runtime (embedded local Ray), run {i + 1} ...")
+            r = run_runtime(path, work / f"data{i}", args.shards, args.batch_size)
+            if rt is None or r["events_per_s"] > rt["events_per_s"]:
+                rt, best = r, i
+        result["agreement"] = compare(work, work / f"data{best}")
     result["shards"] = rt["shards"]
     result["runtime"] = rt
     result["baseline"] = {
-        k: base[k] for k in ("events_per_s", "seconds", "alerts", "precision", "recall", "peak_rss_mb")
+        k: base[k]
+        for k in (
+            "events_per_s",
+            "seconds",
+            "cpu_seconds",
+            "alerts",
+            "precision",
+            "recall",
+            "peak_rss_mb",
+        )
     }
     ratio = rt["events_per_s"] / base["events_per_s"]
     result["ratio"] = ratio
     result["targets"] = {
-        "events_per_s": {"target": TARGET_EPS, "value": rt["events_per_s"], "pass": rt["events_per_s"] >= TARGET_EPS},
+        "events_per_s": {
+            "target": TARGET_EPS,
+            "value": rt["events_per_s"],
+            "pass": rt["events_per_s"] >= TARGET_EPS,
+        },
         "ratio": {"target": TARGET_RATIO, "value": ratio, "pass": ratio >= TARGET_RATIO},
     }
     if args.json:
@@ -229,23 +282,45 @@ def report(r: dict[str, Any]) -> None:
     def pr(p: float | None) -> str:
         return "-" if p is None else f"{p:.3f}"
 
-    print(f"\n{r['events']:,} events, {r['customers']:,} customers, batch {r['batch_size']:,}, "
-          f"{rt['shards']} shards, {r['cpus']} CPUs (load before: {r['loadavg_before']})")
-    print(f"{'':12}{'events/s':>12}{'seconds':>10}{'alerts':>9}{'precision':>11}{'recall':>8}{'peak RSS':>11}")
-    print(f"{'runtime':12}{rt['events_per_s']:>12,.0f}{rt['run_s']:>10.2f}{rt['alerts']:>9,}"
-          f"{pr(rt['precision']):>11}{pr(rt['recall']):>8}{rt['peak_rss_mb']:>8,.0f} MB")
-    print(f"{'baseline':12}{base['events_per_s']:>12,.0f}{base['seconds']:>10.2f}{base['alerts']:>9,}"
-          f"{pr(base['precision']):>11}{pr(base['recall']):>8}{base['peak_rss_mb']:>8,.0f} MB")
-    print(f"runtime wall incl. start-up/shutdown: {rt['wall_s']:.2f} s (start-up {rt['startup_s']:.2f} s, "
-          f"shutdown {rt['shutdown_s']:.2f} s, {rt['checkpoints']} checkpoints)")
-    print(f"runtime peak RSS: driver {rt['peak_rss_driver_mb']:,.0f} MB + {rt['ray_workers_at_peak']} Ray "
-          f"workers {rt['peak_rss_ray_workers_mb']:,.0f} MB (Ray services apart: "
-          f"{rt['peak_rss_ray_services_mb']:,.0f} MB)")
-    print(f"alerts: {ag['alerts_both']:,} by both, {ag['alerts_runtime_only']:,} runtime only, "
-          f"{ag['alerts_baseline_only']:,} baseline only (the model differs: per-shard replicas); "
-          f"profiles match: {ag['profiles_match']} {ag.get('profile_mismatches') or ''}")
+    print(
+        f"\n{r['events']:,} events, {r['customers']:,} customers, batch {r['batch_size']:,}, "
+        f"{rt['shards']} shards, {r['cpus']} CPUs (load before: {r['loadavg_before']})"
+    )
+    print(
+        f"{'':12}{'events/s':>12}{'seconds':>10}{'alerts':>9}{'precision':>11}{'recall':>8}{'peak RSS':>11}"
+    )
+    print(
+        f"{'runtime':12}{rt['events_per_s']:>12,.0f}{rt['run_s']:>10.2f}{rt['alerts']:>9,}"
+        f"{pr(rt['precision']):>11}{pr(rt['recall']):>8}{rt['peak_rss_mb']:>8,.0f} MB"
+    )
+    print(
+        f"{'baseline':12}{base['events_per_s']:>12,.0f}{base['seconds']:>10.2f}{base['alerts']:>9,}"
+        f"{pr(base['precision']):>11}{pr(base['recall']):>8}{base['peak_rss_mb']:>8,.0f} MB"
+    )
+    print(
+        f"CPU seconds: runtime {rt['cpu_s']:.2f} (driver + Ray workers), "
+        f"baseline {base['cpu_seconds']:.2f}"
+    )
+    print(
+        f"runtime wall incl. start-up/shutdown: {rt['wall_s']:.2f} s (start-up {rt['startup_s']:.2f} s, "
+        f"shutdown {rt['shutdown_s']:.2f} s, {rt['checkpoints']} checkpoints; shards busy {rt['shard_busy_s']} s)"
+    )
+    print(
+        f"runtime peak RSS: driver {rt['peak_rss_driver_mb']:,.0f} MB + {rt['ray_workers_at_peak']} Ray "
+        f"workers {rt['peak_rss_ray_workers_mb']:,.0f} MB (Ray services apart: "
+        f"{rt['peak_rss_ray_services_mb']:,.0f} MB)"
+    )
+    print(
+        f"alerts: {ag['alerts_both']:,} by both, {ag['alerts_runtime_only']:,} runtime only, "
+        f"{ag['alerts_baseline_only']:,} baseline only (the model differs: per-shard replicas); "
+        f"profiles match: {ag['profiles_match']} {ag.get('profile_mismatches') or ''}"
+    )
     for name, t in r["targets"].items():
-        fmt = f"{t['value']:,.0f} >= {t['target']:,}" if name == "events_per_s" else f"{t['value']:.2f} >= {t['target']}"
+        fmt = (
+            f"{t['value']:,.0f} >= {t['target']:,}"
+            if name == "events_per_s"
+            else f"{t['value']:.2f} >= {t['target']}"
+        )
         print(f"target {name:<13} {fmt:<28} {'PASS' if t['pass'] else 'MISS'}")
 
 

@@ -96,21 +96,22 @@ def test_seen_set_random_against_python_set() -> None:
     assert len(seen) == len(oracle)
 
 
-def test_seen_set_capacity_evicts_oldest_batches() -> None:
-    seen = SeenSet(capacity=10)
+def test_seen_set_capacity_evicts_oldest_generations() -> None:
+    seen = SeenSet(capacity=10, generation=4)
     assert seen.add_new(np.arange(0, 6)).all()
-    assert seen.add_new(np.arange(6, 12)).all()  # 12 > 10: the two oldest ids are forgotten
-    assert len(seen) == 10
-    assert not seen.contains(np.arange(0, 2)).any()
-    assert seen.contains(np.arange(2, 12)).all()
+    assert seen.add_new(np.arange(6, 12)).all()  # 12 ids: the others hold only 8 < 10, keep all
+    assert seen.contains(np.arange(0, 12)).all()
+    assert seen.add_new(np.arange(12, 16)).all()  # now the oldest generation (0..3) can go
+    assert len(seen) == 12
+    assert not seen.contains(np.arange(0, 4)).any()
+    assert seen.contains(np.arange(4, 16)).all()
     # forgotten ids count as new again; remembered ones do not
     assert seen.add_new(np.array([0, 7])).tolist() == [True, False]
-    assert len(seen) <= 10
 
 
 def test_seen_set_batch_larger_than_capacity_keeps_newest() -> None:
-    seen = SeenSet(capacity=5)
+    seen = SeenSet(capacity=5, generation=2)
     assert seen.add_new(np.arange(8)).all()
-    assert len(seen) == 5
+    assert 5 <= len(seen) <= 5 + 2
     # the newest ids must still be recognised as duplicates
     assert not seen.add_new(np.arange(3, 8)).any()
