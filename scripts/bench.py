@@ -48,21 +48,30 @@ PROFILE_EXACT = ["txn_count", "amount_max", "first_ts", "last_ts", "device_count
 class PeakRss(threading.Thread):
     """Samples the RSS of this process and its Ray descendants; keeps the peak of the sum."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.interval = interval
         self._stop_event = threading.Event()
         self.me = psutil.Process()
         self.peak = {"total": 0, "driver": 0, "ray_workers": 0, "ray_system": 0, "workers": 0}
         self.samples = 0
+        # pid -> (process, is a ray:: worker): reading a cmdline costs more than an RSS,
+        # and the sampler shares the driver's GIL with the run it measures
+        self._known: dict[int, tuple[psutil.Process, bool]] = {}
 
     def sample(self) -> None:
         driver = self.me.memory_info().rss
         workers = system = n_workers = 0
-        for p in self.me.children(recursive=True):
+        if self.samples % 10 == 0:  # new processes are rare: look for them now and then
+            for p in self.me.children(recursive=True):
+                if p.pid not in self._known:
+                    try:
+                        self._known[p.pid] = (p, any("ray::" in part for part in p.cmdline()))
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                        continue
+        for p, is_worker in list(self._known.values()):
             try:
                 rss = p.memory_info().rss
-                is_worker = any("ray::" in part for part in p.cmdline())
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             if is_worker:
