@@ -15,7 +15,6 @@ Injected fraud (``is_fraud=True``, about ``fraud_rate`` of the events) mixes thr
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -327,21 +326,15 @@ class GeneratorSource:
         config: TxnGeneratorConfig = TxnGeneratorConfig(),
         n_events: int = 1_000_000,
         batch_size: int = 50_000,
-        rate: float | None = None,
     ) -> None:
         self.config = config
         self.n_events = n_events
         self.batch_size = batch_size
-        self.rate = rate
         self.id = f"generator:seed={config.seed}:customers={config.n_customers}"
 
     def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
         gen = TxnGenerator(self.config)
-        pos, t0 = start, time.perf_counter()
+        pos = start
         for rb in gen.batches(self.n_events, self.batch_size, first_event_id=start):
-            if self.rate:
-                wait = (pos - start) / self.rate - (time.perf_counter() - t0)
-                if wait > 0:
-                    time.sleep(wait)
             pos += rb.num_rows
             yield pa.Table.from_batches([rb]), pos

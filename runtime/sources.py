@@ -176,29 +176,21 @@ class Paced:
 
 
 class IteratorSource:
-    """Batches from a function (e.g. a generator), optionally paced to ``rate`` rows/s."""
+    """Batches from a function (e.g. a generator); wrap it in :class:`Paced` to pace it.
 
-    def __init__(
-        self,
-        id: str,
-        make: Callable[[], Iterator[pa.Table | pa.RecordBatch]],
-        rate: float | None = None,
-    ) -> None:
+    ``make`` is called again on a restart and the rows before ``start`` are skipped.
+    """
+
+    def __init__(self, id: str, make: Callable[[], Iterator[pa.Table | pa.RecordBatch]]) -> None:
         self.id = id
         self.make = make
-        self.rate = rate
 
     def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
         pos = 0
-        t0 = time.perf_counter()
         for b in self.make():
             t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
             end = pos + t.num_rows
             if end > start:
-                if self.rate:
-                    wait = (pos - start) / self.rate - (time.perf_counter() - t0)
-                    if wait > 0:
-                        time.sleep(wait)
                 yield t.slice(max(0, start - pos)), end
             pos = end
 

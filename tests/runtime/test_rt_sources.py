@@ -15,7 +15,7 @@ import pytest
 import runtime.sources as sources_module
 from runtime.errors import ConfigError, SchemaError
 from runtime.schema import Column, EventSchema
-from runtime.sources import BAD_JSON, FileSource, IteratorSource, rows_to_table
+from runtime.sources import BAD_JSON, FileSource, IteratorSource, Paced, rows_to_table
 
 N = 1000
 SCHEMA = EventSchema(
@@ -224,7 +224,7 @@ def test_iterator_source_positions_and_resume() -> None:
 
 
 def test_iterator_source_is_paced_by_rate() -> None:
-    src = IteratorSource("gen", gen(), rate=2_000)  # 500 rows at 2000 rows/s
+    src = Paced(IteratorSource("gen", gen()), rate=2_000)  # 500 rows at 2000 rows/s
     t0 = time.perf_counter()
     stamps = []
     for _, end in src.batches():
@@ -241,7 +241,7 @@ def test_iterator_source_is_paced_by_rate() -> None:
 
 
 def test_iterator_source_pacing_counts_from_the_resume_point() -> None:
-    src = IteratorSource("gen", gen(), rate=2_000)
+    src = Paced(IteratorSource("gen", gen()), rate=2_000)
     t0 = time.perf_counter()
     ends = [end for _, end in src.batches(start=300)]
     assert ends == [400, 500]
