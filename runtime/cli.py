@@ -210,7 +210,12 @@ def replay(
         help="Commit state and the file position after this many rows.",
     ),
     max_active: int = typer.Option(
-        2_000_000, "--max-active", help="Entities kept in memory per shard before passivation."
+        0,
+        "--max-active",
+        help="Entities kept in memory per shard before passivation (0: from --shard-memory-mb).",
+    ),
+    shard_memory_mb: float = typer.Option(
+        1024, "--shard-memory-mb", help="Memory for entity state per shard."
     ),
     rate: float = typer.Option(
         0, "--rate", help="Pace the replay to this many events/s (0: as fast as it goes)."
@@ -234,9 +239,13 @@ def replay(
         import pyarrow.parquet as pq
 
         total = pq.ParquetFile(file).metadata.num_rows
-    if checkpoint_every < 1 or max_active < 1:
-        _fail("--checkpoint-every and --max-active must be at least 1")
-    settings = {"checkpoint_rows": checkpoint_every, "max_active": max_active}
+    if checkpoint_every < 1 or max_active < 0 or shard_memory_mb <= 0:
+        _fail("--checkpoint-every must be >= 1, --max-active >= 0 and --shard-memory-mb > 0")
+    settings = {
+        "checkpoint_rows": checkpoint_every,
+        "max_active": max_active or None,
+        "shard_memory_mb": shard_memory_mb,
+    }
     paced = Paced(source, rate) if rate else source
     with _runtime(data, address, shards or None, local, **settings) as rt:
         stats = _drive(rt, the_app, paced, total, as_json)

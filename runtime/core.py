@@ -52,8 +52,12 @@ class RuntimeConfig:
     mode: str = "ray"
     #: shards per entity kind; default: the number of CPUs
     shards: int | None = None
-    #: active entities per shard before the least recently used are passivated
-    max_active: int = 2_000_000
+    #: memory for entity state per shard; the least recently used are passivated beyond it
+    shard_memory_mb: float = 1024.0
+    #: or a budget in entities per shard (overrides shard_memory_mb)
+    max_active: int | None = None
+    #: passivate entities not touched for this long (None: only when over budget)
+    idle_seconds: float | None = 3600.0
     #: batches in flight per shard; bounds memory when a shard is slower than its source
     max_inflight: int = 2
     #: checkpoint after this many accepted events, or this many seconds
@@ -225,9 +229,10 @@ class Runtime:
                 i,
                 n,
                 str(store.path),
-                self.config.max_active,
+                self._max_active(kind_cls),
                 topics,
                 snapshot,
+                self.config.idle_seconds,
                 name=f"shard:{kind_cls.name}:{i}",
                 mode=self.config.mode,
             )
@@ -235,6 +240,11 @@ class Runtime:
         ]
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
         self.kinds[kind_cls.name] = _Kind(kind_cls, handles, [[] for _ in handles])
+
+    def _max_active(self, kind_cls: type[EntityKind]) -> int:
+        if self.config.max_active is not None:
+            return self.config.max_active
+        return max(1, int(self.config.shard_memory_mb * 2**20 / kind_cls.spec().bytes_per_entity()))
 
     def _kind(self, name: str) -> _Kind:
         if name not in self.kinds:

@@ -25,6 +25,7 @@ checkpoint writes to LanceDB, and their memory is reused.
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,7 @@ class Shard:
         max_active: int = 1_000_000,
         topics: dict[str, Handle] | None = None,
         kind_snapshot: bytes | None = None,
+        idle_seconds: float | None = None,
     ) -> None:
         self.kind_cls = kind_cls
         self.kind = kind_cls(kind_config)
@@ -94,6 +96,8 @@ class Shard:
         self.shard_id = shard_id
         self.n_shards = n_shards
         self.max_active = max(1, int(max_active))
+        self.idle_seconds = idle_seconds
+        self._clock: list[tuple[int, float]] = []  # (batch seq, when): maps idle time to seqs
         self.state = ColumnarState(kind_cls.spec(), key=kind_cls.key)
         self.store = Store(data_dir)
         self.topics = topics or {}
@@ -164,17 +168,36 @@ class Shard:
         self.state.dirty[self.state.lookup(hashes)] = True  # still unwritten
         return hashes
 
+    def _idle_cutoff(self) -> int:
+        """The newest batch seq older than the idle time (entities last used then are idle)."""
+        if not self.idle_seconds or not self._clock:
+            return 0
+        limit = time.monotonic() - self.idle_seconds
+        aged = bisect.bisect_right([at for _, at in self._clock], limit)
+        if aged == 0:
+            return 0
+        self._clock = self._clock[aged - 1 :]  # older entries can no longer matter
+        return self._clock[0][0]
+
     def _passivate(self, keep_seq: int) -> None:
-        """Move the least recently used entities out until 90% of the budget is used."""
+        """Move out entities idle for ``idle_seconds``, then the least recently used ones
+        until 90% of the budget is used."""
         st = self.state
-        excess = st.n_active - int(self.max_active * 0.9)
-        if st.n_active <= self.max_active or excess <= 0:
+        victims = np.zeros(0, dtype=np.int64)
+        cutoff = self._idle_cutoff()
+        if cutoff:
+            victims = np.flatnonzero(
+                st.active & (st.last_used <= cutoff) & (st.last_used < keep_seq)
+            )
+        excess = st.n_active - len(victims) - int(self.max_active * 0.9)
+        if st.n_active - len(victims) > self.max_active and excess > 0:
+            cand = np.flatnonzero(st.active & (st.last_used < keep_seq) & (st.last_used > cutoff))
+            if len(cand):
+                excess = min(excess, len(cand))
+                lru = cand[np.argpartition(st.last_used[cand], excess - 1)[:excess]]
+                victims = np.concatenate([victims, lru])
+        if len(victims) == 0:
             return
-        cand = np.flatnonzero(st.active & (st.last_used < keep_seq))
-        if len(cand) == 0:
-            return
-        excess = min(excess, len(cand))
-        victims = cand[np.argpartition(st.last_used[cand], excess - 1)[:excess]]
         dirty = victims[st.dirty[victims]]
         if len(dirty):
             self._outbox.append(st.to_arrow(dirty))
@@ -187,6 +210,8 @@ class Shard:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
         self._seq += 1
+        if self.idle_seconds:
+            self._clock.append((self._seq, time.monotonic()))
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
         groups = group_rows(hashes)
         uslots = self._activate(
@@ -233,6 +258,7 @@ class Shard:
         """Hand over every changed profile (live and passivated) and the kind's snapshot."""
         resolve(self._pending)
         self._pending = []
+        self._passivate(self._seq + 1)  # idle entities leave with this checkpoint
         st = self.state
         dirty = np.flatnonzero(st.dirty & st.active)
         parts = [*self._outbox, st.to_arrow(dirty)] if len(dirty) or self._outbox else []

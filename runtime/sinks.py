@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -25,7 +27,12 @@ class TableSink:
     """
 
     def __init__(
-        self, data_dir: str, table: str, key: str | None = None, flush_rows: int = 50_000
+        self,
+        data_dir: str,
+        table: str,
+        key: str | None = None,
+        flush_rows: int = 50_000,
+        compact_every: int = 20,
     ) -> None:
         self.store = Store(data_dir)
         self.table = table
@@ -34,6 +41,8 @@ class TableSink:
         self._buf: list[pa.Table] = []
         self._rows = 0
         self.written = 0
+        self.compact_every = compact_every
+        self._writes = 0
 
     def on_batch(self, rows: pa.Table) -> None:
         if OFFSET in rows.column_names:
@@ -55,6 +64,9 @@ class TableSink:
             else:
                 self.store.append(self.table, data)
             self.written += data.num_rows
+            self._writes += 1
+            if self._writes % self.compact_every == 0:  # bound fragments and versions
+                self.store.compact(self.table, keep_newer_than=time.time() - 60)
         return self.store.table(self.table).count_rows() if self.store.exists(self.table) else 0
 
 

@@ -107,6 +107,14 @@ class StateSpec:
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
 
+    def bytes_per_entity(self) -> int:
+        """Memory one active entity takes: its fields plus key, hash, index and flags."""
+        size = sum(
+            (64 if f.dtype == "string" else np.dtype(_NUMPY[f.dtype]).itemsize) * max(1, f.width)
+            for f in self.fields
+        )
+        return size + 120  # key string object (~60), hash, LRU stamp, flags, index entry
+
 
 class ColumnarState:
     """The live state of all active entities of one kind in one shard."""

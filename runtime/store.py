@@ -162,10 +162,9 @@ class Store:
         if keep_version is not None:
             for v in tbl.list_versions():
                 if v["version"] == keep_version:
-                    ts = v["timestamp"]
-                    cutoff = (
-                        min(cutoff, ts.timestamp() if hasattr(ts, "timestamp") else float(ts)) - 1.0
-                    )
+                    # (a naive datetime in local time, as .timestamp() reads it)
+                    made = v["timestamp"].timestamp()
+                    cutoff = min(cutoff, made - 0.05)  # list_versions and cleanup round differently
         age = max(0.0, time.time() - cutoff)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

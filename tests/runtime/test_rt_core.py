@@ -100,3 +100,44 @@ def test_bad_kind_definitions_are_refused_early():
         NoName.check()
     with pytest.raises(ConfigError, match="on_event"):
         NoHandler.check()
+
+
+def test_idle_entities_are_passivated(tmp_path):
+    import time
+
+    from runtime.shard import Shard
+
+    shard = Shard(Counter, None, 0, 1, str(tmp_path), idle_seconds=0.2)
+    from runtime.keys import hash_keys
+
+    def batch(users):
+        t = pa.table({"user_id": users})
+        return t.append_column("_key_hash", pa.array(hash_keys(t["user_id"])))
+
+    shard.apply(batch(["a", "b", "a"]))
+    time.sleep(0.3)
+    shard.apply(batch(["c"]))
+    assert shard.stats()["passivated"] == 2 and shard.stats()["active"] == 1
+    assert shard.get("a")["clicks"] == 2  # back from the outbox, intact
+    table, _ = shard.drain()
+    assert sorted(table.column("user_id").to_pylist()) == ["a", "b", "c"]
+
+
+def test_memory_budget_sets_the_entity_budget(tmp_path):
+    with Runtime(data_dir=str(tmp_path), mode="local", shard_memory_mb=1) as rt:
+        per_entity = Counter.spec().bytes_per_entity()
+        assert rt._max_active(Counter) == 2**20 // per_entity
+    with Runtime(data_dir=str(tmp_path), mode="local", max_active=7) as rt:
+        assert rt._max_active(Counter) == 7
+
+
+def test_table_versions_stay_bounded(tmp_path):
+    with Runtime(
+        data_dir=str(tmp_path), mode="local", shards=1, checkpoint_rows=10, compact_every=5
+    ) as rt:
+        run(rt, APP, source(clicks(0, 600)))
+        assert rt.n_checkpoints >= 60
+    store = Store(tmp_path)
+    for name in ("counters", "_seen", "_checkpoints"):
+        assert store.n_versions(name) <= 25, name
+    assert store.read("_checkpoints").num_rows <= 3
