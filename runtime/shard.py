@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,7 @@ class Shard:
         topics: dict[str, Handle] | None = None,
         kind_snapshot: bytes | None = None,
         idle_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kind_cls = kind_cls
         self.kind = kind_cls(kind_config)
@@ -98,6 +100,7 @@ class Shard:
         self.max_active = max(1, int(max_active))
         self.idle_seconds = idle_seconds
         self._clock: list[tuple[int, float]] = []  # (batch seq, when): maps idle time to seqs
+        self.now = clock
         self.state = ColumnarState(kind_cls.spec(), key=kind_cls.key)
         self.store = Store(data_dir)
         self.topics = topics or {}
@@ -172,7 +175,7 @@ class Shard:
         """The newest batch seq older than the idle time (entities last used then are idle)."""
         if not self.idle_seconds or not self._clock:
             return 0
-        limit = time.monotonic() - self.idle_seconds
+        limit = self.now() - self.idle_seconds
         aged = bisect.bisect_right([at for _, at in self._clock], limit)
         if aged == 0:
             return 0
@@ -211,7 +214,7 @@ class Shard:
         t0 = time.perf_counter()
         self._seq += 1
         if self.idle_seconds:
-            self._clock.append((self._seq, time.monotonic()))
+            self._clock.append((self._seq, self.now()))
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
         groups = group_rows(hashes)
         uslots = self._activate(

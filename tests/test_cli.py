@@ -154,3 +154,34 @@ def test_cluster_yaml_is_valid_for_ray_up():
     assert types[config["head_node_type"]]["labels"]["role"] == "core"
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "RAY_AUTH_MODE=token" in start
+
+
+def test_entity_live_from_a_running_runtime(ray_session, tmp_path):
+    """With --address the profile comes from the shard hosting it, before any checkpoint."""
+    import pyarrow.parquet as pq
+
+    from actors.fraud import fraud_app
+    from runtime import Runtime
+    from runtime.pipeline import setup
+
+    events = pq.read_table(make_transactions(tmp_path / "t.parquet", 2_000, 50))
+    with Runtime(data_dir=str(tmp_path / "d"), mode="ray", shards=2) as rt:
+        setup(rt, fraud_app)
+        rt.send("customers", events)
+        result = runner.invoke(
+            app,
+            [
+                "entity",
+                "customer",
+                "c3",
+                "--address",
+                "auto",
+                "--data",
+                str(tmp_path / "d"),
+                "--json",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        live = json.loads(result.stdout)
+        assert live["txn_count"] == sql_profiles(events)["c3"]["txn_count"]
+        assert not (tmp_path / "d" / "customers.lance").exists()  # nothing stored yet: it was live

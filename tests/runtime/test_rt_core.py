@@ -103,11 +103,11 @@ def test_bad_kind_definitions_are_refused_early():
 
 
 def test_idle_entities_are_passivated(tmp_path):
-    import time
-
     from runtime.shard import Shard
+    from runtime.testing import FakeClock
 
-    shard = Shard(Counter, None, 0, 1, str(tmp_path), idle_seconds=0.2)
+    clock = FakeClock()
+    shard = Shard(Counter, None, 0, 1, str(tmp_path), idle_seconds=60, clock=clock)
     from runtime.keys import hash_keys
 
     def batch(users):
@@ -115,7 +115,10 @@ def test_idle_entities_are_passivated(tmp_path):
         return t.append_column("_key_hash", pa.array(hash_keys(t["user_id"])))
 
     shard.apply(batch(["a", "b", "a"]))
-    time.sleep(0.3)
+    clock.advance(30)
+    shard.apply(batch(["c"]))
+    assert shard.stats()["passivated"] == 0  # not idle long enough yet
+    clock.advance(45)
     shard.apply(batch(["c"]))
     assert shard.stats()["passivated"] == 2 and shard.stats()["active"] == 1
     assert shard.get("a")["clicks"] == 2  # back from the outbox, intact
