@@ -15,7 +15,7 @@ from typing import Any
 
 from actors.customer import Customer, FraudConfig
 from actors.generator import GeneratorSource, TxnGeneratorConfig
-from runtime import App, Column, EventSchema
+from runtime import App, Column, EventSchema, Paced, Source
 
 MAX_ID_LEN = 128
 MAX_AMOUNT = 1_000_000.0  # above this an amount is taken as a data error, not a purchase
@@ -60,11 +60,11 @@ def make_app(config: FraudConfig | None = None) -> App:
     )
 
 
-def demo_source(
-    n_events: int, rate: float | None = None, customers: int = 50_000
-) -> GeneratorSource:
-    """Synthetic card transactions; a second demo in the same data folder continues the stream."""
-    return GeneratorSource(TxnGeneratorConfig(n_customers=customers), n_events, rate=rate)
+def demo_source(n_events: int, rate: float | None = None, customers: int = 50_000) -> Source:
+    """Synthetic card transactions, paced to ``rate`` events/s if given; a second demo in
+    the same data folder continues the stream."""
+    source = GeneratorSource(TxnGeneratorConfig(n_customers=customers), n_events)
+    return Paced(source, rate) if rate else source
 
 
 fraud_app = make_app()
