@@ -63,6 +63,8 @@ class RuntimeConfig:
     #: checkpoint after this many accepted events, or this many seconds
     checkpoint_rows: int = 2_000_000
     checkpoint_seconds: float = 30.0
+    #: merge kind-wide state across shards (e.g. average model replicas) this often
+    sync_rows: int = 250_000
     #: compact tables and drop old versions every N checkpoints
     compact_every: int = 5
     #: how many applied event ids are remembered for deduplication
@@ -403,6 +405,21 @@ class Runtime:
                 hi = mid - 1
         if lo > 0:
             store.table(SEEN).delete(f"epoch < {lo}")
+
+    def sync_kinds(self) -> None:
+        """Merge each kind's shard snapshots and hand the result back (no barrier).
+
+        Calls to an actor run in the order they were sent, so each snapshot reflects
+        every batch sent before it. Learning from a batch that a shard applies between
+        its snapshot and the restore is overwritten; the next sync picks learning up again.
+        """
+        for k in self.kinds.values():
+            blobs = [
+                b for b in resolve([h.call("snapshot_kind") for h in k.shards]) if b is not None
+            ]
+            merged = k.cls(None).merge_snapshots(blobs) if len(blobs) > 1 else None
+            if merged is not None:
+                resolve([h.call("restore_kind", merged) for h in k.shards])
 
     # -- single entities -------------------------------------------------------------------------
     def _shard_for(self, kind: str, key: str) -> Handle:

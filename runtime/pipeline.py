@@ -100,7 +100,7 @@ def run(
     stats = RunStats(source=source.id, resumed_from=start)
     counters: dict[str, float] = {}
     t0 = time.perf_counter()
-    last_cp_t, rows_since_cp = t0, 0
+    last_cp_t, rows_since_cp, rows_since_sync = t0, 0, 0
     position = start
 
     def absorb(done: list[dict[str, float]]) -> None:
@@ -121,6 +121,10 @@ def run(
         absorb(rt.poll())
         position = end
         rows_since_cp += batch.num_rows
+        rows_since_sync += batch.num_rows
+        if rows_since_sync >= rt.config.sync_rows:
+            rt.sync_kinds()
+            rows_since_sync = 0
         now = time.perf_counter()
         if (
             rows_since_cp >= rt.config.checkpoint_rows

@@ -283,6 +283,10 @@ class Shard:
     def restore_kind(self, blob: bytes) -> None:
         self.kind.restore(blob)
 
+    def snapshot_kind(self) -> bytes | None:
+        """The kind-wide state (e.g. a model replica), for syncing between checkpoints."""
+        return self.kind.snapshot()
+
     # -- single-entity access -----------------------------------------------------------------
     def _slot(self, key: str, create: bool) -> int:
         keys = pa.array([key])

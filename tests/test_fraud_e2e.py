@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import assert_profiles_match, make_transactions, sql_profiles
@@ -160,3 +161,18 @@ def test_passivation_keeps_profiles_exact(ray_session, txns, tmp_path):
     assert stats.accepted == 60_000
     assert stats.counters["rows"] == 60_000  # every shard result is counted across checkpoints
     assert_profiles_match(tmp_path, sql_profiles(txns))
+
+
+def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
+    """Shards learn from their own labels; every sync_rows the replicas are averaged."""
+    import pickle
+
+    with Runtime(
+        data_dir=str(tmp_path), mode="local", shards=2, sync_rows=10_000, checkpoint_rows=10**9
+    ) as rt:
+        run(rt, fraud_app, FileSource(txns, batch_size=5_000))
+        rt.sync_kinds()
+        models = [pickle.loads(h.target.snapshot_kind()) for h in rt.kinds["customers"].shards]
+    assert models[0].fitted and models[0].version >= 5
+    np.testing.assert_array_equal(models[0].clf.coef_, models[1].clf.coef_)
+    assert models[0].learned_total > 0
