@@ -75,8 +75,8 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("ray", "local"):
             raise ConfigError(f"mode must be 'ray' or 'local', not {self.mode!r}")
-        if self.shards is not None and self.shards < 1:
-            raise ConfigError(f"shards must be >= 1, not {self.shards}")
+        if self.shards is not None and not 1 <= self.shards <= 65_535:
+            raise ConfigError(f"shards must be between 1 and 65535, not {self.shards}")
 
 
 @dataclass
@@ -278,7 +278,8 @@ class Runtime:
             parts = [(0, events)]
         else:
             sid = shard_of(hashes, n)
-            order = np.argsort(sid, kind="stable")
+            # stable keeps arrival order per shard; on 16-bit keys numpy uses a radix sort
+            order = np.argsort(sid.astype(np.uint16), kind="stable")
             bounds = np.searchsorted(sid[order], np.arange(n + 1))
             sorted_events = events.take(pa.array(order))
             parts = [
