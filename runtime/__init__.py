@@ -12,6 +12,7 @@ import os as _os
 from typing import TYPE_CHECKING, Any
 
 _os.environ.setdefault("LANCE_LOG", "error")
+_os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {
     "Runtime": "runtime.core",

@@ -91,7 +91,7 @@ class Store:
         return tbl
 
     def _create(self, name: str, data: pa.Table) -> None:
-        self._tables[name] = self.db.create_table(name, data, mode="overwrite")
+        self._tables[name] = self.db.create_table(name, data, mode="create")
 
     def upsert(self, name: str, data: pa.Table, key: str) -> None:
         """Insert or replace rows by ``key`` in one merge_insert (creates the table)."""
