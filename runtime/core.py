@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import defaultdict
@@ -24,12 +25,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from runtime.entity import EntityKind, EntityRef, current_runtime
-from runtime.errors import ConfigError, NotStartedError
-from runtime.handles import Handle, init_ray, ready, resolve, spawn
+from runtime.errors import ConfigError, NotStartedError, UnknownEntityError
+from runtime.handles import (
+    Handle,
+    actor_nodes,
+    init_ray,
+    nodes,
+    ready,
+    resolve,
+    spawn,
+    wait_ready,
+)
 from runtime.index import SeenSet
 from runtime.keys import hash_keys, shard_of
+from runtime.placement import ActorSpec, DefaultPolicy, Placement, PlacementPolicy, selector
 from runtime.schema import DEAD_LETTER_SCHEMA
 from runtime.shard import Shard
 from runtime.sinks import TableSink
@@ -71,6 +83,10 @@ class RuntimeConfig:
     dedup_capacity: int = 50_000_000
     topic_retention_rows: int = 1_000_000
     num_cpus: int | None = None
+    #: where each actor runs (default: device work at the edge, the rest at the core)
+    policy: Any = None
+    #: restarts from the last checkpoint after actor failures before a run gives up
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         if self.mode not in ("ray", "local"):
@@ -82,8 +98,12 @@ class RuntimeConfig:
 @dataclass
 class _Kind:
     cls: type[EntityKind]
+    config: Any
     shards: list[Handle]
     inflight: list[list[Any]] = field(default_factory=list)
+    #: site-partitioned kinds: site -> indices into ``shards``; else {None: all}
+    by_site: dict[str | None, list[int]] = field(default_factory=dict)
+    per_site: int = 1
 
 
 class Runtime:
@@ -103,6 +123,11 @@ class Runtime:
         self._started_ray = False
         self._token: Any = None
         self.n_checkpoints = 0
+        self.policy: PlacementPolicy = self.config.policy or DefaultPolicy()
+        #: actor name -> (what it is, wanted placement, placement given the nodes, handle)
+        self.placed: dict[str, tuple[ActorSpec, Placement, Placement, Handle]] = {}
+        self._subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any]]] = {}
+        self.restarts = 0
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -110,10 +135,19 @@ class Runtime:
         if cfg.mode == "ray":
             self._started_ray = init_ray(cfg.address, cfg.num_cpus)
         self.store = Store(cfg.data_dir)
+        self._load_committed()
+        self._token = current_runtime.set(self)
+        return self
+
+    def _load_committed(self) -> None:
+        """Bring the data folder back to its last commit and load what lives in memory."""
+        assert self.store is not None
         cp = self.store.last_checkpoint()
         self.checkpoint_state = self.store.recover(
             sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions})
         )
+        self.seen = SeenSet(self.config.dedup_capacity)
+        self._new_seen, self._dead, self._done = [], [], []
         if self.store.exists(SEEN):
             seen = self.store.read(SEEN)
             if "epoch" in seen.column_names:  # oldest first, so the oldest are forgotten first
@@ -121,8 +155,33 @@ class Runtime:
             ids = seen.column("event_id").to_numpy()
             _, first = np.unique(ids, return_index=True)
             self.seen.add(ids[np.sort(first)])
-        self._token = current_runtime.set(self)
-        return self
+
+    def restart(self) -> None:
+        """After an actor failure: stop every actor, go back to the last commit, and start
+        the same kinds, topics and subscribers again where the policy puts them now.
+
+        The caller replays its source from the committed position.
+        """
+        kinds = [
+            (k.cls, k.config, k.per_site, self.sites(n) or None) for n, k in self.kinds.items()
+        ]
+        subs = dict(self._subscriptions)
+        for _, _, _, handle in self.placed.values():
+            with contextlib.suppress(Exception):  # already gone with its node
+                handle.kill()
+        self.kinds, self.topics, self.subscribers, self.placed, self._subscriptions = (
+            {},
+            {},
+            {},
+            {},
+            {},
+        )
+        self._load_committed()
+        for cls, config, per_site, sites in kinds:
+            self.register(cls, config, shards=per_site, sites=sites)
+        for name, (topic, cls, args, kwargs) in subs.items():
+            self.subscribe(topic, cls, *args, name=name, **kwargs)
+        self.restarts += 1
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -166,13 +225,11 @@ class Runtime:
     def topic(self, name: str) -> Handle:
         """The topic named ``name``, created on first use."""
         if name not in self.topics:
-            self.topics[name] = spawn(
+            self.topics[name] = self._spawn(
                 Topic,
                 name,
                 self.config.topic_retention_rows,
-                name=f"topic:{name}",
-                mode=self.config.mode,
-                max_concurrency=1,
+                spec=ActorSpec(f"topic:{name}", "topic", name),
             )
         return self.topics[name]
 
@@ -192,9 +249,14 @@ class Runtime:
                     f"subscriber {subscriber_cls.__qualname__} must define {needed}()"
                 )
         name = name or f"{topic}:{subscriber_cls.__name__.lower()}"
-        handle = spawn(subscriber_cls, *args, name=f"sub:{name}", mode=self.config.mode, **kwargs)
+        role = "sink" if subscriber_cls is TableSink else "subscriber"
+        group = args[1] if subscriber_cls is TableSink else name  # a sink is placed by its table
+        handle = self._spawn(
+            subscriber_cls, *args, spec=ActorSpec(f"sub:{name}", role, group), **kwargs
+        )
         resolve([self.topic(topic).call("subscribe", name, handle, from_offset)])
         self.subscribers[name] = handle
+        self._subscriptions[name] = (topic, subscriber_cls, args, kwargs)
         return handle
 
     def sink_to_table(self, topic: str, table: str, key: str | None = None) -> Handle:
@@ -211,37 +273,102 @@ class Runtime:
 
     # -- kinds ----------------------------------------------------------------------------------
     def register(
-        self, kind_cls: type[EntityKind], config: Any = None, shards: int | None = None
+        self,
+        kind_cls: type[EntityKind],
+        config: Any = None,
+        shards: int | None = None,
+        sites: list[str] | None = None,
     ) -> None:
-        """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder."""
+        """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder.
+
+        A kind with a ``site_key`` is partitioned by site first: ``shards`` shards for
+        each of ``sites``, each placed by the policy at (usually) the edge of its site.
+        """
         store = self._need()
         kind_cls.check()
         if kind_cls.name in self.kinds:
             raise ConfigError(f"entity kind {kind_cls.name!r} is registered already")
+        if kind_cls.site_key and not sites:
+            raise ConfigError(
+                f"entity kind {kind_cls.name!r} is partitioned by {kind_cls.site_key!r}: "
+                "register it with sites=[...]"
+            )
         if kind_cls.name not in self.checkpoint_state.versions and store.exists(kind_cls.name):
             store.drop(kind_cls.name)  # written by a checkpoint that never committed
         snapshot = self._load_snapshot(kind_cls.name)
         topics = {t: self.topic(t) for t in kind_cls(config).active_topics()}
         n = shards or self.n_shards
-        handles = [
-            spawn(
-                Shard,
-                kind_cls,
-                config,
-                i,
-                n,
-                str(store.path),
-                self._max_active(kind_cls),
-                topics,
-                snapshot,
-                self.config.idle_seconds,
-                name=f"shard:{kind_cls.name}:{i}",
-                mode=self.config.mode,
-            )
-            for i in range(n)
-        ]
+        handles: list[Handle] = []
+        by_site: dict[str | None, list[int]] = {}
+        for site in sites if kind_cls.site_key else [None]:
+            for i in range(n):
+                name = f"shard:{kind_cls.name}:{site}:{i}" if site else f"shard:{kind_cls.name}:{i}"
+                by_site.setdefault(site, []).append(len(handles))
+                handles.append(
+                    self._spawn(
+                        Shard,
+                        kind_cls,
+                        config,
+                        i,
+                        n,
+                        str(store.path),
+                        self._max_active(kind_cls),
+                        topics,
+                        snapshot,
+                        self.config.idle_seconds,
+                        spec=ActorSpec(name, "shard", kind_cls.name, site),
+                    )
+                )
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
-        self.kinds[kind_cls.name] = _Kind(kind_cls, handles, [[] for _ in handles])
+        self.kinds[kind_cls.name] = _Kind(
+            kind_cls, config, handles, [[] for _ in handles], by_site, n
+        )
+
+    def sites(self, kind: str) -> list[str]:
+        """The sites a site-partitioned kind serves."""
+        return [s for s in self._kind(kind).by_site if s is not None]
+
+    def _spawn(self, cls: type, *args: Any, spec: ActorSpec, **kwargs: Any) -> Handle:
+        """Start an actor where the placement policy wants it, among the nodes alive now."""
+        want = self.policy.place(spec)
+        sel, got = None, want
+        if self.config.mode == "ray":
+            sel, got = selector(want, [n for n in nodes() if n["alive"]])
+        handle = spawn(
+            cls, *args, name=spec.name, mode=self.config.mode, label_selector=sel, **kwargs
+        )
+        self.placed[spec.name] = (spec, want, got, handle)
+        return handle
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Every runtime actor with the node it runs on, as Ray reports it (not as intended)."""
+        if self.config.mode == "local":
+            return [
+                {
+                    "actor": name,
+                    "kind": spec.kind,
+                    "role": "hybrid",
+                    "site": "local",
+                    "node_id": "local",
+                }
+                for name, (spec, _, _, _) in self.placed.items()
+            ]
+        wait_ready([h for _, _, _, h in self.placed.values()])
+        where = actor_nodes()
+        info = {n["node_id"]: n for n in nodes()}
+        out = []
+        for name, (spec, _, _, _) in self.placed.items():
+            node = info.get(where.get(name, ""), {})
+            out.append(
+                {
+                    "actor": name,
+                    "kind": spec.kind,
+                    "role": node.get("role", ""),
+                    "site": node.get("site", ""),
+                    "node_id": where.get(name, ""),
+                }
+            )
+        return out
 
     def _max_active(self, kind_cls: type[EntityKind]) -> int:
         if self.config.max_active is not None:
@@ -277,7 +404,7 @@ class Runtime:
         if n == 1:
             parts = [(0, events)]
         else:
-            sid = shard_of(hashes, n)
+            sid = self._route(k, events, hashes)
             # stable keeps arrival order per shard; on 16-bit keys numpy uses a radix sort
             order = np.argsort(sid.astype(np.uint16), kind="stable")
             bounds = np.searchsorted(sid[order], np.arange(n + 1))
@@ -292,6 +419,18 @@ class Runtime:
             if len(pending) >= self.config.max_inflight:  # backpressure: wait for the oldest
                 self._done.extend(resolve([pending.pop(0)]))
             pending.append(k.shards[i].call("apply", part))
+
+    def _route(self, k: _Kind, events: pa.Table, hashes: np.ndarray) -> np.ndarray:
+        """Shard index per row: by key hash, within the row's site for site-partitioned kinds."""
+        if not k.cls.site_key:
+            return shard_of(hashes, len(k.shards))
+        sites = pa.array(self.sites(k.cls.name), pa.string())
+        site_idx = pc.index_in(events.column(k.cls.site_key), value_set=sites)
+        if site_idx.null_count:
+            raise ConfigError(
+                f"events for {k.cls.name!r} name sites no shard serves; served: {sites.to_pylist()}"
+            )
+        return site_idx.to_numpy().astype(np.int64) * k.per_site + shard_of(hashes, k.per_site)
 
     def poll(self) -> list[dict[str, float]]:
         """Stats of the shard calls finished since the last poll (does not block)."""
@@ -424,8 +563,19 @@ class Runtime:
 
     # -- single entities -------------------------------------------------------------------------
     def _shard_for(self, kind: str, key: str) -> Handle:
+        """The shard hosting ``key``; for a site-partitioned kind, the one that knows it."""
         k = self._kind(kind)
-        return k.shards[int(shard_of(hash_keys(pa.array([key])), len(k.shards))[0])]
+        i = int(shard_of(hash_keys(pa.array([key])), k.per_site)[0])
+        candidates = [k.shards[idx[i]] for idx in k.by_site.values()]
+        if len(candidates) == 1:
+            return candidates[0]
+        for h in candidates:  # a key lives at one site; ask each site's shard for it
+            try:
+                resolve([h.call("get", key)])
+                return h
+            except UnknownEntityError:
+                continue
+        return candidates[0]
 
     def entity_state(self, kind: str, key: str) -> dict[str, Any]:
         return resolve([self._shard_for(kind, key).call("get", key)])[0]

@@ -88,6 +88,9 @@ class EntityKind:
     state: ClassVar[Any] = {}
     #: topics this kind publishes to (created with the kind)
     topics: ClassVar[tuple[str, ...]] = ()
+    #: an event column naming the site: the kind is then partitioned by site first, so
+    #: each site's entities can live at that site's edge
+    site_key: ClassVar[str | None] = None
 
     def __init__(self, config: Any = None) -> None:
         self.config = config

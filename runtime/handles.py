@@ -76,6 +76,7 @@ def spawn(
     num_cpus: float = 0,
     max_concurrency: int = 1,
     resources: dict[str, float] | None = None,
+    label_selector: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> Handle:
     """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object)."""
@@ -91,6 +92,8 @@ def spawn(
     }
     if resources:
         opts["resources"] = resources
+    if label_selector:
+        opts["label_selector"] = label_selector
     actor = ray.remote(cls).options(**opts).remote(*args, **kwargs)
     return Handle(name, mode, actor, opts)
 
@@ -147,13 +150,60 @@ def init_ray(
         return False
     kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": True}
     if address is None:
-        kwargs.update(address="local", num_cpus=num_cpus, include_dashboard=False)
+        # the one local node plays both roles
+        kwargs.update(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            labels=dict(EMBEDDED_LABELS),
+        )
         kwargs["_system_config"] = {"metrics_report_interval_ms": 60_000}
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs["address"] = address
     ray.init(**kwargs)
     return True
+
+
+EMBEDDED_LABELS = {"role": "hybrid", "site": "local"}
+
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node Ray knows: id, alive, role and site labels, address."""
+    import ray
+
+    out = []
+    for n in ray.nodes():
+        labels = n.get("Labels") or {}
+        out.append(
+            {
+                "node_id": n["NodeID"],
+                "alive": bool(n.get("Alive")),
+                "role": labels.get("role", ""),
+                "site": labels.get("site", ""),
+                "address": n.get("NodeManagerAddress", ""),
+            }
+        )
+    return out
+
+
+def wait_ready(handles: list[Handle], timeout: float = 60.0) -> None:
+    """Wait until the actors behind ``handles`` were created (and so have a node)."""
+    remote = [h.target.__ray_ready__.remote() for h in handles if h.mode == "ray"]
+    if remote:
+        resolve(remote, timeout=timeout)
+
+
+def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
+    """Name -> node id of every alive named actor, as Ray's control store records it."""
+    import ray._private.state as state
+
+    out = {}
+    for info in state.state.actor_table(None).values():
+        name = info.get("Name")
+        if name and info.get("State") == "ALIVE" and info.get("RayNamespace") in (namespace, None):
+            out[name] = info["Address"].get("NodeID", "")
+    return out
 
 
 def put(value: Any, mode: str) -> Any:

@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from runtime.core import Runtime, sum_stats
 from runtime.entity import EntityKind
-from runtime.errors import ConfigError
-from runtime.schema import EventSchema
+from runtime.errors import ActorFailedError, ConfigError
+from runtime.schema import EventSchema, dead_letters
 from runtime.sources import Source
 
 
@@ -71,6 +75,7 @@ class RunStats:
     seconds: float = 0.0
     events_per_s: float = 0.0
     checkpoints: int = 0
+    restarts: int = 0
     counters: dict[str, float] = field(default_factory=dict)
     app: dict[str, Any] = field(default_factory=dict)
 
@@ -94,23 +99,80 @@ def run(
     progress: Callable[[RunStats], None] | None = None,
     max_events: int | None = None,
 ) -> RunStats:
-    """Drive ``source`` through ``app`` until it ends; resume where the last checkpoint left it."""
+    """Drive ``source`` through ``app`` until it ends; resume where the last checkpoint left it.
+
+    If a runtime actor dies (its node was lost), the runtime restarts from the last
+    checkpoint with actors placed on the nodes alive now, and the source is read
+    again from the committed position: nothing is lost or counted twice.
+    """
     setup(rt, app)
-    start = int(rt.checkpoint_state.positions.get(source.id, 0))
-    stats = RunStats(source=source.id, resumed_from=start)
-    counters: dict[str, float] = {}
     t0 = time.perf_counter()
-    last_cp_t, rows_since_cp, rows_since_sync = t0, 0, 0
-    position = start
+    start = int(rt.checkpoint_state.positions.get(source.id, 0))
+    committed = _Progress(RunStats(source=source.id, resumed_from=start), {}, start)
+    restarts = 0
+    while True:
+        state = committed.copy()
+        try:
+            _drive(rt, app, source, state, committed, progress, max_events, t0)
+            break
+        except ActorFailedError:
+            restarts += 1
+            if restarts > rt.config.max_restarts:
+                raise
+            rt.restart()
+            setup(rt, app)
+    stats = state.stats
+    stats.restarts = restarts
+    _finish(stats, state.counters, app, t0)
+    if stats.accepted + stats.dead_lettered + stats.duplicates != stats.input:
+        raise RuntimeError(f"counts do not reconcile: {stats.as_dict()}")  # a bug, never input
+    return stats
+
+
+@dataclass
+class _Progress:
+    """Counts and position of a run; a copy is kept at every checkpoint to restart from."""
+
+    stats: RunStats
+    counters: dict[str, float]
+    position: int
+
+    def copy(self) -> _Progress:
+        return _Progress(replace(self.stats), dict(self.counters), self.position)
+
+
+def _drive(
+    rt: Runtime,
+    app: App,
+    source: Source,
+    run_: _Progress,
+    committed: _Progress,
+    progress: Callable[[RunStats], None] | None,
+    max_events: int | None,
+    t0: float,
+) -> None:
+    stats = run_.stats
+    last_cp_t, rows_since_cp, rows_since_sync = time.perf_counter(), 0, 0
 
     def absorb(done: list[dict[str, float]]) -> None:
-        nonlocal counters
         if done:
-            counters = sum_stats([counters, *done])
+            run_.counters = sum_stats([run_.counters, *done])
 
-    for batch, end in source.batches(start):
+    def commit() -> None:
+        absorb(rt.drain_inflight())  # the snapshot below must count every applied batch
+        rt.checkpoint({source.id: run_.position})
+        stats.checkpoints += 1
+        snap = run_.copy()
+        committed.stats, committed.counters, committed.position = (
+            snap.stats,
+            snap.counters,
+            snap.position,
+        )
+
+    for batch, end in source.batches(run_.position):
         stats.input += batch.num_rows
-        ok, dead = app.schema.validate(batch, source=source.id, first_position=position)
+        ok, dead = app.schema.validate(batch, source=source.id, first_position=run_.position)
+        ok, dead = _check_site(rt, app, ok, dead, source.id, run_.position)
         rt.dead_letter(dead)
         stats.dead_lettered += dead.num_rows
         new = rt.dedup(ok.column(app.event_id).to_numpy())
@@ -119,7 +181,7 @@ def run(
         stats.accepted += accepted.num_rows
         rt.dispatch(app.kind.name, accepted)
         absorb(rt.poll())
-        position = end
+        run_.position = end
         rows_since_cp += batch.num_rows
         rows_since_sync += batch.num_rows
         if rows_since_sync >= rt.config.sync_rows:
@@ -130,21 +192,39 @@ def run(
             rows_since_cp >= rt.config.checkpoint_rows
             or now - last_cp_t >= rt.config.checkpoint_seconds
         ):
-            rt.checkpoint({source.id: position})
-            stats.checkpoints += 1
+            commit()
             last_cp_t, rows_since_cp = now, 0
         if progress is not None:
-            _finish(stats, counters, app, t0)
+            _finish(stats, run_.counters, app, t0)
             progress(stats)
         if max_events is not None and stats.input >= max_events:
             break
     absorb(rt.drain_inflight())
-    rt.checkpoint({source.id: position})
-    stats.checkpoints += 1
+    commit()
     rt.flush_topics()
-    _finish(stats, counters, app, t0)
-    assert stats.accepted + stats.dead_lettered + stats.duplicates == stats.input
-    return stats
+
+
+def _check_site(
+    rt: Runtime, app: App, ok: pa.Table, dead: pa.Table, source: str, first: int
+) -> tuple[pa.Table, pa.Table]:
+    """For site-partitioned kinds: rows for a site no shard serves become dead letters."""
+    site_key = app.kind.site_key
+    if not site_key or ok.num_rows == 0:
+        return ok, dead
+    served = pa.array(rt.sites(app.kind.name), pa.string())
+    known = pc.is_in(ok.column(site_key), value_set=served).to_numpy(zero_copy_only=False)
+    if known.all():
+        return ok, dead
+    bad = ok.filter(pa.array(~known))
+    reasons = [f"{site_key}: no shard serves site {s!r}" for s in bad.column(site_key).to_pylist()]
+    more = dead_letters(
+        bad,
+        reasons,
+        source=source,
+        positions=np.full(bad.num_rows, -1),
+        step=f"route:{app.kind.name}",
+    )
+    return ok.filter(pa.array(known)), pa.concat_tables([dead, more])
 
 
 def _finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) -> None:

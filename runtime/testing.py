@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
+from runtime.entity import Batch, EntityKind
 from runtime.topic import OFFSET
 
 
@@ -67,3 +69,25 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Tally(EntityKind):
+    """Counts events per ``key`` and sums their ``value``: the smallest real kind, for
+    tests of routing, placement, passivation and recovery (exact counts are easy to check)."""
+
+    name = "tallies"
+    key = "key"
+    state = {"n": "int64", "total": "float64"}
+
+    def apply(self, batch: Batch) -> None:
+        np.add.at(batch.state.cols["n"], batch.slots, 1)
+        if "value" in batch.events.column_names:
+            values = batch.events.column("value").to_numpy(zero_copy_only=False)
+            np.add.at(batch.state.cols["total"], batch.slots, values)
+
+
+class SiteTally(Tally):
+    """A :class:`Tally` partitioned by the ``site`` column (one set of shards per site)."""
+
+    name = "site_tallies"
+    site_key = "site"
