@@ -306,9 +306,42 @@ def sql(
 @_user_errors
 def status(
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Report on the runtime running on this Ray cluster: nodes, placement, stages.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Summarize a data folder: tables with row counts and versions, the last checkpoint."""
+    """Without --address: the data folder's tables, row counts, versions and last checkpoint.
+
+    With --address: every node with its role, site and liveness; every runtime actor
+    with the node Ray says it runs on; per-shard throughput and batches in flight.
+    """
+    if address:
+        from runtime.status import cluster_status
+
+        info = cluster_status(address)
+        if as_json:
+            typer.echo(_dumps(info))
+            return
+        nodes = Table("node", "role", "site", "alive", "address", title="nodes")
+        for n in info["nodes"]:
+            nodes.add_row(n["node_id"][:12], n["role"], n["site"], str(n["alive"]), n["address"])
+        out.print(nodes)
+        actors = Table(
+            "actor", "kind", "role", "site", "node", title="placement (as Ray reports it)"
+        )
+        for p in info["placement"]:
+            actors.add_row(p["actor"], p["kind"], p["role"], p["site"], p["node_id"][:12])
+        out.print(actors)
+        stages = Table("stage", "rows", "rows/s", "queue depth", title="stages")
+        for st in info["stages"]:
+            stages.add_row(
+                st["actor"], f"{st['rows']:,}", f"{st['rows_per_s']:,.0f}", str(st["queue_depth"])
+            )
+        out.print(stages)
+        return
     from runtime.lookup import folder_status
 
     info = folder_status(data)

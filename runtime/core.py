@@ -45,6 +45,7 @@ from runtime.placement import ActorSpec, DefaultPolicy, Placement, PlacementPoli
 from runtime.schema import DEAD_LETTER_SCHEMA
 from runtime.shard import Shard
 from runtime.sinks import TableSink
+from runtime.status import BOARD, StatusBoard
 from runtime.store import Checkpoint, Store
 from runtime.topic import Topic
 
@@ -128,6 +129,10 @@ class Runtime:
         self.placed: dict[str, tuple[ActorSpec, Placement, Placement, Handle]] = {}
         self._subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any]]] = {}
         self.restarts = 0
+        self._board: Handle | None = None
+        self._shard_names: dict[str, list[str]] = {}
+        self._board_at = 0.0
+        self._rows_sent: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -135,7 +140,9 @@ class Runtime:
         if cfg.mode == "ray":
             self._started_ray = init_ray(cfg.address, cfg.num_cpus)
         self.store = Store(cfg.data_dir)
+        self._started_at = time.time()
         self._load_committed()
+        self._start_board()
         self._token = current_runtime.set(self)
         return self
 
@@ -156,6 +163,10 @@ class Runtime:
             _, first = np.unique(ids, return_index=True)
             self.seen.add(ids[np.sort(first)])
 
+    def _start_board(self) -> None:
+        if self.config.mode == "ray":
+            self._board = self._spawn(StatusBoard, spec=ActorSpec(BOARD, "stage", "status"))
+
     def restart(self) -> None:
         """After an actor failure: stop every actor, go back to the last commit, and start
         the same kinds, topics and subscribers again where the policy puts them now.
@@ -169,14 +180,10 @@ class Runtime:
         for _, _, _, handle in self.placed.values():
             with contextlib.suppress(Exception):  # already gone with its node
                 handle.kill()
-        self.kinds, self.topics, self.subscribers, self.placed, self._subscriptions = (
-            {},
-            {},
-            {},
-            {},
-            {},
-        )
+        self.kinds, self.topics, self.subscribers = {}, {}, {}
+        self.placed, self._subscriptions = {}, {}
         self._load_committed()
+        self._start_board()
         for cls, config, per_site, sites in kinds:
             self.register(cls, config, shards=per_site, sites=sites)
         for name, (topic, cls, args, kwargs) in subs.items():
@@ -195,11 +202,10 @@ class Runtime:
         if checkpoint and self.kinds:
             self.checkpoint()
             self.flush_topics()
-        for h in [*self.subscribers.values(), *self.topics.values()]:
-            h.kill()
-        for k in self.kinds.values():
-            for h in k.shards:
-                h.kill()
+        for _, _, _, handle in self.placed.values():
+            with contextlib.suppress(Exception):  # an actor may be gone with its node
+                handle.kill()
+        self.placed = {}
         if self._token is not None:
             current_runtime.reset(self._token)
             self._token = None
@@ -320,6 +326,7 @@ class Runtime:
                     )
                 )
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
+        self._shard_names[kind_cls.name] = [h.name for h in handles]
         self.kinds[kind_cls.name] = _Kind(
             kind_cls, config, handles, [[] for _ in handles], by_site, n
         )
@@ -419,6 +426,9 @@ class Runtime:
             if len(pending) >= self.config.max_inflight:  # backpressure: wait for the oldest
                 self._done.extend(resolve([pending.pop(0)]))
             pending.append(k.shards[i].call("apply", part))
+            name = self._shard_names[kind][i]
+            self._rows_sent[name] = self._rows_sent.get(name, 0) + part.num_rows
+        self.publish_status()
 
     def _route(self, k: _Kind, events: pa.Table, hashes: np.ndarray) -> np.ndarray:
         """Shard index per row: by key hash, within the row's site for site-partitioned kinds."""
@@ -431,6 +441,31 @@ class Runtime:
                 f"events for {k.cls.name!r} name sites no shard serves; served: {sites.to_pylist()}"
             )
         return site_idx.to_numpy().astype(np.int64) * k.per_site + shard_of(hashes, k.per_site)
+
+    def status(self) -> dict[str, Any]:
+        """Per shard: rows sent, batches in flight (its queue) and rows/s since start."""
+        stages = []
+        elapsed = max(time.time() - self._started_at, 1e-9)
+        for kind, k in self.kinds.items():
+            for name, pending in zip(self._shard_names[kind], k.inflight, strict=True):
+                rows = self._rows_sent.get(name, 0)
+                stages.append(
+                    {
+                        "actor": name,
+                        "rows": rows,
+                        "rows_per_s": round(rows / elapsed, 1),
+                        "queue_depth": len(pending),
+                    }
+                )
+        return {"stages": stages, "restarts": self.restarts}
+
+    def publish_status(self, force: bool = False) -> None:
+        """Keep the status board fresh for `edgecore status --address` (at most once a second)."""
+        now = time.time()
+        if self._board is None or (not force and now - self._board_at < 1.0):
+            return
+        self._board_at = now
+        self._board.call("update", self.status())  # fire and forget
 
     def poll(self) -> list[dict[str, float]]:
         """Stats of the shard calls finished since the last poll (does not block)."""

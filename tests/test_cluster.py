@@ -111,3 +111,39 @@ def test_edge_node_loss_mid_stream_keeps_counts_exact(cluster, tmp_path):
         rt.register(SiteTally, sites=["eu-1", "eu-2"])
         assert node_of(rt.placement(), "shard:site_tallies:eu-2:0")["site"] == "eu-2"
         assert rt.entity_state("site_tallies", "k1")["n"] == got["k1"]
+
+
+def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from runtime.cli import app as cli
+
+    c, _ = cluster
+    app = App("readings", SCHEMA, SiteTally)
+    with Runtime(data_dir=str(tmp_path), address=c.address, policy=POLICY, shards=1) as rt:
+        rt.register(SiteTally, sites=["eu-1"])
+        rt._board_at = 0.0
+        run(
+            rt,
+            app,
+            MemorySource(
+                readings(400, keys=2).filter(
+                    pa.compute.equal(readings(400, keys=2)["site"], "eu-1")
+                )
+            ),
+        )
+        rt.publish_status(force=True)
+        result = CliRunner().invoke(cli, ["status", "--address", c.address, "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert {(n["role"], n["site"]) for n in info["nodes"] if n["alive"]} >= {
+        ("core", "core"),
+        ("edge", "eu-1"),
+    }
+    shard = next(p for p in info["placement"] if p["actor"] == "shard:site_tallies:eu-1:0")
+    assert shard["role"] == "edge" and shard["site"] == "eu-1" and shard["node_id"]
+    assert set(shard) == {"actor", "kind", "role", "site", "node_id"}
+    stage = next(s for s in info["stages"] if s["actor"] == "shard:site_tallies:eu-1:0")
+    assert stage["rows"] == 200 and stage["queue_depth"] >= 0
