@@ -124,7 +124,6 @@ def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
     app = App("readings", SCHEMA, SiteTally)
     with Runtime(data_dir=str(tmp_path), address=c.address, policy=POLICY, shards=1) as rt:
         rt.register(SiteTally, sites=["eu-1"])
-        rt._board_at = 0.0
         run(
             rt,
             app,
