@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,3 +92,26 @@ class SiteTally(Tally):
 
     name = "site_tallies"
     site_key = "site"
+
+
+class EchoTally(Tally):
+    """A :class:`Tally` that also publishes every event to the ``echo`` topic."""
+
+    name = "echo_tallies"
+    topics = ("echo",)
+
+    def apply(self, batch: Batch) -> None:
+        super().apply(batch)
+        batch.emit("echo", batch.events.drop_columns(["_key_hash"]))
+
+
+class SlowSink(ListSink):
+    """A subscriber that takes ``delay`` seconds per batch: for backpressure tests."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def on_batch(self, rows: pa.Table) -> None:
+        time.sleep(self.delay)
+        super().on_batch(rows)

@@ -37,6 +37,7 @@ class Topic:
         self._retained = 0
         self._subscribers: dict[str, Handle] = {}
         self._pending: list[Any] = []
+        self.max_pending_seen = 0
 
     def publish(self, rows: pa.Table) -> int:
         """Append ``rows``; returns the next offset (the log's end)."""
@@ -53,6 +54,7 @@ class Topic:
         with_offsets = rows.append_column(OFFSET, pa.array(range(first, self._next), pa.int64()))
         for sub in self._subscribers.values():
             self._pending.append(sub.call("on_batch", with_offsets))
+        self.max_pending_seen = max(self.max_pending_seen, len(self._pending))
         if len(self._pending) > MAX_PENDING:  # a slow subscriber slows publishers
             done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING)
             resolve(done)
@@ -97,3 +99,12 @@ class Topic:
 
     def end_offset(self) -> int:
         return self._next
+
+    def stats(self) -> dict[str, int]:
+        """Offsets, rows retained, and deliveries waiting for subscribers (now and at most)."""
+        return {
+            "end_offset": self._next,
+            "retained_rows": self._retained,
+            "pending": len(self._pending),
+            "max_pending_seen": self.max_pending_seen,
+        }
