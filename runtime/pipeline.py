@@ -52,6 +52,8 @@ class App:
     summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
     #: makes the synthetic source that `edgecore demo` runs: (events, rate, entities) -> Source
     demo: Callable[[int, float | None, int], Source] | None = None
+    #: for a kind partitioned by site: the sites it serves (one set of shards each)
+    sites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.event_id not in [c.name for c in self.schema.columns]:
@@ -86,7 +88,7 @@ class RunStats:
 def setup(rt: Runtime, app: App) -> None:
     """Register the app's kind and sinks on ``rt`` (once per runtime)."""
     if app.kind.name not in rt.kinds:
-        rt.register(app.kind, app.kind_config)
+        rt.register(app.kind, app.kind_config, sites=list(app.sites) or None)
     for topic, (table, key) in app.sinks.items():
         if f"{topic}->{table}" not in rt.subscribers:
             rt.sink_to_table(topic, table, key)
