@@ -39,7 +39,6 @@ stream runs alone at its edge or the whole fleet's at once).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -464,7 +463,7 @@ def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITE
             "maintenance": ("maintenance", "event_id"),
         },
         summarize=summarize,
-        demo=functools.partial(demo_source, sites=sites),
+        demo=demo_source,  # takes sites= for site-partitioned apps
         sites=tuple(sites),
     )
 

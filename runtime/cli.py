@@ -160,6 +160,15 @@ def demo(
     shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     app_name: str = typer.Option("fraud", "--app", help="Which installed app to demo."),
+    edges: int = typer.Option(
+        0,
+        "--edges",
+        help="Simulate a cluster on this machine: a core head node plus N edge nodes (sites eu-1..eu-N), "
+        "with device telemetry handled at the edges alongside the transactions.",
+    ),
+    device_events: int = typer.Option(
+        0, "--device-events", help="Telemetry readings with --edges (0: a fifth of --events)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Run the card-fraud demo on a synthetic stream, on an embedded local Ray.
@@ -177,16 +186,81 @@ def demo(
     if the_app.demo is None:
         _fail(f"app {app_name!r} has no demo source")
     source = the_app.demo(events, rate or None, customers)
+    if edges:
+        _demo_edges(
+            the_app,
+            source,
+            events,
+            rate,
+            data,
+            shards,
+            edges,
+            device_events or events // 5,
+            as_json,
+        )
+        return
     with _runtime(data, address, shards or None) as rt:
         stats = _drive(rt, the_app, source, events, as_json)
+        placement = rt.placement()
     _emit(
         {
             "events": stats.input,
             **_summary(stats, data),
             "profiles": str((data / the_app.kind.name).resolve()) + ".lance",
+            **({"placement": placement} if as_json else {}),
         },
         as_json,
         f"edgecore demo: {the_app.name}",
+    )
+
+
+def _demo_edges(
+    the_app: Any,
+    source: Any,
+    events: int,
+    rate: float,
+    data: Path,
+    shards: int,
+    edges: int,
+    device_events: int,
+    as_json: bool,
+) -> None:
+    """The demo across a simulated core + N edge cluster: telemetry at the edges, fraud at the core."""
+    import dataclasses
+
+    from runtime.apps import load_app
+    from runtime.cluster import LocalCluster
+
+    with LocalCluster(edges) as cluster:
+        devices = dataclasses.replace(load_app("devices"), sites=tuple(cluster.sites))
+        telemetry = devices.demo(device_events, rate or None, 500 * edges, sites=devices.sites)
+        with _runtime(data, cluster.address, shards or 1) as rt:
+            dev_stats = _drive(rt, devices, telemetry, device_events, as_json)
+            stats = _drive(rt, the_app, source, events, as_json)
+            placement = rt.placement()
+    crossed = dev_stats.app
+    summary = {
+        "events": stats.input,
+        **_summary(stats, data),
+        "device_events": dev_stats.input,
+        "device_events_per_s": round(dev_stats.events_per_s, 1),
+        "maintenance_alerts": crossed.get("maintenance_rows", 0),
+        "edge_to_core": {
+            "rows": crossed.get("crossed_rows", 0),
+            "bytes": crossed.get("crossed_bytes", 0),
+            "raw_rows": crossed.get("raw_rows", 0),
+            "raw_bytes": crossed.get("raw_bytes", 0),
+        },
+        "placement": placement,
+    }
+    if not as_json:
+        summary["placement"] = ", ".join(f"{p['actor']}@{p['role']}/{p['site']}" for p in placement)
+        summary["edge_to_core"] = (
+            f"{summary['edge_to_core']['rows']:,} rows / {summary['edge_to_core']['bytes']:,} B "
+            f"(raw: {summary['edge_to_core']['raw_rows']:,} rows / {summary['edge_to_core']['raw_bytes']:,} B)"
+        )
+    _emit(
+        summary, as_json, f"edgecore demo: {the_app.name} + devices on 1 core + {edges} edge nodes"
     )
 
 

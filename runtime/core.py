@@ -116,9 +116,10 @@ class Runtime:
         self.kinds: dict[str, _Kind] = {}
         self.topics: dict[str, Handle] = {}
         self.subscribers: dict[str, Handle] = {}
-        self.seen = SeenSet(self.config.dedup_capacity)
+        #: applied event ids per scope (an app's entity kind): ids are unique per stream
+        self.seen: dict[str, SeenSet] = {}
         self.checkpoint_state = Checkpoint()
-        self._new_seen: list[np.ndarray] = []
+        self._new_seen: list[tuple[str, np.ndarray]] = []
         self._dead: list[pa.Table] = []
         self._done: list[dict[str, float]] = []  # stats of finished shard calls
         self._started_ray = False
@@ -153,15 +154,16 @@ class Runtime:
         self.checkpoint_state = self.store.recover(
             sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions})
         )
-        self.seen = SeenSet(self.config.dedup_capacity)
+        self.seen = {}
         self._new_seen, self._dead, self._done = [], [], []
         if self.store.exists(SEEN):
-            seen = self.store.read(SEEN)
-            if "epoch" in seen.column_names:  # oldest first, so the oldest are forgotten first
-                seen = seen.sort_by("epoch")
-            ids = seen.column("event_id").to_numpy()
-            _, first = np.unique(ids, return_index=True)
-            self.seen.add(ids[np.sort(first)])
+            seen = self.store.read(SEEN).sort_by("epoch")  # oldest first: forgotten first
+            for scope in pc.unique(seen.column("scope")).to_pylist():
+                ids = (
+                    seen.filter(pc.equal(seen.column("scope"), scope)).column("event_id").to_numpy()
+                )
+                _, first = np.unique(ids, return_index=True)
+                self._seen_set(scope).add(ids[np.sort(first)])
 
     def _start_board(self) -> None:
         if self.config.mode == "ray":
@@ -500,11 +502,16 @@ class Runtime:
         if rows.num_rows:
             self._dead.append(rows)
 
-    def dedup(self, event_ids: np.ndarray) -> np.ndarray:
-        """Mask of ids not applied before (in this run, or before the last checkpoint)."""
-        new = self.seen.add_new(event_ids)
+    def _seen_set(self, scope: str) -> SeenSet:
+        if scope not in self.seen:
+            self.seen[scope] = SeenSet(self.config.dedup_capacity)
+        return self.seen[scope]
+
+    def dedup(self, scope: str, event_ids: np.ndarray) -> np.ndarray:
+        """Mask of ids not applied before in ``scope`` (in this run or before the last commit)."""
+        new = self._seen_set(scope).add_new(event_ids)
         if new.any():
-            self._new_seen.append(np.asarray(event_ids, dtype=np.int64)[new])
+            self._new_seen.append((scope, np.asarray(event_ids, dtype=np.int64)[new]))
         return new
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -542,10 +549,16 @@ class Runtime:
             self._dead = []
             store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
         if self._new_seen:
-            ids = np.concatenate(self._new_seen)
+            ids = np.concatenate([i for _, i in self._new_seen])
+            names = pa.array([s for s, _ in self._new_seen], pa.string())
+            which = np.repeat(np.arange(len(self._new_seen)), [len(i) for _, i in self._new_seen])
+            scope = names.take(pa.array(which))
             self._new_seen = []
             epoch = np.full(len(ids), self.checkpoint_state.epoch + 1, dtype=np.int64)
-            store.append(SEEN, pa.table({"event_id": pa.array(ids, pa.int64()), "epoch": epoch}))
+            store.append(
+                SEEN,
+                pa.table({"scope": scope, "event_id": pa.array(ids, pa.int64()), "epoch": epoch}),
+            )
         managed = [n for n in [*self.kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.checkpoint_state
         cp = Checkpoint(
@@ -568,18 +581,23 @@ class Runtime:
         return cp
 
     def _trim_seen(self, store: Store, epoch: int) -> None:
-        """Keep the applied-ids table near the dedup capacity: drop whole old epochs."""
-        if not store.exists(SEEN) or store.table(SEEN).count_rows() <= self.config.dedup_capacity:
+        """Keep each scope's applied ids near the dedup capacity: drop whole old epochs."""
+        if not store.exists(SEEN):
             return
-        lo, hi = 0, epoch  # largest cutoff e with rows(epoch >= e) >= capacity
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if store.table(SEEN).count_rows(f"epoch >= {mid}") >= self.config.dedup_capacity:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo > 0:
-            store.table(SEEN).delete(f"epoch < {lo}")
+        table, cap = store.table(SEEN), self.config.dedup_capacity
+        for scope in self.seen:
+            where = f"scope = '{scope}'"
+            if table.count_rows(where) <= cap:
+                continue
+            lo, hi = 0, epoch  # the largest cutoff e with rows(epoch >= e) >= capacity
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if table.count_rows(f"{where} AND epoch >= {mid}") >= cap:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > 0:
+                table.delete(f"{where} AND epoch < {lo}")
 
     def sync_kinds(self) -> None:
         """Merge each kind's shard snapshots and hand the result back (no barrier).

@@ -177,7 +177,7 @@ def _drive(
         ok, dead = _check_site(rt, app, ok, dead, source.id, run_.position)
         rt.dead_letter(dead)
         stats.dead_lettered += dead.num_rows
-        new = rt.dedup(ok.column(app.event_id).to_numpy())
+        new = rt.dedup(app.kind.name, ok.column(app.event_id).to_numpy())
         stats.duplicates += int((~new).sum())
         accepted = ok.filter(new) if not new.all() else ok
         stats.accepted += accepted.num_rows

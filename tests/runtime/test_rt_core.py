@@ -144,3 +144,20 @@ def test_table_versions_stay_bounded(tmp_path):
     for name in ("counters", "_seen", "_checkpoints"):
         assert store.n_versions(name) <= 25, name
     assert store.read("_checkpoints").num_rows <= 3
+
+
+def test_event_ids_are_deduplicated_per_app(tmp_path):
+    """Two streams may use the same event ids: each app (entity kind) has its own dedup scope."""
+    from runtime.testing import Tally
+
+    other = App(
+        "tallies", EventSchema("t", [Column("event_id", "int64"), Column("key", "string")]), Tally
+    )
+    tallies = pa.table({"event_id": list(range(30)), "key": ["a"] * 30})
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=1) as rt:
+        assert run(rt, APP, source(clicks(0, 30))).duplicates == 0
+        assert run(rt, other, IteratorSource("t", lambda: iter([tallies]))).duplicates == 0
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=1) as rt:  # remembered per app
+        again = run(rt, APP, IteratorSource("again", lambda: iter([clicks(0, 30)])))
+        assert again.duplicates == 30
+        assert run(rt, other, IteratorSource("t2", lambda: iter([tallies]))).duplicates == 30
