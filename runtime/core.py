@@ -165,6 +165,13 @@ class Runtime:
                 _, first = np.unique(ids, return_index=True)
                 self._seen_set(scope).add(ids[np.sort(first)])
 
+    def rebalance(self, positions: dict[str, int] | None = None) -> None:
+        """Commit, then start every actor again where the policy puts it on the nodes alive now:
+        how work moves back to an edge node that returned. Nothing is lost: the new actors
+        load the state just committed."""
+        self.checkpoint(positions)
+        self.restart()
+
     def _start_board(self) -> None:
         if self.config.mode == "ray":
             self._board = self._spawn(StatusBoard, spec=ActorSpec(BOARD, "stage", "status"))

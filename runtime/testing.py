@@ -115,3 +115,22 @@ class SlowSink(ListSink):
     def on_batch(self, rows: pa.Table) -> None:
         time.sleep(self.delay)
         super().on_batch(rows)
+
+
+def _tally_app() -> Any:
+    from runtime.pipeline import App
+    from runtime.schema import Column, EventSchema
+
+    schema = EventSchema(
+        "tally_events",
+        [
+            Column("event_id", "int64"),
+            Column("key", "string"),
+            Column("value", "float64", required=False),
+        ],
+    )
+    return App("tallies", schema, Tally)
+
+
+#: an app over :class:`Tally` (``edgecore replay FILE --app runtime.testing:tally_app``)
+tally_app = _tally_app()

@@ -82,6 +82,7 @@ def test_actors_run_where_the_policy_puts_them(cluster, tmp_path):
 def test_edge_node_loss_mid_stream_keeps_counts_exact(cluster, tmp_path):
     c, edges = cluster
     events = readings(6_000)
+    expected = dict(Counter(events.column("key").to_pylist()))
     app = App("readings", SCHEMA, SiteTally)
     removed = []
 
@@ -94,23 +95,51 @@ def test_edge_node_loss_mid_stream_keeps_counts_exact(cluster, tmp_path):
     with Runtime(data_dir=str(tmp_path), address=c.address, **cfg) as rt:
         rt.register(SiteTally, sites=["eu-1", "eu-2"])
         stats = run(rt, app, MemorySource(events, batch_size=250), progress=lose_eu2)
+        assert removed and stats.restarts >= 1
+        # rows replayed after the restart are counted once
+        assert stats.accepted == stats.input == 6_000
+        # eu-2's shard moved to the core (no other eu-2 node); eu-1 stayed at its edge
         placement = rt.placement()
-    assert removed and stats.restarts >= 1
-    assert (
-        stats.accepted == 6_000 and stats.input == 6_000
-    )  # rows replayed after the restart count once
-    # eu-2's shard moved to the core (no other eu-2 node); eu-1 stayed at its edge
-    assert node_of(placement, "shard:site_tallies:eu-2:0")["role"] == "core"
-    assert node_of(placement, "shard:site_tallies:eu-1:0")["site"] == "eu-1"
-    got = {r["key"]: r["n"] for r in Store(tmp_path).read("site_tallies").to_pylist()}
-    assert got == dict(Counter(events.column("key").to_pylist()))
-    # when the node returns, new work can go back to it
-    edges["eu-2"] = c.add_node(num_cpus=1, labels={"role": "edge", "site": "eu-2"})
-    c.wait_for_nodes()
-    with Runtime(data_dir=str(tmp_path), address=c.address, **cfg) as rt:
-        rt.register(SiteTally, sites=["eu-1", "eu-2"])
+        assert node_of(placement, "shard:site_tallies:eu-2:0")["role"] == "core"
+        assert node_of(placement, "shard:site_tallies:eu-1:0")["site"] == "eu-1"
+        got = {r["key"]: r["n"] for r in Store(tmp_path).read("site_tallies").to_pylist()}
+        assert got == expected
+
+        # when the node returns, the running runtime moves eu-2's work back to it
+        edges["eu-2"] = c.add_node(num_cpus=1, labels={"role": "edge", "site": "eu-2"})
+        c.wait_for_nodes()
+        rt.rebalance()
         assert node_of(rt.placement(), "shard:site_tallies:eu-2:0")["site"] == "eu-2"
-        assert rt.entity_state("site_tallies", "k1")["n"] == got["k1"]
+        assert rt.entity_state("site_tallies", "k1")["n"] == expected["k1"]
+
+
+def test_replay_attaches_with_address(cluster, tmp_path):
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from runtime.cli import app as cli
+
+    c, _ = cluster
+    events = readings(500, keys=4)
+    pq.write_table(events, tmp_path / "r.parquet")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "replay",
+            str(tmp_path / "r.parquet"),
+            "--app",
+            "runtime.testing:tally_app",
+            "--address",
+            c.address,
+            "--data",
+            str(tmp_path / "d"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert '"accepted": 500' in result.stdout
+    got = {r["key"]: r["n"] for r in Store(tmp_path / "d").read("tallies").to_pylist()}
+    assert got == dict(Counter(events.column("key").to_pylist()))
 
 
 def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
