@@ -34,7 +34,6 @@ from runtime.handles import (
     actor_nodes,
     init_ray,
     nodes,
-    ready,
     resolve,
     spawn,
     wait_ready,
@@ -42,6 +41,7 @@ from runtime.handles import (
 from runtime.index import SeenSet
 from runtime.keys import hash_keys, shard_of
 from runtime.placement import ActorSpec, DefaultPolicy, Placement, PlacementPolicy, selector
+from runtime.router import Router
 from runtime.schema import DEAD_LETTER_SCHEMA
 from runtime.shard import Shard
 from runtime.sinks import TableSink
@@ -101,10 +101,14 @@ class _Kind:
     cls: type[EntityKind]
     config: Any
     shards: list[Handle]
-    inflight: list[list[Any]] = field(default_factory=list)
+    router: Router
     #: site-partitioned kinds: site -> indices into ``shards``; else {None: all}
     by_site: dict[str | None, list[int]] = field(default_factory=dict)
     per_site: int = 1
+
+    @property
+    def inflight(self) -> list[list[Any]]:
+        return self.router.inflight
 
 
 class Runtime:
@@ -133,7 +137,6 @@ class Runtime:
         self._board: Handle | None = None
         self._shard_names: dict[str, list[str]] = {}
         self._board_at = 0.0
-        self._rows_sent: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -336,9 +339,9 @@ class Runtime:
                 )
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
         self._shard_names[kind_cls.name] = [h.name for h in handles]
-        self.kinds[kind_cls.name] = _Kind(
-            kind_cls, config, handles, [[] for _ in handles], by_site, n
-        )
+        site_list = [s for s in by_site if s is not None]
+        router = Router(kind_cls, handles, n, site_list, self.config.max_inflight)
+        self.kinds[kind_cls.name] = _Kind(kind_cls, config, handles, router, by_site, n)
 
     def sites(self, kind: str) -> list[str]:
         """The sites a site-partitioned kind serves."""
@@ -409,55 +412,17 @@ class Runtime:
     # -- routing ---------------------------------------------------------------------------------
     def dispatch(self, kind: str, events: pa.Table) -> None:
         """Send ``events`` to the shards of ``kind`` without waiting (bounded in flight)."""
-        k = self._kind(kind)
-        if events.num_rows == 0:
-            return
-        if k.cls.key not in events.column_names:
-            raise ConfigError(f"events for kind {kind!r} lack its key column {k.cls.key!r}")
-        hashes = hash_keys(events.column(k.cls.key))
-        events = events.append_column("_key_hash", pa.array(hashes))
-        n = len(k.shards)
-        if n == 1:
-            parts = [(0, events)]
-        else:
-            sid = self._route(k, events, hashes)
-            # stable keeps arrival order per shard; on 16-bit keys numpy uses a radix sort
-            order = np.argsort(sid.astype(np.uint16), kind="stable")
-            bounds = np.searchsorted(sid[order], np.arange(n + 1))
-            sorted_events = events.take(pa.array(order))
-            parts = [
-                (i, sorted_events.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)
-            ]
-        for i, part in parts:
-            if part.num_rows == 0:
-                continue
-            pending = k.inflight[i]
-            if len(pending) >= self.config.max_inflight:  # backpressure: wait for the oldest
-                self._done.extend(resolve([pending.pop(0)]))
-            pending.append(k.shards[i].call("apply", part))
-            name = self._shard_names[kind][i]
-            self._rows_sent[name] = self._rows_sent.get(name, 0) + part.num_rows
+        self._kind(kind).router.send(events)
         self.publish_status()
-
-    def _route(self, k: _Kind, events: pa.Table, hashes: np.ndarray) -> np.ndarray:
-        """Shard index per row: by key hash, within the row's site for site-partitioned kinds."""
-        if not k.cls.site_key:
-            return shard_of(hashes, len(k.shards))
-        sites = pa.array(self.sites(k.cls.name), pa.string())
-        site_idx = pc.index_in(events.column(k.cls.site_key), value_set=sites)
-        if site_idx.null_count:
-            raise ConfigError(
-                f"events for {k.cls.name!r} name sites no shard serves; served: {sites.to_pylist()}"
-            )
-        return site_idx.to_numpy().astype(np.int64) * k.per_site + shard_of(hashes, k.per_site)
 
     def status(self) -> dict[str, Any]:
         """Per shard: rows sent, batches in flight (its queue) and rows/s since start."""
         stages = []
         elapsed = max(time.time() - self._started_at, 1e-9)
         for kind, k in self.kinds.items():
-            for name, pending in zip(self._shard_names[kind], k.inflight, strict=True):
-                rows = self._rows_sent.get(name, 0)
+            for name, pending, rows in zip(
+                self._shard_names[kind], k.router.inflight, k.router.rows_sent, strict=True
+            ):
                 stages.append(
                     {
                         "actor": name,
@@ -479,21 +444,14 @@ class Runtime:
     def poll(self) -> list[dict[str, float]]:
         """Stats of the shard calls finished since the last poll (does not block)."""
         for k in self.kinds.values():
-            for pending in k.inflight:
-                if pending:
-                    done, _ = ready(pending, len(pending), timeout=0)
-                    done_ids = {id(d) for d in done}
-                    # results are taken in order: only finished calls at the front
-                    while pending and id(pending[0]) in done_ids:
-                        self._done.extend(resolve([pending.pop(0)]))
+            self._done.extend(k.router.poll())
         out, self._done = self._done, []
         return out
 
     def drain_inflight(self) -> list[dict[str, float]]:
+        """Wait for every batch in flight; stats of all calls not collected yet."""
         for k in self.kinds.values():
-            for pending in k.inflight:
-                self._done.extend(resolve(pending))
-                pending.clear()
+            self._done.extend(k.router.drain())
         out, self._done = self._done, []
         return out
 
