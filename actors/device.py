@@ -443,11 +443,16 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
 
 
 def demo_source(
-    n_events: int, rate: float | None = None, devices: int = 2_000, sites: tuple[str, ...] = SITES
+    n_events: int,
+    rate: float | None = None,
+    devices: int = 2_000,
+    sites: tuple[str, ...] = SITES,
+    site: str | None = None,
 ) -> Source:
-    """Synthetic fleet telemetry, paced to ``rate`` events/s if given; a second demo in the
-    same data folder continues the stream."""
-    source = TelemetrySource(TelemetryConfig(n_devices=devices, sites=sites), n_events)
+    """Synthetic fleet telemetry, paced to ``rate`` events/s if given; with ``site`` only
+    that site's readings (what its edge sees). A second demo in the same data folder
+    continues the stream."""
+    source = TelemetrySource(TelemetryConfig(n_devices=devices, sites=sites), n_events, site=site)
     return Paced(source, rate) if rate else source
 
 

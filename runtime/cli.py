@@ -230,12 +230,23 @@ def _demo_edges(
 
     from runtime.apps import load_app
     from runtime.cluster import LocalCluster
+    from runtime.ingest import run_sites
 
     with LocalCluster(edges) as cluster:
         devices = dataclasses.replace(load_app("devices"), sites=tuple(cluster.sites))
-        telemetry = devices.demo(device_events, rate or None, 500 * edges, sites=devices.sites)
+        per_site = max(1, device_events // edges)
+        telemetry = {
+            s: devices.demo(
+                per_site, rate / edges if rate else None, 500 * edges, sites=devices.sites, site=s
+            )
+            for s in devices.sites
+        }
         with _runtime(data, cluster.address, shards or 1) as rt:
-            dev_stats = _drive(rt, devices, telemetry, device_events, as_json)
+            if not as_json:
+                err.print(
+                    f"telemetry: ingest, validation and device state at the edge of {', '.join(devices.sites)}"
+                )
+            dev_stats = run_sites(rt, devices, telemetry)
             stats = _drive(rt, the_app, source, events, as_json)
             placement = rt.placement()
     crossed = dev_stats.app

@@ -472,6 +472,27 @@ class Runtime:
             self.seen[scope] = SeenSet(self.config.dedup_capacity)
         return self.seen[scope]
 
+    def applied_ids(self, scope: str) -> np.ndarray:
+        """The event ids applied in ``scope`` that the runtime remembers (for ingest stages)."""
+        return self._seen_set(scope).ids()
+
+    def record_applied(self, scope: str, event_ids: np.ndarray) -> None:
+        """Ids an ingest stage deduplicated and applied; saved with the next checkpoint."""
+        if len(event_ids):
+            self._seen_set(scope).add(event_ids[~self._seen_set(scope).contains(event_ids)])
+            self._new_seen.append((scope, np.asarray(event_ids, dtype=np.int64)))
+
+    def start_stage(self, cls: type, *args: Any, name: str, stage: str, site: str | None) -> Handle:
+        """Start a pipeline-stage actor placed by the policy (e.g. ingest at a site's edge)."""
+        handle = self._spawn(cls, *args, spec=ActorSpec(name, "stage", stage, site))
+        return handle
+
+    def stop_stage(self, name: str) -> None:
+        entry = self.placed.pop(name, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                entry[3].kill()
+
     def dedup(self, scope: str, event_ids: np.ndarray) -> np.ndarray:
         """Mask of ids not applied before in ``scope`` (in this run or before the last commit)."""
         new = self._seen_set(scope).add_new(event_ids)

@@ -79,6 +79,10 @@ class SeenSet:
     def __len__(self) -> int:
         return self._size
 
+    def ids(self) -> np.ndarray:
+        """Every id remembered, oldest generation first (to hand the set to another process)."""
+        return np.concatenate(self._gens) if self._gens else np.zeros(0, dtype=np.int64)
+
     def contains(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         found = np.zeros(len(ids), dtype=bool)

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from actors.device import demo_source, device_app
-from runtime import Runtime, run
+from runtime import Runtime
 from runtime.cluster import LocalCluster
+from runtime.ingest import run_sites
 from runtime.placement import DefaultPolicy, Placement
 
 
@@ -33,8 +34,10 @@ def one_run(
     cluster: LocalCluster, data: Path, policy: DefaultPolicy, events: int, devices: int
 ) -> dict[str, Any]:
     app = dataclasses.replace(device_app(), sites=tuple(cluster.sites))
+    per_site = events // len(app.sites)
+    sources = {s: demo_source(per_site, None, devices, sites=app.sites, site=s) for s in app.sites}
     with Runtime(data_dir=str(data), address=cluster.address, policy=policy, shards=1) as rt:
-        stats = run(rt, app, demo_source(events, None, devices, sites=app.sites))
+        stats = run_sites(rt, app, sources)
         where = {
             p["actor"]: f"{p['role']}/{p['site']}"
             for p in rt.placement()
@@ -70,7 +73,8 @@ def main() -> None:
         core = one_run(
             cluster,
             work / "core",
-            DefaultPolicy(overrides={"devices": Placement("core")}),
+            # raw readings shipped: ingest and device state at the core
+            DefaultPolicy(overrides={"devices": Placement("core"), "ingest": Placement("core")}),
             args.events,
             args.devices,
         )

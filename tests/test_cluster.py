@@ -175,3 +175,40 @@ def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
     assert set(shard) == {"actor", "kind", "role", "site", "node_id"}
     stage = next(s for s in info["stages"] if s["actor"] == "shard:site_tallies:eu-1:0")
     assert stage["rows"] == 200 and stage["queue_depth"] >= 0
+
+
+def test_ingest_runs_at_each_sites_edge_and_survives_its_loss(cluster, tmp_path):
+    """Each site's source is read, validated and applied at that site's edge; losing the
+    edge mid-stream moves its ingest and shards to the core with exact counts."""
+    from runtime.ingest import run_sites
+
+    c, edges = cluster
+    if "eu-2" not in edges:
+        edges["eu-2"] = c.add_node(num_cpus=1, labels={"role": "edge", "site": "eu-2"})
+        c.wait_for_nodes()
+    events = readings(8_000)
+    by_site = {s: events.filter(pa.compute.equal(events["site"], s)) for s in ("eu-1", "eu-2")}
+    sources = {s: MemorySource(t, batch_size=200, id=f"readings-{s}") for s, t in by_site.items()}
+    app = App("readings", SCHEMA, SiteTally, sites=("eu-1", "eu-2"))
+    seen_placement, removed = [], []
+
+    def watch(stats):
+        if not seen_placement:
+            seen_placement.extend(rt.placement())
+        if stats.input >= 4_000 and not removed:
+            c.remove_node(edges.pop("eu-2"))
+            removed.append(stats.input)
+
+    with Runtime(
+        data_dir=str(tmp_path), address=c.address, policy=POLICY, shards=1, checkpoint_rows=1_000
+    ) as rt:
+        stats = run_sites(rt, app, sources, step_rows=400, progress=watch)
+    ingest = {p["actor"]: p for p in seen_placement if p["actor"].startswith("stage:ingest")}
+    assert ingest["stage:ingest:readings:eu-1"]["site"] == "eu-1"
+    assert ingest["stage:ingest:readings:eu-2"]["role"] == "edge"
+    assert removed and stats.restarts >= 1
+    assert stats.accepted == stats.input == 8_000
+    got = {r["key"]: r["n"] for r in Store(tmp_path).read("site_tallies").to_pylist()}
+    assert got == dict(Counter(events.column("key").to_pylist()))
+    edges["eu-2"] = c.add_node(num_cpus=1, labels={"role": "edge", "site": "eu-2"})
+    c.wait_for_nodes()
