@@ -96,6 +96,10 @@ def _runtime(
     from runtime.core import Runtime
 
     mode = "local" if local else "ray"
+    if settings.get("policy") is not None:
+        from runtime.placement import DefaultPolicy
+
+        settings["policy"] = DefaultPolicy.from_file(settings["policy"])
     return Runtime(data_dir=str(data), address=address, shards=shards, mode=mode, **settings)
 
 
@@ -159,6 +163,11 @@ def demo(
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
     shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    placement: Path = typer.Option(
+        None,
+        "--placement",
+        help="Placement overrides (JSON or TOML): edge_kinds, edge_stages, overrides.",
+    ),
     app_name: str = typer.Option("fraud", "--app", help="Which installed app to demo."),
     edges: int = typer.Option(
         0,
@@ -188,6 +197,7 @@ def demo(
     source = the_app.demo(events, rate or None, customers)
     if edges:
         _demo_edges(
+            placement,
             the_app,
             source,
             events,
@@ -199,15 +209,15 @@ def demo(
             as_json,
         )
         return
-    with _runtime(data, address, shards or None) as rt:
+    with _runtime(data, address, shards or None, policy=placement) as rt:
         stats = _drive(rt, the_app, source, events, as_json)
-        placement = rt.placement()
+        where = rt.placement()
     _emit(
         {
             "events": stats.input,
             **_summary(stats, data),
             "profiles": str((data / the_app.kind.name).resolve()) + ".lance",
-            **({"placement": placement} if as_json else {}),
+            **({"placement": where} if as_json else {}),
         },
         as_json,
         f"edgecore demo: {the_app.name}",
@@ -215,6 +225,7 @@ def demo(
 
 
 def _demo_edges(
+    policy_file: Path | None,
     the_app: Any,
     source: Any,
     events: int,
@@ -241,7 +252,7 @@ def _demo_edges(
             )
             for s in devices.sites
         }
-        with _runtime(data, cluster.address, shards or 1) as rt:
+        with _runtime(data, cluster.address, shards or 1, policy=policy_file) as rt:
             if not as_json:
                 err.print(
                     f"telemetry: ingest, validation and device state at the edge of {', '.join(devices.sites)}"
@@ -288,6 +299,11 @@ def replay(
     ),
     shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    placement: Path = typer.Option(
+        None,
+        "--placement",
+        help="Placement overrides (JSON or TOML): edge_kinds, edge_stages, overrides.",
+    ),
     local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
     checkpoint_every: int = typer.Option(
         2_000_000,
@@ -327,6 +343,7 @@ def replay(
     if checkpoint_every < 1 or max_active < 0 or shard_memory_mb <= 0:
         _fail("--checkpoint-every must be >= 1, --max-active >= 0 and --shard-memory-mb > 0")
     settings = {
+        "policy": placement,
         "checkpoint_rows": checkpoint_every,
         "max_active": max_active or None,
         "shard_memory_mb": shard_memory_mb,
@@ -426,6 +443,8 @@ def status(
                 st["actor"], f"{st['rows']:,}", f"{st['rows_per_s']:,.0f}", str(st["queue_depth"])
             )
         out.print(stages)
+        for name, summary in info["apps"].items():
+            _emit(summary, False, f"app {name}")
         return
     from runtime.lookup import folder_status
 

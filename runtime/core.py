@@ -136,6 +136,8 @@ class Runtime:
         self.restarts = 0
         self._board: Handle | None = None
         self._shard_names: dict[str, list[str]] = {}
+        #: each app's latest summary (e.g. rows and bytes that crossed edge -> core)
+        self.app_reports: dict[str, dict[str, Any]] = {}
         self._board_at = 0.0
 
     # -- life cycle --------------------------------------------------------------------------
@@ -431,7 +433,7 @@ class Runtime:
                         "queue_depth": len(pending),
                     }
                 )
-        return {"stages": stages, "restarts": self.restarts}
+        return {"stages": stages, "restarts": self.restarts, "apps": self.app_reports}
 
     def publish_status(self, force: bool = False) -> None:
         """Keep the status board fresh for `edgecore status --address` (at most once a second)."""

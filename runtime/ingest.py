@@ -33,7 +33,7 @@ from runtime.core import Runtime, sum_stats
 from runtime.errors import ActorFailedError
 from runtime.handles import Handle, resolve
 from runtime.index import SeenSet
-from runtime.pipeline import App, RunStats, _finish, setup
+from runtime.pipeline import App, RunStats, _finish, report, setup
 from runtime.router import Router
 from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
 from runtime.sources import Source
@@ -190,8 +190,9 @@ def run_sites(
                     stats.checkpoints += 1
                     committed = _copy((stats, counters))
                     rows_since_cp, last_cp = 0, time.perf_counter()
+                _finish(stats, counters, app, t0)
+                report(rt, app, stats)
                 if progress is not None:
-                    _finish(stats, counters, app, t0)
                     progress(stats)
             rt.checkpoint(positions)
             stats.checkpoints += 1
@@ -208,6 +209,7 @@ def run_sites(
                 rt.stop_stage(name)
     stats.restarts = restarts
     _finish(stats, counters, app, t0)
+    report(rt, app, stats)
     return stats
 
 

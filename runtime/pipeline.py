@@ -126,6 +126,7 @@ def run(
     stats = state.stats
     stats.restarts = restarts
     _finish(stats, state.counters, app, t0)
+    report(rt, app, stats)
     if stats.accepted + stats.dead_lettered + stats.duplicates != stats.input:
         raise RuntimeError(f"counts do not reconcile: {stats.as_dict()}")  # a bug, never input
     return stats
@@ -155,6 +156,7 @@ def _drive(
 ) -> None:
     stats = run_.stats
     last_cp_t, rows_since_cp, rows_since_sync = time.perf_counter(), 0, 0
+    last_report = [0.0]
 
     def absorb(done: list[dict[str, float]]) -> None:
         if done:
@@ -196,9 +198,12 @@ def _drive(
         ):
             commit()
             last_cp_t, rows_since_cp = now, 0
-        if progress is not None:
+        if progress is not None or time.perf_counter() - last_report[0] > 1.0:
             _finish(stats, run_.counters, app, t0)
-            progress(stats)
+            report(rt, app, stats)
+            last_report[0] = time.perf_counter()
+            if progress is not None:
+                progress(stats)
         if max_events is not None and stats.input >= max_events:
             break
     absorb(rt.drain_inflight())
@@ -235,3 +240,14 @@ def _finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) ->
     stats.counters = {k: (int(v) if float(v).is_integer() else v) for k, v in counters.items()}
     if app.summarize is not None:
         stats.app = app.summarize(counters)
+
+
+def report(rt: Runtime, app: App, stats: RunStats) -> None:
+    """Publish a run's summary on the runtime's status board (``edgecore status``)."""
+    rt.app_reports[app.name] = {
+        "input": stats.input,
+        "accepted": stats.accepted,
+        "events_per_s": round(stats.events_per_s, 1),
+        **stats.app,
+    }
+    rt.publish_status(force=True)

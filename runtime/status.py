@@ -60,5 +60,6 @@ def cluster_status(address: str) -> dict[str, Any]:
         "nodes": node_list,
         "placement": placement,
         "stages": live.get("stages", []),
+        "apps": live.get("apps", {}),
         "updated_at": live.get("updated_at"),
     }

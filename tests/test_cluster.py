@@ -173,6 +173,7 @@ def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
     shard = next(p for p in info["placement"] if p["actor"] == "shard:site_tallies:eu-1:0")
     assert shard["role"] == "edge" and shard["site"] == "eu-1" and shard["node_id"]
     assert set(shard) == {"actor", "kind", "role", "site", "node_id"}
+    assert info["apps"]["readings"]["accepted"] == 200
     stage = next(s for s in info["stages"] if s["actor"] == "shard:site_tallies:eu-1:0")
     assert stage["rows"] == 200 and stage["queue_depth"] >= 0
 
@@ -212,3 +213,17 @@ def test_ingest_runs_at_each_sites_edge_and_survives_its_loss(cluster, tmp_path)
     assert got == dict(Counter(events.column("key").to_pylist()))
     edges["eu-2"] = c.add_node(num_cpus=1, labels={"role": "edge", "site": "eu-2"})
     c.wait_for_nodes()
+
+
+def test_backpressure_across_nodes(cluster, tmp_path):
+    """The shard at an edge node, topic and slow sink at the core: the source is held back."""
+    from test_backpressure import assert_backpressure
+
+    c, _ = cluster
+    policy = DefaultPolicy(overrides={"echo_tallies": Placement("edge", "eu-1")})
+    with Runtime(
+        data_dir=str(tmp_path), address=c.address, policy=policy, shards=1, max_inflight=2
+    ) as rt:
+        assert_backpressure(rt, n_batches=60)
+        where = {p["actor"]: p["site"] for p in rt.placement()}
+    assert where["shard:echo_tallies:0"] == "eu-1" and where["topic:echo"] == "core"

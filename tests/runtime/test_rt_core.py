@@ -161,3 +161,24 @@ def test_event_ids_are_deduplicated_per_app(tmp_path):
         again = run(rt, APP, IteratorSource("again", lambda: iter([clicks(0, 30)])))
         assert again.duplicates == 30
         assert run(rt, other, IteratorSource("t2", lambda: iter([tallies]))).duplicates == 30
+
+
+def test_placement_file_overrides(tmp_path):
+    from runtime.placement import ActorSpec, DefaultPolicy, Placement
+
+    f = tmp_path / "placement.toml"
+    f.write_text('edge_kinds = []\n[overrides.customers]\nrole = "edge"\nsite = "eu-1"\n')
+    policy = DefaultPolicy.from_file(f)
+    assert policy.place(ActorSpec("shard:customers:0", "shard", "customers")) == Placement(
+        "edge", "eu-1"
+    )
+    assert policy.place(ActorSpec("shard:devices:eu-2:0", "shard", "devices", "eu-2")) == Placement(
+        "core"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"overides": {}}')
+    with pytest.raises(ConfigError, match="unknown keys"):
+        DefaultPolicy.from_file(bad)
+    bad.write_text('{"overrides": {"x": {"role": "moon"}}}')
+    with pytest.raises(ConfigError, match="role"):
+        DefaultPolicy.from_file(bad)
