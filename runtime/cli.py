@@ -460,5 +460,65 @@ def status(
     out.print(f"last checkpoint: epoch {cp['epoch']}, positions {cp['positions']}")
 
 
+@app.command()
+@_user_errors
+def tail(
+    topic: str = typer.Argument(
+        ..., help="Topic name, e.g. alerts, maintenance, device_summaries."
+    ),
+    address: str = typer.Option("auto", "--address", help="The Ray cluster the runtime runs on."),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="Start at the oldest retained row."
+    ),
+    limit: int = typer.Option(
+        0, "--limit", help="Stop after this many rows (0: follow until Ctrl-C)."
+    ),
+    idle_timeout: float = typer.Option(
+        0, "--idle-timeout", help="Stop after this many seconds without rows (0: never)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per row (JSON lines)."),
+) -> None:
+    """Follow a topic of a running runtime live (as its own consumer group)."""
+    import time
+    import uuid
+
+    from runtime.handles import init_ray, named_actors, resolve
+
+    init_ray(address)
+    topics = named_actors("topic:")
+    handle = topics.get(f"topic:{topic}")
+    if handle is None:
+        _fail(
+            f"no topic {topic!r} in the runtime at {address}; topics: {sorted(t[6:] for t in topics)}"
+        )
+    group = f"tail-{uuid.uuid4().hex[:8]}"
+    start = "earliest" if from_beginning else "latest"
+    shown, last = 0, time.monotonic()
+    try:
+        while not limit or shown < limit:
+            rows = resolve(
+                [handle.call("poll", group, min(1_000, limit - shown) if limit else 1_000, start)]
+            )[0]
+            if rows.num_rows == 0:
+                if idle_timeout and time.monotonic() - last > idle_timeout:
+                    break
+                time.sleep(0.2)
+                continue
+            last = time.monotonic()
+            for row in rows.to_pylist():
+                typer.echo(
+                    _dumps(row)
+                    if as_json
+                    else "  ".join(
+                        f"{k}={_plain(v) if not isinstance(v, (int, float, str)) else v}"
+                        for k, v in row.items()
+                    )
+                )
+            shown += rows.num_rows
+            resolve([handle.call("commit", group, int(rows.column("_offset")[-1].as_py()) + 1)])
+    except KeyboardInterrupt:
+        pass
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

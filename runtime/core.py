@@ -83,6 +83,8 @@ class RuntimeConfig:
     #: how many applied event ids are remembered for deduplication
     dedup_capacity: int = 50_000_000
     topic_retention_rows: int = 1_000_000
+    topic_retention_bytes: int | None = 256 * 2**20
+    topic_retention_seconds: float | None = 24 * 3600.0
     num_cpus: int | None = None
     #: where each actor runs (default: device work at the edge, the rest at the core)
     policy: Any = None
@@ -249,6 +251,8 @@ class Runtime:
                 Topic,
                 name,
                 self.config.topic_retention_rows,
+                self.config.topic_retention_bytes,
+                self.config.topic_retention_seconds,
                 spec=ActorSpec(f"topic:{name}", "topic", name),
             )
         return self.topics[name]

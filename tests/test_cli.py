@@ -185,3 +185,22 @@ def test_entity_live_from_a_running_runtime(ray_session, tmp_path):
         live = json.loads(result.stdout)
         assert live["txn_count"] == sql_profiles(events)["c3"]["txn_count"]
         assert not (tmp_path / "d" / "customers.lance").exists()  # nothing stored yet: it was live
+
+
+def test_tail_follows_a_topic(ray_session, tmp_path):
+    import pyarrow as pa
+
+    from runtime import Runtime
+
+    with Runtime(data_dir=str(tmp_path), mode="ray") as rt:
+        topic = rt.topic("alerts")
+        topic.call("publish", pa.table({"event_id": [1, 2, 3], "reason": ["a", "b", "c"]}))
+        result = runner.invoke(
+            app,
+            ["tail", "alerts", "--from-beginning", "--limit", "2", "--json", "--address", "auto"],
+        )
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["event_id"] for r in rows] == [1, 2] and rows[0]["_offset"] == 0
+        result = runner.invoke(app, ["tail", "nope", "--address", "auto"])
+        assert result.exit_code == 1 and "alerts" in result.output

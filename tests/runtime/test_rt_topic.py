@@ -189,3 +189,41 @@ def test_table_sink_flushes_by_rows_and_appends_without_key(tmp_path: Path) -> N
     assert sink.flush() == 6  # without a key, repeats are kept
     assert sink.written == 6
     assert sorted(Store(tmp_path).read("log").column("x").to_pylist()) == [1, 2, 3, 3, 4, 5]
+
+
+def test_retention_by_bytes_and_age():
+    from runtime.testing import FakeClock
+
+    clock = FakeClock()
+    t = Topic(
+        "t",
+        retention_rows=10**9,
+        retention_bytes=3 * pa.table({"x": [0] * 100}).nbytes,
+        clock=clock,
+    )
+    for i in range(10):
+        t.publish(pa.table({"x": [i] * 100}))
+    assert t.stats()["retained_bytes"] <= 3 * pa.table({"x": [0] * 100}).nbytes
+    assert t.first_offset() == 700 and t.read(0).column(OFFSET)[0].as_py() == 700
+    aged = Topic("a", retention_seconds=60, clock=clock)
+    aged.publish(pa.table({"x": [1]}))
+    clock.advance(61)
+    aged.publish(pa.table({"x": [2]}))
+    assert aged.read(0).column("x").to_pylist() == [2]
+
+
+def test_consumer_groups_are_independent_and_at_least_once():
+    t = Topic("t")
+    t.publish(pa.table({"x": list(range(10))}))
+    assert t.poll("a", 4).column("x").to_pylist() == [0, 1, 2, 3]
+    assert t.poll("b", 100).column("x").to_pylist() == list(range(10))  # its own position
+    assert t.poll("a", 4).column("x").to_pylist() == [4, 5, 6, 7]
+    t.commit("a", 6)
+    assert t.seek_committed("a") == 6  # a crash after offset 7: 6 and 7 come again
+    assert t.poll("a", 100).column("x").to_pylist() == [6, 7, 8, 9]
+    assert t.groups()["a"] == {"position": 10, "committed": 6, "lag": 4}
+    late = Topic("l")
+    late.publish(pa.table({"x": [1]}))
+    assert late.poll("new", start="latest").num_rows == 0
+    late.publish(pa.table({"x": [2]}))
+    assert late.poll("new").column("x").to_pylist() == [2]
