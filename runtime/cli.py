@@ -520,5 +520,51 @@ def tail(
         pass
 
 
+@app.command()
+@_user_errors
+def serve(
+    app_name: str = typer.Option(
+        "fraud", "--app", help="Installed app name or 'module:attribute'."
+    ),
+    http: str = typer.Option(
+        "127.0.0.1:8080", "--http", help="HOST:PORT for HTTP ingest (POST /v1/events)."
+    ),
+    token: str = typer.Option(
+        None, "--token", help="Bearer token; required when --http is not a loopback address."
+    ),
+    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
+    checkpoint_seconds: float = typer.Option(
+        10.0, "--checkpoint-seconds", help="Commit state this often."
+    ),
+) -> None:
+    """Run an app as a service on live HTTP ingest until SIGINT/SIGTERM, then checkpoint and exit 0."""
+    import signal
+    import threading
+
+    from runtime.apps import load_app
+    from runtime.http import IngestServer
+
+    host, _, port = http.rpartition(":")
+    if not host or not port.isdigit():
+        _fail(f"--http must be HOST:PORT, not {http!r}")
+    the_app = load_app(app_name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with _runtime(data, address, None, local, checkpoint_seconds=checkpoint_seconds) as rt:
+        server = IngestServer(rt, the_app, host, int(port), token).start()
+        err.print(
+            f"edgecore: {the_app.name} on http://{host}:{server.port}/v1/events (GET /healthz); Ctrl-C stops"
+        )
+        while not stop.wait(checkpoint_seconds):
+            server.checkpoint()
+        server.stop()
+    err.print(
+        f"edgecore: stopped after {server.totals['input']:,} events; state committed in {data}"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

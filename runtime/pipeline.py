@@ -174,16 +174,9 @@ def _drive(
         )
 
     for batch, end in source.batches(run_.position):
-        stats.input += batch.num_rows
-        ok, dead = app.schema.validate(batch, source=source.id, first_position=run_.position)
-        ok, dead = _check_site(rt, app, ok, dead, source.id, run_.position)
-        rt.dead_letter(dead)
-        stats.dead_lettered += dead.num_rows
-        new = rt.dedup(app.kind.name, ok.column(app.event_id).to_numpy())
-        stats.duplicates += int((~new).sum())
-        accepted = ok.filter(new) if not new.all() else ok
-        stats.accepted += accepted.num_rows
-        rt.dispatch(app.kind.name, accepted)
+        counts = ingest(rt, app, batch, source.id, run_.position)
+        for key, value in counts.items():
+            setattr(stats, key, getattr(stats, key) + value)
         absorb(rt.poll())
         run_.position = end
         rows_since_cp += batch.num_rows
@@ -209,6 +202,26 @@ def _drive(
     absorb(rt.drain_inflight())
     commit()
     rt.flush_topics()
+
+
+def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -> dict[str, int]:
+    """One batch through validation, dedup and routing; its counts (they always reconcile).
+
+    Refused rows are buffered as dead letters for the next checkpoint; accepted rows
+    are on their way to their shards when this returns.
+    """
+    ok, dead = app.schema.validate(batch, source=source, first_position=position)
+    ok, dead = _check_site(rt, app, ok, dead, source, position)
+    rt.dead_letter(dead)
+    new = rt.dedup(app.kind.name, ok.column(app.event_id).to_numpy())
+    accepted = ok.filter(new) if not new.all() else ok
+    rt.dispatch(app.kind.name, accepted)
+    return {
+        "input": batch.num_rows,
+        "accepted": accepted.num_rows,
+        "dead_lettered": dead.num_rows,
+        "duplicates": int((~new).sum()),
+    }
 
 
 def _check_site(

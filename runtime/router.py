@@ -90,6 +90,10 @@ class Router:
             hashes, self.per_site
         )
 
+    def saturated(self) -> bool:
+        """Would a send now have to wait for a shard (some shard has a full window)?"""
+        return any(len(p) >= self.max_inflight for p in self.inflight)
+
     def poll(self) -> list[dict[str, float]]:
         """Stats of the shard calls finished so far, in order (does not block)."""
         for pending in self.inflight:

@@ -1,0 +1,182 @@
+"""HTTP ingest: POST events as NDJSON or a JSON array, get back what happened to them.
+
+``POST /v1/events`` answers ``{"accepted", "dead_lettered", "duplicates", "input"}``;
+bad rows become dead letters with reasons (never a silent drop), a body that is not
+JSON at all is a 400 with the reason. ``GET /healthz`` answers once the runtime is
+ready. Bound to 127.0.0.1 by default; any other bind address requires a bearer
+token. Bodies above ``max_body`` bytes get a 413, and while the shards are saturated
+requests get a 429 with ``Retry-After`` instead of queuing without bound.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from runtime.core import Runtime
+from runtime.errors import ConfigError
+from runtime.pipeline import App, ingest, setup
+from runtime.schema import MALFORMED
+from runtime.sources import rows_to_table
+
+MAX_BODY = 8 * 2**20
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class IngestServer:
+    """Serve ``app`` over HTTP on ``host:port`` (port 0: any free port, see ``.port``)."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        app: App,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        if not is_loopback(host) and not token:
+            raise ConfigError(
+                f"binding HTTP ingest to {host} exposes it beyond this machine: pass a bearer token (--token)"
+            )
+        self.rt, self.app, self.token, self.max_body = rt, app, token, max_body
+        self.lock = threading.Lock()  # the runtime is driven from one thread at a time
+        self.source_id = f"http:{host}:{port}:{int(time.time())}"
+        self.received = 0
+        self.totals = {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0}
+        setup(rt, app)
+        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.port = self.server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> IngestServer:
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def checkpoint(self) -> None:
+        with self.lock:
+            self.rt.drain_inflight()
+            self.rt.checkpoint()
+
+    def handle_events(self, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+        rows, error = _parse(body, content_type)
+        if error:
+            return 400, {"error": error}
+        table = rows_to_table(rows)
+        with self.lock:
+            if self.rt.kinds[self.app.kind.name].router.saturated():
+                self.rt.poll()
+                if self.rt.kinds[self.app.kind.name].router.saturated():
+                    return 429, {
+                        "error": "ingest is backpressured; retry later",
+                        "retry_after_s": 1,
+                    }
+            counts = ingest(self.rt, self.app, table, self.source_id, self.received)
+            self.received += table.num_rows
+            self.rt.poll()
+        for k, v in counts.items():
+            self.totals[k] += v
+        return 200, counts
+
+
+def _parse(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], str | None]:
+    """NDJSON (one event per line; a broken line becomes a malformed record) or a JSON array."""
+    text = body.decode("utf-8", errors="replace")
+    if "ndjson" in content_type or "jsonl" in content_type:
+        rows = []
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                    rows.append(obj if isinstance(obj, dict) else {MALFORMED: line[:4096]})
+                except json.JSONDecodeError:
+                    rows.append({MALFORMED: line[:4096]})
+        return (rows, None) if rows else ([], "empty body: send NDJSON lines or a JSON array")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        return (
+            [],
+            f"body is not JSON ({err.msg} at {err.pos}); send a JSON array or NDJSON (application/x-ndjson)",
+        )
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list) or not data:
+        return [], "expected a non-empty JSON array of event objects"
+    return [r if isinstance(r, dict) else {MALFORMED: json.dumps(r)[:4096]} for r in data], None
+
+
+def _handler(server: IngestServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # quiet: counts go to the summary instead
+            pass
+
+        def _reply(
+            self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+        ) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/healthz":
+                self._reply(200, {"status": "ok", "app": server.app.name, **server.totals})
+            else:
+                self._reply(
+                    404, {"error": f"no route {self.path}; use POST /v1/events or GET /healthz"}
+                )
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/v1/events":
+                self._reply(404, {"error": f"no route {self.path}; use POST /v1/events"})
+                return
+            if server.token:
+                given = self.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
+                    self._reply(
+                        401,
+                        {"error": "missing or wrong bearer token"},
+                        {"WWW-Authenticate": "Bearer"},
+                    )
+                    return
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self._reply(411, {"error": "Content-Length is required"})
+                return
+            if int(length) > server.max_body:
+                self._reply(
+                    413, {"error": f"body of {length} bytes is over the limit of {server.max_body}"}
+                )
+                return
+            body = self.rfile.read(int(length))
+            try:
+                status, payload = server.handle_events(body, self.headers.get("Content-Type", ""))
+            except Exception as err:  # the runtime failed: say so, keep serving
+                status, payload = 503, {"error": f"runtime unavailable: {err}"}
+            headers = {"Retry-After": "1"} if status == 429 else None
+            self._reply(status, payload, headers)
+
+    return Handler
