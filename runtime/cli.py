@@ -527,7 +527,14 @@ def serve(
         "fraud", "--app", help="Installed app name or 'module:attribute'."
     ),
     http: str = typer.Option(
-        "127.0.0.1:8080", "--http", help="HOST:PORT for HTTP ingest (POST /v1/events)."
+        "127.0.0.1:8080",
+        "--http",
+        help="HOST:PORT for HTTP ingest (POST /v1/events); 'none' to turn it off.",
+    ),
+    mqtt: str = typer.Option(
+        None,
+        "--mqtt",
+        help="mqtt://HOST:PORT/TOPIC-FILTER: subscribe with QoS 1 and a persistent session.",
     ),
     token: str = typer.Option(
         None, "--token", help="Bearer token; required when --http is not a loopback address."
@@ -539,31 +546,65 @@ def serve(
         10.0, "--checkpoint-seconds", help="Commit state this often."
     ),
 ) -> None:
-    """Run an app as a service on live HTTP ingest until SIGINT/SIGTERM, then checkpoint and exit 0."""
+    """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM, then
+    checkpoint and exit 0. MQTT messages are acknowledged only once committed."""
     import signal
     import threading
+    import time
 
     from runtime.apps import load_app
     from runtime.http import IngestServer
+    from runtime.mqtt import MqttIngest, parse_url
 
+    use_http = http.lower() != "none"
     host, _, port = http.rpartition(":")
-    if not host or not port.isdigit():
-        _fail(f"--http must be HOST:PORT, not {http!r}")
+    if use_http and (not host or not port.isdigit()):
+        _fail(f"--http must be HOST:PORT or none, not {http!r}")
+    if mqtt:
+        parse_url(mqtt)  # a clear error before anything starts
+    if not use_http and not mqtt:
+        _fail("nothing to serve: give --http HOST:PORT and/or --mqtt mqtt://HOST:PORT/TOPIC")
     the_app = load_app(app_name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    lock = threading.Lock()
     with _runtime(data, address, None, local, checkpoint_seconds=checkpoint_seconds) as rt:
-        server = IngestServer(rt, the_app, host, int(port), token).start()
-        err.print(
-            f"edgecore: {the_app.name} on http://{host}:{server.port}/v1/events (GET /healthz); Ctrl-C stops"
-        )
-        while not stop.wait(checkpoint_seconds):
-            server.checkpoint()
-        server.stop()
-    err.print(
-        f"edgecore: stopped after {server.totals['input']:,} events; state committed in {data}"
-    )
+        server = IngestServer(rt, the_app, host, int(port), token).start() if use_http else None
+        if server is not None:
+            server.lock = lock
+            err.print(
+                f"edgecore: {the_app.name} on http://{host}:{server.port}/v1/events (GET /healthz)"
+            )
+        feed = MqttIngest(rt, the_app, mqtt, lock=lock).start() if mqtt else None
+        if feed is not None:
+            if not feed.wait_connected(30):
+                err.print(f"edgecore: no MQTT broker at {mqtt} yet; retrying in the background")
+            else:
+                err.print(f"edgecore: {the_app.name} subscribed to {mqtt} (QoS 1)")
+        last = time.monotonic()
+
+        def commit() -> None:
+            if feed is not None:
+                feed.checkpoint()  # commits, then acknowledges what it covered
+            elif server is not None:
+                server.checkpoint()
+
+        while not stop.is_set():
+            if feed is not None:
+                feed.pump(wait=0.2)
+            else:
+                stop.wait(0.2)
+            if time.monotonic() - last >= checkpoint_seconds:
+                commit()
+                last = time.monotonic()
+        commit()
+        if server is not None:
+            server.stop()
+        if feed is not None:
+            feed.stop()
+    total = (server.totals["input"] if server else 0) + (feed.totals["input"] if feed else 0)
+    err.print(f"edgecore: stopped after {total:,} events; state committed in {data}")
 
 
 if __name__ == "__main__":  # pragma: no cover
