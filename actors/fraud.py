@@ -11,11 +11,13 @@ upsert by ``event_id``, so a replay after a crash leaves one alert per event).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from actors.customer import Customer, FraudConfig
 from actors.generator import GeneratorSource, TxnGeneratorConfig
 from runtime import App, Column, EventSchema, Paced, Source
+from runtime.flow import Pipeline
 
 MAX_ID_LEN = 128
 MAX_AMOUNT = 1_000_000.0  # above this an amount is taken as a data error, not a purchase
@@ -50,14 +52,25 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def fraud_pipeline(source: Source | None = None, config: FraudConfig | None = None) -> Pipeline:
+    """The fraud pipeline in the pipeline API: validate, key by customer, score in the
+    customer's profile, persist alerts (and per-event scores when asked for)."""
+    flow = (
+        Pipeline("fraud")
+        .validate(TRANSACTIONS)
+        .key_by("customer_id")
+        .to_entity("profile", Customer, config)
+        .sink("alerts", "alerts", key="event_id")
+        .summarize(summarize)
+    )
+    if config is not None and config.predictions:
+        flow.sink("predictions", "predictions", key="event_id")
+    return flow.source(source) if source is not None else flow
+
+
 def make_app(config: FraudConfig | None = None) -> App:
     """The fraud app with custom scoring settings."""
-    sinks = {"alerts": ("alerts", "event_id")}
-    if config is not None and config.predictions:
-        sinks["predictions"] = ("predictions", "event_id")
-    return App(
-        "fraud", TRANSACTIONS, Customer, config, sinks=sinks, summarize=summarize, demo=demo_source
-    )
+    return dataclasses.replace(fraud_pipeline(config=config).build(), demo=demo_source)
 
 
 def demo_source(n_events: int, rate: float | None = None, customers: int = 50_000) -> Source:

@@ -56,7 +56,13 @@ class IngestServer:
         self.lock = threading.Lock()  # the runtime is driven from one thread at a time
         self.source_id = f"http:{host}:{port}:{int(time.time())}"
         self.received = 0
-        self.totals = {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0}
+        self.totals = {
+            "input": 0,
+            "accepted": 0,
+            "dead_lettered": 0,
+            "duplicates": 0,
+            "filtered": 0,
+        }
         setup(rt, app)
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.port = self.server.server_address[1]

@@ -33,7 +33,7 @@ from runtime.core import Runtime, sum_stats
 from runtime.errors import ActorFailedError
 from runtime.handles import Handle, resolve
 from runtime.index import SeenSet
-from runtime.pipeline import App, RunStats, _finish, report, setup
+from runtime.pipeline import App, RunStats, _apply_steps, _finish, report, setup
 from runtime.router import Router
 from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
 from runtime.sources import Source
@@ -64,7 +64,7 @@ class IngestStage:
         """Take up to ``max_rows`` from the source through validation, dedup and the shards."""
         if self._batches is None:
             self._batches = iter(self.source.batches(self.position))
-        counts = {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0}
+        counts = {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0, "filtered": 0}
         dead, ids, done = [], [], False
         while counts["input"] < max_rows:
             try:
@@ -77,6 +77,10 @@ class IngestStage:
                 batch, source=self.source.id, first_position=self.position
             )
             ok, bad = self._own_site(ok, bad)
+            valid = ok.num_rows
+            ok, failed = _apply_steps(self.app, ok, self.source.id)
+            bad = pa.concat_tables([bad, failed]) if failed.num_rows else bad
+            counts["filtered"] += valid - failed.num_rows - ok.num_rows
             dead.append(bad)
             new = self.seen.add_new(ok.column(self.app.event_id).to_numpy())
             accepted = ok.filter(pa.array(new))

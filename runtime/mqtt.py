@@ -70,6 +70,7 @@ class MqttIngest:
             "accepted": 0,
             "dead_lettered": 0,
             "duplicates": 0,
+            "filtered": 0,
             "messages": 0,
         }
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)

@@ -33,8 +33,41 @@ import pyarrow.compute as pc
 from runtime.core import Runtime, sum_stats
 from runtime.entity import EntityKind
 from runtime.errors import ActorFailedError, ConfigError
-from runtime.schema import EventSchema, dead_letters
+from runtime.schema import DEAD_LETTER_SCHEMA, EventSchema, dead_letters
 from runtime.sources import Source
+from runtime.state import NAME_RE
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named batch-wise transform: ``map`` and ``flat_map`` return a table, ``filter`` a
+    boolean mask (or array) over the rows. A step that raises refuses its batch: the rows
+    go to dead letters with the step's name and the error, the stream goes on."""
+
+    name: str
+    op: str  # "map" | "filter" | "flat_map"
+    fn: Callable[[pa.Table], Any]
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ConfigError(f"step name {self.name!r}: use lowercase letters, digits and '_'")
+        if self.op not in ("map", "filter", "flat_map"):
+            raise ConfigError(f"step {self.name!r}: unknown operation {self.op!r}")
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = self.fn(table)
+        if self.op == "filter":
+            mask = (
+                out
+                if isinstance(out, (pa.Array, pa.ChunkedArray))
+                else pa.array(np.asarray(out, dtype=bool))
+            )
+            return table.filter(mask)
+        if not isinstance(out, pa.Table):
+            raise TypeError(
+                f"a {self.op} step must return a pyarrow Table, not {type(out).__name__}"
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -54,8 +87,13 @@ class App:
     demo: Callable[[int, float | None, int], Source] | None = None
     #: for a kind partitioned by site: the sites it serves (one set of shards each)
     sites: tuple[str, ...] = ()
+    #: batch-wise transforms applied to validated events before routing
+    steps: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"app {self.name!r}: step names must be unique, got {names}")
         if self.event_id not in [c.name for c in self.schema.columns]:
             raise ConfigError(
                 f"app {self.name!r}: event id column {self.event_id!r} is not in its schema"
@@ -76,6 +114,7 @@ class RunStats:
     resumed_from: int = 0
     seconds: float = 0.0
     events_per_s: float = 0.0
+    filtered: int = 0
     checkpoints: int = 0
     restarts: int = 0
     counters: dict[str, float] = field(default_factory=dict)
@@ -127,7 +166,7 @@ def run(
     stats.restarts = restarts
     _finish(stats, state.counters, app, t0)
     report(rt, app, stats)
-    if stats.accepted + stats.dead_lettered + stats.duplicates != stats.input:
+    if stats.accepted + stats.dead_lettered + stats.duplicates + stats.filtered != stats.input:
         raise RuntimeError(f"counts do not reconcile: {stats.as_dict()}")  # a bug, never input
     return stats
 
@@ -212,16 +251,40 @@ def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -
     """
     ok, dead = app.schema.validate(batch, source=source, first_position=position)
     ok, dead = _check_site(rt, app, ok, dead, source, position)
+    valid = ok.num_rows
+    ok, failed = _apply_steps(app, ok, source)
+    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
     rt.dead_letter(dead)
     new = rt.dedup(app.kind.name, ok.column(app.event_id).to_numpy())
     accepted = ok.filter(new) if not new.all() else ok
     rt.dispatch(app.kind.name, accepted)
+    dups = int((~new).sum())
+    filtered = valid - failed.num_rows - ok.num_rows  # filter steps (flat_map may add rows)
     return {
         "input": batch.num_rows,
         "accepted": accepted.num_rows,
         "dead_lettered": dead.num_rows,
-        "duplicates": int((~new).sum()),
+        "duplicates": dups,
+        "filtered": filtered,
     }
+
+
+def _apply_steps(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
+    """Run the app's steps over a validated batch; a failing step dead-letters the batch."""
+    for step in app.steps:
+        try:
+            table = step(table)
+        except Exception as err:
+            reason = f"step {step.name!r} ({step.op}) failed: {type(err).__name__}: {err}"
+            dead = dead_letters(
+                table,
+                [reason] * table.num_rows,
+                source=source,
+                positions=np.full(table.num_rows, -1),
+                step=f"{step.op}:{step.name}",
+            )
+            return table.slice(0, 0), dead
+    return table, DEAD_LETTER_SCHEMA.empty_table()
 
 
 def _check_site(

@@ -1,0 +1,144 @@
+"""The pipeline API for streaming ETL: named steps from a source to an entity kind and sinks.
+
+    source -> validate -> map / filter / flat_map (batch-wise) -> key_by -> entity -> sinks
+
+Every step has a name, checked when the pipeline is built (unique, lowercase): the
+name shows up in dead letters, in metrics and in errors. ``build()`` gives the
+:class:`~runtime.pipeline.App` the runtime runs; ``run()`` runs it on a runtime, and
+``edgecore run module:pipeline`` runs one from the command line.
+
+>>> import tempfile, pyarrow as pa, pyarrow.compute as pc
+>>> from runtime import Column, EventSchema, Runtime
+>>> from runtime.testing import MemorySource, Tally
+>>> rows = [{"event_id": i, "key": f"k{i % 2}", "value": float(i)} for i in range(6)]
+>>> flow = (
+...     Pipeline("tallies")
+...     .source(MemorySource(rows))
+...     .validate(EventSchema("e", [Column("event_id", "int64"), Column("key", "string"), Column("value", "float64")]))
+...     .filter("positive", lambda t: pc.greater(t["value"], 0))
+...     .map("double", lambda t: t.set_column(2, "value", pc.multiply(t["value"], 2)))
+...     .key_by("key")
+...     .to_entity("count", Tally)
+... )
+>>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local") as rt:
+...     stats = flow.run(rt)
+...     Tally.ref("k1").get()["total"]
+18.0
+>>> (stats.input, stats.accepted, stats.filtered)
+(6, 5, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from runtime.core import Runtime
+from runtime.entity import EntityKind
+from runtime.errors import ConfigError
+from runtime.pipeline import App, RunStats, Step, run
+from runtime.schema import EventSchema
+from runtime.sources import Source
+from runtime.state import NAME_RE
+
+
+class Pipeline:
+    def __init__(self, name: str) -> None:
+        if not NAME_RE.match(name):
+            raise ConfigError(f"pipeline name {name!r}: use lowercase letters, digits and '_'")
+        self.name = name
+        self._source: Source | None = None
+        self._schema: EventSchema | None = None
+        self._steps: list[Step] = []
+        self._key: str | None = None
+        self._kind: tuple[str, type[EntityKind], Any] | None = None
+        self._sinks: dict[str, tuple[str, str | None]] = {}
+        self._event_id = "event_id"
+        self._summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
+
+    def _named(self, name: str) -> None:
+        taken = [s.name for s in self._steps] + ([self._kind[0]] if self._kind else [])
+        if name in taken:
+            raise ConfigError(f"pipeline {self.name!r}: a step is already named {name!r}")
+
+    def source(self, source: Source) -> Pipeline:
+        self._source = source
+        return self
+
+    @property
+    def input(self) -> Source | None:
+        """The source set with :meth:`source` (None until then)."""
+        return self._source
+
+    def validate(self, schema: EventSchema, event_id: str = "event_id") -> Pipeline:
+        """Check and type every row; refused rows go to dead letters with a reason."""
+        self._schema, self._event_id = schema, event_id
+        return self
+
+    def map(self, name: str, fn: Callable[[pa.Table], pa.Table]) -> Pipeline:
+        self._named(name)
+        self._steps.append(Step(name, "map", fn))
+        return self
+
+    def filter(self, name: str, fn: Callable[[pa.Table], Any]) -> Pipeline:
+        self._named(name)
+        self._steps.append(Step(name, "filter", fn))
+        return self
+
+    def flat_map(self, name: str, fn: Callable[[pa.Table], pa.Table]) -> Pipeline:
+        self._named(name)
+        self._steps.append(Step(name, "flat_map", fn))
+        return self
+
+    def key_by(self, column: str) -> Pipeline:
+        self._key = column
+        return self
+
+    def to_entity(self, name: str, kind: type[EntityKind], config: Any = None) -> Pipeline:
+        self._named(name)
+        self._kind = (name, kind, config)
+        return self
+
+    def sink(self, topic: str, table: str, key: str | None = None) -> Pipeline:
+        """Persist a topic the entity kind publishes to a LanceDB table (upsert by ``key``)."""
+        self._sinks[topic] = (table, key)
+        return self
+
+    def summarize(self, fn: Callable[[dict[str, float]], dict[str, Any]]) -> Pipeline:
+        self._summarize = fn
+        return self
+
+    def build(self) -> App:
+        if self._schema is None:
+            raise ConfigError(
+                f"pipeline {self.name!r}: add .validate(schema) so bad rows are caught"
+            )
+        if self._kind is None:
+            raise ConfigError(f"pipeline {self.name!r}: add .to_entity(name, Kind)")
+        _, kind, config = self._kind
+        if self._key is not None and self._key != kind.key:
+            raise ConfigError(
+                f"pipeline {self.name!r}: key_by({self._key!r}) but {kind.__qualname__} is keyed by {kind.key!r}"
+            )
+        for topic in self._sinks:
+            if topic not in kind.topics:
+                raise ConfigError(
+                    f"pipeline {self.name!r}: {kind.__qualname__} publishes no topic {topic!r}"
+                )
+        return App(
+            self.name,
+            self._schema,
+            kind,
+            config,
+            self._event_id,
+            dict(self._sinks),
+            self._summarize,
+            steps=tuple(self._steps),
+        )
+
+    def run(self, rt: Runtime, progress: Callable[[RunStats], None] | None = None) -> RunStats:
+        if self._source is None:
+            raise ConfigError(f"pipeline {self.name!r}: add .source(...)")
+        return run(rt, self.build(), self._source, progress=progress)
