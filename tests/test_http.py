@@ -65,6 +65,7 @@ def test_events_in_counts_out_and_profiles_right(tmp_path, events):
                 "accepted": 2_000,
                 "dead_lettered": 0,
                 "duplicates": 0,
+                "filtered": 0,
             }
             # the rest as a JSON array, with redeliveries, bad rows and a broken line
             bad = [
@@ -80,6 +81,7 @@ def test_events_in_counts_out_and_profiles_right(tmp_path, events):
                 "accepted": 1_000,
                 "dead_lettered": 2,
                 "duplicates": 5,
+                "filtered": 0,
             }
             status, counts = post(server.port, b'{"event_id": 1}\n{broken')
             assert status == 200 and counts["dead_lettered"] == 2
@@ -107,7 +109,7 @@ def test_non_loopback_bind_needs_a_token_and_checks_it(tmp_path, events):
             assert post(server.port, ndjson(rows[:3]), token="wrong")[0] == 401
             assert post(server.port, ndjson(rows[:3]), token="s3cret") == (
                 200,
-                {"input": 3, "accepted": 3, "dead_lettered": 0, "duplicates": 0},
+                {"input": 3, "accepted": 3, "dead_lettered": 0, "duplicates": 0, "filtered": 0},
             )
         finally:
             server.stop()
