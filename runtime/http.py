@@ -24,7 +24,7 @@ import pyarrow.json as pajson
 
 from runtime.core import Runtime
 from runtime.errors import ConfigError
-from runtime.pipeline import App, ingest, setup
+from runtime.pipeline import App, ingest, new_counts, setup
 from runtime.schema import MALFORMED
 from runtime.sources import rows_to_table
 
@@ -61,13 +61,7 @@ class IngestServer:
         self.lock = threading.Lock()  # the runtime is driven from one thread at a time
         self.source_id = f"http:{host}:{port}:{int(time.time())}"
         self.received = 0
-        self.totals = {
-            "input": 0,
-            "accepted": 0,
-            "dead_lettered": 0,
-            "duplicates": 0,
-            "filtered": 0,
-        }
+        self.totals = new_counts()
         setup(rt, app)
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.port = self.server.server_address[1]

@@ -33,7 +33,16 @@ from runtime.core import Runtime, sum_stats
 from runtime.errors import ActorFailedError
 from runtime.handles import Handle, resolve
 from runtime.index import SeenSet
-from runtime.pipeline import App, RunStats, _apply_steps, _finish, report, setup
+from runtime.pipeline import (
+    App,
+    RunStats,
+    _apply_steps,
+    _finish,
+    new_counts,
+    report,
+    restart_after_failure,
+    setup,
+)
 from runtime.router import Router
 from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
 from runtime.sources import Source
@@ -64,7 +73,7 @@ class IngestStage:
         """Take up to ``max_rows`` from the source through validation, dedup and the shards."""
         if self._batches is None:
             self._batches = iter(self.source.batches(self.position))
-        counts = {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0, "filtered": 0}
+        counts = new_counts()
         dead, ids, done = [], [], False
         while counts["input"] < max_rows:
             try:
@@ -203,11 +212,7 @@ def run_sites(
             rt.flush_topics()
             break
         except ActorFailedError:
-            restarts += 1
-            if restarts > rt.config.max_restarts:
-                raise
-            rt.restart()
-            setup(rt, app)
+            restarts = restart_after_failure(rt, app, restarts)
         finally:
             for name in names:
                 rt.stop_stage(name)

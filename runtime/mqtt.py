@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from runtime.core import Runtime
 from runtime.errors import ConfigError
-from runtime.pipeline import App, ingest, setup
+from runtime.pipeline import App, ingest, new_counts, setup
 from runtime.schema import MALFORMED
 from runtime.sources import rows_to_table
 
@@ -65,14 +65,7 @@ class MqttIngest:
         self.lock = lock or threading.Lock()
         self.source_id = f"mqtt:{self.host}:{self.port}/{self.topic}"
         self.received = 0
-        self.totals = {
-            "input": 0,
-            "accepted": 0,
-            "dead_lettered": 0,
-            "duplicates": 0,
-            "filtered": 0,
-            "messages": 0,
-        }
+        self.totals = {**new_counts(), "messages": 0}
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._unacked: list[tuple[int, int]] = []  # (mid, qos) applied but not yet committed
         self.connected = threading.Event()

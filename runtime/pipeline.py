@@ -157,11 +157,7 @@ def run(
             _drive(rt, app, source, state, committed, progress, max_events, t0)
             break
         except ActorFailedError:
-            restarts += 1
-            if restarts > rt.config.max_restarts:
-                raise
-            rt.restart()
-            setup(rt, app)
+            restarts = restart_after_failure(rt, app, restarts)
     stats = state.stats
     stats.restarts = restarts
     _finish(stats, state.counters, app, t0)
@@ -169,6 +165,23 @@ def run(
     if stats.accepted + stats.dead_lettered + stats.duplicates + stats.filtered != stats.input:
         raise RuntimeError(f"counts do not reconcile: {stats.as_dict()}")  # a bug, never input
     return stats
+
+
+def restart_after_failure(rt: Runtime, app: App, restarts: int) -> int:
+    """An actor died: restart from the last commit (re-placed actors), or give up after
+    ``max_restarts``; the caller resumes its sources from the committed positions."""
+    if restarts >= rt.config.max_restarts:
+        raise ActorFailedError(
+            f"app {app.name!r}: actors kept failing after {restarts} restarts; giving up"
+        )
+    rt.restart()
+    setup(rt, app)
+    return restarts + 1
+
+
+def new_counts() -> dict[str, int]:
+    """The counts every ingest path reports; they reconcile: input = the other four."""
+    return {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0, "filtered": 0}
 
 
 @dataclass

@@ -19,7 +19,45 @@ from runtime.store import Store
 from runtime.topic import OFFSET
 
 
-class TableSink:
+class BufferedSink:
+    """Collects what a topic delivers and writes it in batches of ``flush_rows``.
+
+    Subclasses say how to write (``_write``) and may reshape rows on the way in
+    (``_prepare``); topic offsets are dropped before either sees the rows.
+    """
+
+    def __init__(self, flush_rows: int) -> None:
+        self.flush_rows = flush_rows
+        self._buf: list[pa.Table] = []
+        self._rows = 0
+        self.written = 0
+
+    def _prepare(self, rows: pa.Table) -> pa.Table:
+        return rows
+
+    def _write(self, data: pa.Table) -> None:
+        raise NotImplementedError
+
+    def on_batch(self, rows: pa.Table) -> None:
+        if OFFSET in rows.column_names:
+            rows = rows.drop_columns([OFFSET])
+        rows = self._prepare(rows)
+        self._buf.append(rows)
+        self._rows += rows.num_rows
+        if self._rows >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is buffered; returns the rows written so far."""
+        if self._buf:
+            data = pa.concat_tables(self._buf, promote_options="default")
+            self._buf, self._rows = [], 0
+            self._write(data)
+            self.written += data.num_rows
+        return self.written
+
+
+class TableSink(BufferedSink):
     """Write a topic to a LanceDB table, batched; with ``key`` an idempotent upsert.
 
     Upserting by a key makes redelivery harmless: a batch published again after a
@@ -34,39 +72,27 @@ class TableSink:
         flush_rows: int = 50_000,
         compact_every: int = 20,
     ) -> None:
+        super().__init__(flush_rows)
         self.store = Store(data_dir)
         self.table = table
         self.key = key
-        self.flush_rows = flush_rows
-        self._buf: list[pa.Table] = []
-        self._rows = 0
-        self.written = 0
         self.compact_every = compact_every
         self._writes = 0
 
-    def on_batch(self, rows: pa.Table) -> None:
-        if OFFSET in rows.column_names:
-            rows = rows.drop_columns([OFFSET])
-        self._buf.append(rows)
-        self._rows += rows.num_rows
-        if self._rows >= self.flush_rows:
-            self.flush()
+    def _write(self, data: pa.Table) -> None:
+        if self.key:
+            # last write wins inside one flush too
+            data = data.take(_last_per_key(data.column(self.key)))
+            self.store.upsert(self.table, data, key=self.key)
+        else:
+            self.store.append(self.table, data)
+        self._writes += 1
+        if self._writes % self.compact_every == 0:  # bound fragments and versions
+            self.store.compact(self.table, keep_newer_than=time.time() - 60)
 
     def flush(self) -> int:
         """Write what is buffered; returns the table's row count."""
-        if self._buf:
-            data = pa.concat_tables(self._buf, promote_options="default")
-            self._buf, self._rows = [], 0
-            if self.key:
-                # last write wins inside one flush too
-                data = data.take(_last_per_key(data.column(self.key)))
-                self.store.upsert(self.table, data, key=self.key)
-            else:
-                self.store.append(self.table, data)
-            self.written += data.num_rows
-            self._writes += 1
-            if self._writes % self.compact_every == 0:  # bound fragments and versions
-                self.store.compact(self.table, keep_newer_than=time.time() - 60)
+        super().flush()
         return self.store.table(self.table).count_rows() if self.store.exists(self.table) else 0
 
 
@@ -78,7 +104,7 @@ def _last_per_key(keys: pa.ChunkedArray) -> pa.Array:
     return pc.subtract(n - 1, idx_rev)
 
 
-class ParquetSink:
+class ParquetSink(BufferedSink):
     """Append a topic to a Hive-partitioned Parquet dataset, for analytics.
 
     Rows are partitioned by ``partition_by`` columns; a ``date`` partition is derived
@@ -102,46 +128,32 @@ class ParquetSink:
         time_column: str = "ts",
         flush_rows: int = 50_000,
     ) -> None:
+        super().__init__(flush_rows)
         self.root = root
         self.partition_by = list(partition_by)
         self.time_column = time_column
-        self.flush_rows = flush_rows
-        self._buf: list[pa.Table] = []
-        self._rows = 0
-        self.written = 0
 
-    def on_batch(self, rows: pa.Table) -> None:
-        if OFFSET in rows.column_names:
-            rows = rows.drop_columns([OFFSET])
+    def _prepare(self, rows: pa.Table) -> pa.Table:
         if "date" in self.partition_by and "date" not in rows.column_names:
-            rows = rows.append_column(
-                "date", pc.strftime(rows.column(self.time_column), format="%Y-%m-%d")
-            )
-        self._buf.append(rows)
-        self._rows += rows.num_rows
-        if self._rows >= self.flush_rows:
-            self.flush()
+            day = pc.strftime(rows.column(self.time_column), format="%Y-%m-%d")
+            rows = rows.append_column("date", day)
+        return rows
 
-    def flush(self) -> int:
-        """Write what is buffered as new files; returns the rows written so far."""
+    def _write(self, data: pa.Table) -> None:
+        """New files each time (a unique name), never rewriting what is there."""
         import uuid
 
         import pyarrow.dataset as ds
 
-        if self._buf:
-            data = pa.concat_tables(self._buf, promote_options="default")
-            self._buf, self._rows = [], 0
-            ds.write_dataset(
-                data,
-                self.root,
-                format="parquet",
-                partitioning=self.partition_by,
-                partitioning_flavor="hive",
-                existing_data_behavior="overwrite_or_ignore",
-                basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
-            )
-            self.written += data.num_rows
-        return self.written
+        ds.write_dataset(
+            data,
+            self.root,
+            format="parquet",
+            partitioning=self.partition_by,
+            partitioning_flavor="hive",
+            existing_data_behavior="overwrite_or_ignore",
+            basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
+        )
 
 
 class WebhookSink:
