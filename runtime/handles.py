@@ -206,14 +206,6 @@ def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
     return out
 
 
-def put(value: Any, mode: str) -> Any:
-    """Place ``value`` in the object store once so several calls can share it."""
-    if mode == "local":
-        return value
-    import ray
-
-    return ray.put(value)
-
 
 def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
     """Handles on the running runtime's actors whose names start with ``prefix``."""
