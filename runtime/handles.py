@@ -206,7 +206,6 @@ def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
     return out
 
 
-
 def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
     """Handles on the running runtime's actors whose names start with ``prefix``."""
     import ray
