@@ -98,7 +98,7 @@ class MqttIngest:
         self.client.loop_stop()
         self.client.disconnect()
 
-    def pump(self, max_messages: int = 5_000, wait: float = 0.1) -> int:
+    def pump(self, max_messages: int = 200, wait: float = 0.1) -> int:
         """Apply what arrived (up to ``max_messages``); returns how many messages."""
         got: list[tuple[int, int, bytes]] = []
         try:

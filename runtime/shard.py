@@ -99,7 +99,11 @@ class Shard:
         self.n_shards = n_shards
         self.max_active = max(1, int(max_active))
         self.idle_seconds = idle_seconds
-        self._clock: list[tuple[int, float]] = []  # (batch seq, when): maps idle time to seqs
+        # one entry per second of activity: when it began, when it last saw a batch, and
+        # that batch's seq; maps "idle since" to a seq with at most idle_seconds entries
+        self._clock_first: list[float] = []
+        self._clock_last: list[float] = []
+        self._clock_seq: list[int] = []
         self.now = clock
         self.state = ColumnarState(kind_cls.spec(), key=kind_cls.key)
         self.store = Store(data_dir)
@@ -173,14 +177,24 @@ class Shard:
 
     def _idle_cutoff(self) -> int:
         """The newest batch seq older than the idle time (entities last used then are idle)."""
-        if not self.idle_seconds or not self._clock:
+        if not self.idle_seconds or not self._clock_last:
             return 0
-        limit = self.now() - self.idle_seconds
-        aged = bisect.bisect_right([at for _, at in self._clock], limit)
+        aged = bisect.bisect_right(self._clock_last, self.now() - self.idle_seconds)
         if aged == 0:
             return 0
-        self._clock = self._clock[aged - 1 :]  # older entries can no longer matter
-        return self._clock[0][0]
+        cutoff = self._clock_seq[aged - 1]
+        for entries in (self._clock_first, self._clock_last, self._clock_seq):
+            del entries[: aged - 1]  # older entries can no longer matter
+        return cutoff
+
+    def _tick(self) -> None:
+        now = self.now()
+        if self._clock_first and now - self._clock_first[-1] < 1.0:
+            self._clock_last[-1], self._clock_seq[-1] = now, self._seq
+        else:
+            self._clock_first.append(now)
+            self._clock_last.append(now)
+            self._clock_seq.append(self._seq)
 
     def _passivate(self, keep_seq: int) -> None:
         """Move out entities idle for ``idle_seconds``, then the least recently used ones
@@ -214,7 +228,7 @@ class Shard:
         t0 = time.perf_counter()
         self._seq += 1
         if self.idle_seconds:
-            self._clock.append((self._seq, self.now()))
+            self._tick()
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
         groups = group_rows(hashes)
         uslots = self._activate(

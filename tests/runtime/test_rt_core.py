@@ -182,3 +182,23 @@ def test_placement_file_overrides(tmp_path):
     bad.write_text('{"overrides": {"x": {"role": "moon"}}}')
     with pytest.raises(ConfigError, match="role"):
         DefaultPolicy.from_file(bad)
+
+
+def test_idle_clock_stays_small_on_a_busy_shard(tmp_path):
+    """One entry per second of activity, not one per batch: a long-running shard stays flat."""
+    from runtime.keys import hash_keys
+    from runtime.shard import Shard
+    from runtime.testing import FakeClock
+
+    clock = FakeClock()
+    shard = Shard(Counter, None, 0, 1, str(tmp_path), idle_seconds=30, clock=clock)
+    t = pa.table({"user_id": ["a"]})
+    t = t.append_column("_key_hash", pa.array(hash_keys(t["user_id"])))
+    for _ in range(2_000):  # 2,000 batches over 100 s
+        shard.apply(t)
+        clock.advance(0.05)
+    assert len(shard._clock_seq) <= 32
+    shard.apply(pa.table({"user_id": ["b"], "_key_hash": pa.array(hash_keys(pa.array(["b"])))}))
+    clock.advance(31)
+    shard.apply(pa.table({"user_id": ["c"], "_key_hash": pa.array(hash_keys(pa.array(["c"])))}))
+    assert shard.stats()["passivated"] == 2  # a and b idle for over 30 s; c is fresh
