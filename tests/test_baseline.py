@@ -172,3 +172,14 @@ def test_one_shard_learns_the_same_model(tmp_path: Path, events: pa.Table) -> No
     alerts = np.sort(Store(tmp_path).read("alerts").column("event_id").to_numpy())
     assert stats.counters["model_alerts"] > 0  # the model decides some alerts
     np.testing.assert_array_equal(base["alert_ids"], alerts)
+
+
+def test_model_score_is_predict_proba():
+    """The direct sigmoid in OnlineModel.score is scikit-learn's predict_proba, to rounding."""
+    from actors.model import N_FEATURES, OnlineModel
+
+    rng = np.random.default_rng(4)
+    m = OnlineModel()
+    X = rng.normal(size=(5_000, N_FEATURES))
+    m.learn(X, X[:, 0] + rng.normal(size=5_000) > 1.5)
+    np.testing.assert_allclose(m.score(X), m.clf.predict_proba(X)[:, 1], rtol=1e-12, atol=1e-15)
