@@ -36,11 +36,11 @@ from runtime.index import SeenSet
 from runtime.pipeline import (
     App,
     RunStats,
-    _apply_steps,
     _finish,
     new_counts,
     report,
     restart_after_failure,
+    screen,
     setup,
 )
 from runtime.router import Router
@@ -81,22 +81,13 @@ class IngestStage:
             except StopIteration:
                 done = True
                 break
-            counts["input"] += batch.num_rows
-            ok, bad = self.app.schema.validate(
-                batch, source=self.source.id, first_position=self.position
+            accepted, bad, got = screen(
+                self.app, batch, self.source.id, self.position, self.seen.add_new, self._own_site
             )
-            ok, bad = self._own_site(ok, bad)
-            valid = ok.num_rows
-            ok, failed = _apply_steps(self.app, ok, self.source.id)
-            bad = pa.concat_tables([bad, failed]) if failed.num_rows else bad
-            counts["filtered"] += valid - failed.num_rows - ok.num_rows
+            for key, value in got.items():
+                counts[key] += value
             dead.append(bad)
-            new = self.seen.add_new(ok.column(self.app.event_id).to_numpy())
-            accepted = ok.filter(pa.array(new))
             ids.append(accepted.column(self.app.event_id).to_numpy())
-            counts["dead_lettered"] += bad.num_rows
-            counts["duplicates"] += int((~new).sum())
-            counts["accepted"] += accepted.num_rows
             self.router.send(accepted)
             self.position = end
         shard_stats = self.router.drain()  # applied before the coordinator may commit

@@ -256,30 +256,55 @@ def _drive(
     rt.flush_topics()
 
 
+def screen(
+    app: App,
+    batch: pa.Table,
+    source: str,
+    position: int,
+    dedup: Callable[[np.ndarray], np.ndarray],
+    site_check: Callable[[pa.Table, pa.Table], tuple[pa.Table, pa.Table]] | None = None,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Validate, check the site, run the app's steps and deduplicate one batch.
+
+    Returns (accepted rows, dead letters, counts); the counts always reconcile. Shared
+    by the coordinator's ingest and the ingest stages at the edge, which differ only in
+    where the applied ids and the accepted rows go.
+    """
+    ok, dead = app.schema.validate(batch, source=source, first_position=position)
+    if site_check is not None:
+        ok, dead = site_check(ok, dead)
+    valid = ok.num_rows
+    ok, failed = _apply_steps(app, ok, source)
+    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
+    new = dedup(ok.column(app.event_id).to_numpy())
+    accepted = ok.filter(pa.array(new)) if not new.all() else ok
+    counts = {
+        "input": batch.num_rows,
+        "accepted": accepted.num_rows,
+        "dead_lettered": dead.num_rows,
+        "duplicates": int((~new).sum()),
+        "filtered": valid - failed.num_rows - ok.num_rows,  # filter steps (flat_map may add rows)
+    }
+    return accepted, dead, counts
+
+
 def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -> dict[str, int]:
-    """One batch through validation, dedup and routing; its counts (they always reconcile).
+    """One batch through :func:`screen` and on to its shards; returns its counts.
 
     Refused rows are buffered as dead letters for the next checkpoint; accepted rows
     are on their way to their shards when this returns.
     """
-    ok, dead = app.schema.validate(batch, source=source, first_position=position)
-    ok, dead = _check_site(rt, app, ok, dead, source, position)
-    valid = ok.num_rows
-    ok, failed = _apply_steps(app, ok, source)
-    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
+    accepted, dead, counts = screen(
+        app,
+        batch,
+        source,
+        position,
+        dedup=lambda ids: rt.dedup(app.kind.name, ids),
+        site_check=lambda ok, dead: _check_site(rt, app, ok, dead, source, position),
+    )
     rt.dead_letter(dead)
-    new = rt.dedup(app.kind.name, ok.column(app.event_id).to_numpy())
-    accepted = ok.filter(new) if not new.all() else ok
     rt.dispatch(app.kind.name, accepted)
-    dups = int((~new).sum())
-    filtered = valid - failed.num_rows - ok.num_rows  # filter steps (flat_map may add rows)
-    return {
-        "input": batch.num_rows,
-        "accepted": accepted.num_rows,
-        "dead_lettered": dead.num_rows,
-        "duplicates": dups,
-        "filtered": filtered,
-    }
+    return counts
 
 
 def _apply_steps(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
