@@ -107,6 +107,8 @@ class _Kind:
     #: site-partitioned kinds: site -> indices into ``shards``; else {None: all}
     by_site: dict[str | None, list[int]] = field(default_factory=dict)
     per_site: int = 1
+    #: topic -> the kind its rows go on to, shard to shard
+    forward: dict[str, str] = field(default_factory=dict)
 
     @property
     def inflight(self) -> list[list[Any]]:
@@ -190,7 +192,8 @@ class Runtime:
         The caller replays its source from the committed position.
         """
         kinds = [
-            (k.cls, k.config, k.per_site, self.sites(n) or None) for n, k in self.kinds.items()
+            (k.cls, k.config, k.per_site, self.sites(n) or None, k.forward)
+            for n, k in self.kinds.items()
         ]
         subs = dict(self._subscriptions)
         for _, _, _, handle in self.placed.values():
@@ -200,8 +203,8 @@ class Runtime:
         self.placed, self._subscriptions = {}, {}
         self._load_committed()
         self._start_board()
-        for cls, config, per_site, sites in kinds:
-            self.register(cls, config, shards=per_site, sites=sites)
+        for cls, config, per_site, sites, forward in kinds:
+            self.register(cls, config, shards=per_site, sites=sites, forward=forward)
         for name, (topic, cls, args, kwargs) in subs.items():
             self.subscribe(topic, cls, *args, name=name, **kwargs)
         self.restarts += 1
@@ -302,11 +305,17 @@ class Runtime:
         config: Any = None,
         shards: int | None = None,
         sites: list[str] | None = None,
+        forward: dict[str, str] | None = None,
     ) -> None:
         """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder.
 
         A kind with a ``site_key`` is partitioned by site first: ``shards`` shards for
         each of ``sites``, each placed by the policy at (usually) the edge of its site.
+
+        ``forward`` maps topics the kind emits to kinds registered before it: those rows
+        go shard to shard, routed by the next kind's key, with their watermark (a stage
+        graph, e.g. per-auction winners on to a per-category average). A checkpoint
+        drains the stages in order, so the graph's state is one consistent cut.
         """
         store = self._need()
         kind_cls.check()
@@ -319,9 +328,33 @@ class Runtime:
             )
         if kind_cls.name not in self.checkpoint_state.versions and store.exists(kind_cls.name):
             store.drop(kind_cls.name)  # written by a checkpoint that never committed
-        snapshot = self._load_snapshot(kind_cls.name)
-        topics = {t: self.topic(t) for t in kind_cls(config).active_topics()}
+        forward = dict(forward or {})
+        for topic, target in forward.items():
+            if topic not in kind_cls.topics:
+                raise ConfigError(
+                    f"entity kind {kind_cls.name!r} forwards topic {topic!r}, which it does not "
+                    f"declare; add it to {kind_cls.__qualname__}.topics"
+                )
+            if target not in self.kinds:
+                raise ConfigError(
+                    f"entity kind {kind_cls.name!r} forwards {topic!r} to {target!r}: register "
+                    f"{target!r} first; registered: {sorted(self.kinds)}"
+                )
         n = shards or self.n_shards
+        if kind_cls.snapshot_scope == "shard":
+            snapshots = [self._load_snapshot(f"{kind_cls.name}#{i}") for i in range(n)]
+            if self._load_snapshot(f"{kind_cls.name}#{n}") is not None:
+                raise ConfigError(
+                    f"entity kind {kind_cls.name!r} keeps state per shard and was saved with "
+                    f"more than {n} shards; start it with the same number of shards"
+                )
+        else:
+            snapshots = [self._load_snapshot(kind_cls.name)] * n
+        topics = {t: self.topic(t) for t in kind_cls(config).active_topics() if t not in forward}
+        forwards = {
+            t: (self.kinds[k].cls, self.kinds[k].shards, self.kinds[k].per_site)
+            for t, k in forward.items()
+        }
         handles: list[Handle] = []
         by_site: dict[str | None, list[int]] = {}
         for site in sites if kind_cls.site_key else [None]:
@@ -338,16 +371,23 @@ class Runtime:
                         str(store.path),
                         self._max_active(kind_cls),
                         topics,
-                        snapshot,
+                        snapshots[i],
                         self.config.idle_seconds,
+                        forwards=forwards,
+                        channel=name,
                         spec=ActorSpec(name, "shard", kind_cls.name, site),
                     )
                 )
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
         self._shard_names[kind_cls.name] = [h.name for h in handles]
+        for target in set(forward.values()):  # downstream watermarks wait for all of these
+            down = self.kinds[target]
+            upstream = [u for u, k in self.kinds.items() if target in k.forward.values()]
+            inputs = [c for u in upstream for c in self._shard_names[u]] + [h.name for h in handles]
+            resolve([h.call("set_inputs", inputs) for h in down.shards])
         site_list = [s for s in by_site if s is not None]
         router = Router(kind_cls, handles, n, site_list, self.config.max_inflight)
-        self.kinds[kind_cls.name] = _Kind(kind_cls, config, handles, router, by_site, n)
+        self.kinds[kind_cls.name] = _Kind(kind_cls, config, handles, router, by_site, n, forward)
 
     def sites(self, kind: str) -> list[str]:
         """The sites a site-partitioned kind serves."""
@@ -416,10 +456,16 @@ class Runtime:
         return blobs[0] if blobs else None
 
     # -- routing ---------------------------------------------------------------------------------
-    def dispatch(self, kind: str, events: pa.Table) -> None:
-        """Send ``events`` to the shards of ``kind`` without waiting (bounded in flight)."""
-        self._kind(kind).router.send(events)
+    def dispatch(self, kind: str, events: pa.Table, watermark: int | None = None) -> None:
+        """Send ``events`` to the shards of ``kind`` without waiting (bounded in flight);
+        with the source's event-time ``watermark`` when the app tracks one."""
+        self._kind(kind).router.send(events, watermark)
         self.publish_status()
+
+    def advance(self, kind: str, watermark: int) -> None:
+        """Event time of the source reached ``watermark``: every shard of ``kind`` fires
+        what is due, and passes it on down the stages it forwards to."""
+        self._kind(kind).router.advance(watermark)
 
     def status(self) -> dict[str, Any]:
         """Per shard: rows sent, batches in flight (its queue) and rows/s since start."""
@@ -514,14 +560,19 @@ class Runtime:
         finished = self.drain_inflight()  # (extend() would bind the list before it is swapped)
         self._done.extend(finished)
         snapshots: list[tuple[str, Any]] = []
-        for name, k in self.kinds.items():
+        # kinds forward only to kinds registered before them: drain the later ones first
+        for name, k in reversed(self.kinds.items()):
             drained = resolve([h.call("drain") for h in k.shards])
-            tables = [t for t, _ in drained if t is not None and t.num_rows]
+            self._done.extend(stats for _, _, stats in drained if stats)
+            tables = [t for t, _, _ in drained if t is not None and t.num_rows]
             if tables:
                 store.upsert(
                     name, pa.concat_tables(tables, promote_options="default"), key=k.cls.key
                 )
-            blobs = [b for _, b in drained if b is not None]
+            if k.cls.snapshot_scope == "shard":
+                snapshots += [(f"{name}#{i}", b) for i, (_, b, _) in enumerate(drained) if b]
+                continue
+            blobs = [b for _, b, _ in drained if b is not None]
             if blobs:
                 merged = k.cls(None).merge_snapshots(blobs)
                 if merged is not None:
@@ -599,6 +650,8 @@ class Runtime:
         its snapshot and the restore is overwritten; the next sync picks learning up again.
         """
         for k in self.kinds.values():
+            if k.cls.snapshot_scope == "shard":
+                continue  # each shard's own state: nothing to share
             blobs = [
                 b for b in resolve([h.call("snapshot_kind") for h in k.shards]) if b is not None
             ]

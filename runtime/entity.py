@@ -69,6 +69,8 @@ class Batch:
     starts: np.ndarray | None = None
     outputs: dict[str, list[pa.Table]] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    #: event time the shard's inputs have all passed (ms), when the app tracks one
+    watermark: int | None = None
 
     def emit(self, topic: str, rows: pa.Table) -> None:
         """Publish ``rows`` to ``topic`` after the batch is applied."""
@@ -91,6 +93,13 @@ class EntityKind:
     #: an event column naming the site: the kind is then partitioned by site first, so
     #: each site's entities can live at that site's edge
     site_key: ClassVar[str | None] = None
+    #: an operator (window, join) rather than entities: no per-key state, the shard hands
+    #: :meth:`apply` whole batches (``slots`` and ``state`` unused) and the kind keeps its
+    #: own state, saved per shard through :meth:`snapshot`
+    stateless: ClassVar[bool] = False
+    #: "kind": one snapshot for all shards, merged (a model's replicas); "shard": each
+    #: shard keeps its own (the windows of the keys it hosts)
+    snapshot_scope: ClassVar[str] = "kind"
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
@@ -111,7 +120,11 @@ class EntityKind:
             )
         if not cls.key:
             raise ConfigError(f"{where}: set key = '<event column holding the entity key>'")
+        if cls.snapshot_scope not in ("kind", "shard"):
+            raise ConfigError(f"{where}: snapshot_scope must be 'kind' or 'shard'")
         names = cls.spec().names()
+        if cls.stateless and names:
+            raise ConfigError(f"{where}: a stateless kind declares no state fields, got {names}")
         if cls.key in names:
             raise ConfigError(f"{where}: state field {cls.key!r} clashes with the key column")
         overridden = cls.apply is not EntityKind.apply or cls.on_event is not EntityKind.on_event
@@ -139,6 +152,11 @@ class EntityKind:
             row = st.row(slot)
             self.on_event(row, event)
             st.set_row(slot, row)
+
+    def on_watermark(self, batch: Batch) -> None:
+        """Hook: event time advanced to ``batch.watermark`` with no new events (fire windows).
+
+        Emit through ``batch.emit``; ``batch.events`` is empty."""
 
     def active_topics(self) -> tuple[str, ...]:
         """Hook: the declared topics this configuration publishes to (each costs an actor)."""

@@ -28,6 +28,25 @@ from runtime.errors import ConfigError
 from runtime.handles import Handle, ready, resolve
 from runtime.keys import hash_keys, shard_of
 
+#: schema metadata on a batch in flight: the sender's event-time watermark and who sent it
+WATERMARK = b"edgecore.watermark"
+CHANNEL = b"edgecore.channel"
+NO_WATERMARK = -(2**63)
+
+
+def tag(table: pa.Table, watermark: int, channel: str) -> pa.Table:
+    """Stamp ``table`` with the sender's watermark (every row before it has arrived)."""
+    meta = dict(table.schema.metadata or {})
+    meta[WATERMARK], meta[CHANNEL] = str(int(watermark)).encode(), channel.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def read_tag(table: pa.Table) -> tuple[int, str] | None:
+    meta = table.schema.metadata or {}
+    if WATERMARK not in meta:
+        return None
+    return int(meta[WATERMARK]), meta.get(CHANNEL, b"source").decode()
+
 
 class Router:
     def __init__(
@@ -46,10 +65,17 @@ class Router:
         self.inflight: list[list[Any]] = [[] for _ in shards]
         self.rows_sent = [0] * len(shards)
         self._done: list[dict[str, float]] = []
+        self._wm_sent = [NO_WATERMARK] * len(shards)  # the watermark each shard was last given
 
-    def send(self, events: pa.Table) -> None:
-        """Route ``events`` to their shards without waiting (bounded in flight)."""
+    def send(self, events: pa.Table, watermark: int | None = None, channel: str = "source") -> None:
+        """Route ``events`` to their shards without waiting (bounded in flight).
+
+        With a ``watermark``, every shard hears of it: those that get rows with the rows,
+        the others in a watermark-only call, so their windows fire without new data.
+        """
         if events.num_rows == 0:
+            if watermark is not None:
+                self.advance(watermark, channel)
             return
         if self.kind.key not in events.column_names:
             raise ConfigError(
@@ -70,11 +96,26 @@ class Router:
         for i, part in parts:
             if part.num_rows == 0:
                 continue
-            pending = self.inflight[i]
-            if len(pending) >= self.max_inflight:  # backpressure: wait for the oldest
-                self._done.extend(resolve([pending.pop(0)]))
-            pending.append(self.shards[i].call("apply", part))
+            if watermark is not None:
+                part = tag(part, watermark, channel)
+                self._wm_sent[i] = max(self._wm_sent[i], watermark)
+            self._call(i, "apply", part)
             self.rows_sent[i] += part.num_rows
+        if watermark is not None:
+            self.advance(watermark, channel)
+
+    def advance(self, watermark: int, channel: str = "source") -> None:
+        """Tell every shard not yet told that event time reached ``watermark``."""
+        for i in range(len(self.shards)):
+            if self._wm_sent[i] < watermark:
+                self._wm_sent[i] = watermark
+                self._call(i, "advance", watermark, channel)
+
+    def _call(self, i: int, method: str, *args: Any) -> None:
+        pending = self.inflight[i]
+        if len(pending) >= self.max_inflight:  # backpressure: wait for the oldest
+            self._done.extend(resolve([pending.pop(0)]))
+        pending.append(self.shards[i].call(method, *args))
 
     def _route(self, events: pa.Table, hashes: np.ndarray) -> np.ndarray:
         """Shard index per row: by key hash, within the row's site for site-partitioned kinds."""

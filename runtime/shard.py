@@ -38,6 +38,7 @@ from runtime.entity import Batch, EntityKind
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.handles import Handle, ready, resolve
 from runtime.keys import as_signed, hash_keys, shard_of
+from runtime.router import NO_WATERMARK, Router, read_tag
 from runtime.state import ColumnarState
 from runtime.store import Store
 
@@ -91,6 +92,8 @@ class Shard:
         kind_snapshot: bytes | None = None,
         idle_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        forwards: dict[str, tuple[type[EntityKind], list[Handle], int]] | None = None,
+        channel: str | None = None,
     ) -> None:
         self.kind_cls = kind_cls
         self.kind = kind_cls(kind_config)
@@ -108,6 +111,17 @@ class Shard:
         self.state = ColumnarState(kind_cls.spec(), key=kind_cls.key)
         self.store = Store(data_dir)
         self.topics = topics or {}
+        # topics whose rows go straight on to the shards of another kind (a stage graph)
+        self.forwards = {
+            t: Router(cls, handles, per_site)
+            for t, (cls, handles, per_site) in (forwards or {}).items()
+        }
+        self.channel = channel or f"{self.name}/{shard_id}"
+        #: event-time watermark per input channel; the shard's is the least of them
+        self._inputs: dict[str, int] = {"source": NO_WATERMARK}
+        self._wm_on = False  # no input carried a watermark yet: kinds derive their own
+        self._wm_told = NO_WATERMARK
+        self._fwd_stats: list[dict[str, float]] = []
         self._pending: list[Any] = []
         self._outbox: list[pa.Table] = []
         self._outbox_hash = np.zeros(0, dtype=np.uint64)
@@ -222,11 +236,64 @@ class Shard:
         st.release(victims)
         self.counters["passivated"] += len(victims)
 
+    # -- event time --------------------------------------------------------------------------
+    def set_inputs(self, channels: list[str]) -> None:
+        """The channels this shard hears from (the shards of the kinds forwarding to it)."""
+        self._inputs = {c: self._inputs.get(c, NO_WATERMARK) for c in channels}
+
+    @property
+    def watermark(self) -> int | None:
+        return min(self._inputs.values()) if self._wm_on else None
+
+    def _heard(self, watermark: int, channel: str) -> None:
+        self._wm_on = True
+        if channel in self._inputs:
+            self._inputs[channel] = max(self._inputs[channel], watermark)
+
+    def advance(self, watermark: int, channel: str = "source") -> dict[str, float]:
+        """Event time reached ``watermark`` on ``channel``: let the kind fire what is due."""
+        self._heard(watermark, channel)
+        batch = Batch(
+            events=pa.table({}),
+            slots=np.zeros(0, dtype=np.int64),
+            state=self.state,
+            seq=self._seq,
+            watermark=self.watermark,
+        )
+        if batch.watermark is not None and batch.watermark > self._wm_told:
+            self.kind.on_watermark(batch)
+            self._publish(batch.outputs)
+            self._tell_downstream()
+        return {**batch.stats, **self._forwarded()}
+
+    def _tell_downstream(self) -> None:
+        wm = self.watermark
+        if wm is not None and wm > self._wm_told:
+            self._wm_told = wm
+            for router in self.forwards.values():
+                router.advance(wm, self.channel)
+
+    def _forwarded(self) -> dict[str, float]:
+        """Counters of downstream calls that finished (rows are theirs to count)."""
+        done = [s for r in self.forwards.values() for s in r.poll()] + self._fwd_stats
+        self._fwd_stats = []
+        out: dict[str, float] = {}
+        for stats in done:
+            for k, v in stats.items():
+                if k not in ("rows", "outbox"):
+                    out[k] = out.get(k, 0) + v
+        return out
+
     # -- the hot path ------------------------------------------------------------------------
     def apply(self, events: pa.Table) -> dict[str, float]:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
         self._seq += 1
+        tagged = read_tag(events)
+        if tagged is not None:
+            self._heard(*tagged)
+        if self.kind_cls.stateless:
+            return self._apply_operator(events, t0)
         if self.idle_seconds:
             self._tick()
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
@@ -242,19 +309,50 @@ class Shard:
             seq=self._seq,
             order=groups.order,
             starts=groups.starts,
+            watermark=self.watermark,
         )
         self.kind.apply(batch)
         self.state.dirty[slots] = True
         self.state.last_used[slots] = self._seq
         self._publish(batch.outputs)
+        self._tell_downstream()
         self._passivate(self._seq)
         self.counters["rows"] += events.num_rows
         self.counters["batches"] += 1
         self.counters["busy_s"] += time.perf_counter() - t0
-        return {"rows": events.num_rows, "outbox": int(len(self._outbox_hash)), **batch.stats}
+        return {
+            "rows": events.num_rows,
+            "outbox": int(len(self._outbox_hash)),
+            **batch.stats,
+            **self._forwarded(),
+        }
+
+    def _apply_operator(self, events: pa.Table, t0: float) -> dict[str, float]:
+        """A stateless kind (window, join): the whole batch, no entity activation."""
+        batch = Batch(
+            events=events,
+            slots=np.zeros(0, dtype=np.int64),
+            state=self.state,
+            seq=self._seq,
+            watermark=self.watermark,
+        )
+        self.kind.apply(batch)
+        self._publish(batch.outputs)
+        self._tell_downstream()
+        self.counters["rows"] += events.num_rows
+        self.counters["batches"] += 1
+        self.counters["busy_s"] += time.perf_counter() - t0
+        return {"rows": events.num_rows, "outbox": 0, **batch.stats, **self._forwarded()}
 
     def _publish(self, outputs: dict[str, list[pa.Table]]) -> None:
         for topic, tables in outputs.items():
+            if topic in self.forwards:
+                self.forwards[topic].send(
+                    pa.concat_tables(tables, promote_options="default"),
+                    self.watermark,
+                    self.channel,
+                )
+                continue
             handle = self.topics.get(topic)
             if handle is None:
                 if topic in self.kind_cls.topics:
@@ -271,10 +369,15 @@ class Shard:
             resolve(done)
 
     # -- checkpoints -------------------------------------------------------------------------
-    def drain(self) -> tuple[pa.Table | None, bytes | None]:
-        """Hand over every changed profile (live and passivated) and the kind's snapshot."""
+    def drain(self) -> tuple[pa.Table | None, bytes | None, dict[str, float]]:
+        """Hand over every changed profile (live and passivated), the kind's snapshot and
+        the counters of downstream calls. Rows forwarded to other kinds are applied there
+        before this returns, so draining upstream kinds first makes a consistent cut."""
         resolve(self._pending)
         self._pending = []
+        for router in self.forwards.values():
+            self._fwd_stats.extend(router.drain())
+        fwd = self._forwarded()
         self._passivate(self._seq + 1)  # idle entities leave with this checkpoint
         st = self.state
         dirty = np.flatnonzero(st.dirty & st.active)
@@ -292,7 +395,7 @@ class Shard:
             new = table.column("_key_hash").to_numpy().view(np.uint64)
             self._stored = np.union1d(self._stored, new)
             table = self.kind.export(table)
-        return table, self.kind.snapshot()
+        return table, self.kind.snapshot(), fwd
 
     def restore_kind(self, blob: bytes) -> None:
         self.kind.restore(blob)
