@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import time
@@ -48,6 +49,7 @@ from runtime.sinks import TableSink
 from runtime.status import BOARD, StatusBoard
 from runtime.store import Checkpoint, Store
 from runtime.topic import Topic
+from runtime.watermarks import Watermarks
 
 DEAD_LETTERS = "dead_letters"
 SEEN = "_seen"
@@ -126,6 +128,8 @@ class Runtime:
         self.subscribers: dict[str, Handle] = {}
         #: applied event ids per scope (an app's entity kind): ids are unique per stream
         self.seen: dict[str, SeenSet] = {}
+        #: event-time watermark per scope, tracked where events come in
+        self.watermarks: dict[str, Watermarks] = {}
         self.checkpoint_state = Checkpoint()
         self._new_seen: list[tuple[str, np.ndarray]] = []
         self._dead: list[pa.Table] = []
@@ -165,6 +169,9 @@ class Runtime:
         )
         self.seen = {}
         self._new_seen, self._dead, self._done = [], [], []
+        self.watermarks = {}
+        for scope, snap in self.checkpoint_state.meta.get("watermarks", {}).items():
+            self.watermarks[scope] = Watermarks.restore(base64.b64decode(snap))
         if self.store.exists(SEEN):
             seen = self.store.read(SEEN).sort_by("epoch")  # oldest first: forgotten first
             for scope in pc.unique(seen.column("scope")).to_pylist():
@@ -462,6 +469,16 @@ class Runtime:
         self._kind(kind).router.send(events, watermark)
         self.publish_status()
 
+    def observe_time(self, scope: str, spec: Any, events: pa.Table, source: str) -> int:
+        """Track event time of ``events`` (per partition, see :class:`EventTime`) for
+        ``scope`` and return the watermark to send with them."""
+        wm = self.watermarks.get(scope)
+        if wm is None:
+            wm = self.watermarks[scope] = Watermarks(spec.out_of_orderness_ms, spec.idle_ms)
+        if events.num_rows:
+            wm.observe_table(events, spec.column, spec.partition, source)
+        return wm.current()
+
     def advance(self, kind: str, watermark: int) -> None:
         """Event time of the source reached ``watermark``: every shard of ``kind`` fires
         what is due, and passes it on down the stages it forwards to."""
@@ -609,6 +626,12 @@ class Runtime:
             started_at=started,
             positions={**previous.positions, **(positions or {})},
             versions={**previous.versions, **{n: store.version(n) for n in managed}},
+            meta={
+                **previous.meta,
+                "watermarks": {
+                    s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()
+                },
+            },
         )
         store.commit(cp)
         self.checkpoint_state = cp

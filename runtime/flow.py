@@ -38,10 +38,12 @@ import pyarrow as pa
 from runtime.core import Runtime
 from runtime.entity import EntityKind
 from runtime.errors import ConfigError
-from runtime.pipeline import App, RunStats, Step, run
+from runtime.operators import argmax_kind, emit_kind, join_kind, window_kind
+from runtime.pipeline import App, EventTime, RunStats, Stage, Step, run
 from runtime.schema import EventSchema
 from runtime.sources import Source
 from runtime.state import NAME_RE
+from runtime.windows import WindowSpec
 
 
 class Pipeline:
@@ -57,9 +59,15 @@ class Pipeline:
         self._sinks: dict[str, tuple[str, str | None]] = {}
         self._event_id = "event_id"
         self._summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
+        self._event_time: EventTime | None = None
+        self._stages: list[tuple[str, Stage]] = []
 
     def _named(self, name: str) -> None:
-        taken = [s.name for s in self._steps] + ([self._kind[0]] if self._kind else [])
+        taken = (
+            [s.name for s in self._steps]
+            + ([self._kind[0]] if self._kind else [])
+            + [n for n, _ in self._stages]
+        )
         if name in taken:
             raise ConfigError(f"pipeline {self.name!r}: a step is already named {name!r}")
 
@@ -98,7 +106,83 @@ class Pipeline:
 
     def to_entity(self, name: str, kind: type[EntityKind], config: Any = None) -> Pipeline:
         self._named(name)
+        if self._kind is not None:
+            raise ConfigError(
+                f"pipeline {self.name!r}: it already ends in {self._kind[0]!r}; "
+                "chain further kinds with .then(topic, name, Kind)"
+            )
         self._kind = (name, kind, config)
+        return self
+
+    def event_time(
+        self,
+        column: str,
+        out_of_orderness_ms: int = 0,
+        partition: str | None = None,
+        idle_ms: float | None = None,
+    ) -> Pipeline:
+        """Event time for windows and joins: see :class:`~runtime.pipeline.EventTime`."""
+        self._event_time = EventTime(column, out_of_orderness_ms, partition, idle_ms)
+        return self
+
+    def _time(self, step: str) -> str:
+        if self._event_time is None:
+            raise ConfigError(
+                f"pipeline {self.name!r}: step {step!r} needs event time; "
+                "add .event_time('column', out_of_orderness_ms=...) before it"
+            )
+        if self._key is None:
+            raise ConfigError(f"pipeline {self.name!r}: add .key_by(column) before {step!r}")
+        return self._event_time.column
+
+    def window(self, name: str, spec: WindowSpec, value: str, **options: Any) -> Pipeline:
+        """Keyed event-time windows over ``value`` (count, sum, min, max, mean; ``top_k``):
+        results on topic ``name``, late events on ``late_events``."""
+        return self.to_entity(
+            name, window_kind(name, spec, self._key or "", self._time(name), value, **options)
+        )
+
+    def join(
+        self,
+        name: str,
+        size_ms: int | None,
+        side: str,
+        left: str,
+        right: str,
+        columns: dict[str, str] | None = None,
+        distinct: bool = False,
+    ) -> Pipeline:
+        """Rows with ``side == left`` joined with rows with ``side == right`` on the key,
+        within tumbling windows of ``size_ms`` (or over all time with None): pairs on
+        topic ``name``; see :func:`~runtime.operators.join_kind`."""
+        if size_ms is None:
+            if self._key is None:
+                raise ConfigError(f"pipeline {self.name!r}: add .key_by(column) before {name!r}")
+            time = self._event_time.column if self._event_time else ""
+        else:
+            time = self._time(name)
+        kind = join_kind(name, size_ms, self._key or "", time, side, left, right, columns, distinct)
+        return self.to_entity(name, kind)
+
+    def to_topic(self, name: str) -> Pipeline:
+        """Publish the transformed events to topic ``name`` (no entity state), spread over
+        shards by the ``key_by`` column."""
+        if self._key is None:
+            raise ConfigError(f"pipeline {self.name!r}: add .key_by(column) before {name!r}")
+        return self.to_entity(name, emit_kind(name, self._key))
+
+    def argmax(self, name: str, value: str) -> Pipeline:
+        """Per window (rows carry ``window_start``/``window_end``, keyed by the window), the
+        rows with the largest ``value`` once the window closes; on topic ``name``."""
+        self._time(name)
+        return self.to_entity(name, argmax_kind(name, value, self._key or ""))
+
+    def then(self, topic: str, name: str, kind: type[EntityKind], config: Any = None) -> Pipeline:
+        """Feed what the last kind emits on ``topic`` to ``kind``, shard to shard."""
+        self._named(name)
+        if self._kind is None:
+            raise ConfigError(f"pipeline {self.name!r}: .then() follows .to_entity() or .window()")
+        self._stages.append((name, Stage(topic, kind, config)))
         return self
 
     def sink(self, topic: str, table: str, key: str | None = None) -> Pipeline:
@@ -122,10 +206,12 @@ class Pipeline:
             raise ConfigError(
                 f"pipeline {self.name!r}: key_by({self._key!r}) but {kind.__qualname__} is keyed by {kind.key!r}"
             )
+        published = {t for k in [kind, *[st.kind for _, st in self._stages]] for t in k.topics}
         for topic in self._sinks:
-            if topic not in kind.topics:
+            if topic not in published:
                 raise ConfigError(
-                    f"pipeline {self.name!r}: {kind.__qualname__} publishes no topic {topic!r}"
+                    f"pipeline {self.name!r}: no step publishes a topic {topic!r}; "
+                    f"published: {sorted(published)}"
                 )
         return App(
             self.name,
@@ -136,6 +222,8 @@ class Pipeline:
             dict(self._sinks),
             self._summarize,
             steps=tuple(self._steps),
+            event_time=self._event_time,
+            stages=tuple(st for _, st in self._stages),
         )
 
     def run(self, rt: Runtime, progress: Callable[[RunStats], None] | None = None) -> RunStats:

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from runtime.core import Runtime, sum_stats
 from runtime.entity import EntityKind
 from runtime.errors import ActorFailedError, ConfigError
+from runtime.router import END_OF_TIME
 from runtime.schema import DEAD_LETTER_SCHEMA, EventSchema, dead_letters
 from runtime.sources import Source
 from runtime.state import NAME_RE
@@ -71,6 +72,30 @@ class Step:
 
 
 @dataclass(frozen=True)
+class EventTime:
+    """Which column holds event time (ms, or a timestamp) and how the watermark follows it.
+
+    The watermark of each source partition is the latest event time it delivered minus
+    ``out_of_orderness_ms``; the stream's is the least over partitions, leaving out a
+    partition quiet for ``idle_ms`` so it does not hold everything back. Partitions are
+    the values of ``partition`` (e.g. a site or gateway column), else the source."""
+
+    column: str
+    out_of_orderness_ms: int = 0
+    partition: str | None = None
+    idle_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A further kind, fed shard to shard with what the previous kind emits on ``topic``."""
+
+    topic: str
+    kind: type[EntityKind]
+    config: Any = None
+
+
+@dataclass(frozen=True)
 class App:
     """An application: which events, which entity kind, where its outputs go."""
 
@@ -89,6 +114,10 @@ class App:
     sites: tuple[str, ...] = ()
     #: batch-wise transforms applied to validated events before routing
     steps: tuple[Step, ...] = ()
+    #: event time and watermarks, for windows and joins
+    event_time: EventTime | None = None
+    #: kinds after the first, each fed by the one before it (see :class:`Stage`)
+    stages: tuple[Stage, ...] = ()
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -98,10 +127,22 @@ class App:
             raise ConfigError(
                 f"app {self.name!r}: event id column {self.event_id!r} is not in its schema"
             )
-        if self.kind.key not in [c.name for c in self.schema.columns]:
+        if self.kind.key not in [c.name for c in self.schema.columns] and not self.steps:
             raise ConfigError(
                 f"app {self.name!r}: the kind's key {self.kind.key!r} is not in its schema"
             )
+        prev = self.kind
+        for stage in self.stages:
+            if stage.topic not in prev.topics:
+                raise ConfigError(
+                    f"app {self.name!r}: {prev.__qualname__} emits no topic {stage.topic!r} "
+                    f"to feed {stage.kind.__qualname__}; it emits {list(prev.topics)}"
+                )
+            prev = stage.kind
+
+    def kinds(self) -> list[tuple[type[EntityKind], Any]]:
+        """The app's kinds in stream order: the first, then each stage's."""
+        return [(self.kind, self.kind_config), *[(s.kind, s.config) for s in self.stages]]
 
 
 @dataclass
@@ -126,8 +167,14 @@ class RunStats:
 
 def setup(rt: Runtime, app: App) -> None:
     """Register the app's kind and sinks on ``rt`` (once per runtime)."""
-    if app.kind.name not in rt.kinds:
-        rt.register(app.kind, app.kind_config, sites=list(app.sites) or None)
+    chain = app.kinds()
+    for i in reversed(range(len(chain))):  # a kind forwards to kinds registered before it
+        cls, config = chain[i]
+        if cls.name in rt.kinds:
+            continue
+        forward = {app.stages[i].topic: chain[i + 1][0].name} if i < len(app.stages) else None
+        sites = list(app.sites) or None if i == 0 else None
+        rt.register(cls, config, sites=sites, forward=forward)
     for topic, (table, key) in app.sinks.items():
         if f"{topic}->{table}" not in rt.subscribers:
             rt.sink_to_table(topic, table, key)
@@ -139,8 +186,12 @@ def run(
     source: Source,
     progress: Callable[[RunStats], None] | None = None,
     max_events: int | None = None,
+    end_of_stream: bool = True,
 ) -> RunStats:
     """Drive ``source`` through ``app`` until it ends; resume where the last checkpoint left it.
+
+    With event time, the end of a bounded source moves the watermark to the end of time
+    (``end_of_stream``), so every window fires; pass False for a stream that goes on later.
 
     If a runtime actor dies (its node was lost), the runtime restarts from the last
     checkpoint with actors placed on the nodes alive now, and the source is read
@@ -154,7 +205,7 @@ def run(
     while True:
         state = committed.copy()
         try:
-            _drive(rt, app, source, state, committed, progress, max_events, t0)
+            _drive(rt, app, source, state, committed, progress, max_events, t0, end_of_stream)
             break
         except ActorFailedError:
             restarts = restart_after_failure(rt, app, restarts)
@@ -205,6 +256,7 @@ def _drive(
     progress: Callable[[RunStats], None] | None,
     max_events: int | None,
     t0: float,
+    end_of_stream: bool = True,
 ) -> None:
     stats = run_.stats
     last_cp_t, rows_since_cp, rows_since_sync = time.perf_counter(), 0, 0
@@ -251,6 +303,9 @@ def _drive(
                 progress(stats)
         if max_events is not None and stats.input >= max_events:
             break
+    else:
+        if app.event_time is not None and end_of_stream:
+            rt.advance(app.kind.name, END_OF_TIME)
     absorb(rt.drain_inflight())
     commit()
     rt.flush_topics()
@@ -273,17 +328,20 @@ def screen(
     ok, dead = app.schema.validate(batch, source=source, first_position=position)
     if site_check is not None:
         ok, dead = site_check(ok, dead)
-    valid = ok.num_rows
-    ok, failed = _apply_steps(app, ok, source)
-    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
+    # duplicates go before the steps: the steps may drop the id, and a redelivered
+    # event must not be counted as filtered or dead-lettered a second time
     new = dedup(ok.column(app.event_id).to_numpy())
-    accepted = ok.filter(pa.array(new)) if not new.all() else ok
+    ok = ok.filter(pa.array(new)) if not new.all() else ok
+    valid = ok.num_rows
+    accepted, failed = _apply_steps(app, ok, source)
+    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
     counts = {
         "input": batch.num_rows,
         "accepted": accepted.num_rows,
         "dead_lettered": dead.num_rows,
         "duplicates": int((~new).sum()),
-        "filtered": valid - failed.num_rows - ok.num_rows,  # filter steps (flat_map may add rows)
+        # filter steps (a flat_map may add rows)
+        "filtered": valid - failed.num_rows - accepted.num_rows,
     }
     return accepted, dead, counts
 
@@ -303,7 +361,10 @@ def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -
         site_check=lambda ok, dead: _check_site(rt, app, ok, dead, source, position),
     )
     rt.dead_letter(dead)
-    rt.dispatch(app.kind.name, accepted)
+    watermark = None
+    if app.event_time is not None:
+        watermark = rt.observe_time(app.kind.name, app.event_time, accepted, source)
+    rt.dispatch(app.kind.name, accepted, watermark)
     return counts
 
 

@@ -32,6 +32,8 @@ from runtime.keys import hash_keys, shard_of
 WATERMARK = b"edgecore.watermark"
 CHANNEL = b"edgecore.channel"
 NO_WATERMARK = -(2**63)
+#: event time far enough ahead to close every window (the end of a bounded stream)
+END_OF_TIME = 2**62
 
 
 def tag(table: pa.Table, watermark: int, channel: str) -> pa.Table:
