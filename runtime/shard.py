@@ -79,6 +79,12 @@ def group_rows(hashes: np.ndarray) -> Groups:
     return Groups(sh[starts], gid, order, starts, order[starts])
 
 
+def _as_keys(column: pa.ChunkedArray) -> pa.Array:
+    """Entity keys are strings (an int key hashes like its decimal text, as routing does)."""
+    keys = column.combine_chunks()
+    return keys if pa.types.is_string(keys.type) else keys.cast(pa.string())
+
+
 class Shard:
     def __init__(
         self,
@@ -299,7 +305,7 @@ class Shard:
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
         groups = group_rows(hashes)
         uslots = self._activate(
-            groups.keys, events.column(self.kind_cls.key).combine_chunks(), groups.first
+            groups.keys, _as_keys(events.column(self.kind_cls.key)), groups.first
         )
         slots = uslots[groups.gid]
         batch = Batch(
