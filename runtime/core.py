@@ -133,6 +133,7 @@ class Runtime:
         self.checkpoint_state = Checkpoint()
         self._new_seen: list[tuple[str, np.ndarray]] = []
         self._dead: list[pa.Table] = []
+        self._dead_pending: list[Any] = []
         self._done: list[dict[str, float]] = []  # stats of finished shard calls
         self._started_ray = False
         self._token: Any = None
@@ -169,6 +170,7 @@ class Runtime:
         )
         self.seen = {}
         self._new_seen, self._dead, self._done = [], [], []
+        self._dead_pending = []
         self.watermarks = {}
         for scope, snap in self.checkpoint_state.meta.get("watermarks", {}).items():
             self.watermarks[scope] = Watermarks.restore(base64.b64decode(snap))
@@ -532,9 +534,14 @@ class Runtime:
         return sum_stats(self.drain_inflight())
 
     def dead_letter(self, rows: pa.Table) -> None:
-        """Buffer refused rows; they are written with the next checkpoint."""
+        """Refused rows: published on the ``dead_letters`` topic now (for `edgecore tail`
+        and subscribers) and written to the ``dead_letters`` table with the next checkpoint."""
         if rows.num_rows:
             self._dead.append(rows)
+            self._dead_pending.append(self.topic(DEAD_LETTERS).call("publish", rows))
+            if len(self._dead_pending) > 8:  # bounded: a flood of bad input waits for the topic
+                resolve(self._dead_pending[:-8])
+                self._dead_pending = self._dead_pending[-8:]
 
     def _seen_set(self, scope: str) -> SeenSet:
         if scope not in self.seen:
@@ -697,6 +704,30 @@ class Runtime:
             except UnknownEntityError:
                 continue
         return candidates[0]
+
+    def lookup(self, kind: str, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """The current state of the ``kind`` entities named by ``keys``, row for row (null
+        where there is none): one call per shard, for joining a stream with state."""
+        k = self._kind(kind)
+        if k.cls.site_key:
+            raise ConfigError(
+                f"entity kind {kind!r} is partitioned by site: look its entities up at their site"
+            )
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        if not pa.types.is_string(keys.type):
+            keys = keys.cast(pa.string())
+        sid = shard_of(hash_keys(keys), len(k.shards))
+        parts = [np.flatnonzero(sid == i) for i in range(len(k.shards))]
+        asked = [(i, p) for i, p in enumerate(parts) if len(p)]
+        got = resolve([k.shards[i].call("lookup", keys.take(pa.array(p))) for i, p in asked])
+        if not got:
+            return resolve([k.shards[0].call("lookup", keys)])[0]
+        order = np.concatenate([p for _, p in asked])
+        table = pa.concat_tables(got)
+        back = np.empty(len(order), dtype=np.int64)
+        back[order] = np.arange(len(order))
+        return table.take(pa.array(back))
 
     def entity_state(self, kind: str, key: str) -> dict[str, Any]:
         return resolve([self._shard_for(kind, key).call("get", key)])[0]

@@ -90,7 +90,12 @@ class WindowOperator(EntityKind):
 
     def apply(self, batch: Batch) -> None:
         before = self.windows.watermark
-        out = self.windows.process(batch.events, watermark=batch.watermark)
+        events = batch.events
+        keys = events.column(self.key)
+        if not pa.types.is_string(keys.type):  # windows are keyed by text, as entities are
+            i = events.schema.get_field_index(self.key)
+            events = events.set_column(i, self.key, pc.cast(keys, pa.string()))
+        out = self.windows.process(events, watermark=batch.watermark)
         batch.emit(self.name, out.fired)
         if out.late.num_rows:
             batch.emit(LATE_EVENTS, late_rows(self.name, out.late, self.key, self.time, before))

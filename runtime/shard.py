@@ -426,6 +426,25 @@ class Shard:
         self.state.last_used[slot] = self._seq
         return slot
 
+    def lookup(self, keys: pa.Array) -> pa.Table:
+        """The current state of each of ``keys`` (null where the shard knows no such entity),
+        in their order: the state side of a stream–state join. Nothing is created."""
+        keys = _as_keys(pa.chunked_array([keys]))
+        h = hash_keys(keys)
+        uniq, inv = np.unique(h, return_inverse=True)
+        slots = self.state.lookup(uniq)
+        known = (slots >= 0) | self._is_stored(uniq) | np.isin(uniq, self._outbox_hash)
+        if (known & (slots < 0)).any():  # passivated or stored: bring them back first
+            first = np.zeros(len(uniq), dtype=np.int64)
+            first[inv] = np.arange(len(h))
+            pick = np.flatnonzero(known)
+            slots[pick] = self._activate(
+                uniq[pick], keys.take(pa.array(first[pick])), np.arange(len(pick))
+            )
+        rows = self.state.to_arrow(np.maximum(slots, 0)).drop_columns(["_key_hash"])
+        idx = pa.array(np.where(known, np.arange(len(uniq)), -1)[inv], mask=~known[inv])
+        return rows.take(idx)
+
     def get(self, key: str) -> dict[str, Any]:
         slot = self._slot(key, create=False)
         return {self.kind_cls.key: key, **self.state.row(slot)}

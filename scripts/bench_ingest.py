@@ -78,7 +78,9 @@ def send_main(mode: str, target: str, payload_file: str, out_file: str) -> None:
         infos: list[Any] = []
 
         def send(body: bytes) -> None:  # one message per batch: a JSON array
-            infos.append(pub.publish("cards/eu-1/txn", b"[" + body.replace(b"\n", b",") + b"]", qos=1))
+            infos.append(
+                pub.publish("cards/eu-1/txn", b"[" + body.replace(b"\n", b",") + b"]", qos=1)
+            )
 
     sent = np.zeros(len(batches))
     t0 = time.perf_counter()

@@ -25,8 +25,18 @@ def test_names_and_wiring_are_checked_early():
 
     with pytest.raises(ConfigError, match="keyed by 'key'"):
         Pipeline("p").validate(SCHEMA).key_by("other").to_entity("e", Tally).build()
-    with pytest.raises(ConfigError, match="no topic"):
+    with pytest.raises(ConfigError, match="no step publishes a topic 'alerts'"):
         Pipeline("p").validate(SCHEMA).to_entity("e", Tally).sink("alerts", "alerts").build()
+    from runtime.windows import WindowSpec
+
+    with pytest.raises(ConfigError, match="needs event time"):
+        Pipeline("p").validate(SCHEMA).key_by("key").window("w", WindowSpec(10), value="value")
+    with pytest.raises(ConfigError, match="key_by"):
+        Pipeline("p").event_time("ts").window("w", WindowSpec(10), value="value")
+    with pytest.raises(ConfigError, match="already ends in 'e'"):
+        Pipeline("p").to_entity("e", Tally).to_entity("f", Tally)
+    with pytest.raises(ConfigError, match="follows"):
+        Pipeline("p").then("x", "f", Tally)
 
 
 def test_run_command_counts_filtered_and_failed_steps(tmp_path):
