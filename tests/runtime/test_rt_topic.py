@@ -221,9 +221,23 @@ def test_consumer_groups_are_independent_and_at_least_once():
     t.commit("a", 6)
     assert t.seek_committed("a") == 6  # a crash after offset 7: 6 and 7 come again
     assert t.poll("a", 100).column("x").to_pylist() == [6, 7, 8, 9]
-    assert t.groups()["a"] == {"position": 10, "committed": 6, "lag": 4}
+    want = {"position": 10, "committed": 6, "lag": 4, "skipped": 0}
+    assert t.groups()["a"] == {**want, "partitions": {0: want}}
+    assert t.committed("a") == 6 and t.committed("b") is None
     late = Topic("l")
     late.publish(pa.table({"x": [1]}))
     assert late.poll("new", start="latest").num_rows == 0
     late.publish(pa.table({"x": [2]}))
     assert late.poll("new").column("x").to_pylist() == [2]
+
+
+def test_group_behind_retention_moves_on_and_counts_what_it_missed():
+    t = Topic("t", retention_rows=10)
+    t.publish(xs(0, 10))
+    assert t.poll("g", 3).column(OFFSET).to_pylist() == [0, 1, 2]
+    t.publish(xs(10, 20))  # drops offsets 0..9: g never got 3..9
+    assert t.groups()["g"]["position"] == 10 and t.groups()["g"]["skipped"] == 7
+    assert t.poll("g", 100).column(OFFSET).to_pylist() == list(range(10, 20))
+    assert t.groups()["g"]["skipped"] == 7  # counted once
+    assert t.stats()["retained_rows"] == 10 and t.first_offset() == 10
+    assert "_partition" not in t.read(0).column_names  # one partition: columns as before
