@@ -492,6 +492,8 @@ def tail(
         _fail(
             f"no topic {topic!r} in the runtime at {address}; topics: {sorted(t[6:] for t in topics)}"
         )
+    from runtime.topic import next_offsets
+
     group = f"tail-{uuid.uuid4().hex[:8]}"
     start = "earliest" if from_beginning else "latest"
     shown, last = 0, time.monotonic()
@@ -516,7 +518,7 @@ def tail(
                     )
                 )
             shown += rows.num_rows
-            resolve([handle.call("commit", group, int(rows.column("_offset")[-1].as_py()) + 1)])
+            resolve([handle.call("commit", group, next_offsets(rows))])
     except KeyboardInterrupt:
         pass
 

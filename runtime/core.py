@@ -87,6 +87,8 @@ class RuntimeConfig:
     topic_retention_rows: int = 1_000_000
     topic_retention_bytes: int | None = 256 * 2**20
     topic_retention_seconds: float | None = 24 * 3600.0
+    #: topics split into partitions: name -> (partitions, key column or None for round-robin)
+    topic_partitions: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     num_cpus: int | None = None
     #: where each actor runs (default: device work at the edge, the rest at the core)
     policy: Any = None
@@ -259,14 +261,21 @@ class Runtime:
     def topic(self, name: str) -> Handle:
         """The topic named ``name``, created on first use."""
         if name not in self.topics:
-            self.topics[name] = self._spawn(
+            partitions, key = self.config.topic_partitions.get(name, (1, None))
+            handle = self._spawn(
                 Topic,
                 name,
                 self.config.topic_retention_rows,
                 self.config.topic_retention_bytes,
                 self.config.topic_retention_seconds,
+                partitions=partitions,
+                partition_key=key,
                 spec=ActorSpec(f"topic:{name}", "topic", name),
             )
+            saved = self.checkpoint_state.meta.get("topics", {}).get(name)
+            if saved is not None:  # offsets and consumer groups go on from the last commit
+                resolve([handle.call("restore", saved)])
+            self.topics[name] = handle
         return self.topics[name]
 
     def subscribe(
@@ -626,6 +635,15 @@ class Runtime:
                 SEEN,
                 pa.table({"scope": scope, "event_id": pa.array(ids, pa.int64()), "epoch": epoch}),
             )
+        resolve(self._dead_pending)  # the dead letters' topic has them before its snapshot
+        self._dead_pending = []
+        topic_snaps = dict(
+            zip(
+                self.topics,
+                resolve([h.call("snapshot") for h in self.topics.values()]),
+                strict=True,
+            )
+        )
         managed = [n for n in [*self.kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.checkpoint_state
         cp = Checkpoint(
@@ -635,6 +653,8 @@ class Runtime:
             versions={**previous.versions, **{n: store.version(n) for n in managed}},
             meta={
                 **previous.meta,
+                # topics not started in this run keep their last saved offsets
+                "topics": {**previous.meta.get("topics", {}), **topic_snaps},
                 "watermarks": {
                     s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()
                 },

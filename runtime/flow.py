@@ -226,7 +226,19 @@ class Pipeline:
             stages=tuple(st for _, st in self._stages),
         )
 
-    def run(self, rt: Runtime, progress: Callable[[RunStats], None] | None = None) -> RunStats:
+    def run(
+        self,
+        rt: Runtime,
+        progress: Callable[[RunStats], None] | None = None,
+        end_of_stream: bool = True,
+    ) -> RunStats:
+        """Run the pipeline on ``rt`` until its source ends.
+
+        With event time, the end of the source closes every window (the watermark moves
+        to the end of time, and stays there in this data folder: later events are late).
+        For a stream that a later run continues, pass ``end_of_stream=False``: windows
+        then stay open across runs and fire as the next run's events move time on.
+        """
         if self._source is None:
             raise ConfigError(f"pipeline {self.name!r}: add .source(...)")
-        return run(rt, self.build(), self._source, progress=progress)
+        return run(rt, self.build(), self._source, progress=progress, end_of_stream=end_of_stream)

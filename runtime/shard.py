@@ -379,8 +379,8 @@ class Shard:
         """Hand over every changed profile (live and passivated), the kind's snapshot and
         the counters of downstream calls. Rows forwarded to other kinds are applied there
         before this returns, so draining upstream kinds first makes a consistent cut."""
-        resolve(self._pending)
-        self._pending = []
+        pending, self._pending = self._pending, []  # a failure is reported once, not forever
+        resolve(pending)
         for router in self.forwards.values():
             self._fwd_stats.extend(router.drain())
         fwd = self._forwarded()

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runtime.store import Store
-from runtime.topic import OFFSET
+from runtime.topic import OFFSET, PARTITION
 
 
 class BufferedSink:
@@ -39,8 +39,9 @@ class BufferedSink:
         raise NotImplementedError
 
     def on_batch(self, rows: pa.Table) -> None:
-        if OFFSET in rows.column_names:
-            rows = rows.drop_columns([OFFSET])
+        drop = [c for c in (OFFSET, PARTITION) if c in rows.column_names]
+        if drop:  # where a row sat in the topic is not part of it
+            rows = rows.drop_columns(drop)
         rows = self._prepare(rows)
         self._buf.append(rows)
         self._rows += rows.num_rows

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.entity import Batch, EntityKind
-from runtime.topic import OFFSET
+from runtime.topic import OFFSET, PARTITION
 
 
 class MemorySource:
@@ -55,7 +55,9 @@ class ListSink:
     def rows(self) -> list[dict[str, Any]]:
         """Everything received, in order, without the topic offsets."""
         return [
-            {k: v for k, v in r.items() if k != OFFSET} for b in self.batches for r in b.to_pylist()
+            {k: v for k, v in r.items() if k not in (OFFSET, PARTITION)}
+            for b in self.batches
+            for r in b.to_pylist()
         ]
 
 

@@ -1,0 +1,111 @@
+"""Topics inside a runtime: offsets and consumer groups survive a restart, partitioned
+topics on Ray, dead letters and late events published as topics."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from runtime import Column, EventSchema, Runtime
+from runtime.flow import Pipeline
+from runtime.handles import resolve
+from runtime.testing import MemorySource
+from runtime.topic import next_offsets
+from runtime.windows import WindowSpec
+
+SCHEMA = EventSchema(
+    "e",
+    [
+        Column("event_id", "int64"),
+        Column("key", "string"),
+        Column("t", "int64"),
+        Column("v", "float64", min=0),
+    ],
+)
+
+
+def events(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"event_id": i, "key": f"k{i % 5}", "t": i * 10, "v": float(i % 7)}
+        for i in range(start, start + n)
+    ]
+
+
+def pipeline(rows: list[dict]) -> Pipeline:
+    return (
+        Pipeline("p")
+        .source(MemorySource(rows, batch_size=50, id="mem"))
+        .validate(SCHEMA)
+        .event_time("t")
+        .key_by("key")
+        .window("w", WindowSpec(100), value="v")
+    )
+
+
+def test_offsets_and_groups_go_on_after_a_restart(tmp_path):
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
+        pipeline(events(500)).run(rt, end_of_stream=False)  # the next run goes on
+        topic = rt.topic("w")
+        end = resolve([topic.call("end_offset")])[0]
+        got = resolve([topic.call("poll", "reader", 30)])[0]
+        assert got.num_rows == 30
+        resolve([topic.call("commit", "reader", next_offsets(got))])
+        rt.checkpoint()
+    assert end > 30
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
+        topic = rt.topic("w")
+        # the log itself was in memory: new rows continue the offsets, the group resumes
+        assert resolve([topic.call("end_offset")])[0] == end
+        assert resolve([topic.call("committed", "reader")])[0] == 30
+        pipeline(events(200, start=500)).run(rt)
+        rows = resolve([topic.call("poll", "reader", 10_000)])[0]
+        offsets = rows.column("_offset").to_pylist()
+        assert offsets and offsets[0] >= end  # what was retained before is gone, counted
+        groups = resolve([topic.call("groups")])[0]
+        assert groups["reader"]["skipped"] == end - 30
+
+
+def test_partitioned_topic_and_dead_letters_topic_on_ray(tmp_path, ray_session):
+    rows = events(400) + [{"event_id": 10_000, "key": "k1", "t": 5, "v": -1.0}]  # v < min
+    with Runtime(data_dir=str(tmp_path), shards=2, topic_partitions={"w": (3, "key")}) as rt:
+        stats = pipeline(rows).run(rt)
+        assert stats.dead_lettered == 1
+        out = rt.topic("w")
+        ends = resolve([out.call("end_offsets")])[0]
+        assert len(ends) == 3 and sum(ends.values()) == resolve([out.call("end_offset")])[0]
+        every = resolve([out.call("poll", "all", 100_000)])[0]
+        assert every.num_rows == sum(ends.values())
+        # a key's windows all sit in one partition, in order
+        for key in {r["key"] for r in every.select(["key"]).to_pylist()}:
+            mine = every.filter(pc.equal(every["key"], key))
+            assert len(set(mine.column("_partition").to_pylist())) == 1
+            offs = mine.column("_offset").to_pylist()
+            assert offs == sorted(offs)
+        dead = rt.read_topic("dead_letters")
+        assert dead.num_rows == 1 and "v" in dead.column("reason")[0].as_py()
+
+
+def test_late_events_are_a_topic(tmp_path):
+    rows = events(300) + [{"event_id": 5_000, "key": "k0", "t": 1, "v": 1.0}]  # far too late
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
+        stats = pipeline(rows).run(rt)
+        late = rt.read_topic("late_events")
+    assert late.num_rows == 1 == stats.counters["w_late"]
+    row = late.to_pylist()[0]
+    assert (row["step"], row["key"], row["event_time"]) == ("w", "k0", 1)
+    assert row["watermark"] > 100 and '"event_id": 5000' in row["row"]
+    assert isinstance(pa.table({"x": [1]}), pa.Table)
+
+
+@pytest.mark.parametrize("partitions", [2, 4])
+def test_bad_partition_settings_are_refused(tmp_path, partitions):
+    from runtime.errors import ConfigError
+
+    with (
+        Runtime(
+            data_dir=str(tmp_path), mode="local", topic_partitions={"w": (partitions, "nope")}
+        ) as rt,
+        pytest.raises(ConfigError, match="nope"),
+    ):
+        pipeline(events(100)).run(rt)
