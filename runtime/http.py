@@ -62,6 +62,7 @@ class IngestServer:
         self.source_id = f"http:{host}:{port}:{int(time.time())}"
         self.received = 0
         self.totals = new_counts()
+        self._json_schema = _parse_schema(app.schema.arrow_schema)
         setup(rt, app)
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.port = self.server.server_address[1]
@@ -82,7 +83,7 @@ class IngestServer:
             self.rt.checkpoint()
 
     def handle_events(self, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
-        table = _fast_ndjson(body, content_type)
+        table = _fast_ndjson(body, content_type, self._json_schema)
         if table is None:
             rows, error = _parse(body, content_type)
             if error:
@@ -109,15 +110,35 @@ class IngestServer:
         return 200, counts
 
 
-def _fast_ndjson(body: bytes, content_type: str) -> pa.Table | None:
-    """Well-formed NDJSON parsed by Arrow in one pass; None to fall back to line by line
-    (broken lines, mixed types), which then turns each bad line into a dead letter."""
+_ONE_THREAD = pajson.ReadOptions(use_threads=False)  # a request is small: threads cost more
+
+
+def _fast_ndjson(
+    body: bytes, content_type: str, schema: pa.Schema | None = None
+) -> pa.Table | None:
+    """Well-formed NDJSON parsed by Arrow in one pass, with the app's types when every value
+    fits them (no type inference: a quarter faster), else with inferred types; None to fall
+    back to line by line (broken lines), which turns each bad line into a dead letter."""
     if not ("ndjson" in content_type or "jsonl" in content_type):
         return None
-    try:
-        return pajson.read_json(io.BytesIO(body))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
+    tries = [pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")]
+    for parse in [*tries, None] if schema is not None else [None]:
+        try:
+            return pajson.read_json(io.BytesIO(body), read_options=_ONE_THREAD, parse_options=parse)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue
+    return None
+
+
+def _parse_schema(schema: pa.Schema) -> pa.Schema:
+    """The app's types as Arrow's JSON reader can take them (timestamps to the microsecond;
+    validation then brings them to milliseconds)."""
+    return pa.schema(
+        [
+            pa.field(f.name, pa.timestamp("us") if pa.types.is_timestamp(f.type) else f.type)
+            for f in schema
+        ]
+    )
 
 
 def _parse(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], str | None]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 BATCH_MS = 10
+HTTP_CONNECTIONS = 4
 
 
 def payloads(rate: int, seconds: float) -> list[tuple[np.ndarray, bytes]]:
@@ -53,20 +54,37 @@ def payloads(rate: int, seconds: float) -> list[tuple[np.ndarray, bytes]]:
 def send_main(mode: str, target: str, payload_file: str, out_file: str) -> None:
     batches = pickle.loads(Path(payload_file).read_bytes())
     refused = 0
+    workers: list[threading.Thread] = []
     if mode == "http":
+        # open loop: batches leave on schedule over a few keep-alive connections, as from
+        # several clients, instead of each waiting for the previous answer
+        import queue
+
         host, port = target.split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        queues: list[queue.Queue] = [queue.Queue() for _ in range(HTTP_CONNECTIONS)]
+
+        def worker(q: queue.Queue) -> None:
+            nonlocal refused
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while (body := q.get()) is not None:
+                while True:  # a 429 means the runtime is backpressuring: retry shortly
+                    conn.request(
+                        "POST", "/v1/events", body, {"Content-Type": "application/x-ndjson"}
+                    )
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status != 429:
+                        break
+                    refused += 1
+                    time.sleep(0.002)
+
+        workers = [threading.Thread(target=worker, args=(q,)) for q in queues]
+        for w in workers:
+            w.start()
+        turn = iter(range(10**12))
 
         def send(body: bytes) -> None:
-            nonlocal refused
-            while True:  # a 429 means the runtime is backpressuring: retry shortly
-                conn.request("POST", "/v1/events", body, {"Content-Type": "application/x-ndjson"})
-                resp = conn.getresponse()
-                resp.read()
-                if resp.status != 429:
-                    return
-                refused += 1
-                time.sleep(0.002)
+            queues[next(turn) % len(queues)].put(body)
     else:
         import paho.mqtt.client as mqtt
 
@@ -90,6 +108,11 @@ def send_main(mode: str, target: str, payload_file: str, out_file: str) -> None:
             time.sleep(delay)
         sent[i] = time.time()
         send(body)
+    if mode == "http":
+        for q in queues:
+            q.put(None)
+        for w in workers:
+            w.join()
     elapsed = time.perf_counter() - t0
     if mode != "http":
         for info in infos:  # exiting earlier would drop what paho has not sent yet
@@ -98,28 +121,33 @@ def send_main(mode: str, target: str, payload_file: str, out_file: str) -> None:
 
 
 # -- the runtime side ----------------------------------------------------------------
-def follow_alerts(rt: Any, seen: dict[int, float], stop: threading.Event) -> None:
-    from runtime.handles import resolve
+class AlertProbe:
+    """A subscriber of the alerts topic noting when each alert arrived: the topic pushes
+    every batch as it is published, so measuring costs nothing while no alert comes (a
+    polling follower kept a core busy with calls)."""
 
-    topic = rt.topic("alerts")
-    while not stop.is_set():
-        rows = resolve([topic.call("poll", "bench", 10_000, "latest")])[0]
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+
+    def on_batch(self, rows: Any) -> None:
         now = time.time()
-        if rows.num_rows:
-            for eid in rows.column("event_id").to_pylist():
-                seen.setdefault(eid, now)
-        else:
-            time.sleep(0.001)
+        for eid in rows.column("event_id").to_pylist():
+            self.seen.setdefault(eid, now)
+
+    def flush(self) -> int:
+        return len(self.seen)
+
+    def arrivals(self) -> dict[int, float]:
+        return self.seen
 
 
 def measure(
     rt: Any, mode: str, target: str, work: Path, batches: list, processed: Any
 ) -> dict[str, Any]:
+    from runtime.handles import resolve
+
     n = sum(len(ids) for ids, _ in batches)
-    seen: dict[int, float] = {}
-    stop = threading.Event()
-    follower = threading.Thread(target=follow_alerts, args=(rt, seen, stop), daemon=True)
-    follower.start()
+    probe = rt.subscribe("alerts", AlertProbe, name=f"probe-{mode}")
     out = work / f"{mode}.sent"
     t0 = time.perf_counter()
     subprocess.run(
@@ -140,9 +168,9 @@ def measure(
     while processed() < n and time.perf_counter() - t0 < 120:
         time.sleep(0.01)
     elapsed = time.perf_counter() - t0
-    time.sleep(0.5)  # the last alerts
-    stop.set()
-    follower.join()
+    rt.drain_inflight()
+    rt.flush_topics()  # the last alerts
+    seen = resolve([probe.call("arrivals")])[0]
     res = pickle.loads(out.read_bytes())
     sent_at = {int(e): res["sent"][i] for i, (ids, _) in enumerate(batches) for e in ids}
     lat = np.array([seen[e] - sent_at[e] for e in seen if e in sent_at]) * 1000
