@@ -26,6 +26,7 @@ the columns they add are named ``<prefix><field>`` and are null where nothing ma
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -67,6 +68,14 @@ def entity_join(
         return _add(events, found, fields, prefix)
 
     return step
+
+
+def _literals(keys: list[str], key_type: pa.DataType) -> list[str]:
+    """``keys`` as SQL literals for a key column of ``key_type``: quoted text, or for an
+    integer column the keys that are integers, unquoted (no other text can match)."""
+    if pa.types.is_integer(key_type):
+        return [k for k in keys if re.fullmatch(r"-?[0-9]{1,18}", k)]
+    return ["'" + k.replace("'", "''") + "'" for k in keys]
 
 
 class TableLookup:
@@ -112,9 +121,13 @@ class TableLookup:
             self._store = Store(self.data_dir)
             if not self._store.exists(self.table):
                 raise ConfigError(f"no table {self.table!r} in {self.data_dir} to look up")
-        quoted = ",".join("'" + k.replace("'", "''") + "'" for k in keys)
-        rows = self._store.read(self.table, where=f"{self.key} IN ({quoted})")
-        self.counts["queries"] += 1
+        schema = self._store.table(self.table).schema
+        literals = _literals(keys, schema.field(self.key).type)
+        if literals:
+            rows = self._store.read(self.table, where=f"{self.key} IN ({','.join(literals)})")
+            self.counts["queries"] += 1
+        else:  # nothing that could match (or nothing asked): no query, the columns' types
+            rows = schema.empty_table()
         cols = self.columns or [c for c in rows.column_names if c not in (self.key, "_key_hash")]
         rows = rows.select([self.key, *cols])
         # one row per asked key, in the asked order; null rows for keys the table lacks
@@ -142,6 +155,8 @@ class TableLookup:
             asked = keys.take(pa.array(first[miss])).to_pylist()
             self._fetch([str(k) for k in asked], uniq[miss])
             slots = self._index.lookup(uniq)
+        if not self._rows:  # an empty batch before anything was cached
+            self._fetch([], uniq)
         cache = pa.concat_tables(self._rows) if len(self._rows) > 1 else self._rows[0]
         self._rows = [cache]
         found = cache.take(pa.array(slots[inv]))

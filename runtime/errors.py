@@ -44,6 +44,9 @@ class UnknownEntityError(EdgecoreError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
 
+    def __reduce__(self) -> tuple:  # pickled (e.g. by Ray) with the arguments it was made from
+        return (type(self), (self.kind, self.key))
+
 
 class NotStartedError(EdgecoreError, RuntimeError):
     """An API that needs a running runtime was called without one."""

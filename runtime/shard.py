@@ -443,7 +443,9 @@ class Shard:
             )
         rows = self.state.to_arrow(np.maximum(slots, 0)).drop_columns(["_key_hash"])
         idx = pa.array(np.where(known, np.arange(len(uniq)), -1)[inv], mask=~known[inv])
-        return rows.take(idx)
+        found = rows.take(idx)
+        self._passivate(self._seq)  # what was loaded for the lookup keeps to the budget
+        return found
 
     def get(self, key: str) -> dict[str, Any]:
         slot = self._slot(key, create=False)
