@@ -299,6 +299,9 @@ class Runtime:
         handle = self._spawn(
             subscriber_cls, *args, spec=ActorSpec(f"sub:{name}", role, group), **kwargs
         )
+        # up before the topic relies on it: deliveries to an actor still starting (seconds
+        # on a small machine) pile up and hold back every publisher
+        wait_ready([handle])
         resolve([self.topic(topic).call("subscribe", name, handle, from_offset)])
         self.subscribers[name] = handle
         self._subscriptions[name] = (topic, subscriber_cls, args, kwargs)

@@ -24,7 +24,7 @@ import pyarrow.json as pajson
 
 from runtime.core import Runtime
 from runtime.errors import ConfigError
-from runtime.pipeline import App, ingest, new_counts, setup
+from runtime.pipeline import App, ingest_many, new_counts, setup
 from runtime.schema import MALFORMED
 from runtime.sources import rows_to_table
 
@@ -59,6 +59,8 @@ class IngestServer:
         self.rt, self.app, self.token, self.max_body = rt, app, token, max_body
         self.wait_s = 0.05  # how long a request may wait for a free shard before a 429
         self.lock = threading.Lock()  # the runtime is driven from one thread at a time
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Waiting] = []
         self.source_id = f"http:{host}:{port}:{int(time.time())}"
         self.received = 0
         self.totals = new_counts()
@@ -89,25 +91,60 @@ class IngestServer:
             if error:
                 return 400, {"error": error}
             table = rows_to_table(rows)
-        router = self.rt.kinds[self.app.kind.name].router
+        # Flat combining: a request queues its rows, then whoever holds the runtime takes
+        # every queued request at once, so concurrent requests share one call per shard.
+        mine = _Waiting(table)
+        with self._queue_lock:
+            self._queue.append(mine)
         deadline = time.monotonic() + self.wait_s
         with self.lock:
-            while router.saturated():  # wait a little for the shards before refusing
-                self.rt.poll()
-                if not router.saturated():
-                    break
-                if time.monotonic() > deadline:
-                    return 429, {
+            if mine.status is None:
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                try:
+                    self._ingest(group, deadline)
+                except Exception as err:  # the runtime failed: every request taken hears it
+                    for w in group:
+                        if w.status is None:
+                            w.status, w.payload = 503, {"error": f"runtime unavailable: {err}"}
+        assert mine.status is not None
+        return mine.status, mine.payload
+
+    def _ingest(self, group: list[_Waiting], deadline: float) -> None:
+        router = self.rt.kinds[self.app.kind.name].router
+        while router.saturated():  # wait a little for the shards before refusing
+            self.rt.poll()
+            if not router.saturated():
+                break
+            if time.monotonic() > deadline:
+                for w in group:
+                    w.status = 429
+                    w.payload = {
                         "error": "ingest is backpressured; retry later",
                         "retry_after_s": 1,
                     }
-                time.sleep(0.001)
-            counts = ingest(self.rt, self.app, table, self.source_id, self.received)
-            self.received += table.num_rows
-            self.rt.poll()
-        for k, v in counts.items():
-            self.totals[k] += v
-        return 200, counts
+                return
+            time.sleep(0.001)
+        batches = []
+        for w in group:
+            batches.append((w.table, self.source_id, self.received))
+            self.received += w.table.num_rows
+        for w, counts in zip(group, ingest_many(self.rt, self.app, batches), strict=True):
+            w.status, w.payload = 200, counts
+            for k, v in counts.items():
+                self.totals[k] += v
+        self.rt.poll()
+
+
+class _Waiting:
+    """A request's rows waiting for the runtime, and then its answer."""
+
+    __slots__ = ("payload", "status", "table")
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.status: int | None = None
+        self.payload: dict[str, Any] = {}
 
 
 _ONE_THREAD = pajson.ReadOptions(use_threads=False)  # a request is small: threads cost more

@@ -352,20 +352,46 @@ def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -
     Refused rows are buffered as dead letters for the next checkpoint; accepted rows
     are on their way to their shards when this returns.
     """
-    accepted, dead, counts = screen(
-        app,
-        batch,
-        source,
-        position,
-        dedup=lambda ids: rt.dedup(app.kind.name, ids),
-        site_check=lambda ok, dead: _check_site(rt, app, ok, dead, source, position),
-    )
-    rt.dead_letter(dead)
+    return ingest_many(rt, app, [(batch, source, position)])[0]
+
+
+def ingest_many(
+    rt: Runtime, app: App, batches: list[tuple[pa.Table, str, int]]
+) -> list[dict[str, int]]:
+    """Several small batches (e.g. concurrent HTTP requests) screened one by one, for
+    their own counts, then sent on together: one call per shard instead of one per batch."""
+    out, accepted_all, dead_all = [], [], []
+    for batch, source, position in batches:
+        accepted, dead, counts = screen(
+            app,
+            batch,
+            source,
+            position,
+            dedup=lambda ids: rt.dedup(app.kind.name, ids),
+            site_check=lambda ok, dead, s=source, p=position: _check_site(rt, app, ok, dead, s, p),
+        )
+        out.append(counts)
+        if dead.num_rows:
+            dead_all.append(dead)
+        if accepted.num_rows:
+            accepted_all.append(accepted)
+        if app.event_time is not None:
+            rt.observe_time(app.kind.name, app.event_time, accepted, source)
+    if dead_all:
+        rt.dead_letter(pa.concat_tables(dead_all))
     watermark = None
     if app.event_time is not None:
-        watermark = rt.observe_time(app.kind.name, app.event_time, accepted, source)
-    rt.dispatch(app.kind.name, accepted, watermark)
-    return counts
+        watermark = rt.observe_time(app.kind.name, app.event_time, pa.table({}), "")
+    if accepted_all:
+        rows = (
+            accepted_all[0]
+            if len(accepted_all) == 1
+            else pa.concat_tables(accepted_all, promote_options="default")
+        )
+        rt.dispatch(app.kind.name, rows, watermark)
+    elif watermark is not None:
+        rt.advance(app.kind.name, watermark)
+    return out
 
 
 def _apply_steps(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
