@@ -307,7 +307,9 @@ class Runtime:
         self._subscriptions[name] = (topic, subscriber_cls, args, kwargs)
         return handle
 
-    def sink_to_table(self, topic: str, table: str, key: str | None = None) -> Handle:
+    def sink_to_table(
+        self, topic: str, table: str, key: str | tuple[str, ...] | None = None
+    ) -> Handle:
         """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``)."""
         return self.subscribe(
             topic, TableSink, str(self._need().path), table, key, name=f"{topic}->{table}"

@@ -56,7 +56,7 @@ class Pipeline:
         self._steps: list[Step] = []
         self._key: str | None = None
         self._kind: tuple[str, type[EntityKind], Any] | None = None
-        self._sinks: dict[str, tuple[str, str | None]] = {}
+        self._sinks: dict[str, tuple[str, str | tuple[str, ...] | None]] = {}
         self._event_id = "event_id"
         self._summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
         self._event_time: EventTime | None = None
@@ -185,8 +185,10 @@ class Pipeline:
         self._stages.append((name, Stage(topic, kind, config)))
         return self
 
-    def sink(self, topic: str, table: str, key: str | None = None) -> Pipeline:
-        """Persist a topic the entity kind publishes to a LanceDB table (upsert by ``key``)."""
+    def sink(self, topic: str, table: str, key: str | tuple[str, ...] | None = None) -> Pipeline:
+        """Persist a topic a step publishes to a LanceDB table: upsert by ``key`` (a column,
+        or several together such as ``("user", "window_start")`` for window results, so a
+        window's update replaces its earlier emission), or append without one."""
         self._sinks[topic] = (table, key)
         return self
 

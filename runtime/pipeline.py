@@ -105,7 +105,7 @@ class App:
     kind_config: Any = None
     event_id: str = "event_id"
     #: topic -> (LanceDB table, upsert key or None for append)
-    sinks: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    sinks: dict[str, tuple[str, str | tuple[str, ...] | None]] = field(default_factory=dict)
     #: turns summed counters into the app's own summary fields
     summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
     #: makes the synthetic source that `edgecore demo` runs: (events, rate, entities) -> Source

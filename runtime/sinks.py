@@ -69,7 +69,7 @@ class TableSink(BufferedSink):
         self,
         data_dir: str,
         table: str,
-        key: str | None = None,
+        key: str | tuple[str, ...] | None = None,
         flush_rows: int = 50_000,
         compact_every: int = 20,
     ) -> None:
@@ -83,7 +83,7 @@ class TableSink(BufferedSink):
     def _write(self, data: pa.Table) -> None:
         if self.key:
             # last write wins inside one flush too
-            data = data.take(_last_per_key(data.column(self.key)))
+            data = data.take(_last_per_key(data, self.key))
             self.store.upsert(self.table, data, key=self.key)
         else:
             self.store.append(self.table, data)
@@ -97,8 +97,14 @@ class TableSink(BufferedSink):
         return self.store.table(self.table).count_rows() if self.store.exists(self.table) else 0
 
 
-def _last_per_key(keys: pa.ChunkedArray) -> pa.Array:
-    """Row indices keeping the last row of each key."""
+def _last_per_key(data: pa.Table, key: str | tuple[str, ...]) -> pa.Array:
+    """Row indices keeping the last row of each key (one column or several together)."""
+    if not isinstance(key, str):
+        rows = data.select(list(key)).append_column("_row", pa.array(range(data.num_rows)))
+        last = rows.group_by(list(key), use_threads=False).aggregate([("_row", "max")])
+        rows_kept = last.column("_row_max")
+        return pc.take(rows_kept, pc.sort_indices(rows_kept))  # in arrival order
+    keys = data.column(key)
     n = len(keys)
     rev = pc.unique(keys.take(pa.array(range(n - 1, -1, -1))))
     idx_rev = pc.index_in(rev, keys.take(pa.array(range(n - 1, -1, -1))))

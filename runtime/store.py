@@ -93,8 +93,9 @@ class Store:
     def _create(self, name: str, data: pa.Table) -> None:
         self._tables[name] = self.db.create_table(name, data, mode="create")
 
-    def upsert(self, name: str, data: pa.Table, key: str) -> None:
-        """Insert or replace rows by ``key`` in one merge_insert (creates the table)."""
+    def upsert(self, name: str, data: pa.Table, key: str | tuple[str, ...]) -> None:
+        """Insert or replace rows by ``key`` (a column, or columns together) in one
+        merge_insert (creates the table)."""
         if data.num_rows == 0:
             return
         try:
@@ -104,7 +105,7 @@ class Store:
             tbl = self.table(name)
             tbl.checkout_latest()
             (
-                tbl.merge_insert(key)
+                tbl.merge_insert(key if isinstance(key, str) else list(key))
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute(_conform(data, tbl.schema))

@@ -109,3 +109,33 @@ def test_bad_partition_settings_are_refused(tmp_path, partitions):
         pytest.raises(ConfigError, match="nope"),
     ):
         pipeline(events(100)).run(rt)
+
+
+def test_window_results_upserted_by_key_and_window(tmp_path):
+    """A window's later emission (an update for a late event) replaces its earlier row."""
+    import duckdb
+
+    from runtime.store import Store
+
+    rows = events(400) + [{"event_id": 7_000, "key": "k2", "t": 2_985, "v": 6.0}]
+    flow = (
+        Pipeline("p")
+        .source(MemorySource(rows, batch_size=50, id="mem"))
+        .validate(SCHEMA)
+        .event_time("t")
+        .key_by("key")
+        .window("w", WindowSpec(100, allowed_lateness_ms=1_000), value="v")
+        .sink("w", "per_window", key=("key", "window_start"))
+    )
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
+        stats = flow.run(rt)
+    assert stats.counters.get("w_late", 0) == 0  # within lateness: an update, not late
+    stored = Store(str(tmp_path)).read("per_window")
+    con = duckdb.connect()
+    con.register("ev", pa.Table.from_pylist(rows))
+    want = con.sql(
+        "SELECT key, (t // 100) * 100 AS ws, count(*), sum(v) FROM ev GROUP BY ALL"
+    ).fetchall()
+    got = [(r["key"], r["window_start"], r["count"], r["sum"]) for r in stored.to_pylist()]
+    assert sorted(got) == sorted(want)
+    assert "update" in stored.column("emit").to_pylist()
