@@ -364,15 +364,16 @@ class Runtime:
                     f"{target!r} first; registered: {sorted(self.kinds)}"
                 )
         n = shards or self.n_shards
+        total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
         if kind_cls.snapshot_scope == "shard":
-            snapshots = [self._load_snapshot(f"{kind_cls.name}#{i}") for i in range(n)]
-            if self._load_snapshot(f"{kind_cls.name}#{n}") is not None:
+            snapshots = [self._load_snapshot(f"{kind_cls.name}#{i}") for i in range(total)]
+            if self._load_snapshot(f"{kind_cls.name}#{total}") is not None:
                 raise ConfigError(
                     f"entity kind {kind_cls.name!r} keeps state per shard and was saved with "
-                    f"more than {n} shards; start it with the same number of shards"
+                    f"more than {total} shards; start it with the same shards and sites"
                 )
         else:
-            snapshots = [self._load_snapshot(kind_cls.name)] * n
+            snapshots = [self._load_snapshot(kind_cls.name)] * total
         topics = {t: self.topic(t) for t in kind_cls(config).active_topics() if t not in forward}
         forwards = {
             t: (self.kinds[k].cls, self.kinds[k].shards, self.kinds[k].per_site)
@@ -394,7 +395,7 @@ class Runtime:
                         str(store.path),
                         self._max_active(kind_cls),
                         topics,
-                        snapshots[i],
+                        snapshots[len(handles)],
                         self.config.idle_seconds,
                         forwards=forwards,
                         channel=name,

@@ -43,9 +43,10 @@ from runtime.pipeline import (
     screen,
     setup,
 )
-from runtime.router import Router
+from runtime.router import END_OF_TIME, Router
 from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
 from runtime.sources import Source
+from runtime.watermarks import Watermarks
 
 
 class IngestStage:
@@ -61,6 +62,7 @@ class IngestStage:
         shards: list[Handle],
         per_site: int,
         max_inflight: int = 2,
+        watermarks: bytes | None = None,
     ) -> None:
         self.app, self.site, self.source = app, site, source
         self.position = start
@@ -68,6 +70,12 @@ class IngestStage:
         self.seen.add(np.unique(applied))
         self.router = Router(app.kind, shards, per_site, [site], max_inflight)
         self._batches: Any = None
+        # the site's event time, tracked here at its edge and sent on with every batch
+        self.marks: Watermarks | None = None
+        if watermarks is not None:
+            self.marks = Watermarks.restore(watermarks)
+        elif app.event_time is not None:
+            self.marks = Watermarks(app.event_time.out_of_orderness_ms, app.event_time.idle_ms)
 
     def step(self, max_rows: int) -> dict[str, Any]:
         """Take up to ``max_rows`` from the source through validation, dedup and the shards."""
@@ -75,6 +83,12 @@ class IngestStage:
             self._batches = iter(self.source.batches(self.position))
         counts = new_counts()
         dead, ids, done = [], [], False
+
+        def dedup(event_ids: np.ndarray) -> np.ndarray:
+            new = self.seen.add_new(event_ids)
+            ids.append(np.asarray(event_ids)[new])  # before the steps, which may drop the id
+            return new
+
         while counts["input"] < max_rows:
             try:
                 batch, end = next(self._batches)
@@ -82,13 +96,18 @@ class IngestStage:
                 done = True
                 break
             accepted, bad, got = screen(
-                self.app, batch, self.source.id, self.position, self.seen.add_new, self._own_site
+                self.app, batch, self.source.id, self.position, dedup, self._own_site
             )
             for key, value in got.items():
                 counts[key] += value
             dead.append(bad)
-            ids.append(accepted.column(self.app.event_id).to_numpy())
-            self.router.send(accepted)
+            watermark = None
+            if self.marks is not None and self.app.event_time is not None:
+                et = self.app.event_time
+                if accepted.num_rows:
+                    self.marks.observe_table(accepted, et.column, et.partition, self.site)
+                watermark = self.marks.current()
+            self.router.send(accepted, watermark)
             self.position = end
         shard_stats = self.router.drain()  # applied before the coordinator may commit
         return {
@@ -98,6 +117,7 @@ class IngestStage:
             "dead": pa.concat_tables(dead) if dead else DEAD_LETTER_SCHEMA.empty_table(),
             "ids": np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64),
             "shard_stats": shard_stats,
+            "watermarks": self.marks.snapshot() if self.marks is not None else None,
         }
 
     def _own_site(self, ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -134,6 +154,7 @@ def run_sites(
     sources: dict[str, Source],
     step_rows: int = 50_000,
     progress: Callable[[RunStats], None] | None = None,
+    end_of_stream: bool = True,
 ) -> RunStats:
     """Run each site's source through an ingest stage at that site's edge, until all end.
 
@@ -166,6 +187,7 @@ def run_sites(
                     shards,
                     k.per_site,
                     rt.config.max_inflight,
+                    _site_marks(rt, scope, site),
                     name=name,
                     stage="ingest",
                     site=site,
@@ -184,6 +206,8 @@ def run_sites(
                     rt.record_applied(scope, res["ids"])
                     counters = sum_stats([counters, *res["shard_stats"]])
                     positions[sources[site].id] = res["position"]
+                    if res["watermarks"] is not None:  # committed with the next checkpoint
+                        rt.watermarks[f"{scope}@{site}"] = Watermarks.restore(res["watermarks"])
                     if res["done"]:
                         del active[site]
                 if (
@@ -198,6 +222,9 @@ def run_sites(
                 report(rt, app, stats)
                 if progress is not None:
                     progress(stats)
+            if app.event_time is not None and end_of_stream:  # every window fires
+                rt.advance(app.kind.name, END_OF_TIME)
+                counters = sum_stats([counters, *rt.drain_inflight()])
             rt.checkpoint(positions)
             stats.checkpoints += 1
             rt.flush_topics()
@@ -211,6 +238,11 @@ def run_sites(
     _finish(stats, counters, app, t0)
     report(rt, app, stats)
     return stats
+
+
+def _site_marks(rt: Runtime, scope: str, site: str) -> bytes | None:
+    marks = rt.watermarks.get(f"{scope}@{site}")
+    return marks.snapshot() if marks is not None else None
 
 
 def _copy(state: tuple[RunStats, dict[str, float]]) -> tuple[RunStats, dict[str, float]]:
