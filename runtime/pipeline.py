@@ -131,6 +131,18 @@ class App:
             raise ConfigError(
                 f"app {self.name!r}: the kind's key {self.kind.key!r} is not in its schema"
             )
+        if self.event_time is not None:
+            col = next((c for c in self.schema.columns if c.name == self.event_time.column), None)
+            if col is not None and not col.required:
+                raise ConfigError(
+                    f"app {self.name!r}: event time column {col.name!r} must be required in "
+                    "the schema, so an event without a time is dead-lettered, not windowed"
+                )
+            if col is not None and col.type not in ("int64", "timestamp"):
+                raise ConfigError(
+                    f"app {self.name!r}: event time column {col.name!r} is {col.type}; use "
+                    "int64 (ms since the epoch) or timestamp"
+                )
         prev = self.kind
         for stage in self.stages:
             if stage.topic not in prev.topics:
@@ -334,6 +346,8 @@ def screen(
     ok = ok.filter(pa.array(new)) if not new.all() else ok
     valid = ok.num_rows
     accepted, failed = _apply_steps(app, ok, source)
+    accepted, untimed = _check_time(app, accepted, source)
+    failed = pa.concat_tables([failed, untimed]) if untimed.num_rows else failed
     dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
     counts = {
         "input": batch.num_rows,
@@ -410,6 +424,29 @@ def _apply_steps(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.T
             )
             return table.slice(0, 0), dead
     return table, DEAD_LETTER_SCHEMA.empty_table()
+
+
+def _check_time(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
+    """Rows a step left without an event time cannot be windowed: dead letters, with why."""
+    et = app.event_time
+    if et is None or table.num_rows == 0:
+        return table, DEAD_LETTER_SCHEMA.empty_table()
+    if et.column not in table.column_names:
+        raise ConfigError(
+            f"app {app.name!r}: its steps drop the event time column {et.column!r}; keep it"
+        )
+    missing = table.column(et.column).is_null()
+    if not pc.any(missing).as_py():
+        return table, DEAD_LETTER_SCHEMA.empty_table()
+    bad = table.filter(missing)
+    dead = dead_letters(
+        bad,
+        [f"{et.column}: no event time after the steps"] * bad.num_rows,
+        source=source,
+        positions=np.full(bad.num_rows, -1),
+        step="event_time",
+    )
+    return table.filter(pc.invert(missing)), dead
 
 
 def _check_site(

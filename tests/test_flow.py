@@ -37,6 +37,21 @@ def test_names_and_wiring_are_checked_early():
         Pipeline("p").to_entity("e", Tally).to_entity("f", Tally)
     with pytest.raises(ConfigError, match="follows"):
         Pipeline("p").then("x", "f", Tally)
+    from runtime import Column, EventSchema
+
+    loose = EventSchema(
+        "e",
+        [
+            Column("event_id", "int64"),
+            Column("key", "string"),
+            Column("t", "int64", required=False),
+            Column("value", "float64"),
+        ],
+    )
+    with pytest.raises(ConfigError, match="must be required"):
+        Pipeline("p").validate(loose).event_time("t").key_by("key").window(
+            "w", WindowSpec(10), value="value"
+        ).build()
 
 
 def test_run_command_counts_filtered_and_failed_steps(tmp_path):

@@ -139,3 +139,27 @@ def test_window_results_upserted_by_key_and_window(tmp_path):
     got = [(r["key"], r["window_start"], r["count"], r["sum"]) for r in stored.to_pylist()]
     assert sorted(got) == sorted(want)
     assert "update" in stored.column("emit").to_pylist()
+
+
+def test_rows_a_step_leaves_without_time_are_dead_lettered(tmp_path):
+    def blank_odd_times(t: pa.Table) -> pa.Table:
+        odd = pc.equal(pc.bit_wise_and(t["event_id"], 1), 1)
+        times = pc.if_else(odd, pa.scalar(None, pa.int64()), t["t"])
+        return t.set_column(t.schema.get_field_index("t"), "t", times)
+
+    flow = (
+        Pipeline("p")
+        .source(MemorySource(events(100), batch_size=50, id="mem"))
+        .validate(SCHEMA)
+        .event_time("t")
+        .map("blank", blank_odd_times)
+        .key_by("key")
+        .window("w", WindowSpec(100), value="v")
+    )
+    with Runtime(data_dir=str(tmp_path), mode="local") as rt:
+        stats = flow.run(rt)
+        dead = rt.read_topic("dead_letters")
+        fired = rt.read_topic("w")
+    assert stats.dead_lettered == 50 == dead.num_rows and stats.accepted == 50
+    assert set(dead.column("step").to_pylist()) == {"event_time"}
+    assert sum(fired.column("count").to_pylist()) == 50
