@@ -153,6 +153,11 @@ class EntityKind:
             self.on_event(row, event)
             st.set_row(slot, row)
 
+    @classmethod
+    def needs(cls) -> tuple[str, ...]:
+        """Event columns the kind reads: checked on the first rows, before any shard call."""
+        return tuple(c for c in (cls.key, cls.site_key) if c)
+
     def on_watermark(self, batch: Batch) -> None:
         """Hook: event time advanced to ``batch.watermark`` with no new events (fire windows).
 

@@ -88,6 +88,11 @@ class WindowOperator(EntityKind):
         super().__init__(config)
         self.windows = Windows(self.window, self.key, self.time, self.value, **self.options)
 
+    @classmethod
+    def needs(cls) -> tuple[str, ...]:
+        item = cls.options.get("item")
+        return tuple(c for c in (cls.key, cls.time, cls.value, item) if c)
+
     def apply(self, batch: Batch) -> None:
         before = self.windows.watermark
         events = batch.events
@@ -327,6 +332,10 @@ class JoinOperator(EntityKind):
     columns: ClassVar[dict[str, str] | None] = None
     distinct: ClassVar[bool] = False
 
+    @classmethod
+    def needs(cls) -> tuple[str, ...]:
+        return tuple(c for c in (cls.key, cls.side, cls.time if cls.size_ms else None) if c)
+
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         if self.size_ms is None:
@@ -499,6 +508,10 @@ class ArgMaxOperator(EntityKind):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.best = WindowArgMax(self.value, self.key, self.end)
+
+    @classmethod
+    def needs(cls) -> tuple[str, ...]:
+        return (cls.key, cls.end, cls.value)
 
     def apply(self, batch: Batch) -> None:
         before = self.best.watermark

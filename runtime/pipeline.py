@@ -397,6 +397,12 @@ def ingest_many(
     if app.event_time is not None:
         watermark = rt.observe_time(app.kind.name, app.event_time, pa.table({}), "")
     if accepted_all:
+        missing = [c for c in app.kind.needs() if c not in accepted_all[0].column_names]
+        if missing:
+            raise ConfigError(
+                f"app {app.name!r}: step {app.kind.name!r} reads columns {missing}, which the "
+                f"events lack after the steps (they have {accepted_all[0].column_names})"
+            )
         rows = (
             accepted_all[0]
             if len(accepted_all) == 1

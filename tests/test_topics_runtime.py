@@ -163,3 +163,21 @@ def test_rows_a_step_leaves_without_time_are_dead_lettered(tmp_path):
     assert stats.dead_lettered == 50 == dead.num_rows and stats.accepted == 50
     assert set(dead.column("step").to_pylist()) == {"event_time"}
     assert sum(fired.column("count").to_pylist()) == 50
+
+
+def test_a_window_on_a_missing_column_is_a_clear_error(tmp_path):
+    from runtime.errors import ConfigError
+
+    flow = (
+        Pipeline("p")
+        .source(MemorySource(events(100), batch_size=50, id="mem"))
+        .validate(SCHEMA)
+        .event_time("t")
+        .key_by("key")
+        .window("w", WindowSpec(100), value="price")
+    )
+    with (
+        Runtime(data_dir=str(tmp_path), mode="local") as rt,
+        pytest.raises(ConfigError, match=r"step 'w' reads columns \['price'\]"),
+    ):
+        flow.run(rt)
