@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from runtime.entity import Batch, EntityKind
 from runtime.flow import Pipeline
-from runtime.operators import LATE_EVENTS, late_rows
+from runtime.operators import LATE_EVENTS, argmax_kind, late_rows
 from runtime.schema import Column, EventSchema
 from runtime.sources import Source
 from runtime.windows import WindowSpec
@@ -302,8 +302,6 @@ def q4(source: Source | None = None) -> Pipeline:
 
 
 def q5(source: Source | None = None) -> Pipeline:
-    from runtime.operators import argmax_kind
-
     return (
         _bids("q5", source)
         .event_time("date_time")

@@ -38,7 +38,8 @@ import pyarrow as pa
 from runtime.core import Runtime
 from runtime.entity import EntityKind
 from runtime.errors import ConfigError
-from runtime.operators import argmax_kind, emit_kind, join_kind, window_kind
+from runtime.joins import join_kind
+from runtime.operators import argmax_kind, emit_kind, window_kind
 from runtime.pipeline import App, EventTime, RunStats, Stage, Step, run
 from runtime.schema import EventSchema
 from runtime.sources import Source
@@ -154,7 +155,7 @@ class Pipeline:
     ) -> Pipeline:
         """Rows with ``side == left`` joined with rows with ``side == right`` on the key,
         within tumbling windows of ``size_ms`` (or over all time with None): pairs on
-        topic ``name``; see :func:`~runtime.operators.join_kind`."""
+        topic ``name``; see :func:`~runtime.joins.join_kind`."""
         if size_ms is None:
             if self._key is None:
                 raise ConfigError(f"pipeline {self.name!r}: add .key_by(column) before {name!r}")
