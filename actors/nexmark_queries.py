@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from runtime.entity import Batch, EntityKind
 from runtime.flow import Pipeline
-from runtime.operators import LATE_EVENTS, argmax_kind, late_rows
+from runtime.operators import argmax_kind
 from runtime.schema import Column, EventSchema
 from runtime.sources import Source
 from runtime.windows import WindowSpec
@@ -354,9 +354,6 @@ QUERIES: dict[str, Callable[..., Pipeline]] = {
     "q8": q8,
 }
 
-#: the topic holding each query's answer, and how to turn what it holds into the answer
-RESULTS: dict[str, str] = {q: q for q in QUERIES}
-
 
 def answer(q: str, rows: pa.Table) -> pa.Table:
     """A query's final answer from everything its topic received (in the columns of the
@@ -387,4 +384,4 @@ def answer(q: str, rows: pa.Table) -> pa.Table:
     return rows
 
 
-__all__ = ["LATE_EVENTS", "NEXMARK", "QUERIES", "answer", "late_rows"]
+__all__ = ["NEXMARK", "QUERIES", "answer"]

@@ -158,8 +158,8 @@ def _fast_ndjson(
     back to line by line (broken lines), which turns each bad line into a dead letter."""
     if not ("ndjson" in content_type or "jsonl" in content_type):
         return None
-    tries = [pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")]
-    for parse in [*tries, None] if schema is not None else [None]:
+    typed = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
+    for parse in (typed, None) if schema is not None else (None,):
         try:
             return pajson.read_json(io.BytesIO(body), read_options=_ONE_THREAD, parse_options=parse)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):

@@ -7,15 +7,13 @@ Both sides come in one stream, told apart by a ``side`` column, keyed by the joi
 
 from __future__ import annotations
 
-import pickle
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runtime.entity import Batch, EntityKind
 from runtime.errors import ConfigError
-from runtime.operators import LATE_EVENTS, check_step, late_rows
+from runtime.operators import LATE_EVENTS, OperatorKind, check_step
 
 
 class WindowJoin:
@@ -192,17 +190,14 @@ class StreamJoin:
         return pa.table({})
 
 
-class JoinOperator(EntityKind):
-    """A :class:`WindowJoin` in a shard; see :func:`join_kind`."""
+class JoinOperator(OperatorKind):
+    """A :class:`WindowJoin` (or, without a window, a :class:`StreamJoin`) in a shard;
+    see :func:`join_kind`."""
 
-    stateless: ClassVar[bool] = True
-    snapshot_scope: ClassVar[str] = "shard"
     size_ms: ClassVar[int | None]
-    time: ClassVar[str]
     side: ClassVar[str]
     left: ClassVar[str]
     right: ClassVar[str]
-
     columns: ClassVar[dict[str, str] | None] = None
     distinct: ClassVar[bool] = False
 
@@ -210,14 +205,12 @@ class JoinOperator(EntityKind):
     def needs(cls) -> tuple[str, ...]:
         return tuple(c for c in (cls.key, cls.side, cls.time if cls.size_ms else None) if c)
 
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
+    def make(self) -> WindowJoin | StreamJoin:
         if self.size_ms is None:
-            self.join: WindowJoin | StreamJoin = StreamJoin(
+            return StreamJoin(
                 self.key, self.side, self.left, self.right, self.columns, self.distinct
             )
-            return
-        self.join = WindowJoin(
+        return WindowJoin(
             self.size_ms,
             self.key,
             self.time,
@@ -227,24 +220,6 @@ class JoinOperator(EntityKind):
             self.columns,
             self.distinct,
         )
-
-    def apply(self, batch: Batch) -> None:
-        before = self.join.watermark
-        out, late = self.join.process(batch.events, batch.watermark)
-        batch.emit(self.name, out)
-        if late.num_rows:
-            batch.emit(LATE_EVENTS, late_rows(self.name, late, self.key, self.time, before))
-            batch.count(f"{self.name}_late", late.num_rows)
-
-    def on_watermark(self, batch: Batch) -> None:
-        if batch.watermark is not None:
-            batch.emit(self.name, self.join.advance(batch.watermark))
-
-    def snapshot(self) -> bytes | None:
-        return pickle.dumps(self.join)
-
-    def restore(self, blob: bytes) -> None:
-        self.join = pickle.loads(blob)
 
 
 def join_kind(

@@ -76,47 +76,74 @@ def check_step(name: str, key: str) -> None:
         raise ConfigError(f"step {name!r}: name the key column to window by")
 
 
-class WindowOperator(EntityKind):
-    """Keyed windows (:class:`runtime.windows.Windows`) in a shard; see :func:`window_kind`."""
+class OperatorKind(EntityKind):
+    """Base of the operator kinds: a plain operator object ``self.op`` with a
+    ``watermark``, ``process(events, watermark) -> (results, late rows)`` and
+    ``advance(watermark) -> results``. Results go to the step's topic, late rows to
+    ``late_events`` (reported by their ``time`` column) and are counted; the operator is
+    what each shard saves at a checkpoint."""
 
     stateless: ClassVar[bool] = True
     snapshot_scope: ClassVar[str] = "shard"
-    window: ClassVar[WindowSpec]
     time: ClassVar[str]
-    value: ClassVar[str]
-    options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self.windows = Windows(self.window, self.key, self.time, self.value, **self.options)
+        self.op = self.make()
+
+    def make(self) -> Any:
+        raise NotImplementedError
+
+    def process(self, events: pa.Table, watermark: int | None) -> tuple[pa.Table, pa.Table]:
+        return self.op.process(events, watermark)
+
+    def apply(self, batch: Batch) -> None:
+        before = self.op.watermark
+        out, late = self.process(batch.events, batch.watermark)
+        batch.emit(self.name, out)
+        if late.num_rows:
+            batch.emit(LATE_EVENTS, late_rows(self.name, late, self.key, self.time, before))
+            batch.count(f"{self.name}_late", late.num_rows)
+
+    def on_watermark(self, batch: Batch) -> None:
+        if batch.watermark is not None:
+            batch.emit(self.name, self.op.advance(batch.watermark))
+
+    def snapshot(self) -> bytes | None:
+        return pickle.dumps(self.op)
+
+    def restore(self, blob: bytes) -> None:
+        self.op = pickle.loads(blob)
+
+
+class WindowOperator(OperatorKind):
+    """Keyed windows (:class:`runtime.windows.Windows`) in a shard; see :func:`window_kind`."""
+
+    window: ClassVar[WindowSpec]
+    value: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+
+    def make(self) -> Windows:
+        return Windows(self.window, self.key, self.time, self.value, **self.options)
 
     @classmethod
     def needs(cls) -> tuple[str, ...]:
         item = cls.options.get("item")
         return tuple(c for c in (cls.key, cls.time, cls.value, item) if c)
 
-    def apply(self, batch: Batch) -> None:
-        before = self.windows.watermark
-        events = batch.events
+    def process(self, events: pa.Table, watermark: int | None) -> tuple[pa.Table, pa.Table]:
         keys = events.column(self.key)
         if not pa.types.is_string(keys.type):  # windows are keyed by text, as entities are
             i = events.schema.get_field_index(self.key)
             events = events.set_column(i, self.key, pc.cast(keys, pa.string()))
-        out = self.windows.process(events, watermark=batch.watermark)
-        batch.emit(self.name, out.fired)
-        if out.late.num_rows:
-            batch.emit(LATE_EVENTS, late_rows(self.name, out.late, self.key, self.time, before))
-            batch.count(f"{self.name}_late", out.late.num_rows)
-
-    def on_watermark(self, batch: Batch) -> None:
-        if batch.watermark is not None:
-            batch.emit(self.name, self.windows.advance(batch.watermark))
+        out = self.op.process(events, watermark=watermark)
+        return out.fired, out.late
 
     def snapshot(self) -> bytes | None:
-        return self.windows.snapshot()
+        return self.op.snapshot()  # without the clock, which belongs to the process
 
     def restore(self, blob: bytes) -> None:
-        self.windows = Windows.restore(blob)
+        self.op = Windows.restore(blob)
 
 
 def window_kind(
@@ -233,39 +260,17 @@ class WindowArgMax:
         return out
 
 
-class ArgMaxOperator(EntityKind):
+class ArgMaxOperator(OperatorKind):
     """A :class:`WindowArgMax` in a shard; see :func:`argmax_kind`."""
 
-    stateless: ClassVar[bool] = True
-    snapshot_scope: ClassVar[str] = "shard"
     value: ClassVar[str]
-    end: ClassVar[str]
 
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
-        self.best = WindowArgMax(self.value, self.key, self.end)
+    def make(self) -> WindowArgMax:
+        return WindowArgMax(self.value, self.key, self.time)
 
     @classmethod
     def needs(cls) -> tuple[str, ...]:
-        return (cls.key, cls.end, cls.value)
-
-    def apply(self, batch: Batch) -> None:
-        before = self.best.watermark
-        out, late = self.best.process(batch.events, batch.watermark)
-        batch.emit(self.name, out)
-        if late.num_rows:
-            batch.emit(LATE_EVENTS, late_rows(self.name, late, self.key, self.end, before))
-            batch.count(f"{self.name}_late", late.num_rows)
-
-    def on_watermark(self, batch: Batch) -> None:
-        if batch.watermark is not None:
-            batch.emit(self.name, self.best.advance(batch.watermark))
-
-    def snapshot(self) -> bytes | None:
-        return pickle.dumps(self.best)
-
-    def restore(self, blob: bytes) -> None:
-        self.best = pickle.loads(blob)
+        return (cls.key, cls.time, cls.value)
 
 
 def argmax_kind(
@@ -278,7 +283,7 @@ def argmax_kind(
         "name": name,
         "key": window,
         "value": value,
-        "end": end,
+        "time": end,  # a row is as late as its window's end
         "topics": (name, LATE_EVENTS),
         "__module__": __name__,
         "__qualname__": f"argmax_kind({name!r})",

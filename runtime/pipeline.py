@@ -375,6 +375,7 @@ def ingest_many(
     """Several small batches (e.g. concurrent HTTP requests) screened one by one, for
     their own counts, then sent on together: one call per shard instead of one per batch."""
     out, accepted_all, dead_all = [], [], []
+    watermark = None
     for batch, source, position in batches:
         accepted, dead, counts = screen(
             app,
@@ -390,12 +391,9 @@ def ingest_many(
         if accepted.num_rows:
             accepted_all.append(accepted)
         if app.event_time is not None:
-            rt.observe_time(app.kind.name, app.event_time, accepted, source)
+            watermark = rt.observe_time(app.kind.name, app.event_time, accepted, source)
     if dead_all:
         rt.dead_letter(pa.concat_tables(dead_all))
-    watermark = None
-    if app.event_time is not None:
-        watermark = rt.observe_time(app.kind.name, app.event_time, pa.table({}), "")
     if accepted_all:
         missing = [c for c in app.kind.needs() if c not in accepted_all[0].column_names]
         if missing:
