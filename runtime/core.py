@@ -103,6 +103,20 @@ class RuntimeConfig:
 
 
 @dataclass
+class PreparedCheckpoint:
+    """A cut taken by :meth:`Runtime.prepare_checkpoint`, not written yet."""
+
+    started: float
+    #: (kind, key column, changed profiles)
+    states: list[tuple[str, str, pa.Table]] = field(default_factory=list)
+    snapshots: list[tuple[str, bytes]] = field(default_factory=list)
+    dead: list[pa.Table] = field(default_factory=list)
+    seen: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    topics: dict[str, Any] = field(default_factory=dict)
+    watermarks: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class _Kind:
     cls: type[EntityKind]
     config: Any
@@ -413,6 +427,11 @@ class Runtime:
         router = Router(kind_cls, handles, n, site_list, self.config.max_inflight)
         self.kinds[kind_cls.name] = _Kind(kind_cls, config, handles, router, by_site, n, forward)
 
+    def shards_by_site(self, kind: str) -> dict[str, list[Handle]]:
+        """For a site-partitioned kind: each site's shards, in routing order."""
+        k = self._kind(kind)
+        return {s: [k.shards[i] for i in idx] for s, idx in k.by_site.items() if s is not None}
+
     def sites(self, kind: str) -> list[str]:
         """The sites a site-partitioned kind serves."""
         return [s for s in self._kind(kind).by_site if s is not None]
@@ -495,6 +514,16 @@ class Runtime:
         if events.num_rows:
             wm.observe_table(events, spec.column, spec.partition, source)
         return wm.current()
+
+    def set_watermarks(self, scope: str, snapshot: bytes) -> None:
+        """The event time a feeder tracks for ``scope`` (e.g. one site's), committed with
+        the next checkpoint."""
+        self.watermarks[scope] = Watermarks.restore(snapshot)
+
+    def watermark_snapshot(self, scope: str) -> bytes | None:
+        """What the last commit (or a feeder since) recorded of ``scope``'s event time."""
+        marks = self.watermarks.get(scope)
+        return marks.snapshot() if marks is not None else None
 
     def advance(self, kind: str, watermark: int) -> None:
         """Event time of the source reached ``watermark``: every shard of ``kind`` fires
@@ -594,76 +623,101 @@ class Runtime:
     # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, positions: dict[str, int] | None = None) -> Checkpoint:
         """Barrier: wait for in-flight batches, write every changed profile, commit positions."""
-        store = self._need()
+        return self.commit_checkpoint(self.prepare_checkpoint(), positions)
+
+    def prepare_checkpoint(self) -> PreparedCheckpoint:
+        """The quick half of a checkpoint: wait for in-flight batches and take every shard's
+        changed state, the kind snapshots and the topic offsets as one cut.
+
+        Feeders that paused their dispatch for it may go on as soon as this returns: what
+        they send next belongs to the next checkpoint. :meth:`commit_checkpoint` writes it.
+        """
+        self._need()
         started = time.time()
         finished = self.drain_inflight()  # (extend() would bind the list before it is swapped)
         self._done.extend(finished)
-        snapshots: list[tuple[str, Any]] = []
+        prepared = PreparedCheckpoint(started=started)
         # kinds forward only to kinds registered before them: drain the later ones first
         for name, k in reversed(self.kinds.items()):
             drained = resolve([h.call("drain") for h in k.shards])
             self._done.extend(stats for _, _, stats in drained if stats)
             tables = [t for t, _, _ in drained if t is not None and t.num_rows]
             if tables:
-                store.upsert(
-                    name, pa.concat_tables(tables, promote_options="default"), key=k.cls.key
+                prepared.states.append(
+                    (name, k.cls.key, pa.concat_tables(tables, promote_options="default"))
                 )
             if k.cls.snapshot_scope == "shard":
-                snapshots += [(f"{name}#{i}", b) for i, (_, b, _) in enumerate(drained) if b]
+                prepared.snapshots += [
+                    (f"{name}#{i}", b) for i, (_, b, _) in enumerate(drained) if b
+                ]
                 continue
             blobs = [b for _, b, _ in drained if b is not None]
             if blobs:
                 merged = k.cls(None).merge_snapshots(blobs)
                 if merged is not None:
-                    snapshots.append((name, merged))
+                    prepared.snapshots.append((name, merged))
                     resolve([h.call("restore_kind", merged) for h in k.shards])
-        if snapshots:
-            store.upsert(
-                SNAPSHOTS,
-                pa.table(
-                    {"kind": [n for n, _ in snapshots], "blob": [b for _, b in snapshots]},
-                    schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())]),
-                ),
-                key="kind",
-            )
-        if self._dead:
-            dead = pa.concat_tables(self._dead)
-            self._dead = []
-            store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
-        if self._new_seen:
-            ids = np.concatenate([i for _, i in self._new_seen])
-            names = pa.array([s for s, _ in self._new_seen], pa.string())
-            which = np.repeat(np.arange(len(self._new_seen)), [len(i) for _, i in self._new_seen])
-            scope = names.take(pa.array(which))
-            self._new_seen = []
-            epoch = np.full(len(ids), self.checkpoint_state.epoch + 1, dtype=np.int64)
-            store.append(
-                SEEN,
-                pa.table({"scope": scope, "event_id": pa.array(ids, pa.int64()), "epoch": epoch}),
-            )
+        prepared.dead, self._dead = self._dead, []
+        prepared.seen, self._new_seen = self._new_seen, []
         resolve(self._dead_pending)  # the dead letters' topic has them before its snapshot
         self._dead_pending = []
-        topic_snaps = dict(
+        prepared.topics = dict(
             zip(
                 self.topics,
                 resolve([h.call("snapshot") for h in self.topics.values()]),
                 strict=True,
             )
         )
+        prepared.watermarks = {
+            s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()
+        }
+        return prepared
+
+    def commit_checkpoint(
+        self, prepared: PreparedCheckpoint, positions: dict[str, int] | None = None
+    ) -> Checkpoint:
+        """Write a prepared cut to LanceDB, then commit it with the source ``positions`` it
+        reflects: one ``_checkpoints`` row naming every table version (the commit point)."""
+        store = self._need()
+        for name, key, table in prepared.states:
+            store.upsert(name, table, key=key)
+        if prepared.snapshots:
+            store.upsert(
+                SNAPSHOTS,
+                pa.table(
+                    {
+                        "kind": [n for n, _ in prepared.snapshots],
+                        "blob": [b for _, b in prepared.snapshots],
+                    },
+                    schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())]),
+                ),
+                key="kind",
+            )
+        if prepared.dead:
+            dead = pa.concat_tables(prepared.dead)
+            store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
+        if prepared.seen:
+            ids = np.concatenate([i for _, i in prepared.seen])
+            names = pa.array([s for s, _ in prepared.seen], pa.string())
+            which = np.repeat(np.arange(len(prepared.seen)), [len(i) for _, i in prepared.seen])
+            scope = names.take(pa.array(which))
+            epoch = np.full(len(ids), self.checkpoint_state.epoch + 1, dtype=np.int64)
+            store.append(
+                SEEN,
+                pa.table({"scope": scope, "event_id": pa.array(ids, pa.int64()), "epoch": epoch}),
+            )
         managed = [n for n in [*self.kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.checkpoint_state
         cp = Checkpoint(
             epoch=previous.epoch + 1,
-            started_at=started,
+            started_at=prepared.started,
             positions={**previous.positions, **(positions or {})},
             versions={**previous.versions, **{n: store.version(n) for n in managed}},
             meta={
                 **previous.meta,
                 # topics not started in this run keep their last saved offsets
-                "topics": {**previous.meta.get("topics", {}), **topic_snaps},
-                "watermarks": {
-                    s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()
-                },
+                "topics": {**previous.meta.get("topics", {}), **prepared.topics},
+                "watermarks": prepared.watermarks,
             },
         )
         store.commit(cp)
@@ -674,7 +728,7 @@ class Runtime:
             for n in [*managed, "_checkpoints"]:
                 store.compact(
                     n,
-                    keep_newer_than=previous.started_at or started,
+                    keep_newer_than=previous.started_at or prepared.started,
                     keep_version=cp.versions.get(n),
                 )
         return cp

@@ -21,7 +21,6 @@ the site's shards have applied everything it sent.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,21 +28,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runtime.core import Runtime, sum_stats
-from runtime.errors import ActorFailedError
+from runtime.core import Runtime
+from runtime.driver import Cut, Tick, drive
 from runtime.handles import Handle, resolve
 from runtime.index import SeenSet
-from runtime.pipeline import (
-    App,
-    RunStats,
-    _finish,
-    new_counts,
-    report,
-    restart_after_failure,
-    screen,
-    setup,
-)
-from runtime.router import END_OF_TIME, Router
+from runtime.pipeline import App, RunStats, new_counts, screen
+from runtime.router import Router
 from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
 from runtime.sources import Source
 from runtime.watermarks import Watermarks
@@ -148,6 +138,86 @@ class IngestStage:
         return self.site
 
 
+class SiteFeeder:
+    """Each site's source read by an :class:`IngestStage` at that site's edge; the driver
+    steps the stages together and commits all their positions in one checkpoint."""
+
+    def __init__(self, sources: dict[str, Source], step_rows: int = 50_000) -> None:
+        self.sources = sources
+        self.step_rows = step_rows
+        self.id = ",".join(s.id for s in sources.values())
+        self.positions: dict[str, int] = {}
+        self._names: list[str] = []
+        self._active: dict[str, Handle] = {}
+        self.rt: Runtime | None = None
+
+    def open(self, rt: Runtime, app: App) -> None:
+        self.rt, self.app = rt, app
+        scope = app.kind.name
+        shards_by_site = rt.shards_by_site(scope)
+        self._active, self._names = {}, []
+        for site, source in self.sources.items():
+            start = int(rt.checkpoint_state.positions.get(source.id, 0))
+            self.positions[source.id] = start
+            name = f"stage:ingest:{app.name}:{site}"
+            self._names.append(name)
+            self._active[site] = rt.start_stage(
+                IngestStage,
+                app,
+                site,
+                source,
+                start,
+                rt.applied_ids(scope),
+                shards_by_site[site],
+                len(shards_by_site[site]),
+                rt.config.max_inflight,
+                rt.watermark_snapshot(f"{scope}@{site}"),
+                name=name,
+                stage="ingest",
+                site=site,
+            )
+
+    def step(self, wait: float) -> Tick:
+        assert self.rt is not None
+        scope = self.app.kind.name
+        tick = Tick()
+        if not self._active:
+            tick.done = True
+            return tick
+        results = resolve([h.call("step", self.step_rows) for h in self._active.values()])
+        for site, res in zip(list(self._active), results, strict=True):
+            for key, value in res["counts"].items():
+                tick.counts[key] += value
+            self.rt.dead_letter(res["dead"])
+            self.rt.record_applied(scope, res["ids"])
+            tick.shard_stats += res["shard_stats"]
+            self.positions[self.sources[site].id] = res["position"]
+            if res["watermarks"] is not None:  # committed with the next checkpoint
+                self.rt.set_watermarks(f"{scope}@{site}", res["watermarks"])
+            if res["done"]:
+                del self._active[site]
+        tick.done = not self._active
+        return tick
+
+    def cut(self) -> Cut:
+        return Cut(positions=dict(self.positions))  # a stage's step returns once applied
+
+    def resume(self) -> None:
+        pass
+
+    def committed(self, positions: dict[str, int]) -> None:
+        pass
+
+    def stop_intake(self) -> None:
+        self._active = {}
+
+    def close(self) -> None:
+        if self.rt is not None:
+            for name in self._names:
+                self.rt.stop_stage(name)
+        self._names, self._active = [], {}
+
+
 def run_sites(
     rt: Runtime,
     app: App,
@@ -161,91 +231,6 @@ def run_sites(
     Checkpoints commit every site's position together; if any actor dies, the runtime
     restarts from the last commit and the stages resume from their committed positions.
     """
-    setup(rt, app)
-    t0 = time.perf_counter()
-    scope = app.kind.name
-    committed = (RunStats(source=",".join(s.id for s in sources.values())), {})
-    restarts = 0
-    while True:
-        stats, counters = _copy(committed)
-        names: list[str] = []
-        try:
-            stages = {}
-            for site, source in sources.items():
-                k = rt.kinds[app.kind.name]
-                shards = [k.shards[i] for i in k.by_site[site]]
-                start = int(rt.checkpoint_state.positions.get(source.id, 0))
-                name = f"stage:ingest:{app.name}:{site}"
-                names.append(name)
-                stages[site] = rt.start_stage(
-                    IngestStage,
-                    app,
-                    site,
-                    source,
-                    start,
-                    rt.applied_ids(scope),
-                    shards,
-                    k.per_site,
-                    rt.config.max_inflight,
-                    _site_marks(rt, scope, site),
-                    name=name,
-                    stage="ingest",
-                    site=site,
-                )
-            positions = {
-                s.id: int(rt.checkpoint_state.positions.get(s.id, 0)) for s in sources.values()
-            }
-            active, rows_since_cp, last_cp = dict(stages), 0, time.perf_counter()
-            while active:
-                results = resolve([h.call("step", step_rows) for h in active.values()])
-                for (site, _), res in zip(list(active.items()), results, strict=True):
-                    for key, value in res["counts"].items():
-                        setattr(stats, key, getattr(stats, key) + value)
-                    rows_since_cp += res["counts"]["input"]
-                    rt.dead_letter(res["dead"])
-                    rt.record_applied(scope, res["ids"])
-                    counters = sum_stats([counters, *res["shard_stats"]])
-                    positions[sources[site].id] = res["position"]
-                    if res["watermarks"] is not None:  # committed with the next checkpoint
-                        rt.watermarks[f"{scope}@{site}"] = Watermarks.restore(res["watermarks"])
-                    if res["done"]:
-                        del active[site]
-                if (
-                    rows_since_cp >= rt.config.checkpoint_rows
-                    or time.perf_counter() - last_cp >= rt.config.checkpoint_seconds
-                ):
-                    rt.checkpoint(positions)
-                    stats.checkpoints += 1
-                    committed = _copy((stats, counters))
-                    rows_since_cp, last_cp = 0, time.perf_counter()
-                _finish(stats, counters, app, t0)
-                report(rt, app, stats)
-                if progress is not None:
-                    progress(stats)
-            if app.event_time is not None and end_of_stream:  # every window fires
-                rt.advance(app.kind.name, END_OF_TIME)
-                counters = sum_stats([counters, *rt.drain_inflight()])
-            rt.checkpoint(positions)
-            stats.checkpoints += 1
-            rt.flush_topics()
-            break
-        except ActorFailedError:
-            restarts = restart_after_failure(rt, app, restarts)
-        finally:
-            for name in names:
-                rt.stop_stage(name)
-    stats.restarts = restarts
-    _finish(stats, counters, app, t0)
-    report(rt, app, stats)
-    return stats
-
-
-def _site_marks(rt: Runtime, scope: str, site: str) -> bytes | None:
-    marks = rt.watermarks.get(f"{scope}@{site}")
-    return marks.snapshot() if marks is not None else None
-
-
-def _copy(state: tuple[RunStats, dict[str, float]]) -> tuple[RunStats, dict[str, float]]:
-    from dataclasses import replace
-
-    return replace(state[0]), dict(state[1])
+    return drive(
+        rt, app, [SiteFeeder(sources, step_rows)], progress=progress, end_of_stream=end_of_stream
+    )

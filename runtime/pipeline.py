@@ -21,19 +21,17 @@ runtime, checkpointing as it goes, and reconciles the counts:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runtime.core import Runtime, sum_stats
+from runtime.core import Runtime
 from runtime.entity import EntityKind
-from runtime.errors import ActorFailedError, ConfigError
-from runtime.router import END_OF_TIME
+from runtime.errors import ConfigError
 from runtime.schema import DEAD_LETTER_SCHEMA, EventSchema, dead_letters
 from runtime.sources import Source
 from runtime.state import NAME_RE
@@ -207,120 +205,24 @@ def run(
 
     If a runtime actor dies (its node was lost), the runtime restarts from the last
     checkpoint with actors placed on the nodes alive now, and the source is read
-    again from the committed position: nothing is lost or counted twice.
+    again from the committed position: nothing is lost or counted twice. The loop is
+    :func:`runtime.driver.drive`, shared by every feeder.
     """
-    setup(rt, app)
-    t0 = time.perf_counter()
-    start = int(rt.checkpoint_state.positions.get(source.id, 0))
-    committed = _Progress(RunStats(source=source.id, resumed_from=start), {}, start)
-    restarts = 0
-    while True:
-        state = committed.copy()
-        try:
-            _drive(rt, app, source, state, committed, progress, max_events, t0, end_of_stream)
-            break
-        except ActorFailedError:
-            restarts = restart_after_failure(rt, app, restarts)
-    stats = state.stats
-    stats.restarts = restarts
-    _finish(stats, state.counters, app, t0)
-    report(rt, app, stats)
-    if stats.accepted + stats.dead_lettered + stats.duplicates + stats.filtered != stats.input:
-        raise RuntimeError(f"counts do not reconcile: {stats.as_dict()}")  # a bug, never input
-    return stats
+    from runtime.driver import SourceFeeder, drive
 
-
-def restart_after_failure(rt: Runtime, app: App, restarts: int) -> int:
-    """An actor died: restart from the last commit (re-placed actors), or give up after
-    ``max_restarts``; the caller resumes its sources from the committed positions."""
-    if restarts >= rt.config.max_restarts:
-        raise ActorFailedError(
-            f"app {app.name!r}: actors kept failing after {restarts} restarts; giving up"
-        )
-    rt.restart()
-    setup(rt, app)
-    return restarts + 1
+    return drive(
+        rt,
+        app,
+        [SourceFeeder(source)],
+        progress=progress,
+        max_events=max_events,
+        end_of_stream=end_of_stream,
+    )
 
 
 def new_counts() -> dict[str, int]:
     """The counts every ingest path reports; they reconcile: input = the other four."""
     return {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0, "filtered": 0}
-
-
-@dataclass
-class _Progress:
-    """Counts and position of a run; a copy is kept at every checkpoint to restart from."""
-
-    stats: RunStats
-    counters: dict[str, float]
-    position: int
-
-    def copy(self) -> _Progress:
-        return _Progress(replace(self.stats), dict(self.counters), self.position)
-
-
-def _drive(
-    rt: Runtime,
-    app: App,
-    source: Source,
-    run_: _Progress,
-    committed: _Progress,
-    progress: Callable[[RunStats], None] | None,
-    max_events: int | None,
-    t0: float,
-    end_of_stream: bool = True,
-) -> None:
-    stats = run_.stats
-    last_cp_t, rows_since_cp, rows_since_sync = time.perf_counter(), 0, 0
-    last_report = [0.0]
-
-    def absorb(done: list[dict[str, float]]) -> None:
-        if done:
-            run_.counters = sum_stats([run_.counters, *done])
-
-    def commit() -> None:
-        absorb(rt.drain_inflight())  # the snapshot below must count every applied batch
-        rt.checkpoint({source.id: run_.position})
-        stats.checkpoints += 1
-        snap = run_.copy()
-        committed.stats, committed.counters, committed.position = (
-            snap.stats,
-            snap.counters,
-            snap.position,
-        )
-
-    for batch, end in source.batches(run_.position):
-        counts = ingest(rt, app, batch, source.id, run_.position)
-        for key, value in counts.items():
-            setattr(stats, key, getattr(stats, key) + value)
-        absorb(rt.poll())
-        run_.position = end
-        rows_since_cp += batch.num_rows
-        rows_since_sync += batch.num_rows
-        if rows_since_sync >= rt.config.sync_rows:
-            rt.sync_kinds()
-            rows_since_sync = 0
-        now = time.perf_counter()
-        if (
-            rows_since_cp >= rt.config.checkpoint_rows
-            or now - last_cp_t >= rt.config.checkpoint_seconds
-        ):
-            commit()
-            last_cp_t, rows_since_cp = now, 0
-        if progress is not None or time.perf_counter() - last_report[0] > 1.0:
-            _finish(stats, run_.counters, app, t0)
-            report(rt, app, stats)
-            last_report[0] = time.perf_counter()
-            if progress is not None:
-                progress(stats)
-        if max_events is not None and stats.input >= max_events:
-            break
-    else:
-        if app.event_time is not None and end_of_stream:
-            rt.advance(app.kind.name, END_OF_TIME)
-    absorb(rt.drain_inflight())
-    commit()
-    rt.flush_topics()
 
 
 def screen(
@@ -474,22 +376,3 @@ def _check_site(
         step=f"route:{app.kind.name}",
     )
     return ok.filter(pa.array(known)), pa.concat_tables([dead, more])
-
-
-def _finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) -> None:
-    stats.seconds = time.perf_counter() - t0
-    stats.events_per_s = stats.input / stats.seconds if stats.seconds > 0 else 0.0
-    stats.counters = {k: (int(v) if float(v).is_integer() else v) for k, v in counters.items()}
-    if app.summarize is not None:
-        stats.app = app.summarize(counters)
-
-
-def report(rt: Runtime, app: App, stats: RunStats) -> None:
-    """Publish a run's summary on the runtime's status board (``edgecore status``)."""
-    rt.app_reports[app.name] = {
-        "input": stats.input,
-        "accepted": stats.accepted,
-        "events_per_s": round(stats.events_per_s, 1),
-        **stats.app,
-    }
-    rt.publish_status(force=True)
