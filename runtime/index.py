@@ -74,6 +74,10 @@ class SeenSet:
         self.capacity = capacity
         self.generation = generation or max(1 << 16, capacity // 8)
         self._gens: list[np.ndarray] = []  # oldest first; the last one takes new ids
+        # small inserts (a live request's ids) go to a small sorted buffer first: copying a
+        # generation of millions of ids for each would cost milliseconds per request
+        self._recent = np.zeros(0, dtype=np.int64)
+        self._buffer = min(1 << 16, self.generation)
         self._size = 0
 
     def __len__(self) -> int:
@@ -81,17 +85,17 @@ class SeenSet:
 
     def ids(self) -> np.ndarray:
         """Every id remembered, oldest generation first (to hand the set to another process)."""
-        return np.concatenate(self._gens) if self._gens else np.zeros(0, dtype=np.int64)
+        return np.concatenate([*self._gens, self._recent])
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         found = np.zeros(len(ids), dtype=bool)
-        if not self._gens or len(ids) == 0:
+        if (not self._gens and not len(self._recent)) or len(ids) == 0:
             return found
         order = np.argsort(ids)
         needles = ids[order]  # sorted needles keep each binary search in cache
         hit = np.zeros(len(ids), dtype=bool)
-        for gen in self._gens:
+        for gen in [*self._gens, self._recent]:
             if len(gen):
                 pos = np.minimum(np.searchsorted(gen, needles), len(gen) - 1)
                 hit |= gen[pos] == needles
@@ -111,6 +115,15 @@ class SeenSet:
     def add(self, ids: np.ndarray) -> None:
         """Add ids known to be absent and unique."""
         ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) < self._buffer:
+            part = np.sort(ids)
+            self._recent = np.insert(self._recent, np.searchsorted(self._recent, part), part)
+            if len(self._recent) < self._buffer:
+                self._size += len(ids)
+                self._forget()
+                return
+            ids, self._recent = self._recent, np.zeros(0, dtype=np.int64)
+            self._size -= len(ids) - len(part)  # they were counted when buffered
         while len(ids):
             if not self._gens or len(self._gens[-1]) >= self.generation:
                 self._gens.append(np.zeros(0, dtype=np.int64))
@@ -119,5 +132,8 @@ class SeenSet:
             gen = self._gens[-1]
             self._gens[-1] = np.insert(gen, np.searchsorted(gen, part), part)
             self._size += len(part)
+        self._forget()
+
+    def _forget(self) -> None:
         while len(self._gens) > 1 and self._size - len(self._gens[0]) >= self.capacity:
             self._size -= len(self._gens.pop(0))

@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from runtime.core import Runtime
 from runtime.driver import Cut, Tick, drive
 from runtime.handles import Handle, resolve
 from runtime.index import SeenSet
-from runtime.pipeline import App, RunStats, new_counts, screen
+from runtime.pipeline import App, RunStats, check_site, new_counts, screen
 from runtime.router import Router
-from runtime.schema import DEAD_LETTER_SCHEMA, dead_letters
+from runtime.schema import DEAD_LETTER_SCHEMA
 from runtime.sources import Source
 from runtime.watermarks import Watermarks
 
@@ -86,7 +85,14 @@ class IngestStage:
                 done = True
                 break
             accepted, bad, got = screen(
-                self.app, batch, self.source.id, self.position, dedup, self._own_site
+                self.app,
+                batch,
+                self.source.id,
+                self.position,
+                dedup,
+                lambda ok, dead, p=self.position: check_site(
+                    self.app, [self.site], ok, dead, self.source.id, p, at_edge=self.site
+                ),
             )
             for key, value in got.items():
                 counts[key] += value
@@ -109,30 +115,6 @@ class IngestStage:
             "shard_stats": shard_stats,
             "watermarks": self.marks.snapshot() if self.marks is not None else None,
         }
-
-    def _own_site(self, ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """A row naming another site arrived at the wrong edge: refuse it with a reason."""
-        site_key = self.app.kind.site_key
-        if not site_key or ok.num_rows == 0:
-            return ok, dead
-        mine = pc.fill_null(pc.equal(ok.column(site_key), self.site), False).to_numpy(
-            zero_copy_only=False
-        )
-        if mine.all():
-            return ok, dead
-        other = ok.filter(pa.array(~mine))
-        reasons = [
-            f"{site_key}: {s!r} arrived at the edge of site {self.site!r}"
-            for s in other.column(site_key).to_pylist()
-        ]
-        more = dead_letters(
-            other,
-            reasons,
-            source=self.source.id,
-            positions=np.full(other.num_rows, -1),
-            step=f"ingest:{self.site}",
-        )
-        return ok.filter(pa.array(mine)), pa.concat_tables([dead, more])
 
     def ping(self) -> str:
         return self.site

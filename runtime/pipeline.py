@@ -240,6 +240,21 @@ def screen(
     where the applied ids and the accepted rows go.
     """
     ok, dead = app.schema.validate(batch, source=source, first_position=position)
+    return admit(app, ok, dead, batch.num_rows, source, position, dedup, site_check)
+
+
+def admit(
+    app: App,
+    ok: pa.Table,
+    dead: pa.Table,
+    n_input: int,
+    source: str,
+    position: int,
+    dedup: Callable[[np.ndarray], np.ndarray],
+    site_check: Callable[[pa.Table, pa.Table], tuple[pa.Table, pa.Table]] | None = None,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """What :func:`screen` does after validation (``ok`` and ``dead`` of ``n_input`` rows):
+    live gates validate where a request arrives and admit where its log is written."""
     if site_check is not None:
         ok, dead = site_check(ok, dead)
     # duplicates go before the steps: the steps may drop the id, and a redelivered
@@ -247,12 +262,12 @@ def screen(
     new = dedup(ok.column(app.event_id).to_numpy())
     ok = ok.filter(pa.array(new)) if not new.all() else ok
     valid = ok.num_rows
-    accepted, failed = _apply_steps(app, ok, source)
-    accepted, untimed = _check_time(app, accepted, source)
+    accepted, failed = _apply_steps(app, ok, source, position)
+    accepted, untimed = _check_time(app, accepted, source, position)
     failed = pa.concat_tables([failed, untimed]) if untimed.num_rows else failed
     dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
     counts = {
-        "input": batch.num_rows,
+        "input": n_input,
         "accepted": accepted.num_rows,
         "dead_lettered": dead.num_rows,
         "duplicates": int((~new).sum()),
@@ -260,6 +275,20 @@ def screen(
         "filtered": valid - failed.num_rows - accepted.num_rows,
     }
     return accepted, dead, counts
+
+
+def _refused(rows: pa.Table, reasons: list[str], source: str, position: int, step: str) -> pa.Table:
+    """Dead letters for rows refused after validation, where their own positions are not
+    known any more: each keeps a distinct id (batch position, step, row)."""
+    n = rows.num_rows
+    return dead_letters(
+        rows,
+        reasons,
+        source=source,
+        positions=np.full(n, -1),
+        step=step,
+        ids=[f"{source}@{position}/{step}/{i}" for i in range(n)],
+    )
 
 
 def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -> dict[str, int]:
@@ -285,7 +314,9 @@ def ingest_many(
             source,
             position,
             dedup=lambda ids: rt.dedup(app.kind.name, ids),
-            site_check=lambda ok, dead, s=source, p=position: _check_site(rt, app, ok, dead, s, p),
+            site_check=lambda ok, dead, s=source, p=position: check_site(
+                app, rt.sites(app.kind.name), ok, dead, s, p
+            ),
         )
         out.append(counts)
         if dead.num_rows:
@@ -314,25 +345,23 @@ def ingest_many(
     return out
 
 
-def _apply_steps(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
+def _apply_steps(
+    app: App, table: pa.Table, source: str, position: int
+) -> tuple[pa.Table, pa.Table]:
     """Run the app's steps over a validated batch; a failing step dead-letters the batch."""
     for step in app.steps:
         try:
             table = step(table)
         except Exception as err:
             reason = f"step {step.name!r} ({step.op}) failed: {type(err).__name__}: {err}"
-            dead = dead_letters(
-                table,
-                [reason] * table.num_rows,
-                source=source,
-                positions=np.full(table.num_rows, -1),
-                step=f"{step.op}:{step.name}",
+            dead = _refused(
+                table, [reason] * table.num_rows, source, position, f"{step.op}:{step.name}"
             )
             return table.slice(0, 0), dead
     return table, DEAD_LETTER_SCHEMA.empty_table()
 
 
-def _check_time(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
+def _check_time(app: App, table: pa.Table, source: str, position: int) -> tuple[pa.Table, pa.Table]:
     """Rows a step left without an event time cannot be windowed: dead letters, with why."""
     et = app.event_time
     if et is None or table.num_rows == 0:
@@ -345,34 +374,37 @@ def _check_time(app: App, table: pa.Table, source: str) -> tuple[pa.Table, pa.Ta
     if not pc.any(missing).as_py():
         return table, DEAD_LETTER_SCHEMA.empty_table()
     bad = table.filter(missing)
-    dead = dead_letters(
-        bad,
-        [f"{et.column}: no event time after the steps"] * bad.num_rows,
-        source=source,
-        positions=np.full(bad.num_rows, -1),
-        step="event_time",
-    )
+    reasons = [f"{et.column}: no event time after the steps"] * bad.num_rows
+    dead = _refused(bad, reasons, source, position, "event_time")
     return table.filter(pc.invert(missing)), dead
 
 
-def _check_site(
-    rt: Runtime, app: App, ok: pa.Table, dead: pa.Table, source: str, first: int
+def check_site(
+    app: App,
+    served: list[str],
+    ok: pa.Table,
+    dead: pa.Table,
+    source: str,
+    first: int,
+    at_edge: str | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """For site-partitioned kinds: rows for a site no shard serves become dead letters."""
+    """For site-partitioned kinds: rows for a site not in ``served`` become dead letters
+    (at an edge's ingest, ``at_edge``: rows naming another site arrived at the wrong edge)."""
     site_key = app.kind.site_key
     if not site_key or ok.num_rows == 0:
         return ok, dead
-    served = pa.array(rt.sites(app.kind.name), pa.string())
-    known = pc.is_in(ok.column(site_key), value_set=served).to_numpy(zero_copy_only=False)
+    known = pc.fill_null(
+        pc.is_in(ok.column(site_key), value_set=pa.array(served, pa.string())), False
+    ).to_numpy(zero_copy_only=False)
     if known.all():
         return ok, dead
     bad = ok.filter(pa.array(~known))
-    reasons = [f"{site_key}: no shard serves site {s!r}" for s in bad.column(site_key).to_pylist()]
-    more = dead_letters(
-        bad,
-        reasons,
-        source=source,
-        positions=np.full(bad.num_rows, -1),
-        step=f"route:{app.kind.name}",
-    )
+    sites = bad.column(site_key).to_pylist()
+    if at_edge is not None:
+        reasons = [f"{site_key}: {s!r} arrived at the edge of site {at_edge!r}" for s in sites]
+        step = f"ingest:{at_edge}"
+    else:
+        reasons = [f"{site_key}: no shard serves site {s!r}" for s in sites]
+        step = f"route:{app.kind.name}"
+    more = _refused(bad, reasons, source, first, step)
     return ok.filter(pa.array(known)), pa.concat_tables([dead, more])

@@ -49,6 +49,11 @@ DEAD_LETTER_SCHEMA = pa.schema(
 MAX_RAW_CHARS = 4096
 #: column a source fills with the text of a record it could not parse at all
 MALFORMED = "_edgecore_malformed"
+#: and, where it knows, why (e.g. "not UTF-8"): the dead letter's reason names it
+MALFORMED_WHY = "_edgecore_malformed_why"
+#: event times outside these years are data errors, not events (1970-01-01 .. 2200-01-01)
+TS_MIN_MS = 0
+TS_MAX_MS = 7_258_118_400_000
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,24 @@ class EventSchema:
         return pa.schema([(c.name, c.arrow_type) for c in self.columns])
 
     def validate(
-        self, table: pa.Table | pa.RecordBatch, *, source: str = "", first_position: int = 0
+        self,
+        table: pa.Table | pa.RecordBatch,
+        *,
+        source: str = "",
+        first_position: int = 0,
+        per_record: bool = False,
     ) -> tuple[pa.Table, pa.Table]:
-        """Split ``table`` into (accepted rows in canonical types, dead letters)."""
+        """Split ``table`` into (accepted rows in canonical types, dead letters).
+
+        A table without a required column is refused as a whole (:class:`SchemaError`),
+        unless its rows are independent records (``per_record``: live requests and
+        messages, JSON lines), where each such row is a dead letter instead.
+        """
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         missing = [c.name for c in self.columns if c.required and c.name not in table.column_names]
         # per-record sources (JSON lines, CSV with broken rows) can lack a field row by row
-        per_record = MALFORMED in table.column_names
+        per_record = per_record or MALFORMED in table.column_names
         if missing and not per_record:
             raise SchemaError(
                 f"input for {self.name!r} lacks required column(s) {missing}; "
@@ -105,9 +120,20 @@ class EventSchema:
         n = table.num_rows
         out: dict[str, pa.Array] = {}
         failed: list[tuple[str, np.ndarray, Any]] = []
-        if per_record:
+        if MALFORMED in table.column_names:
             broken = table.column(MALFORMED).is_valid().to_numpy(zero_copy_only=False)
-            failed.append(("record", broken, lambda i: "malformed (not parseable as a record)"))
+            whys = (
+                table.column(MALFORMED_WHY).to_pylist()
+                if MALFORMED_WHY in table.column_names
+                else [None] * n
+            )
+            failed.append(
+                (
+                    "record",
+                    broken,
+                    lambda i: f"malformed ({whys[i] or 'not parseable as a record'})",
+                )
+            )
         for col in self.columns:
             if col.name not in table.column_names:
                 out[col.name] = pa.nulls(n, col.arrow_type)
@@ -139,15 +165,22 @@ class EventSchema:
 
 
 def dead_letters(
-    raw: pa.Table, reasons: list[str], *, source: str, positions: np.ndarray, step: str
+    raw: pa.Table,
+    reasons: list[str],
+    *,
+    source: str,
+    positions: np.ndarray,
+    step: str,
+    ids: list[str] | None = None,
 ) -> pa.Table:
-    """Build dead-letter rows (raw row as JSON, capped) for the refused rows of ``raw``."""
+    """Build dead-letter rows (raw row as JSON, capped) for the refused rows of ``raw``;
+    each is identified by its source and position unless ``ids`` are given."""
     rows = raw.to_pylist()
     now = pd.Timestamp.now(tz="UTC").floor("ms").tz_localize(None)
     raws = [_raw_json(r)[:MAX_RAW_CHARS] for r in rows]
     return pa.table(
         {
-            "dead_letter_id": [f"{source}@{int(p)}" for p in positions],
+            "dead_letter_id": ids or [f"{source}@{int(p)}" for p in positions],
             "source": [source] * len(rows),
             "position": pa.array(np.asarray(positions, dtype=np.int64)),
             "step": [step] * len(rows),
@@ -189,14 +222,15 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
     if col.required:
         checks.append((null_in, lambda i: "missing value"))
     target = col.arrow_type
-    if arr.type == target:
+    if col.type == "string":
+        values, bad = _text(arr)
+        checks += bad
+    elif arr.type == target:
         values = arr
-    elif col.type == "string":
-        values = (
-            pc.cast(arr, pa.string())
-            if not pa.types.is_large_string(arr.type)
-            else pc.cast(arr, pa.string())
-        )
+    elif pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type):
+        # an object or array where a value belongs: refused, never cast
+        values = pa.nulls(len(arr), target)
+        checks.append((~null_in, lambda i: f"not a {col.type} (an object, array or bytes)"))
     else:
         values, unparsable = _parse(arr, col)
         raw = arr.to_numpy(zero_copy_only=False)
@@ -210,6 +244,19 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
             checks.append((num < col.min, _show(num)(f"{{}} is below the minimum {col.min:g}")))
         if col.max is not None:
             checks.append((num > col.max, _show(num)(f"{{}} is above the maximum {col.max:g}")))
+    if col.type == "timestamp":
+        ms = pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False)
+        lo = TS_MIN_MS if col.min is None else col.min
+        hi = TS_MAX_MS if col.max is None else col.max
+        out_of_range = ~null_in & ~pc.is_null(values).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            out_of_range &= (ms < lo) | (ms > hi)
+        checks.append(
+            (
+                out_of_range,
+                lambda i: f"{int(ms[i])} ms since the epoch is outside {lo:.0f}..{hi:.0f}",
+            )
+        )
     if col.max_len is not None and pa.types.is_string(values.type):
         lens = pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False)
         checks.append(
@@ -218,6 +265,33 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
         if col.required:
             checks.append((lens == 0, lambda i: "empty string"))
     return values, checks
+
+
+def _text(arr: pa.Array) -> tuple[pa.Array, list[tuple[np.ndarray, Any]]]:
+    """A string column: text as it is, numbers and booleans as their text; objects, arrays
+    and text that is not UTF-8 are refused row by row (Arrow's JSON reader lets invalid
+    UTF-8 through, and it would fail wherever the row went next)."""
+    n = len(arr)
+    if pa.types.is_nested(arr.type):
+        present = arr.is_valid().to_numpy(zero_copy_only=False)
+        return pa.nulls(n, pa.string()), [(present, lambda i: "not a string (an object or array)")]
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        try:
+            arr.validate(full=True)
+            return pc.cast(arr, pa.string()), []
+        except pa.ArrowInvalid:
+            arr = arr.view(pa.binary() if pa.types.is_string(arr.type) else pa.large_binary())
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        raw = arr.to_pylist()
+        text, bad = [], np.zeros(n, dtype=bool)
+        for i, v in enumerate(raw):
+            try:
+                text.append(None if v is None else v.decode("utf-8"))
+            except UnicodeDecodeError:
+                text.append(None)
+                bad[i] = True
+        return pa.array(text, pa.string()), [(bad, lambda i: "not UTF-8 text")]
+    return pc.cast(arr, pa.string()), []
 
 
 def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
