@@ -39,7 +39,7 @@ def main() -> None:
     try:
         app()
     except EdgecoreError as e:
-        err.print(f"[red]error:[/red] {e}")
+        _say_error(str(e))
         sys.exit(1)
 
 
@@ -56,8 +56,15 @@ def _user_errors(fn: Any) -> Any:
     return wrapper
 
 
+def _say_error(message: str) -> None:
+    """One line, however long (scripts read it), with brackets in it kept as they are."""
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    _say_error(message)
     raise typer.Exit(1)
 
 
@@ -540,7 +547,23 @@ def serve(
         help="mqtt://HOST:PORT/TOPIC-FILTER: subscribe with QoS 1 and a persistent session.",
     ),
     token: str = typer.Option(
-        None, "--token", help="Bearer token; required when --http is not a loopback address."
+        None,
+        "--token",
+        envvar="EDGECORE_TOKEN",
+        show_envvar=True,
+        help="Bearer token for HTTP ingest; required off loopback. Prefer the environment "
+        "variable: ps shows command lines to every user.",
+    ),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for HTTPS."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="TLS private key (PEM) for HTTPS."),
+    max_body: int = typer.Option(
+        8 * 2**20, "--max-body", help="Largest request body in bytes (a 413 beyond it)."
+    ),
+    sites: str = typer.Option(
+        None,
+        "--sites",
+        help="Comma-separated sites to take traffic at (one ingest actor each, at that site's "
+        "edge); default: the app's sites, else one on this node.",
     ),
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -548,66 +571,113 @@ def serve(
     checkpoint_seconds: float = typer.Option(
         10.0, "--checkpoint-seconds", help="Commit state this often."
     ),
+    no_wal: bool = typer.Option(
+        False,
+        "--no-wal",
+        help="Acknowledge before the write-ahead log has the events: faster, but a crash "
+        "loses what was acknowledged since the last checkpoint.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary when stopped."),
 ) -> None:
-    """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM, then
-    checkpoint and exit 0. MQTT messages are acknowledged only once committed."""
+    """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM.
+
+    Every request is answered, and every MQTT message acknowledged, only once its events
+    are in the write-ahead log in the data folder: a crash loses nothing acknowledged,
+    and the next start replays the log's tail. On SIGTERM or SIGINT (to the process or
+    its whole process group) intake stops (new requests get 503 with Retry-After), what
+    was accepted is applied and committed, and the command exits 0; a second signal
+    exits at once (the log covers it).
+    """
+    import os
     import signal
     import threading
-    import time
 
     from runtime.apps import load_app
-    from runtime.http import IngestServer
-    from runtime.mqtt import MqttIngest, parse_url
+    from runtime.driver import drive
+    from runtime.http import HttpOptions
+    from runtime.live import LiveFeeder
+    from runtime.mqtt import MqttOptions
 
     use_http = http.lower() != "none"
     host, _, port = http.rpartition(":")
     if use_http and (not host or not port.isdigit()):
         _fail(f"--http must be HOST:PORT or none, not {http!r}")
-    if mqtt:
-        parse_url(mqtt)  # a clear error before anything starts
     if not use_http and not mqtt:
         _fail("nothing to serve: give --http HOST:PORT and/or --mqtt mqtt://HOST:PORT/TOPIC")
+    for f in (tls_cert, tls_key):
+        if f is not None and not f.is_file():
+            _fail(f"no such file: {f}")
+    # every input is checked before Ray starts (seconds), so a mistake costs none of it
+    http_opts = (
+        HttpOptions(
+            host.strip("[]"),
+            int(port),
+            token or None,
+            max_body,
+            str(tls_cert) if tls_cert else None,
+            str(tls_key) if tls_key else None,
+        )
+        if use_http
+        else None
+    )
+    mqtt_opts = MqttOptions(mqtt) if mqtt else None
     the_app = load_app(app_name)
+    site_list = [x.strip() for x in sites.split(",") if x.strip()] if sites else None
+    site_list = site_list or list(the_app.sites) or ["local"]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    lock = threading.Lock()
-    with _runtime(data, address, None, local, checkpoint_seconds=checkpoint_seconds) as rt:
-        server = IngestServer(rt, the_app, host, int(port), token).start() if use_http else None
-        if server is not None:
-            server.lock = lock
-            err.print(
-                f"edgecore: {the_app.name} on http://{host}:{server.port}/v1/events (GET /healthz)"
-            )
-        feed = MqttIngest(rt, the_app, mqtt, lock=lock).start() if mqtt else None
-        if feed is not None:
-            if not feed.wait_connected(30):
-                err.print(f"edgecore: no MQTT broker at {mqtt} yet; retrying in the background")
-            else:
+    scheme = "https" if tls_cert else "http"
+
+    def opened(gates: list[Any]) -> None:
+        from runtime.handles import resolve
+
+        for site, info in feeder.opened.items():
+            if info.get("replayed_records"):
+                err.print(
+                    f"edgecore: replayed {info['replayed_records']:,} logged groups at {site}"
+                )
+            if "http_port" in info:
+                err.print(
+                    f"edgecore: {the_app.name} on {scheme}://{host}:{info['http_port']}/v1/events"
+                    f" at {site} (GET /healthz)"
+                )
+        if mqtt_opts is not None:
+            ok = resolve([g.call("mqtt_connected", 30.0) for g in gates])
+            if all(ok):
                 err.print(f"edgecore: {the_app.name} subscribed to {mqtt} (QoS 1)")
-        last = time.monotonic()
-
-        def commit() -> None:
-            if feed is not None:
-                feed.checkpoint()  # commits, then acknowledges what it covered
-            elif server is not None:
-                server.checkpoint()
-
-        while not stop.is_set():
-            if feed is not None:
-                feed.pump(wait=0.2)
             else:
-                stop.wait(0.2)
-            if time.monotonic() - last >= checkpoint_seconds:
-                commit()
-                last = time.monotonic()
-        commit()
-        if server is not None:
-            server.stop()
-        if feed is not None:
-            feed.stop()
-    total = (server.totals["input"] if server else 0) + (feed.totals["input"] if feed else 0)
-    err.print(f"edgecore: stopped after {total:,} events; state committed in {data}")
+                err.print(f"edgecore: no MQTT broker at {mqtt} yet; retrying in the background")
+
+    feeder = LiveFeeder(http_opts, mqtt_opts, site_list, durable=not no_wal, on_open=opened)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second signal: go now; the log has what was acknowledged
+            os._exit(128 + signum)
+        stop.set()
+
+    with _runtime(data, address, None, local, checkpoint_seconds=checkpoint_seconds) as rt:
+        # after the runtime started: ray.init() installs handlers of its own that would
+        # replace ours (and exit without running them)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        stats = drive(rt, the_app, [feeder], stop=stop)
+    summary = {
+        "input": stats.input,
+        "accepted": stats.accepted,
+        "dead_lettered": stats.dead_lettered,
+        "duplicates": stats.duplicates,
+        "filtered": stats.filtered,
+        "replayed": stats.replayed,
+        "checkpoints": stats.checkpoints,
+        "restarts": stats.restarts,
+        "data": str(data.resolve()),
+    }
+    if as_json:
+        typer.echo(_dumps(summary))
+    err.print(
+        f"edgecore: stopped after {stats.input:,} events"
+        + (f" ({stats.replayed:,} replayed from the log)" if stats.replayed else "")
+        + f"; state committed in {data}"
+    )
 
 
 @app.command("run")

@@ -427,6 +427,10 @@ class Runtime:
         router = Router(kind_cls, handles, n, site_list, self.config.max_inflight)
         self.kinds[kind_cls.name] = _Kind(kind_cls, config, handles, router, by_site, n, forward)
 
+    def shards_of(self, kind: str) -> list[Handle]:
+        """Every shard of ``kind``, in routing order."""
+        return list(self._kind(kind).shards)
+
     def shards_by_site(self, kind: str) -> dict[str, list[Handle]]:
         """For a site-partitioned kind: each site's shards, in routing order."""
         k = self._kind(kind)
@@ -577,11 +581,14 @@ class Runtime:
         self.dispatch(kind, events)
         return sum_stats(self.drain_inflight())
 
-    def dead_letter(self, rows: pa.Table) -> None:
+    def dead_letter(self, rows: pa.Table, publish: bool = True) -> None:
         """Refused rows: published on the ``dead_letters`` topic now (for `edgecore tail`
-        and subscribers) and written to the ``dead_letters`` table with the next checkpoint."""
+        and subscribers) and written to the ``dead_letters`` table with the next checkpoint.
+        ``publish=False``: a feeder put them on the topic itself."""
         if rows.num_rows:
             self._dead.append(rows)
+            if not publish:
+                return
             self._dead_pending.append(self.topic(DEAD_LETTERS).call("publish", rows))
             if len(self._dead_pending) > 8:  # bounded: a flood of bad input waits for the topic
                 resolve(self._dead_pending[:-8])
@@ -602,10 +609,12 @@ class Runtime:
             self._seen_set(scope).add(event_ids[~self._seen_set(scope).contains(event_ids)])
             self._new_seen.append((scope, np.asarray(event_ids, dtype=np.int64)))
 
-    def start_stage(self, cls: type, *args: Any, name: str, stage: str, site: str | None) -> Handle:
-        """Start a pipeline-stage actor placed by the policy (e.g. ingest at a site's edge)."""
-        handle = self._spawn(cls, *args, spec=ActorSpec(name, "stage", stage, site))
-        return handle
+    def start_stage(
+        self, cls: type, *args: Any, name: str, stage: str, site: str | None, **kwargs: Any
+    ) -> Handle:
+        """Start a pipeline-stage actor placed by the policy (e.g. ingest at a site's edge);
+        ``kwargs`` go to ``cls`` (``max_concurrency`` to Ray, for a threaded actor)."""
+        return self._spawn(cls, *args, spec=ActorSpec(name, "stage", stage, site), **kwargs)
 
     def stop_stage(self, name: str) -> None:
         entry = self.placed.pop(name, None)

@@ -77,6 +77,8 @@ class Cut:
     #: event-time watermarks tracked by the feeder: scope -> snapshot
     watermarks: dict[str, bytes] = field(default_factory=dict)
     shard_stats: list[dict[str, float]] = field(default_factory=list)
+    #: the feeder put its dead letters on the ``dead_letters`` topic itself, as they came
+    dead_published: bool = False
 
 
 class Feeder(Protocol):
@@ -250,25 +252,45 @@ def _loop(
         if shard_stats:
             run_.counters = sum_stats([run_.counters, *shard_stats])
 
-    def checkpoint() -> None:
-        cuts: list[Cut] = []
+    def pause() -> tuple[list[Any], dict[str, int]]:
+        """Cut every feeder (each stops dispatching, what it sent is applied) and take
+        over what they hand: the caller resumes them."""
+        paused: list[Any] = []
+        positions: dict[str, int] = {}
         try:
             for f in feeders:
-                cuts.append(f.cut())
-            positions: dict[str, int] = {}
-            for c in cuts:
+                c = f.cut()
+                paused.append(f)
                 positions.update(c.positions)
                 for dead in c.dead:
-                    rt.dead_letter(dead)
+                    rt.dead_letter(dead, publish=not c.dead_published)
                 for ids in c.ids:
                     rt.record_applied(app.kind.name, ids)
                 for scope, snap in c.watermarks.items():
                     rt.set_watermarks(scope, snap)
                 absorb({}, c.shard_stats)
+        except BaseException:
+            for f in paused:
+                f.resume()
+            raise
+        return paused, positions
+
+    def sync() -> None:
+        """Merge kind-wide state (model replicas) while nothing is applied anywhere."""
+        paused, _ = pause()
+        try:
+            rt.sync_kinds()
+        finally:
+            for f in paused:
+                f.resume()
+
+    def checkpoint() -> None:
+        paused, positions = pause()
+        try:
             absorb({}, rt.drain_inflight())  # the snapshot below counts every applied batch
             prepared = rt.prepare_checkpoint()
         finally:
-            for f in feeders[: len(cuts)]:
+            for f in paused:
                 f.resume()
         rt.commit_checkpoint(prepared, positions)
         stats.checkpoints += 1
@@ -294,7 +316,7 @@ def _loop(
                 active.remove(f)
         absorb({}, rt.poll())
         if rows_since_sync >= rt.config.sync_rows:
-            rt.sync_kinds()
+            sync()
             rows_since_sync = 0
         now = time.perf_counter()
         if (

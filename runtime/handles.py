@@ -15,7 +15,10 @@ Ray's errors are translated here into :class:`~runtime.errors.ActorFailedError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +152,9 @@ def init_ray(
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": True}
+    isolate: Any = contextlib.nullcontext()
     if address is None:
+        isolate = _own_sessions()
         # the one local node plays both roles
         kwargs.update(
             address="local",
@@ -161,8 +166,37 @@ def init_ray(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs["address"] = address
-    ray.init(**kwargs)
+    with isolate:
+        ray.init(**kwargs)
     return True
+
+
+@contextlib.contextmanager
+def _own_sessions() -> Iterator[None]:
+    """Start the embedded Ray's processes (GCS, raylet, and so the workers) in sessions of
+    their own, as Ray itself does on Windows: a SIGTERM or SIGINT to the driver's whole
+    process group (a shell job, ``kill -- -PGID``) then reaches the driver alone, which
+    stops intake, commits through its actors and shuts Ray down. Ray still ends them if
+    the driver dies (kernel fate-sharing), which is why this is done only where Ray has it.
+    """
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    base = services.ConsolePopen
+    if sys.platform == "win32" or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class OwnSession(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
 
 
 EMBEDDED_LABELS = {"role": "hybrid", "site": "local"}

@@ -1,34 +1,50 @@
-"""HTTP ingest: POST events as NDJSON or a JSON array, get back what happened to them.
+"""HTTP ingest: POST events, get back what happened to them once they are durable.
 
-``POST /v1/events`` answers ``{"accepted", "dead_lettered", "duplicates", "input"}``;
-bad rows become dead letters with reasons (never a silent drop), a body that is not
-JSON at all is a 400 with the reason. ``GET /healthz`` answers once the runtime is
-ready. Bound to 127.0.0.1 by default; any other bind address requires a bearer
-token. Bodies above ``max_body`` bytes get a 413, and while the shards are saturated
-requests get a 429 with ``Retry-After`` instead of queuing without bound.
+Served by aiohttp (already in the process through Ray's own dashboard dependency; a C
+HTTP parser, asyncio so that idle and slow connections cost no thread) inside a live
+ingest actor, on the node where the traffic arrives (:mod:`runtime.live`).
+
+``POST /v1/events`` takes NDJSON (``application/x-ndjson``), a JSON array or object
+(``application/json``) or an Arrow IPC stream (``application/vnd.apache.arrow.stream``,
+for high-rate producers). The answer comes after the events are in the write-ahead log:
+``200 {"input", "accepted", "dead_lettered", "duplicates", "filtered"}`` (plus the most
+common ``reasons`` when rows were refused). Malformed input is a 4xx, never a 5xx:
+
+====  ==========================================================================
+400   the body is not what its content type says (not JSON, not Arrow, empty)
+401   a bearer token is configured and the request lacks it (compared in constant time)
+408   the body did not arrive within ``body_timeout_s``
+413   the body is over ``max_body`` bytes (refused before it is read when declared)
+415   a content type other than the three above
+429   ingest is backpressured: ``Retry-After`` says when to try again
+503   ingest is stopping (or restarting after a failure): ``Retry-After`` as well
+====  ==========================================================================
+
+``GET /healthz`` answers ``{"status": "ok"}`` to anyone; with the token (or when none is
+configured) it adds the counts. Connections idle for ``keepalive_s`` are closed, and so
+are ones that do not complete a request's headers within that time (aiohttp's keep-alive
+timer is not reset by partial data), so slow or idle clients cannot pin the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import io
 import ipaddress
 import json
+import ssl
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.json as pajson
-
-from runtime.core import Runtime
+from runtime.decode import BadInput, decode_arrow, decode_json_records, json_schema
 from runtime.errors import ConfigError
-from runtime.pipeline import App, ingest_many, new_counts, setup
-from runtime.schema import MALFORMED
-from runtime.sources import rows_to_table
+from runtime.gate import Backpressure, Closed, Gate
 
 MAX_BODY = 8 * 2**20
+ARROW = "application/vnd.apache.arrow.stream"
+RETRY = {"Retry-After": "1"}
 
 
 def is_loopback(host: str) -> bool:
@@ -40,230 +56,249 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class IngestServer:
-    """Serve ``app`` over HTTP on ``host:port`` (port 0: any free port, see ``.port``)."""
+@dataclass(frozen=True)
+class HttpOptions:
+    """Where and how the HTTP front end listens."""
 
-    def __init__(
-        self,
-        rt: Runtime,
-        app: App,
-        host: str = "127.0.0.1",
-        port: int = 8080,
-        token: str | None = None,
-        max_body: int = MAX_BODY,
-    ) -> None:
-        if not is_loopback(host) and not token:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    max_body: int = MAX_BODY
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    keepalive_s: float = 15.0
+    body_timeout_s: float = 30.0
+    backlog: int = 1024
+    #: how long a request may wait for room in the gate before a 429
+    wait_s: float = 0.05
+
+    def check(self) -> None:
+        """Refuse unsafe or impossible settings before anything starts."""
+        if not is_loopback(self.host) and not self.token:
             raise ConfigError(
-                f"binding HTTP ingest to {host} exposes it beyond this machine: pass a bearer token (--token)"
+                f"binding HTTP ingest to {self.host} exposes it beyond this machine: give a "
+                "bearer token (--token or the EDGECORE_TOKEN environment variable)"
             )
-        self.rt, self.app, self.token, self.max_body = rt, app, token, max_body
-        self.wait_s = 0.05  # how long a request may wait for a free shard before a 429
-        self.lock = threading.Lock()  # the runtime is driven from one thread at a time
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Waiting] = []
-        self.source_id = f"http:{host}:{port}:{int(time.time())}"
-        self.received = 0
-        self.totals = new_counts()
-        self._json_schema = _parse_schema(app.schema.arrow_schema)
-        setup(rt, app)
-        self.server = ThreadingHTTPServer((host, port), _handler(self))
-        self.port = self.server.server_address[1]
-        self._thread: threading.Thread | None = None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"HTTP port must be 0..65535, not {self.port}")
+        if self.tls_cert:
+            self.ssl_context()  # a clear error now for a missing or mismatched file
 
-    def start(self) -> IngestServer:
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def checkpoint(self) -> None:
-        with self.lock:
-            self.rt.drain_inflight()
-            self.rt.checkpoint()
-
-    def handle_events(self, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
-        table = _fast_ndjson(body, content_type, self._json_schema)
-        if table is None:
-            rows, error = _parse(body, content_type)
-            if error:
-                return 400, {"error": error}
-            table = rows_to_table(rows)
-        # Flat combining: a request queues its rows, then whoever holds the runtime takes
-        # every queued request at once, so concurrent requests share one call per shard.
-        mine = _Waiting(table)
-        with self._queue_lock:
-            self._queue.append(mine)
-        deadline = time.monotonic() + self.wait_s
-        with self.lock:
-            if mine.status is None:
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                try:
-                    self._ingest(group, deadline)
-                except Exception as err:  # the runtime failed: every request taken hears it
-                    for w in group:
-                        if w.status is None:
-                            w.status, w.payload = 503, {"error": f"runtime unavailable: {err}"}
-        assert mine.status is not None
-        return mine.status, mine.payload
-
-    def _ingest(self, group: list[_Waiting], deadline: float) -> None:
-        router = self.rt.kinds[self.app.kind.name].router
-        while router.saturated():  # wait a little for the shards before refusing
-            self.rt.poll()
-            if not router.saturated():
-                break
-            if time.monotonic() > deadline:
-                for w in group:
-                    w.status = 429
-                    w.payload = {
-                        "error": "ingest is backpressured; retry later",
-                        "retry_after_s": 1,
-                    }
-                return
-            time.sleep(0.001)
-        batches = []
-        for w in group:
-            batches.append((w.table, self.source_id, self.received))
-            self.received += w.table.num_rows
-        for w, counts in zip(group, ingest_many(self.rt, self.app, batches), strict=True):
-            w.status, w.payload = 200, counts
-            for k, v in counts.items():
-                self.totals[k] += v
-        self.rt.poll()
-
-
-class _Waiting:
-    """A request's rows waiting for the runtime, and then its answer."""
-
-    __slots__ = ("payload", "status", "table")
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-        self.status: int | None = None
-        self.payload: dict[str, Any] = {}
-
-
-_ONE_THREAD = pajson.ReadOptions(use_threads=False)  # a request is small: threads cost more
-
-
-def _fast_ndjson(
-    body: bytes, content_type: str, schema: pa.Schema | None = None
-) -> pa.Table | None:
-    """Well-formed NDJSON parsed by Arrow in one pass, with the app's types when every value
-    fits them (no type inference: a quarter faster), else with inferred types; None to fall
-    back to line by line (broken lines), which turns each bad line into a dead letter."""
-    if not ("ndjson" in content_type or "jsonl" in content_type):
-        return None
-    typed = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-    for parse in (typed, None) if schema is not None else (None,):
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            return pajson.read_json(io.BytesIO(body), read_options=_ONE_THREAD, parse_options=parse)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            continue
-    return None
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(
+                f"cannot load the TLS certificate {self.tls_cert} and key {self.tls_key}: {err}"
+            ) from err
+        return ctx
 
 
-def _parse_schema(schema: pa.Schema) -> pa.Schema:
-    """The app's types as Arrow's JSON reader can take them (timestamps to the microsecond;
-    validation then brings them to milliseconds)."""
-    return pa.schema(
-        [
-            pa.field(f.name, pa.timestamp("us") if pa.types.is_timestamp(f.type) else f.type)
-            for f in schema
-        ]
-    )
+class HttpListener:
+    """The HTTP front end of one gate, on its own event loop thread."""
 
+    def __init__(self, gate: Gate, options: HttpOptions) -> None:
+        options.check()
+        self.gate, self.options = gate, options
+        self.port: int | None = None
+        self.closing = False
+        self._schema = json_schema(gate.app.schema.arrow_schema)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: Any = None
+        self._thread: threading.Thread | None = None
+        self._token = options.token.encode() if options.token else None
 
-def _parse(body: bytes, content_type: str) -> tuple[list[dict[str, Any]], str | None]:
-    """NDJSON (one event per line; a broken line becomes a malformed record) or a JSON array."""
-    text = body.decode("utf-8", errors="replace")
-    if "ndjson" in content_type or "jsonl" in content_type:
-        rows = []
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                    rows.append(obj if isinstance(obj, dict) else {MALFORMED: line[:4096]})
-                except json.JSONDecodeError:
-                    rows.append({MALFORMED: line[:4096]})
-        return (rows, None) if rows else ([], "empty body: send NDJSON lines or a JSON array")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        return (
-            [],
-            f"body is not JSON ({err.msg} at {err.pos}); send a JSON array or NDJSON (application/x-ndjson)",
-        )
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list) or not data:
-        return [], "expected a non-empty JSON array of event objects"
-    return [r if isinstance(r, dict) else {MALFORMED: json.dumps(r)[:4096]} for r in data], None
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> int:
+        """Bind and serve in a thread; returns the bound port (for port 0: the one chosen)."""
+        ready: list[Any] = []
+        started = threading.Event()
 
-
-def _handler(server: IngestServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # one segment per response, sent at once: with headers and body written apart,
-        # Nagle and delayed ACKs add ~40 ms to every request
-        disable_nagle_algorithm = True
-        wbufsize = 64 * 1024
-        protocol_version = "HTTP/1.1"  # keep-alive: clients reuse the connection
-
-        def log_message(self, *args: Any) -> None:  # quiet: counts go to the summary instead
-            pass
-
-        def _reply(
-            self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
-        ) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path == "/healthz":
-                self._reply(200, {"status": "ok", "app": server.app.name, **server.totals})
-            else:
-                self._reply(
-                    404, {"error": f"no route {self.path}; use POST /v1/events or GET /healthz"}
-                )
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/v1/events":
-                self._reply(404, {"error": f"no route {self.path}; use POST /v1/events"})
-                return
-            if server.token:
-                given = self.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
-                    self._reply(
-                        401,
-                        {"error": "missing or wrong bearer token"},
-                        {"WWW-Authenticate": "Bearer"},
-                    )
-                    return
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self._reply(411, {"error": "Content-Length is required"})
-                return
-            if int(length) > server.max_body:
-                self._reply(
-                    413, {"error": f"body of {length} bytes is over the limit of {server.max_body}"}
-                )
-                return
-            body = self.rfile.read(int(length))
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
             try:
-                status, payload = server.handle_events(body, self.headers.get("Content-Type", ""))
-            except Exception as err:  # the runtime failed: say so, keep serving
-                status, payload = 503, {"error": f"runtime unavailable: {err}"}
-            headers = {"Retry-After": "1"} if status == 429 else None
-            self._reply(status, payload, headers)
+                ready.append(loop.run_until_complete(self._serve()))
+            except BaseException as err:  # bind errors reach the caller
+                ready.append(err)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
 
-    return Handler
+        self._thread = threading.Thread(target=main, name="http-ingest", daemon=True)
+        self._thread.start()
+        started.wait(30)
+        if not ready or isinstance(ready[0], BaseException):
+            err = ready[0] if ready else TimeoutError("the HTTP server did not start")
+            raise ConfigError(
+                f"cannot serve HTTP on {self.options.host}:{self.options.port}: {err}"
+            ) from None
+        self.port = int(ready[0])
+        return self.port
+
+    async def _serve(self) -> int:
+        import logging
+
+        from aiohttp import web
+
+        # a malformed request line or header is answered 400 by aiohttp, which also logs
+        # it with a traceback: a client's mistake, not the server's
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+
+        app = web.Application()
+        app.router.add_post("/v1/events", self._events)
+        app.router.add_get("/healthz", self._health)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.options.keepalive_s,
+            shutdown_timeout=2.0,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            self.options.host,
+            self.options.port,
+            ssl_context=self.options.ssl_context(),
+            backlog=self.options.backlog,
+            reuse_address=True,
+        )
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    def stop_intake(self) -> None:
+        """New requests get 503 with Retry-After; requests already taken are answered."""
+        self.closing = True
+
+    def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # -- requests --------------------------------------------------------------------------
+    def _authorized(self, request: Any) -> bool:
+        if self._token is None:
+            return True
+        given = request.headers.get("Authorization", "").encode()
+        return hmac.compare_digest(given, b"Bearer " + self._token)
+
+    async def _health(self, request: Any) -> Any:
+        body: dict[str, Any] = {"status": "stopping" if self.closing else "ok"}
+        if self._authorized(request):
+            body.update(app=self.gate.app.name, **self.gate.totals)
+        return _reply(200, body)
+
+    async def _events(self, request: Any) -> Any:
+        if not self._authorized(request):
+            return _reply(
+                401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"}
+            )
+        if self.closing:
+            return _reply(503, {"error": "ingest is stopping; retry shortly"}, RETRY, close=True)
+        ctype = request.content_type
+        decoder = self._decoder(ctype)
+        if decoder is None:
+            return _reply(
+                415,
+                {
+                    "error": f"unsupported content type {ctype!r}: send application/x-ndjson, "
+                    f"application/json or {ARROW}"
+                },
+            )
+        limit = self.options.max_body
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            return _reply(
+                413, {"error": f"body of {declared} bytes is over the limit of {limit}"}, close=True
+            )
+        try:
+            body = await asyncio.wait_for(_read(request, limit), self.options.body_timeout_s)
+        except _TooLarge:
+            return _reply(413, {"error": f"body is over the limit of {limit} bytes"}, close=True)
+        except TimeoutError:
+            return _reply(
+                408,
+                {"error": f"body not received within {self.options.body_timeout_s:g} s"},
+                close=True,
+            )
+        try:
+            table = decoder(body)
+        except BadInput as err:
+            return _reply(400, {"error": str(err)})
+        deadline = asyncio.get_running_loop().time() + self.options.wait_s
+        try:
+            prepared = self.gate.prepare(table, "http")
+            while True:
+                try:
+                    future = self.gate.enqueue(prepared)
+                    break
+                except Backpressure as err:
+                    if asyncio.get_running_loop().time() >= deadline:
+                        return _reply(
+                            429, {"error": f"{err}; retry later", "retry_after_s": 1}, RETRY
+                        )
+                    await asyncio.sleep(0.002)
+            counts = await asyncio.wrap_future(future)
+        except Closed as err:
+            return _reply(503, {"error": str(err)}, RETRY)
+        return _reply(200, counts)
+
+    def _decoder(self, ctype: str) -> Callable[[bytes], Any] | None:
+        if ctype in (
+            "application/x-ndjson",
+            "application/ndjson",
+            "application/jsonl",
+            "application/x-jsonlines",
+        ):
+            return lambda body: decode_json_records(body, ndjson=True, schema=self._schema)
+        if ctype in ("application/json", "", "application/octet-stream") or ctype.endswith("+json"):
+            return lambda body: decode_json_records(body, ndjson=False)
+        if ctype == ARROW:
+            return decode_arrow
+        return None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read(request: Any, limit: int) -> bytes:
+    """The body, refused as soon as it grows over ``limit`` (whatever it declared)."""
+    parts, size = [], 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        parts.append(chunk)
+
+
+def _reply(
+    status: int, payload: dict[str, Any], headers: dict[str, str] | None = None, close: bool = False
+) -> Any:
+    from aiohttp import web
+
+    resp = web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+    if close:  # the rest of an unread body is not worth reading
+        resp.force_close()
+    return resp

@@ -1,138 +1,169 @@
-"""MQTT ingest for edge devices: QoS 1, a persistent session, acks only after a commit.
+"""MQTT ingest for devices: QoS 1, a persistent session, acknowledged once durable.
 
-Messages carry one JSON event or a JSON array of events. The client acknowledges a
-message only once a checkpoint has committed the state it produced, so if this
-process dies the broker delivers it again (persistent session), and the runtime's
-dedup by ``event_id`` applies it once. The broker must allow unacknowledged
-messages to pile up for a checkpoint interval (mosquitto: ``max_inflight_messages
-0``); when the runtime is slower than the devices, the bounded receive queue stops
-the network loop and the broker queues instead (backpressure).
+A live ingest actor (:mod:`runtime.live`) subscribes with a persistent session
+(``clean_session=False``) and manual acknowledgements. Messages carry one JSON event
+or a JSON array of events; a pump thread takes what arrived, decodes every message on
+its own (a message that is not JSON, nested too deep, not UTF-8 or not an object is
+one dead letter with the raw payload and the reason, and never holds up the others),
+hands the rows to the gate, and acknowledges the messages as soon as the gate has
+them in its write-ahead log. Redeliveries after a crash are deduplicated by
+``event_id``. When the runtime is slower than the devices, the bounded receive queue
+stops paho's network loop and the broker queues instead (backpressure); the broker
+must let unacknowledged messages pile up meanwhile (mosquitto:
+``max_inflight_messages 0``).
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from runtime.core import Runtime
+from runtime.decode import decode_messages
 from runtime.errors import ConfigError
-from runtime.pipeline import App, ingest, new_counts, setup
-from runtime.schema import MALFORMED
-from runtime.sources import rows_to_table
+from runtime.gate import Backpressure, Closed, Gate
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
-    """``mqtt://HOST:PORT/TOPIC-FILTER`` -> (host, port, filter); ``#`` and ``+`` allowed."""
+    """``mqtt://HOST:PORT/TOPIC-FILTER`` -> (host, port, filter); ``#`` and ``+`` allowed.
+
+    >>> parse_url("mqtt://127.0.0.1:1883/cards/+/txn")
+    ('127.0.0.1', 1883, 'cards/+/txn')
+    """
     u = urlparse(url)
     if u.scheme != "mqtt" or not u.hostname:
         raise ConfigError(f"--mqtt must look like mqtt://HOST:PORT/TOPIC-FILTER, not {url!r}")
+    try:
+        port = u.port or 1883
+    except ValueError:
+        raise ConfigError(f"--mqtt {url!r} has no valid port") from None
     topic = url.split("/", 3)[3] if url.count("/") >= 3 else ""
     if not topic:
         raise ConfigError(
             f"--mqtt {url!r} names no topic filter (e.g. mqtt://127.0.0.1:1883/devices/#)"
         )
-    return u.hostname, u.port or 1883, topic
+    return u.hostname, port, topic
 
 
-def parse_message(payload: bytes) -> list[dict[str, Any]]:
-    """One event, or an array of events; anything else is one malformed record."""
-    try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return [{MALFORMED: payload[:4096].decode("utf-8", errors="replace")}]
-    items = data if isinstance(data, list) else [data]
-    return [r if isinstance(r, dict) else {MALFORMED: json.dumps(r)[:4096]} for r in items]
+@dataclass(frozen=True)
+class MqttOptions:
+    url: str
+    client_id: str | None = None
+    #: messages received but not yet taken by the pump; beyond it the network loop waits
+    max_queue: int = 20_000
+    #: messages taken per pump round (one gate submission)
+    max_messages: int = 2_000
+
+    def check(self) -> None:
+        parse_url(self.url)
 
 
-class MqttIngest:
-    def __init__(
-        self,
-        rt: Runtime,
-        app: App,
-        url: str,
-        client_id: str | None = None,
-        lock: threading.Lock | None = None,
-        max_queue: int = 20_000,
-    ) -> None:
+class MqttListener:
+    """Subscribe for one gate; acknowledge each message once the gate logged it."""
+
+    def __init__(self, gate: Gate, options: MqttOptions) -> None:
         import paho.mqtt.client as mqtt
 
-        self.rt, self.app = rt, app
-        self.host, self.port, self.topic = parse_url(url)
-        self.lock = lock or threading.Lock()
-        self.source_id = f"mqtt:{self.host}:{self.port}/{self.topic}"
-        self.received = 0
-        self.totals = {**new_counts(), "messages": 0}
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
-        self._unacked: list[tuple[int, int]] = []  # (mid, qos) applied but not yet committed
+        self.gate, self.options = gate, options
+        self.host, self.port, self.topic = parse_url(options.url)
+        self._queue: queue.Queue[tuple[int, int, bytes]] = queue.Queue(maxsize=options.max_queue)
         self.connected = threading.Event()
-        setup(rt, app)
+        self.messages = 0
+        self._closing = threading.Event()
+        self._pump: threading.Thread | None = None
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"edgecore-{app.name}",
+            client_id=options.client_id or f"edgecore-{gate.app.name}-{gate.name}",
             clean_session=False,  # the broker keeps our subscription and unacked messages
             protocol=mqtt.MQTTv311,
         )
         self.client.manual_ack_set(True)
         self.client.reconnect_delay_set(min_delay=0.1, max_delay=2)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
+        self.client.on_connect = lambda c, *a: c.subscribe(self.topic, qos=1)
+        self.client.on_subscribe = lambda *a: self.connected.set()
         self.client.on_disconnect = lambda *a: self.connected.clear()
-        self.client.on_message = lambda c, u, msg: self._queue.put((msg.mid, msg.qos, msg.payload))
+        self.client.on_message = self._on_message
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe(self.topic, qos=1)
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        while not self._closing.is_set():
+            try:  # blocking here stops the network loop: the broker holds the rest
+                self._queue.put((msg.mid, msg.qos, msg.payload), timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
-    def _on_subscribe(self, *args: Any) -> None:
-        self.connected.set()  # connected and subscribed: the broker now queues for us
-
-    def start(self) -> MqttIngest:
+    def start(self) -> MqttListener:
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
+        self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
+        self._pump.start()
         return self
 
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.connected.wait(timeout)
 
-    def pump(self, max_messages: int = 200, wait: float = 0.1) -> int:
-        """Apply what arrived (up to ``max_messages``); returns how many messages."""
+    # -- the pump --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            got = self._take(0.05)
+            if got and not self._hand_over(got):
+                return
+
+    def _take(self, wait: float) -> list[tuple[int, int, bytes]]:
         got: list[tuple[int, int, bytes]] = []
         try:
             got.append(self._queue.get(timeout=wait))
-            while len(got) < max_messages:
+            while len(got) < self.options.max_messages:
                 got.append(self._queue.get_nowait())
         except queue.Empty:
             pass
-        if not got:
-            return 0
-        rows = [row for _, _, payload in got for row in parse_message(payload)]
-        table = rows_to_table(rows)
-        with self.lock:
-            counts = ingest(self.rt, self.app, table, self.source_id, self.received)
-            self.received += table.num_rows
-            self.rt.poll()
-        self._unacked.extend((mid, qos) for mid, qos, _ in got)
-        for k, v in counts.items():
-            self.totals[k] += v
-        self.totals["messages"] += len(got)
-        return len(got)
+        return got
 
-    def checkpoint(self) -> None:
-        """Commit, then acknowledge every message the commit covers."""
-        with self.lock:
-            self.rt.drain_inflight()
-            self.rt.checkpoint()
-        acks, self._unacked = self._unacked, []
-        for mid, qos in acks:
-            self.client.ack(mid, qos)
+    def _hand_over(self, got: list[tuple[int, int, bytes]]) -> bool:
+        """Submit the messages' rows; acknowledge them once logged. False: the gate is
+        closed, so they stay unacknowledged and the broker delivers them again."""
+        table = decode_messages([payload for _, _, payload in got])
+        prepared = self.gate.prepare(table, "mqtt")
+        while True:
+            try:
+                future = self.gate.enqueue(prepared, wait_s=0.2)
+                break
+            except Backpressure:
+                continue  # hold them: the receive queue fills and the broker keeps the rest
+            except Closed:
+                return False
+        acks = [(mid, qos) for mid, qos, _ in got]
+        self.messages += len(got)
 
-    def wait_connected(self, timeout: float = 10.0) -> bool:
+        def acknowledge(done: Future) -> None:
+            if done.exception() is None:
+                for mid, qos in acks:
+                    self.client.ack(mid, qos)
+
+        future.add_done_callback(acknowledge)
+        return True
+
+    # -- stopping --------------------------------------------------------------------------
+    def stop_intake(self, timeout: float = 5.0) -> None:
+        """Take no more messages, hand over the ones taken, disconnect cleanly (the broker
+        keeps the session and queues what comes next)."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        if self._pump is not None:
+            self._pump.join(timeout)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.connected.wait(0.1):
-                return True
-        return False
+        while not self._queue.empty() and time.monotonic() < deadline:
+            got = self._take(0.0)  # received but not handed over: log them too
+            if got and not self._hand_over(got):
+                break
+        self.gate.stop_intake(max(0.1, deadline - time.monotonic()))  # their acks go out
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def close(self) -> None:
+        self.stop_intake(timeout=1.0)

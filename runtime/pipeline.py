@@ -168,6 +168,9 @@ class RunStats:
     filtered: int = 0
     checkpoints: int = 0
     restarts: int = 0
+    #: events a live gate applied again from its write-ahead log after a restart (their
+    #: counts are in the others: they were acknowledged before it)
+    replayed: int = 0
     counters: dict[str, float] = field(default_factory=dict)
     app: dict[str, Any] = field(default_factory=dict)
 

@@ -51,6 +51,8 @@ MAX_RAW_CHARS = 4096
 MALFORMED = "_edgecore_malformed"
 #: and, where it knows, why (e.g. "not UTF-8"): the dead letter's reason names it
 MALFORMED_WHY = "_edgecore_malformed_why"
+#: the columns of a row that held an object or array where text was read (comma-separated)
+NESTED = "_edgecore_nested"
 #: event times outside these years are data errors, not events (1970-01-01 .. 2200-01-01)
 TS_MIN_MS = 0
 TS_MAX_MS = 7_258_118_400_000
@@ -134,6 +136,14 @@ class EventSchema:
                     lambda i: f"malformed ({whys[i] or 'not parseable as a record'})",
                 )
             )
+        if NESTED in table.column_names:
+            marks = table.column(NESTED).to_pylist()
+            for col in self.columns:
+                hit = np.array([m is not None and col.name in m.split(",") for m in marks])
+                if hit.any():
+                    failed.append(
+                        (col.name, hit, lambda i, t=col.type: f"not a {t} (an object or array)")
+                    )
         for col in self.columns:
             if col.name not in table.column_names:
                 out[col.name] = pa.nulls(n, col.arrow_type)

@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from runtime.errors import ConfigError, SchemaError
-from runtime.schema import MALFORMED
+from runtime.schema import MALFORMED, MAX_RAW_CHARS, NESTED
 
 FORMATS = {
     ".parquet": "parquet",
@@ -136,20 +136,43 @@ class FileSource:
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
-    """Columns from JSON-like dicts; a column with mixed types falls back to text."""
+    """Columns from JSON-like dicts; a column with mixed types falls back to text.
+
+    An object or array in such a column becomes its JSON text, and the row says so in
+    :data:`~runtime.schema.NESTED`: validation refuses it where a value belongs.
+
+    >>> t = rows_to_table([{"id": "a"}, {"id": {"x": 1}}, {"id": 7}])
+    >>> t.column("id").to_pylist(), t.column("_edgecore_nested").to_pylist()
+    (['a', '{"x": 1}', '7'], [None, 'id', None])
+    """
     names: dict[str, None] = {}
     for r in rows:
         names.update(dict.fromkeys(r))
     cols = {}
+    nested: dict[int, list[str]] = {}
     for name in names:
         vals = [r.get(name) for r in rows]
         try:
             cols[name] = pa.array(vals)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            cols[name] = pa.array(
-                [v if v is None or isinstance(v, str) else json.dumps(v) for v in vals], pa.string()
-            )
+            text = []
+            for i, v in enumerate(vals):
+                if isinstance(v, (dict, list)):
+                    nested.setdefault(i, []).append(name)
+                text.append(v if v is None or isinstance(v, str) else _as_text(v))
+            cols[name] = pa.array(text, pa.string())
+    if nested:
+        cols[NESTED] = pa.array(
+            [",".join(nested[i]) if i in nested else None for i in range(len(rows))], pa.string()
+        )
     return pa.table(cols)
+
+
+def _as_text(v: object) -> str:
+    try:
+        return json.dumps(v)[:MAX_RAW_CHARS]
+    except (ValueError, RecursionError):  # NaN is fine; a cycle or absurd depth is not
+        return "<unprintable>"
 
 
 class Paced:

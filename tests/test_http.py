@@ -1,47 +1,25 @@
-"""HTTP ingest with a real HTTP client against the real server (in-process runtime)."""
+"""HTTP ingest through a real client against the aiohttp front end of a live gate
+(in-process here; ``test_live_serve.py`` runs ``edgecore serve`` as users do)."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from urllib.error import HTTPError
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_transactions, sql_profiles
+from live_helpers import get, ndjson, post
 
 from actors.fraud import fraud_app
 from runtime import ConfigError, Runtime
-from runtime.http import IngestServer
-from runtime.store import Store
-
-
-def post(
-    port: int,
-    body: bytes,
-    ctype: str = "application/x-ndjson",
-    token: str | None = None,
-    host: str = "127.0.0.1",
-):
-    req = urllib.request.Request(f"http://{host}:{port}/v1/events", data=body, method="POST")
-    req.add_header("Content-Type", ctype)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def ndjson(rows: list[dict]) -> bytes:
-    return "\n".join(json.dumps(r, default=str) for r in rows).encode()
+from runtime.http import ARROW, HttpOptions
+from runtime.live import LiveIngest
+from runtime.pipeline import setup
 
 
 @pytest.fixture
@@ -53,101 +31,208 @@ def events(tmp_path):
     return table, rows
 
 
-def test_events_in_counts_out_and_profiles_right(tmp_path, events):
+class Live:
+    """A local-mode runtime with one live ingest actor's gate and HTTP front end."""
+
+    def __init__(self, folder, **http) -> None:
+        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
+        setup(self.rt, fraud_app)
+        opts = HttpOptions(port=0, **http)
+        self.ingest = LiveIngest(
+            fraud_app,
+            "local",
+            str(folder),
+            self.rt.shards_of("customers"),
+            np.zeros(0, dtype=np.int64),
+            0,
+            http=opts,
+        )
+        self.port = self.ingest.open()["http_port"]
+        self.gate = self.ingest.gate
+
+    def close(self) -> None:
+        self.ingest.close()
+        self.rt.stop(checkpoint=False)
+
+
+@pytest.fixture
+def live(tmp_path):
+    created = []
+
+    def make(**http):
+        lv = Live(tmp_path / f"d{len(created)}", **http)
+        created.append(lv)
+        return lv
+
+    yield make
+    for lv in created:
+        lv.close()
+
+
+def total_applied(lv: Live) -> int:
+    lv.gate.cut()
+    lv.gate.resume()
+    return sum(int(s.target.counters["rows"]) for s in lv.rt.shards_of("customers"))
+
+
+def test_events_in_counts_out_in_every_body_format(live, events):
     table, rows = events
-    with Runtime(data_dir=str(tmp_path / "d"), mode="local", shards=2) as rt:
-        server = IngestServer(rt, fraud_app, port=0).start()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as r:
-                assert r.status == 200
-            assert post(server.port, ndjson(rows[:2_000]))[1] == {
-                "input": 2_000,
-                "accepted": 2_000,
-                "dead_lettered": 0,
-                "duplicates": 0,
-                "filtered": 0,
-            }
-            # the rest as a JSON array, with redeliveries, bad rows and a broken line
-            bad = [
-                {**rows[0], "event_id": 99_999_999, "amount": "lots"},
-                {**rows[1], "event_id": 99_999_998, "ts": "soon"},
-            ]
-            status, counts = post(
-                server.port, json.dumps(rows[2_000:] + rows[:5] + bad).encode(), "application/json"
-            )
-            assert status == 200
-            assert counts == {
-                "input": 1_007,
-                "accepted": 1_000,
-                "dead_lettered": 2,
-                "duplicates": 5,
-                "filtered": 0,
-            }
-            status, counts = post(server.port, b'{"event_id": 1}\n{broken')
-            assert status == 200 and counts["dead_lettered"] == 2
-            assert post(server.port, b"not json", "application/json")[0] == 400
-            assert post(server.port, b"[]", "application/json")[0] == 400
-            server.max_body = 100
-            assert post(server.port, ndjson(rows[:10]))[0] == 413
-        finally:
-            server.stop()
-    store = Store(tmp_path / "d")
-    got = {r["customer_id"]: r["txn_count"] for r in store.read("customers").to_pylist()}
-    assert got == {k: v["txn_count"] for k, v in sql_profiles(table).items()}
-    reasons = store.read("dead_letters").column("reason").to_pylist()
-    assert any("amount" in r for r in reasons) and any("malformed" in r for r in reasons)
-
-
-def test_non_loopback_bind_needs_a_token_and_checks_it(tmp_path, events):
-    _, rows = events
-    with Runtime(data_dir=str(tmp_path), mode="local", shards=1) as rt:
-        with pytest.raises(ConfigError, match="token"):
-            IngestServer(rt, fraud_app, host="0.0.0.0", port=0)
-        server = IngestServer(rt, fraud_app, host="0.0.0.0", port=0, token="s3cret").start()
-        try:
-            assert post(server.port, ndjson(rows[:3]))[0] == 401
-            assert post(server.port, ndjson(rows[:3]), token="wrong")[0] == 401
-            assert post(server.port, ndjson(rows[:3]), token="s3cret") == (
-                200,
-                {"input": 3, "accepted": 3, "dead_lettered": 0, "duplicates": 0, "filtered": 0},
-            )
-        finally:
-            server.stop()
-
-
-def test_serve_runs_until_sigterm_and_commits(tmp_path, events):
-    table, rows = events
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path / "d"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "serve",
-            "--http",
-            f"127.0.0.1:{port}",
-            "--data",
-            str(data),
-            "--local",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    lv = live()
+    assert get(lv.port)[0] == 200
+    assert post(lv.port, ndjson(rows[:1_000])) == (
+        200,
+        {"input": 1_000, "accepted": 1_000, "dead_lettered": 0, "duplicates": 0, "filtered": 0},
     )
-    try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+    # a JSON array with redeliveries and bad rows: the answer names what to fix
+    bad = [
+        {**rows[0], "event_id": 99_999_999, "amount": "lots"},
+        {**rows[1], "event_id": 99_999_998, "ts": "soon"},
+    ]
+    status, counts = post(
+        lv.port, json.dumps(rows[1_000:2_000] + rows[:5] + bad).encode(), "application/json"
+    )
+    assert status == 200
+    assert {k: counts[k] for k in ("input", "accepted", "dead_lettered", "duplicates")} == {
+        "input": 1_007,
+        "accepted": 1_000,
+        "dead_lettered": 2,
+        "duplicates": 5,
+    }
+    assert any("amount" in r for r in counts["reasons"]) and any(
+        "ts" in r for r in counts["reasons"]
+    )
+    # an Arrow IPC stream, typed as the producer has it
+    arrow = table.slice(2_000)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, arrow.schema) as w:
+        w.write_table(arrow)
+    assert post(lv.port, sink.getvalue(), ARROW)[1]["accepted"] == 1_000
+    assert total_applied(lv) == 3_000
+    status, counts = post(lv.port, b'{"event_id": 1}\n{broken')
+    assert status == 200 and counts["dead_lettered"] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        (b"not json", "application/json", 400),
+        (b"[]", "application/json", 400),
+        (b"", "application/x-ndjson", 400),
+        (b"\xff\xfe[]", "application/json", 400),
+        (b"[" * 20_000 + b"]" * 20_000, "application/json", 400),
+        (b"arrow? no", ARROW, 400),
+        (b"a,b\n1,2", "text/csv", 415),
+    ],
+)
+def test_bodies_that_are_not_what_they_claim_get_a_4xx(live, body, ctype, status):
+    lv = live()
+    got, payload = post(lv.port, body, ctype)
+    assert got == status and "error" in payload, payload
+    assert get(lv.port)[0] == 200  # and the server is fine
+
+
+def test_body_limit_holds_whatever_the_request_declares(live, events):
+    _, rows = events
+    lv = live(max_body=10_000)
+    assert post(lv.port, ndjson(rows[:200]))[0] == 413
+    for declared in (b"-1", b"abc", b"99999999999999999999"):
+        with socket.create_connection(("127.0.0.1", lv.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                b"Content-Length: " + declared + b"\r\n\r\n" + b"x" * 100
+            )
+            head = s.recv(200)
+        assert head.split(b" ")[1].startswith(b"4"), (declared, head)
+    # chunked, declaring nothing: cut off as soon as it passes the limit
+    with socket.create_connection(("127.0.0.1", lv.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for _ in range(20):
+            s.sendall(b"1000\r\n" + b"x" * 4096 + b"\r\n")
+        assert s.recv(200).startswith(b"HTTP/1.1 413")
+    assert get(lv.port)[0] == 200
+
+
+def test_non_loopback_needs_a_token_which_is_checked_and_guards_health(live, events):
+    _, rows = events
+    with pytest.raises(ConfigError, match="token"):
+        HttpOptions(host="0.0.0.0", port=0).check()
+    lv = live(token="s3cret")
+    assert post(lv.port, ndjson(rows[:3]))[0] == 401
+    assert post(lv.port, ndjson(rows[:3]), token="wrong")[0] == 401
+    assert post(lv.port, ndjson(rows[:3]), token="s3cret")[1]["accepted"] == 3
+    assert get(lv.port) == (200, {"status": "ok"})  # liveness only, without the token
+    assert get(lv.port, token="s3cret")[1]["accepted"] == 3
+
+
+def test_backpressure_is_a_429_with_retry_after_and_stopping_a_503(live, events):
+    _, rows = events
+    lv = live()
+    lv.gate.max_pending_rows = 100
+    lv.gate.cut()  # the dispatcher pauses: logged rows wait for the shards
+    assert post(lv.port, ndjson(rows[:100]))[0] == 200
+    status, payload = post(lv.port, ndjson(rows[100:150]))
+    assert status == 429 and payload["retry_after_s"] == 1
+    lv.gate.resume()
+    assert post(lv.port, ndjson(rows[100:150]))[0] == 200
+    lv.ingest.http.stop_intake()
+    req = socket.create_connection(("127.0.0.1", lv.port), timeout=10)
+    body = ndjson(rows[150:160])
+    req.sendall(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = req.recv(500)
+    req.close()
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+
+
+def test_idle_and_slow_connections_are_closed_and_do_not_hold_others(live, events):
+    _, rows = events
+    lv = live(keepalive_s=1.0, body_timeout_s=1.0)
+    idle = [socket.create_connection(("127.0.0.1", lv.port)) for _ in range(50)]
+    slow_head = socket.create_connection(("127.0.0.1", lv.port))
+    slow_head.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+    slow_body = socket.create_connection(("127.0.0.1", lv.port))
+    slow_body.sendall(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    t0 = time.monotonic()
+    assert post(lv.port, ndjson(rows[:10]))[0] == 200  # served beside them at once
+    assert time.monotonic() - t0 < 2
+    for s in (slow_head, *idle[:3]):  # trickling a header byte a second does not help
+        deadline = time.monotonic() + 5
+        s.settimeout(5)
+        try:
+            while time.monotonic() < deadline:
+                s.sendall(b"X")
+                if s.recv(1000) == b"":
                     break
-            except OSError:
-                time.sleep(0.1)
-        assert post(port, ndjson(rows))[1]["accepted"] == 3_000
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    got = {r["customer_id"]: r["txn_count"] for r in Store(data).read("customers").to_pylist()}
-    assert sum(got.values()) == 3_000 and Store(data).last_checkpoint().epoch >= 1
-    assert os.path.isdir(data)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        assert time.monotonic() < deadline, "a slow client was never cut off"
+    slow_body.settimeout(5)
+    assert slow_body.recv(200).startswith(b"HTTP/1.1 408")
+    for s in (*idle, slow_head, slow_body):
+        s.close()
+
+
+def test_profiles_equal_the_reference_after_concurrent_clients(live, events):
+    import concurrent.futures
+
+    table, rows = events
+    lv = live()
+    chunks = [rows[i : i + 100] for i in range(0, len(rows), 100)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: post(lv.port, ndjson(c)), chunks))
+    assert all(s == 200 for s, _ in answers)
+    assert sum(a["accepted"] for _, a in answers) == 3_000
+    lv.gate.cut()
+    lv.gate.resume()
+    want = {k: v["txn_count"] for k, v in sql_profiles(table).items()}
+    got = lv.rt.lookup("customers", pa.array(list(want))).to_pylist()
+    assert {r["customer_id"]: r["txn_count"] for r in got} == want

@@ -1,4 +1,5 @@
-"""MQTT ingest through a real Mosquitto broker on loopback: delivery, broker restart, ingest crash."""
+"""MQTT ingest through a real Mosquitto on loopback: delivery, poison messages, a broker
+restart, and ``edgecore serve`` killed with SIGKILL after it acknowledged messages."""
 
 from __future__ import annotations
 
@@ -6,20 +7,20 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
+import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_transactions
+from live_helpers import Broker, Serve, get, mqtt_client, publish
 
 from actors.fraud import fraud_app
 from runtime import Runtime
-from runtime.mqtt import MqttIngest
+from runtime.driver import drive
+from runtime.live import LiveFeeder
+from runtime.mqtt import MqttOptions
 from runtime.store import Store
 
 if shutil.which("mosquitto") is None:
@@ -28,63 +29,11 @@ if shutil.which("mosquitto") is None:
     pytest.skip("mosquitto is not installed (apt-get install mosquitto)", allow_module_level=True)
 
 
-class Broker:
-    """A Mosquitto with persistence, its own port and folder; restartable."""
-
-    def __init__(self, folder: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
-            "autosave_interval 1\n"
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.PIPE)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.send_signal(signal.SIGTERM)  # saves its persistence file
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def broker(tmp_path):
-    b = Broker(tmp_path / "broker")
-    b.start()
+    b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
-
-
-def publisher(port: int):
-    import paho.mqtt.client as mqtt
-
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-devices", clean_session=False)
-    c.reconnect_delay_set(min_delay=0.1, max_delay=1)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    return c
-
-
-def publish(client, rows: list[dict], per_message: int = 10) -> None:
-    infos = []
-    for i in range(0, len(rows), per_message):
-        chunk = rows[i : i + per_message]
-        payload = json.dumps(chunk[0] if len(chunk) == 1 else chunk, default=str)
-        infos.append(client.publish("cards/eu-1/txn", payload, qos=1))
-    for info in infos:
-        info.wait_for_publish(timeout=30)
 
 
 @pytest.fixture
@@ -96,110 +45,174 @@ def rows(tmp_path):
     return out
 
 
-def wait_subscribed(proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    for line in proc.stderr:
-        if b"subscribed to" in line:
-            return
-        assert time.monotonic() < deadline, "serve did not subscribe"
-    raise AssertionError("serve exited before it subscribed")
+class Running:
+    """``drive`` with a live MQTT feeder on a local-mode runtime, in a thread."""
+
+    def __init__(self, folder, url: str) -> None:
+        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2, checkpoint_seconds=0.5)
+        self.rt.start()
+        self.stop = threading.Event()
+        self.opened = threading.Event()
+        self.feeder = LiveFeeder(None, MqttOptions(url), on_open=lambda g: self.opened.set())
+        self.stats = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(60)
+        gate = next(iter(self.feeder.gates.values()))
+        assert gate.target.mqtt_connected(20)
+        self.gate = gate.target.gate
+
+    def _run(self) -> None:
+        try:
+            self.stats = drive(self.rt, fraud_app, [self.feeder], stop=self.stop)
+        except BaseException as err:  # surfaced by finish()
+            self.error = err
+
+    def wait_input(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.gate.totals["input"] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.gate.totals["input"] >= n, self.gate.totals
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(60)
+        self.rt.stop()
+        if self.error is not None:
+            raise self.error
+        return self.stats
 
 
-def pump_until(feed: MqttIngest, n_events: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while feed.totals["input"] < n_events and time.monotonic() < deadline:
-        feed.pump(wait=0.2)
-    assert feed.totals["input"] >= n_events, feed.totals
+def txn_counts(folder) -> dict[str, int]:
+    return {r["customer_id"]: r["txn_count"] for r in Store(folder).read("customers").to_pylist()}
 
 
-def test_events_arrive_and_bad_messages_are_dead_lettered(broker, rows, tmp_path):
-    with Runtime(data_dir=str(tmp_path / "d"), mode="local", shards=2) as rt:
-        feed = MqttIngest(rt, fraud_app, f"mqtt://127.0.0.1:{broker.port}/cards/+/txn").start()
-        assert feed.wait_connected()
-        pub = publisher(broker.port)
-        publish(pub, rows)
-        pub.publish("cards/eu-1/txn", b"{not json", qos=1).wait_for_publish()
-        pub.publish(
-            "cards/eu-1/txn", json.dumps({**rows[0], "event_id": 7_777_777, "amount": -3}), qos=1
-        ).wait_for_publish()
-        pump_until(feed, len(rows) + 2)
-        feed.checkpoint()
-        feed.stop()
-        pub.loop_stop()
-    assert feed.totals["accepted"] == len(rows) and feed.totals["dead_lettered"] == 2
-    got = {
-        r["customer_id"]: r["txn_count"]
-        for r in Store(tmp_path / "d").read("customers").to_pylist()
-    }
-    assert got == dict(Counter(r["customer_id"] for r in rows))
+POISON = [
+    b"{not json",
+    b"[" * 100_000 + b"]" * 100_000,  # a 100,000-deep array
+    json.dumps({"event_id": 7_000_001, "amount": 3.5}).encode(),  # required columns missing
+    None,  # an object where a string belongs: filled in below
+    b'{"event_id": 7000003, "customer_id": "\xff\xfe"}',  # not UTF-8
+    b"[]",
+    b"42",
+]
+
+
+def poison(rows: list[dict]) -> list[bytes]:
+    nested = dict(rows[0], event_id=7_000_002, customer_id={"id": "c1"})
+    return [p if p is not None else json.dumps(nested).encode() for p in POISON]
+
+
+def test_events_arrive_and_poison_messages_are_dead_lettered_and_acknowledged(
+    broker, rows, tmp_path
+):
+    url = f"mqtt://127.0.0.1:{broker.port}/cards/+/txn"
+    run = Running(tmp_path / "d", url)
+    pub = mqtt_client(broker.port)
+    publish(pub, rows[:1_000])
+    for p in poison(rows):
+        pub.publish("cards/eu-1/txn", p, qos=1).wait_for_publish()
+    publish(pub, rows[1_000:])
+    run.wait_input(len(rows) + len(POISON))
+    stats = run.finish()
+    assert stats.accepted == len(rows) and stats.dead_lettered == len(POISON)
+    assert txn_counts(tmp_path / "d") == dict(Counter(r["customer_id"] for r in rows))
     reasons = Store(tmp_path / "d").read("dead_letters").column("reason").to_pylist()
-    assert any("malformed" in r for r in reasons) and any("amount" in r for r in reasons)
+    for expected in (
+        "not JSON",
+        "nested deeper",
+        "ts: missing value",
+        "not a string",
+        "not UTF-8",
+        "empty array",
+        "not a JSON object",
+    ):
+        assert any(expected in r for r in reasons), (expected, reasons)
+    # they were acknowledged: the broker does not deliver them again
+    again = Running(tmp_path / "d", url)
+    time.sleep(1.0)
+    stats = again.finish()
+    pub.loop_stop()
+    assert stats.input == 0
+    assert Store(tmp_path / "d").read("dead_letters").num_rows == len(POISON)
 
 
 def test_broker_restart_mid_stream_loses_nothing(broker, rows, tmp_path):
-    with Runtime(data_dir=str(tmp_path / "d"), mode="local", shards=2) as rt:
-        feed = MqttIngest(rt, fraud_app, f"mqtt://127.0.0.1:{broker.port}/cards/#").start()
-        assert feed.wait_connected()
-        pub = publisher(broker.port)
-        publish(pub, rows[:1_000])
-        pump_until(feed, 500)
-        feed.checkpoint()
-        broker.stop()
-        broker.start()  # clients reconnect; the broker kept unacked messages and sessions
-        assert feed.wait_connected(20)
-        deadline = time.monotonic() + 20
-        while not pub.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        publish(pub, rows[1_000:])
-        pump_until(feed, len(rows), timeout=90)
-        feed.checkpoint()
-        feed.stop()
-        pub.loop_stop()
-    # redeliveries after the restart were applied once
-    got = {
-        r["customer_id"]: r["txn_count"]
-        for r in Store(tmp_path / "d").read("customers").to_pylist()
-    }
-    assert got == dict(Counter(r["customer_id"] for r in rows))
-
-
-def test_killed_ingest_gets_unacked_messages_again(broker, rows, tmp_path):
-    """SIGKILL the serving process: messages not yet committed are redelivered and applied once."""
-    data = tmp_path / "d"
-    cmd = [
-        sys.executable,
-        "-m",
-        "runtime.cli",
-        "serve",
-        "--http",
-        "none",
-        "--local",
-        "--data",
-        str(data),
-        "--mqtt",
-        f"mqtt://127.0.0.1:{broker.port}/cards/#",
-        "--checkpoint-seconds",
-        "0.5",
-    ]
-    first = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    wait_subscribed(first)  # the broker now keeps a persistent session for it
-    pub = publisher(broker.port)
-    publish(pub, rows[:1_500])
-    time.sleep(1.0)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    publish(pub, rows[1_500:])  # queued by the broker for the persistent session
-    second = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        if (data / "customers.lance").exists():
-            total = sum(r["txn_count"] for r in Store(data).read("customers").to_pylist())
-            if total >= len(rows):
-                break
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(timeout=60) == 0, second.stderr.read().decode()[-3000:]
-    assert (data / "customers.lance").exists(), second.stderr.read().decode()[-3000:]
+    run = Running(tmp_path / "d", f"mqtt://127.0.0.1:{broker.port}/cards/#")
+    pub = mqtt_client(broker.port)
+    publish(pub, rows[:1_000])
+    run.wait_input(500)
+    broker.stop()
+    broker.start()  # clients reconnect; the broker kept unacked messages and sessions
+    deadline = time.monotonic() + 20
+    while not pub.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    publish(pub, rows[1_000:])
+    run.wait_input(len(rows), timeout=90)
+    run.finish()
     pub.loop_stop()
-    got = {r["customer_id"]: r["txn_count"] for r in Store(data).read("customers").to_pylist()}
-    assert got == dict(Counter(r["customer_id"] for r in rows))
+    assert txn_counts(tmp_path / "d") == dict(Counter(r["customer_id"] for r in rows))
+
+
+def test_acknowledged_messages_survive_kill_9_even_if_the_broker_forgets_them(
+    broker, rows, tmp_path
+):
+    """serve acknowledges what its log holds: after SIGKILL of every process, and with the
+    broker wiped (it cannot deliver anything again), every acknowledged event is applied."""
+    data = tmp_path / "d"
+    url = f"mqtt://127.0.0.1:{broker.port}/cards/#"
+    first = Serve(data, "--mqtt", url, "--checkpoint-seconds", "3600")
+    try:
+        port = first.wait_http()
+        first.wait_for("subscribed to")
+        pub = mqtt_client(broker.port)
+        publish(pub, rows[:1_500])
+        deadline = time.monotonic() + 60
+        while get(port)[1].get("input", 0) < 1_500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert get(port)[1]["input"] == 1_500
+        time.sleep(0.3)  # the acknowledgements reach the broker
+    finally:
+        first.kill_everything()
+    pub.loop_stop()
+    broker.wipe()
+    broker.start()
+    second = Serve(data, "--mqtt", url)
+    try:
+        second.wait_http()
+        second.wait_for("subscribed to")
+        assert "replayed" in second.stderr
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0, second.stderr[-3000:]
+    finally:
+        second.stop()
+    assert txn_counts(data) == dict(Counter(r["customer_id"] for r in rows[:1_500]))
+
+
+def test_messages_sent_while_serve_is_dead_arrive_once_it_is_back(broker, rows, tmp_path):
+    data = tmp_path / "d"
+    url = f"mqtt://127.0.0.1:{broker.port}/cards/#"
+    first = Serve(data, "--http", "none", "--mqtt", url, "--checkpoint-seconds", "0.5")
+    try:
+        first.wait_for("subscribed to")  # the broker now keeps a persistent session for it
+        pub = mqtt_client(broker.port)
+        publish(pub, rows[:1_500])
+        time.sleep(1.0)
+    finally:
+        first.kill_everything()
+    publish(pub, rows[1_500:])  # queued by the broker for the persistent session
+    second = Serve(data, "--http", "none", "--mqtt", url)
+    try:
+        second.wait_for("subscribed to")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            if (data / "customers.lance").exists() and sum(txn_counts(data).values()) >= len(rows):
+                break
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0, second.stderr[-3000:]
+    finally:
+        second.stop()
+    pub.loop_stop()
+    assert txn_counts(data) == dict(Counter(r["customer_id"] for r in rows))

@@ -1,0 +1,208 @@
+"""Running ``edgecore serve`` as users do (a subprocess on an embedded Ray), talking to it,
+and killing it; a restartable Mosquitto broker."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError, URLError
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ndjson(rows: list[dict]) -> bytes:
+    return "\n".join(json.dumps(r, default=str) for r in rows).encode()
+
+
+def post(
+    port: int,
+    body: bytes,
+    ctype: str = "application/x-ndjson",
+    token: str | None = None,
+    host: str = "127.0.0.1",
+    path: str = "/v1/events",
+    timeout: float = 60,
+) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(f"http://{host}:{port}{path}", data=body, method="POST")
+    req.add_header("Content-Type", ctype)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, {"raw": raw.decode(errors="replace")}
+
+
+def get(port: int, path: str = "/healthz", token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+class Serve:
+    """``python -m runtime.cli serve ...`` in its own process group, stderr followed."""
+
+    def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port() if "--http" not in args else None
+        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--data", str(data)]
+        if self.port is not None:
+            cmd += ["--http", f"127.0.0.1:{self.port}"]
+        cmd += ["--checkpoint-seconds", "2", *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group, as a shell job has
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = re.search(pattern, line)
+                if m:
+                    return m
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.stderr[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"serve did not print {pattern!r}:\n{self.stderr[-3000:]}")
+
+    def wait_http(self, timeout: float = 120) -> int:
+        m = self.wait_for(r"on https?://[^:]+:(\d+)/v1/events", timeout)
+        self.port = int(m.group(1))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if get(self.port)[0] == 200:
+                    return self.port
+            except (URLError, OSError):
+                time.sleep(0.05)
+        raise AssertionError("healthz never answered")
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        if group:
+            os.killpg(os.getpgid(self.proc.pid), sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return rc
+
+    def kill_everything(self) -> None:
+        """SIGKILL the serve process and every process it started (Ray's GCS, raylet and
+        workers, which live in sessions of their own), all at once: a machine crash as
+        far as the data folder can tell."""
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            self.proc.wait(timeout=30)
+            return
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=30)
+        self._reader.join(timeout=5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill_everything()
+
+
+class Broker:
+    """A Mosquitto with persistence, its own port and folder; restartable."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nmax_inflight_messages 0\nmax_queued_messages 100000\n"
+            "autosave_interval 1\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.PIPE)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves its persistence file
+            self.proc.wait(timeout=10)
+
+    def wipe(self) -> None:
+        """Forget every session and queued message (a new, empty broker on the same port)."""
+        self.stop()
+        for f in self.folder.glob("*.db"):
+            f.unlink()
+
+
+def mqtt_client(port: int, client_id: str = "test-devices"):
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.reconnect_delay_set(min_delay=0.1, max_delay=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def publish(client, rows: list[dict], topic: str = "cards/eu-1/txn", per_message: int = 10) -> None:
+    infos = []
+    for i in range(0, len(rows), per_message):
+        chunk = rows[i : i + per_message]
+        payload = json.dumps(chunk[0] if len(chunk) == 1 else chunk, default=str)
+        infos.append(client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(timeout=30)
