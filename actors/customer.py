@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,9 @@ ALERT_SCHEMA = pa.schema(
         ("ts", pa.timestamp("ms")),
         ("amount", pa.float64()),
         ("model_version", pa.int64()),
+        # wall-clock time the runtime produced the alert: detected_at - ts is how late it
+        # came after the event, measured from the alerts table alone
+        ("detected_at", pa.timestamp("ms")),
     ]
 )
 PREDICTION_SCHEMA = pa.schema(
@@ -291,6 +295,9 @@ class Customer(EntityKind):
                         "ts": ev.column("ts").take(src),
                         "amount": amt[rows],
                         "model_version": np.full(len(rows), self.model.version, dtype=np.int64),
+                        "detected_at": pa.array(
+                            np.full(len(rows), int(time.time() * 1000), dtype=np.int64)
+                        ).cast(pa.timestamp("ms")),
                     },
                     schema=ALERT_SCHEMA,
                 ),

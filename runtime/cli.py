@@ -490,9 +490,9 @@ def tail(
     import time
     import uuid
 
-    from runtime.handles import init_ray, named_actors, resolve
+    from runtime.handles import attach, named_actors, resolve
 
-    init_ray(address)
+    attach(address, hard=True)
     topics = named_actors("topic:")
     handle = topics.get(f"topic:{topic}")
     if handle is None:

@@ -1,19 +1,22 @@
 """The live ingest gate: events are logged before they are acknowledged, and applied after.
 
 A gate sits behind the HTTP and MQTT listeners of a live ingest actor
-(:mod:`runtime.live`). A listener hands it the rows of one request (or of a group of
-messages) with :meth:`Gate.submit`, which validates them in the caller's thread and
-returns a future for their counts. Two threads do the rest:
+(:mod:`runtime.live`). A listener validates the rows of one request (or of a group of
+messages) in its own thread (:meth:`Gate.prepare`) and queues them (:meth:`enqueue`),
+which gives a future for their counts. Then:
 
-* the **logger** takes every queued submission at once (group commit): it drops event
-  ids applied or logged before, runs the app's steps, appends the group's accepted rows
-  and dead letters to the write-ahead log and makes them durable with one
-  ``fdatasync``; then it marks the ids as seen and answers every future. A request is
-  acknowledged only once its events are on disk, and one request's bad input never
-  touches another's counts.
-* the **dispatcher** sends what is logged to the shards, in log order, with a bounded
-  number of batches in flight (a slow shard slows it; the logger refuses new work with
-  :class:`Backpressure` once too much waits).
+* **group commit** (:meth:`commit`): whoever calls it takes every queued submission at
+  once (flat combining: no hand-off to another thread, which costs milliseconds under
+  the GIL): it drops event ids applied or logged before, runs the app's steps, appends
+  the group's accepted rows and dead letters to the write-ahead log and makes them
+  durable with one ``fdatasync``; then it marks the ids as seen and answers every
+  future. A request is acknowledged only once its events are on disk, and one
+  request's bad input never touches another's counts. The HTTP front end commits once
+  per turn of its event loop, so requests that arrived together share one flush.
+* **dispatch**: what is logged goes to the shards in log order, with a bounded number
+  of batches in flight — straight from the committing thread when nothing waits, else
+  through a dispatcher thread, so a slow shard never holds up acknowledgements (too
+  much waiting makes :meth:`enqueue` refuse new work with :class:`Backpressure`).
 
 A checkpoint :meth:`cut` pauses the dispatcher between two log records: everything
 before the gate's *position* (the seq of the first record not sent on) is applied by the
@@ -33,7 +36,7 @@ answers 503 until the driver restarts the runtime from the last checkpoint.
 >>> app = App("t", EventSchema("e", [Column("event_id", "int64"), Column("key", "string")]), Tally)
 >>> shards = [spawn(Shard, Tally, None, 0, 1, folder, name="s0", mode="local")]
 >>> gate = Gate(app, "t@local", shards, wal_dir=folder + "/wal").start()
->>> gate.submit(pa.table({"event_id": [1, 2, 2], "key": ["a", "b", "b"]})).result()
+>>> gate.submit(pa.table({"event_id": [1, 2, 2], "key": ["a", "b", "b"]})).result()   # validate, log, answer
 {'input': 3, 'accepted': 2, 'dead_lettered': 0, 'duplicates': 1, 'filtered': 0}
 >>> cut = gate.cut(); gate.resume(); cut["positions"], [len(i) for i in cut["ids"]]
 ({'live:t@local': 1}, [2])
@@ -139,6 +142,7 @@ class Gate:
         self._busy = False  # the dispatcher is sending
         self._closing = False
         self._stopped = False
+        self._commit_lock = threading.Lock()
         self.failed: BaseException | None = None
         self._received = 0  # rows reserved for validation (dead letter positions)
         self._next_seq = 0  # seq numbering when there is no log
@@ -188,10 +192,11 @@ class Gate:
         return n
 
     def start(self) -> Gate:
-        for target, name in ((self._logger, "logger"), (self._dispatcher, "dispatcher")):
-            t = threading.Thread(target=target, name=f"gate-{name}:{self.name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(
+            target=self._dispatcher, name=f"gate-dispatch:{self.name}", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
         return self
 
     def stop_intake(self, timeout: float = 10.0) -> None:
@@ -222,10 +227,12 @@ class Gate:
             return first
 
     def submit(self, table: pa.Table, source: str = "submit", wait_s: float = 0.05) -> Future:
-        """Validate ``table`` (here, in the caller's thread) and queue it for the log; the
-        future gets its counts once logged. Raises :class:`Backpressure` if there is no
-        room within ``wait_s``, :class:`Closed` if the gate takes nothing new."""
-        return self.enqueue(self.prepare(table, source), wait_s)
+        """Validate ``table``, queue it and commit (in the caller's thread); the future has
+        its counts once logged. Raises :class:`Backpressure` if there is no room within
+        ``wait_s``, :class:`Closed` if the gate takes nothing new."""
+        future = self.enqueue(self.prepare(table, source), wait_s)
+        self.commit()
+        return future
 
     def prepare(self, table: pa.Table, source: str = "submit") -> _Submission:
         """Validate ``table`` for :meth:`enqueue` (the costly half, in the caller's thread)."""
@@ -263,36 +270,43 @@ class Gate:
             return f"ingest of {self.app.name!r} failed ({self.failed}); it restarts from the last checkpoint"
         return f"ingest of {self.app.name!r} is stopping"
 
-    # -- the logger ------------------------------------------------------------------------
-    def _logger(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped and not self._queue:
-                    return
-                group, rows = [], 0
-                while self._queue and (not group or rows < GROUP_ROWS):
-                    sub = self._queue.popleft()
-                    group.append(sub)
-                    rows += sub.ok.num_rows
-            try:
-                self._commit(group)
-            except BaseException as err:  # the log is in an unknown state: stop taking work
-                with self._cond:
-                    self.failed = err
-                    failed = list(self._queue)
-                    self._queue.clear()
-                    self._cond.notify_all()
-                for sub in group + failed:
-                    if not sub.future.done():
-                        sub.future.set_exception(Closed(self._why_closed()))
-            finally:
-                with self._cond:
-                    self._queued_rows -= rows
-                    self._cond.notify_all()
+    # -- group commit ----------------------------------------------------------------------
+    def commit(self) -> None:
+        """Log and answer everything queued, as groups of at most :data:`GROUP_ROWS` rows.
 
-    def _commit(self, group: list[_Submission]) -> None:
+        Safe from any thread: one commits at a time, and a caller that waited for the lock
+        finds its submission already answered or takes it with the next group.
+        """
+        with self._commit_lock:
+            while True:
+                with self._cond:
+                    if not self._queue:
+                        return
+                    group, rows = [], 0
+                    while self._queue and (not group or rows < GROUP_ROWS):
+                        sub = self._queue.popleft()
+                        group.append(sub)
+                        rows += sub.ok.num_rows
+                try:
+                    logged = self._commit(group)
+                except BaseException as err:  # the log is in an unknown state: stop taking work
+                    with self._cond:
+                        self.failed = err
+                        failed = list(self._queue)
+                        self._queue.clear()
+                        self._queued_rows = 0
+                        self._cond.notify_all()
+                    for sub in group + failed:
+                        if not sub.future.done():
+                            sub.future.set_exception(Closed(self._why_closed()))
+                    return
+                finally:
+                    with self._cond:
+                        self._queued_rows = max(0, self._queued_rows - rows)
+                        self._cond.notify_all()
+                self._dispatch(logged)
+
+    def _commit(self, group: list[_Submission]) -> _Logged:
         pending = SeenSet(capacity=1 << 40)  # ids new in this group, until it is durable
 
         def dedup(ids: np.ndarray) -> np.ndarray:
@@ -352,16 +366,47 @@ class Gate:
             last = self._next_seq + len(records) - 1
             self._next_seq = last + 1
         self.seen.add(ids)
-        self._log_ready(_Logged(last, events, dead_rows, ids, counts))
         self._count(counts)
         for future, got in answers:
             future.set_result(got)
+        return _Logged(last, events, dead_rows, ids, counts)
 
     def _site_check(self, ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
         assert self.site is not None
         return check_site(
             self.app, [self.site], ok, dead, f"live:{self.name}", -1, at_edge=self.site
         )
+
+    def _dispatch(self, item: _Logged) -> None:
+        """Send a logged group on: here and now if the dispatcher has nothing waiting and
+        no shard is at its in-flight bound, else through the dispatcher thread."""
+        with self._cond:
+            fast = (
+                not self._backlog
+                and not self._busy
+                and not self._paused
+                and self._pause_at is None
+                and not self.router.saturated()
+                and self.failed is None
+            )
+            if fast:
+                self._busy = True
+        if not fast:
+            self._log_ready(item)
+            return
+        try:
+            self._send(item)
+            finished = self.router.poll()
+        except BaseException as err:  # a shard died: the driver restarts the runtime
+            with self._cond:
+                self.failed = err
+            return
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        with self._cond:
+            self._shard_stats += finished
 
     def _log_ready(self, item: _Logged) -> None:
         with self._cond:

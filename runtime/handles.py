@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import ActorFailedError, EdgecoreError
+from runtime.errors import ActorFailedError, ConfigError, EdgecoreError, NotStartedError
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
@@ -140,7 +142,10 @@ def ready(
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, namespace: str = "edgecore"
+    address: str | None = None,
+    num_cpus: int | None = None,
+    namespace: str = "edgecore",
+    quiet: bool = False,
 ) -> bool:
     """Start an embedded Ray (``address=None``) or attach to ``address``; True if we started it.
 
@@ -166,9 +171,86 @@ def init_ray(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs["address"] = address
+    if quiet:  # a command that only reads: Ray's own chatter is not its output
+        import logging
+
+        kwargs.update(logging_level=logging.ERROR, log_to_driver=False)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     with isolate:
         ray.init(**kwargs)
     return True
+
+
+def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
+    """Attach to the running cluster at ``address`` (``auto``: the one this machine runs),
+    or fail with :class:`~runtime.errors.NotStartedError` and a one-line reason.
+
+    A bare ``ray.init(address=...)`` towards nothing retries for minutes and prints pages
+    of warnings; here the address is probed first (a TCP connect). ``hard``: for command
+    lines — should Ray still not answer within ``timeout`` (something else listens there),
+    print the reason and exit 1 rather than hang.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            target = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise NotStartedError(
+                "no Ray cluster is running on this machine (--address auto): start the runtime "
+                "(e.g. `edgecore serve`) or give the head node's --address HOST:PORT"
+            ) from None
+        except ImportError:  # a Ray without the helper: let ray.init find it
+            target = address
+    if target != "auto" and not target.startswith("ray://"):
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"--address must be HOST:PORT, 'auto' or ray://HOST:PORT, not {address!r}"
+            )
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+        except OSError as err:
+            raise NotStartedError(
+                f"no Ray cluster answers at {target} ({err.strerror or err}): is the runtime "
+                "running? Start it (e.g. `edgecore serve`) or check --address"
+            ) from None
+    if not hard:
+        try:
+            init_ray(address)
+        except ConnectionError as err:
+            raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
+        return
+    # a command line: Ray's retries, printed by its C++ side, are not our output, and it
+    # must not hang if something else answers there
+    saved = os.dup(2)
+
+    def give_up() -> None:
+        os.write(
+            saved,
+            f"error: the Ray cluster at {target} did not answer within {timeout:g} s; check --address\n".encode(),
+        )
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        init_ray(address, quiet=True)
+    except ConnectionError as err:
+        raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
+    finally:
+        watchdog.cancel()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 @contextlib.contextmanager

@@ -112,6 +112,7 @@ class HttpListener:
         self._runner: Any = None
         self._thread: threading.Thread | None = None
         self._token = options.token.encode() if options.token else None
+        self._commit_scheduled = False
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> int:
@@ -224,6 +225,8 @@ class HttpListener:
             return _reply(
                 413, {"error": f"body of {declared} bytes is over the limit of {limit}"}, close=True
             )
+        from aiohttp.web import RequestPayloadError
+
         try:
             body = await asyncio.wait_for(_read(request, limit), self.options.body_timeout_s)
         except _TooLarge:
@@ -234,6 +237,10 @@ class HttpListener:
                 {"error": f"body not received within {self.options.body_timeout_s:g} s"},
                 close=True,
             )
+        except RequestPayloadError as err:  # e.g. Content-Encoding: gzip on bytes that are not
+            return _reply(400, {"error": f"body cannot be read: {err}"}, close=True)
+        except ConnectionError:  # the client went away mid-body: nobody reads an answer
+            return _reply(400, {"error": "connection lost before the body ended"}, close=True)
         try:
             table = decoder(body)
         except BadInput as err:
@@ -244,6 +251,7 @@ class HttpListener:
             while True:
                 try:
                     future = self.gate.enqueue(prepared)
+                    self._commit_soon()
                     break
                 except Backpressure as err:
                     if asyncio.get_running_loop().time() >= deadline:
@@ -255,6 +263,17 @@ class HttpListener:
         except Closed as err:
             return _reply(503, {"error": str(err)}, RETRY)
         return _reply(200, counts)
+
+    def _commit_soon(self) -> None:
+        """Commit once the requests ready now have queued theirs: one flush for all of
+        them, done in this thread (a hand-off to another costs milliseconds under the GIL)."""
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
+
+    def _commit(self) -> None:
+        self._commit_scheduled = False
+        self.gate.commit()
 
     def _decoder(self, ctype: str) -> Callable[[bytes], Any] | None:
         if ctype in (

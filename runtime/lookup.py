@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from runtime.errors import ConfigError, UnknownEntityError
-from runtime.handles import init_ray, named_actors, resolve
+from runtime.handles import attach, named_actors, resolve
 from runtime.keys import hash_keys, shard_of
 from runtime.store import Store
 
@@ -41,7 +41,7 @@ def stored_entity(data_dir: str | Path, kind: str, key: str) -> dict[str, Any]:
 
 def live_entity(address: str, kind: str, key: str) -> dict[str, Any] | None:
     """Ask the shard hosting ``key`` in a running runtime; None if no runtime hosts ``kind``."""
-    init_ray(address)
+    attach(address, hard=True)
     for name in (kind, f"{kind}s"):
         shards = named_actors(f"shard:{name}:")
         if shards:

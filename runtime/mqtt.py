@@ -131,6 +131,7 @@ class MqttListener:
         while True:
             try:
                 future = self.gate.enqueue(prepared, wait_s=0.2)
+                self.gate.commit()
                 break
             except Backpressure:
                 continue  # hold them: the receive queue fills and the broker keeps the rest

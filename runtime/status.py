@@ -31,9 +31,9 @@ class StatusBoard:
 
 def cluster_status(address: str) -> dict[str, Any]:
     """Nodes, placement and per-stage figures of the runtime running on ``address``."""
-    from runtime.handles import actor_nodes, init_ray, named_actors, nodes, resolve
+    from runtime.handles import actor_nodes, attach, named_actors, nodes, resolve
 
-    init_ray(address)
+    attach(address, hard=True)
     node_list = nodes()
     info = {n["node_id"]: n for n in node_list}
     where = actor_nodes()

@@ -108,7 +108,7 @@ class Store:
                 tbl.merge_insert(key if isinstance(key, str) else list(key))
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(_conform(data, tbl.schema))
+                .execute(_conform(data, _evolve(tbl, data)))
             )
         except StoreError:
             raise
@@ -124,7 +124,7 @@ class Store:
             else:
                 tbl = self.table(name)
                 tbl.checkout_latest()
-                tbl.add(_conform(data, tbl.schema))
+                tbl.add(_conform(data, _evolve(tbl, data)))
         except Exception as err:
             raise StoreError(f"append to {name!r} in {self.path} failed: {err}") from err
 
@@ -229,6 +229,16 @@ class Store:
                         f"cannot restore {name!r} in {self.path} to committed version {committed}: {err}"
                     ) from err
         return cp
+
+
+def _evolve(tbl: Any, data: pa.Table) -> pa.Schema:
+    """The table's schema, widened first by columns ``data`` brings that it lacks (null in
+    the rows written before): an app that adds an output column keeps its old tables."""
+    extra = [f for f in data.schema if f.name not in tbl.schema.names]
+    if extra:
+        tbl.add_columns([pa.field(f.name, f.type, nullable=True) for f in extra])
+        tbl.checkout_latest()
+    return tbl.schema
 
 
 def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -1,0 +1,68 @@
+"""Commands that attach to a running runtime fail fast, in one line, when none is there."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from live_helpers import free_port
+
+
+def edgecore(*args: str) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stderr, time.monotonic() - t0
+
+
+COMMANDS = [
+    ("tail", "alerts"),
+    ("entity", "customer", "c1"),
+    ("status",),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_nobody_at_the_address(command):
+    rc, err, took = edgecore(*command, "--address", f"127.0.0.1:{free_port()}")
+    assert rc == 1
+    assert err.strip().count("\n") == 0 and "no Ray cluster answers" in err, err
+    assert took < 10
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+def test_something_else_answers_at_the_address(command):
+    """A port that accepts connections but speaks no Ray: given up on within 10 s."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)  # keep it open, say nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        rc, err, took = edgecore(*command, "--address", f"127.0.0.1:{server.getsockname()[1]}")
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+    assert rc == 1
+    assert err.strip().count("\n") == 0 and "did not answer" in err, err
+    assert took < 12
+
+
+def test_a_malformed_address_is_refused_at_once():
+    rc, err, took = edgecore("status", "--address", "not-an-address")
+    assert rc == 1 and "--address must be" in err and took < 10
