@@ -79,10 +79,25 @@ def test_errors_name_the_table(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="'nope'"):
         store.table("nope")
     store.upsert("t", people(["a"], [1]), key="id")
-    with pytest.raises(StoreError, match=r"\['extra'\]"):
-        store.upsert("t", pa.table({"id": ["b"], "n": [2], "extra": [1]}), key="id")
+    with pytest.raises(StoreError, match="upsert into 't'"):
+        store.upsert("t", pa.table({"id": ["b"], "n": ["not a number"]}), key="id")
     with pytest.raises(StoreError, match="append to 't'"):
-        store.append("t", pa.table({"id": ["b"], "extra": [1]}))
+        store.append("t", pa.table({"id": ["b"], "n": ["not a number"]}))
+
+
+def test_new_columns_widen_the_table(tmp_path: Path) -> None:
+    """An app that adds an output column (alerts gained detected_at) keeps its old table:
+    the rows written before read the new column as null."""
+    store = Store(tmp_path)
+    store.upsert("t", people(["a"], [1]), key="id")
+    store.upsert("t", pa.table({"id": ["b"], "n": [2], "extra": [7]}), key="id")
+    store.append("t", pa.table({"id": ["c"], "extra": [8]}))
+    rows = sorted(store.read("t").to_pylist(), key=lambda r: r["id"])
+    assert rows == [
+        {"id": "a", "n": 1, "extra": None},
+        {"id": "b", "n": 2, "extra": 7},
+        {"id": "c", "n": None, "extra": 8},
+    ]
 
 
 def test_version_and_drop(tmp_path: Path) -> None:
