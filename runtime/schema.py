@@ -137,7 +137,7 @@ class EventSchema:
                 )
             )
         if NESTED in table.column_names:
-            marks = table.column(NESTED).to_pylist()
+            marks = [m if isinstance(m, str) else None for m in table.column(NESTED).to_pylist()]
             for col in self.columns:
                 hit = np.array([m is not None and col.name in m.split(",") for m in marks])
                 if hit.any():
@@ -150,7 +150,11 @@ class EventSchema:
                 if col.required:
                     failed.append((col.name, np.ones(n, dtype=bool), lambda i: "missing value"))
                 continue
-            values, bad = _coerce(table.column(col.name), col)
+            try:
+                values, bad = _coerce(table.column(col.name), col)
+            except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
+                # a type no check foresaw: its rows are refused, never the whole input
+                values, bad = _unconvertible(table.column(col.name), col, err)
             out[col.name] = values
             failed += [(col.name, mask, why) for mask, why in bad if mask.any()]
         bad_rows = np.zeros(n, dtype=bool)
@@ -185,7 +189,7 @@ def dead_letters(
 ) -> pa.Table:
     """Build dead-letter rows (raw row as JSON, capped) for the refused rows of ``raw``;
     each is identified by its source and position unless ``ids`` are given."""
-    rows = raw.to_pylist()
+    rows = _pylist(raw)
     now = pd.Timestamp.now(tz="UTC").floor("ms").tz_localize(None)
     raws = [_raw_json(r)[:MAX_RAW_CHARS] for r in rows]
     return pa.table(
@@ -200,6 +204,21 @@ def dead_letters(
         },
         schema=DEAD_LETTER_SCHEMA,
     )
+
+
+def _pylist(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as dicts, column by column: a value Python cannot hold (a time past year 9999,
+    the reason it is refused) is kept as Arrow's text for it."""
+    cols: dict[str, list[Any]] = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        try:
+            cols[name] = col.to_pylist()
+        except (ValueError, OverflowError, pa.ArrowException):
+            try:
+                cols[name] = pc.cast(col, pa.string()).to_pylist()
+            except (pa.ArrowException, ValueError):
+                cols[name] = [f"<{col.type}>"] * len(col)
+    return [{k: v[i] for k, v in cols.items()} for i in range(table.num_rows)]
 
 
 def _raw_json(row: dict[str, Any]) -> str:
@@ -237,12 +256,17 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
         checks += bad
     elif arr.type == target:
         values = arr
-    elif pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type):
+    elif pa.types.is_nested(arr.type) or _is_bytes(arr.type):
         # an object or array where a value belongs: refused, never cast
         values = pa.nulls(len(arr), target)
         checks.append((~null_in, lambda i: f"not a {col.type} (an object, array or bytes)"))
+    elif pa.types.is_boolean(arr.type):  # true is not the number 1 (nor event 1)
+        values = pa.nulls(len(arr), target)
+        checks.append((~null_in, lambda i: f"not a {col.type} (a boolean)"))
     else:
         values, unparsable = _parse(arr, col)
+        # a value that became null was not parsed (NaN as an id or a time): never accepted
+        unparsable = unparsable | values.is_null().to_numpy(zero_copy_only=False)
         raw = arr.to_numpy(zero_copy_only=False)
         checks.append((unparsable & ~null_in, _show(raw)(f"not a valid {col.type}: {{}}")))
     if col.type in ("int64", "float64"):
@@ -277,6 +301,25 @@ def _coerce(arr: pa.ChunkedArray, col: Column):
     return values, checks
 
 
+def _is_bytes(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or pa.types.is_binary_view(t)
+    )
+
+
+def _unconvertible(arr: pa.ChunkedArray, col: Column, err: Exception):
+    """A column whose type cannot be made a ``col.type``: each of its values is refused."""
+    present = arr.is_valid().to_numpy(zero_copy_only=False)
+    why = f"not a {col.type} ({arr.type} cannot be converted: {str(err)[:120]})"
+    checks: list[tuple[np.ndarray, Any]] = [(present, lambda i: why)]
+    if col.required:
+        checks.append((~present, lambda i: "missing value"))
+    return pa.nulls(len(arr), col.arrow_type), checks
+
+
 def _text(arr: pa.Array) -> tuple[pa.Array, list[tuple[np.ndarray, Any]]]:
     """A string column: text as it is, numbers and booleans as their text; objects, arrays
     and text that is not UTF-8 are refused row by row (Arrow's JSON reader lets invalid
@@ -291,7 +334,7 @@ def _text(arr: pa.Array) -> tuple[pa.Array, list[tuple[np.ndarray, Any]]]:
             return pc.cast(arr, pa.string()), []
         except pa.ArrowInvalid:
             arr = arr.view(pa.binary() if pa.types.is_string(arr.type) else pa.large_binary())
-    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+    if _is_bytes(arr.type):
         raw = arr.to_pylist()
         text, bad = [], np.zeros(n, dtype=bool)
         for i, v in enumerate(raw):
@@ -301,25 +344,44 @@ def _text(arr: pa.Array) -> tuple[pa.Array, list[tuple[np.ndarray, Any]]]:
                 text.append(None)
                 bad[i] = True
         return pa.array(text, pa.string()), [(bad, lambda i: "not UTF-8 text")]
-    return pc.cast(arr, pa.string()), []
+    try:
+        return pc.cast(arr, pa.string()), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        present = arr.is_valid().to_numpy(zero_copy_only=False)
+        return pa.nulls(n, pa.string()), [(present, lambda i: f"not a string ({arr.type})")]
 
 
 def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     """Parse a mistyped column vectorized (pandas' coercing parsers); unparsable -> null + flag."""
     series = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     if col.type == "timestamp":
+        none = np.zeros(len(arr), dtype=bool)
         if pa.types.is_timestamp(arr.type):  # sub-millisecond precision is truncated
-            if arr.type.tz is not None:
-                arr = pc.cast(arr, pa.timestamp(arr.type.unit))
-            return pc.cast(arr, pa.timestamp("ms"), safe=False), np.zeros(len(arr), dtype=bool)
+            ticks = pc.cast(arr, pa.int64())
+            if arr.type.unit == "s":  # in milliseconds, beyond int64 is no time at all
+                limit = pa.scalar(np.iinfo(np.int64).max // 1000, pa.int64())
+                fits = pc.and_(
+                    pc.less_equal(ticks, limit), pc.greater_equal(ticks, pc.negate(limit))
+                )
+                ticks = pc.if_else(fits, ticks, pa.scalar(None, pa.int64()))
+                ticks = pc.multiply(ticks, pa.scalar(1000, pa.int64()))
+                return ticks.cast(pa.timestamp("ms")), none
+            ts = ticks.cast(pa.timestamp(arr.type.unit))  # (a time zone's instants are UTC)
+            return pc.cast(ts, pa.timestamp("ms"), safe=False), none
         if pa.types.is_integer(arr.type):  # epoch milliseconds
-            return pc.cast(arr, pa.int64()).cast(pa.timestamp("ms")), np.zeros(len(arr), dtype=bool)
+            if pa.types.is_unsigned_integer(arr.type):  # beyond int64: none (refused)
+                top = pa.scalar(np.iinfo(np.int64).max, pa.uint64())
+                arr = pc.if_else(pc.less_equal(pc.cast(arr, pa.uint64()), top), arr, None)
+            return pc.cast(arr, pa.int64()).cast(pa.timestamp("ms")), none
         fast = _iso_timestamps(arr)
         if fast is not None:
             return fast, np.zeros(len(arr), dtype=bool)
         text = series.astype("string")
         epoch = text.str.fullmatch(r"\s*[+-]?\d{1,15}\s*").fillna(False).to_numpy(dtype=bool)
-        ts = pd.to_datetime(series.where(~epoch, None), errors="coerce", utc=True, format="ISO8601")
+        # a number is no ISO text (and pandas is to read numbers as epoch nanoseconds)
+        dated = series.map(lambda v: not isinstance(v, (int, float, bool, np.number, np.bool_)))
+        dated = dated.to_numpy(dtype=bool) & ~epoch
+        ts = pd.to_datetime(series.where(dated, None), errors="coerce", utc=True, format="ISO8601")
         ms = ts.dt.tz_localize(None).astype("datetime64[ms]").to_numpy().astype(np.int64)
         if epoch.any():  # digits in text: epoch milliseconds, as CSV carries them
             ms[epoch] = text[epoch].astype("int64").to_numpy()
