@@ -28,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from runtime.errors import ConfigError, SchemaError
-from runtime.schema import MALFORMED, MAX_RAW_CHARS, NESTED
+from runtime.schema import MALFORMED, MALFORMED_WHY, MAX_RAW_CHARS, NESTED
 
 FORMATS = {
     ".parquet": "parquet",
@@ -139,38 +139,87 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     """Columns from JSON-like dicts; a column with mixed types falls back to text.
 
     An object or array in such a column becomes its JSON text, and the row says so in
-    :data:`~runtime.schema.NESTED`: validation refuses it where a value belongs.
+    :data:`~runtime.schema.NESTED`: validation refuses it where a value belongs. A row
+    with text that cannot be UTF-8 (JSON's ``"\\ud800"``: a lone surrogate, in a key or
+    a value) is a malformed record. The table has a row for every dict, even when none
+    has a field.
 
     >>> t = rows_to_table([{"id": "a"}, {"id": {"x": 1}}, {"id": 7}])
     >>> t.column("id").to_pylist(), t.column("_edgecore_nested").to_pylist()
     (['a', '{"x": 1}', '7'], [None, 'id', None])
+    >>> rows_to_table([{"id": "\\ud800"}, {}]).to_pylist()[0]["_edgecore_malformed_why"]
+    'not UTF-8 (a lone surrogate)'
+    >>> rows_to_table([{}, {}]).num_rows
+    2
+    >>> rows_to_table([{"x": 1.5}, {"x": True}]).column("x").to_pylist()
+    ['1.5', 'true']
     """
     names: dict[str, None] = {}
     for r in rows:
         names.update(dict.fromkeys(r))
+    broken: dict[int, None] = {}  # rows with text that is not UTF-8
+    for name in names:
+        if not _is_utf8(name):
+            broken.update(dict.fromkeys(i for i, r in enumerate(rows) if name in r))
     cols = {}
     nested: dict[int, list[str]] = {}
     for name in names:
+        if not _is_utf8(name):
+            continue
         vals = [r.get(name) for r in rows]
         try:
-            cols[name] = pa.array(vals)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            text = []
-            for i, v in enumerate(vals):
-                if isinstance(v, (dict, list)):
-                    nested.setdefault(i, []).append(name)
-                text.append(v if v is None or isinstance(v, str) else _as_text(v))
-            cols[name] = pa.array(text, pa.string())
+            arr = pa.array(vals)
+            # Arrow takes true as 1.0 among floats: a boolean is not a number, so text
+            if not pa.types.is_floating(arr.type) or not any(v is True or v is False for v in vals):
+                cols[name] = arr
+                continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeEncodeError):
+            pass
+        bad = [i for i, v in enumerate(vals) if isinstance(v, str) and not _is_utf8(v)]
+        if bad:
+            broken.update(dict.fromkeys(bad))
+            for i in bad:
+                vals[i] = None
+            try:
+                cols[name] = pa.array(vals)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass
+        text = []
+        for i, v in enumerate(vals):
+            if isinstance(v, (dict, list)):
+                nested.setdefault(i, []).append(name)
+            text.append(v if v is None or isinstance(v, str) else _as_text(v))
+        cols[name] = pa.array(text, pa.string())
     if nested:
         cols[NESTED] = pa.array(
             [",".join(nested[i]) if i in nested else None for i in range(len(rows))], pa.string()
         )
+    if broken:  # (rows already malformed keep their text and reason)
+        raw = cols[MALFORMED].to_pylist() if MALFORMED in cols else [None] * len(rows)
+        why = cols[MALFORMED_WHY].to_pylist() if MALFORMED_WHY in cols else [None] * len(rows)
+        for i in broken:
+            if raw[i] is None:
+                raw[i] = _as_text(rows[i])  # JSON text escapes the surrogates
+                why[i] = "not UTF-8 (a lone surrogate)"
+        cols[MALFORMED] = pa.array([r if r is None else str(r) for r in raw], pa.string())
+        cols[MALFORMED_WHY] = pa.array([w if w is None else str(w) for w in why], pa.string())
+    if not cols:  # objects without fields: still one row each (each lacks every column)
+        return pa.table({MALFORMED: pa.nulls(len(rows), pa.string())})
     return pa.table(cols)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _as_text(v: object) -> str:
     try:
-        return json.dumps(v)[:MAX_RAW_CHARS]
+        return json.dumps(v, default=str)[:MAX_RAW_CHARS]
     except (ValueError, RecursionError):  # NaN is fine; a cycle or absurd depth is not
         return "<unprintable>"
 
