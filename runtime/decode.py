@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ from runtime.sources import rows_to_table
 #: deepest JSON nesting a record may have; events are flat, so this is generous
 MAX_DEPTH = 64
 MAX_RAW = 4096
+#: the prefix of the columns decoding adds (malformed records, nested values): input
+#: fields named so are dropped, so that no sender can mark rows (or break validation)
+RESERVED = "_edgecore_"
 _ONE_THREAD = pajson.ReadOptions(use_threads=False)  # a request is small: threads cost more
 _OPEN = np.zeros(256, dtype=np.int8)
 _OPEN[[ord("["), ord("{")]] = 1
@@ -63,11 +67,15 @@ def too_deep(data: bytes, limit: int = MAX_DEPTH) -> bool:
     return int(np.cumsum(np.where(in_string, 0, step)).max()) > limit
 
 
+class _Malformed(dict):
+    """The record :func:`malformed` makes (its marks are ours, not the sender's)."""
+
+
 def malformed(text: bytes | str, why: str) -> dict[str, str]:
     """A record that could not be read: its reason and (capped) raw text."""
     if isinstance(text, bytes):
         text = text[:MAX_RAW].decode("utf-8", errors="replace")
-    return {MALFORMED: text[:MAX_RAW], MALFORMED_WHY: why}
+    return _Malformed({MALFORMED: text[:MAX_RAW], MALFORMED_WHY: why})
 
 
 def _load(text: bytes) -> Any:
@@ -83,10 +91,21 @@ def _load(text: bytes) -> Any:
 
 
 def _record(obj: Any) -> dict[str, Any]:
-    """An event is a JSON object; anything else in its place is a malformed record."""
+    """An event is a JSON object; anything else in its place is a malformed record. Fields
+    named like the marks decoding sets (``_edgecore_...``) are not the sender's to set."""
+    if isinstance(obj, _Malformed):
+        return obj
     if isinstance(obj, dict):
+        if any(k.startswith(RESERVED) for k in obj):
+            return {k: v for k, v in obj.items() if not k.startswith(RESERVED)}
         return obj
     return malformed(json.dumps(obj)[:MAX_RAW], "not a JSON object")
+
+
+def _unmarked(table: pa.Table) -> pa.Table:
+    """``table`` without columns named like the marks of decoding (see :func:`_record`)."""
+    marks = [n for n in table.column_names if n.startswith(RESERVED)]
+    return table.drop_columns(marks) if marks else table
 
 
 def decode_json_records(data: bytes, ndjson: bool, schema: pa.Schema | None = None) -> pa.Table:
@@ -130,12 +149,26 @@ def _fast_ndjson(data: bytes, schema: pa.Schema | None) -> pa.Table | None:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    typed = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer")
-    for parse in (typed, None) if schema is not None else (None,):
+    # first with the app's types; then (e.g. epoch numbers for timestamps) with only text
+    # and integers pinned: inferred, text that looks like a date would become a timestamp
+    # (its text changed) and integers among floats doubles (ids above 2**53 changed)
+    attempts = [None]
+    times: list[str] = []
+    if schema is not None:
+        exact = [f for f in schema if pa.types.is_string(f.type) or pa.types.is_integer(f.type)]
+        attempts = [schema, pa.schema(exact)]
+        times = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+    for explicit in attempts:
+        parse = pajson.ParseOptions(explicit_schema=explicit, unexpected_field_behavior="infer")
         try:
-            return pajson.read_json(io.BytesIO(data), read_options=_ONE_THREAD, parse_options=parse)
+            table = pajson.read_json(
+                io.BytesIO(data), read_options=_ONE_THREAD, parse_options=parse
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             continue
+        if any(t in table.column_names and pa.types.is_floating(table[t].type) for t in times):
+            return None  # epoch integers, one beyond int64: all read as doubles, all refused
+        return _unmarked(table)
     return None
 
 
@@ -160,7 +193,10 @@ def decode_arrow(data: bytes) -> pa.Table:
     nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
     if nested:
         raise BadInput(f"Arrow columns must be flat; these are nested: {nested[:5]}")
-    return table
+    twice = sorted(n for n, k in Counter(table.column_names).items() if k > 1)
+    if twice:
+        raise BadInput(f"Arrow columns must have distinct names; these repeat: {twice[:5]}")
+    return _unmarked(table)
 
 
 def decode_messages(payloads: list[bytes]) -> pa.Table:
