@@ -62,6 +62,7 @@ from runtime.pipeline import App, admit, check_site, new_counts
 from runtime.router import Router
 from runtime.wal import WriteAheadLog
 from runtime.watermarks import Watermarks
+from runtime.wire import pack_for
 
 #: rows one group commit takes at most (more wait for the next)
 GROUP_ROWS = 200_000
@@ -97,6 +98,25 @@ class _Logged:
     dead: pa.Table | None
     ids: np.ndarray
     counts: dict[str, int]
+
+
+def _merge(items: list[_Logged]) -> _Logged:
+    """Consecutive logged groups as one (their events and dead letters in log order)."""
+    if len(items) == 1:
+        return items[0]
+    events = [i.events for i in items if i.events is not None and i.events.num_rows]
+    dead = [i.dead for i in items if i.dead is not None]
+    counts = new_counts()
+    for i in items:
+        for k, v in i.counts.items():
+            counts[k] += v
+    return _Logged(
+        items[-1].seq,
+        pa.concat_tables(events, promote_options="default") if events else None,
+        pa.concat_tables(dead) if dead else None,
+        np.concatenate([i.ids for i in items]),
+        counts,
+    )
 
 
 class Gate:
@@ -439,8 +459,7 @@ class Gate:
                     items.append(self._backlog.popleft())
                 self._busy = True
             try:
-                for item in items:
-                    self._send(item)
+                self._send(_merge(items))  # what waited goes on as one batch per shard
                 finished = self.router.poll()
                 with self._cond:
                     self._shard_stats += finished
@@ -466,7 +485,9 @@ class Gate:
         if item.dead is not None:
             self._dead.append(item.dead)
             if self.dead_topic is not None:  # on the topic now; in the table at the checkpoint
-                self._topic_pending.append(self.dead_topic.call("publish", item.dead))
+                self._topic_pending.append(
+                    self.dead_topic.call("publish", pack_for(self.dead_topic, item.dead))
+                )
                 if len(self._topic_pending) > MAX_TOPIC_PENDING:
                     done, self._topic_pending = ready(
                         self._topic_pending, len(self._topic_pending) - MAX_TOPIC_PENDING

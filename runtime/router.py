@@ -27,6 +27,7 @@ from runtime.entity import EntityKind
 from runtime.errors import ConfigError
 from runtime.handles import Handle, ready, resolve
 from runtime.keys import hash_keys, shard_of
+from runtime.wire import pack_for
 
 #: schema metadata on a batch in flight: the sender's event-time watermark and who sent it
 WATERMARK = b"edgecore.watermark"
@@ -101,7 +102,7 @@ class Router:
             if watermark is not None:
                 part = tag(part, watermark, channel)
                 self._wm_sent[i] = max(self._wm_sent[i], watermark)
-            self._call(i, "apply", part)
+            self._call(i, "apply", pack_for(self.shards[i], part))
             self.rows_sent[i] += part.num_rows
         if watermark is not None:
             self.advance(watermark, channel)
@@ -138,11 +139,13 @@ class Router:
         return any(len(p) >= self.max_inflight for p in self.inflight)
 
     def poll(self) -> list[dict[str, float]]:
-        """Stats of the shard calls finished so far, in order (does not block)."""
-        for pending in self.inflight:
-            if pending:
-                done, _ = ready(pending, len(pending), timeout=0)
-                done_ids = {id(d) for d in done}
+        """Stats of the shard calls finished so far, in order (does not block); one look at
+        every shard's calls at once (each look is a call into Ray)."""
+        every = [f for pending in self.inflight for f in pending]
+        if every:
+            done, _ = ready(every, len(every), timeout=0)
+            done_ids = {id(d) for d in done}
+            for pending in self.inflight:
                 while pending and id(pending[0]) in done_ids:
                     self._done.extend(resolve([pending.pop(0)]))
         out, self._done = self._done, []

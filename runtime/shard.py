@@ -41,6 +41,7 @@ from runtime.keys import as_signed, hash_keys, shard_of
 from runtime.router import NO_WATERMARK, Router, read_tag
 from runtime.state import ColumnarState
 from runtime.store import Store
+from runtime.wire import pack_for, unpack
 
 MAX_PENDING_PUBLISHES = 8
 
@@ -294,6 +295,7 @@ class Shard:
     def apply(self, events: pa.Table) -> dict[str, float]:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
+        events = unpack(events)
         self._seq += 1
         tagged = read_tag(events)
         if tagged is not None:
@@ -369,7 +371,7 @@ class Shard:
                     f"entity kind {self.name!r} emitted to topic {topic!r}, which it did not "
                     f"declare; add it to {self.kind_cls.__qualname__}.topics"
                 )
-            self._pending.append(handle.call("publish", pa.concat_tables(tables)))
+            self._pending.append(handle.call("publish", pack_for(handle, pa.concat_tables(tables))))
         if len(self._pending) > MAX_PENDING_PUBLISHES:  # backpressure from slow topics
             done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING_PUBLISHES)
             resolve(done)

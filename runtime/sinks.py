@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from runtime.store import Store
 from runtime.topic import OFFSET, PARTITION
+from runtime.wire import unpack
 
 
 class BufferedSink:
@@ -39,6 +40,7 @@ class BufferedSink:
         raise NotImplementedError
 
     def on_batch(self, rows: pa.Table) -> None:
+        rows = unpack(rows)  # topics push batches packed (runtime.wire)
         drop = [c for c in (OFFSET, PARTITION) if c in rows.column_names]
         if drop:  # where a row sat in the topic is not part of it
             rows = rows.drop_columns(drop)
@@ -192,6 +194,7 @@ class WebhookSink:
         import json
         import urllib.request
 
+        rows = unpack(rows)
         body = json.dumps(rows.to_pylist(), default=str).encode()
         reason = ""
         for attempt in range(self.retries + 1):

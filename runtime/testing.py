@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from runtime.entity import Batch, EntityKind
 from runtime.topic import OFFSET, PARTITION
+from runtime.wire import unpack
 
 
 class MemorySource:
@@ -47,7 +48,7 @@ class ListSink:
         self.batches: list[pa.Table] = []
 
     def on_batch(self, rows: pa.Table) -> None:
-        self.batches.append(rows)
+        self.batches.append(unpack(rows))  # topics push batches packed (runtime.wire)
 
     def flush(self) -> int:
         return sum(b.num_rows for b in self.batches)

@@ -84,6 +84,7 @@ import pyarrow as pa
 from runtime.errors import ConfigError
 from runtime.handles import Handle, ready, resolve
 from runtime.keys import hash_keys, shard_of
+from runtime.wire import pack, pack_for, unpack
 
 OFFSET = "_offset"
 PARTITION = "_partition"
@@ -216,12 +217,16 @@ class Topic:
         self._rr = 0  # the partition the next key-less batch goes to
         self._groups: dict[str, _Group] = {}
         self._subscribers: dict[str, Handle] = {}
+        self._linger: dict[str, float] = {}
+        self._held: dict[str, list[pa.Table]] = {}
+        self._held_since: dict[str, float] = {}
         self._pending: list[Any] = []
         self.max_pending_seen = 0
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, rows: pa.Table) -> int:
         """Append ``rows`` (split over the partitions); returns the rows ever published."""
+        rows = unpack(rows)
         # offsets are the topic's own: rows read from another topic lose theirs
         stale = [c for c in (PARTITION, OFFSET) if c in rows.column_names]
         if stale:
@@ -236,8 +241,14 @@ class Topic:
         self._catch_up_all()
         if self._subscribers:
             batch = self._table(pieces)
-            for sub in self._subscribers.values():
-                self._pending.append(sub.call("on_batch", batch))
+            packed = None
+            for name, sub in self._subscribers.items():
+                if name in self._linger:  # held back to be pushed with the next ones
+                    self._hold(name, batch, born)
+                    continue
+                if sub.mode == "ray":
+                    packed = pack(batch) if packed is None else packed
+                self._pending.append(sub.call("on_batch", packed if sub.mode == "ray" else batch))
             self.max_pending_seen = max(self.max_pending_seen, len(self._pending))
             if len(self._pending) > MAX_PENDING:  # a slow subscriber slows publishers
                 done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING)
@@ -459,11 +470,23 @@ class Topic:
 
     # -- push subscribers ------------------------------------------------------------------
     def subscribe(
-        self, name: str, handle: Handle, from_offset: int | dict[int, int] | None = None
+        self,
+        name: str,
+        handle: Handle,
+        from_offset: int | dict[int, int] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         """Push every future batch to ``handle.on_batch``, replaying what is retained from
-        ``from_offset`` first (an int: that offset in every partition)."""
+        ``from_offset`` first (an int: that offset in every partition).
+
+        ``linger_s`` > 0: batches are held and pushed together once the oldest held has
+        waited that long (or at :meth:`flush` and :meth:`snapshot`): one call for many, for
+        subscribers that do not need each row at once, like sinks writing tables.
+        """
         self._subscribers[name] = handle
+        if linger_s > 0:
+            self._linger[name] = linger_s
+            self._held.setdefault(name, [])
         if from_offset is None:
             return
         starts = (
@@ -477,11 +500,28 @@ class Topic:
             for first, rows in self._log(p).read(offset, max(1, self._logs[p].next - offset))
         )
         if backlog.num_rows:
-            self._pending.append(handle.call("on_batch", backlog))
+            self._pending.append(handle.call("on_batch", pack_for(handle, backlog)))
+
+    def _hold(self, name: str, batch: pa.Table, now: float) -> None:
+        held = self._held[name]
+        if not held:
+            self._held_since[name] = now
+        held.append(batch)
+        if now - self._held_since[name] >= self._linger[name]:
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        held, self._held[name] = self._held.get(name, []), []
+        if held:
+            sub = self._subscribers[name]
+            rows = pa.concat_tables(held, promote_options="default")
+            self._pending.append(sub.call("on_batch", pack_for(sub, rows)))
 
     def flush(self) -> int:
         """Wait until subscribers took every batch, and ask them to flush; returns
         ``end_offset()``."""
+        for name in self._linger:
+            self._release(name)
         pending, self._pending = self._pending, []  # a failure is reported once, not forever
         resolve(pending)
         resolve([s.call("flush") for s in self._subscribers.values()])
@@ -512,7 +552,9 @@ class Topic:
     def snapshot(self) -> dict[str, Any]:
         """Offsets to carry over a restart, JSON-able: per partition the next and the first
         retained offset, per group its committed offsets (where it resumes) and skipped
-        counts. The rows themselves are not in it."""
+        counts. The rows themselves are not in it. Held batches go out first."""
+        for name in self._linger:
+            self._release(name)
         return {
             "version": SNAPSHOT_VERSION,
             "name": self.name,

@@ -86,6 +86,11 @@ def send_main(mode: str, target: str, payload_file: str, out_file: str, ctype: s
         def worker(q: queue.Queue) -> None:
             nonlocal refused
             conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.connect()
+            # http.client writes headers and body apart: with Nagle on, the body waits for
+            # the server's delayed ACK of the headers (~40 ms a request); clients that
+            # post at a high rate turn it off (curl and most HTTP libraries do)
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while (item := q.get()) is not None:
                 i, body = item
                 while True:  # a 429 means the runtime is backpressuring: retry shortly
@@ -231,8 +236,9 @@ class Bench:
         resolve([self.probe.call("take")])
         target = f"127.0.0.1:{port}" if mode == "http" else f"127.0.0.1:{self.mqtt_port}"
         out = self.work / "sent.pickle"
+        cpu0 = cpu_times()
         t0 = time.perf_counter()
-        subprocess.run(
+        sender = subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -247,12 +253,16 @@ class Bench:
                 "--ctype",
                 ARROW if fmt == "arrow" else "application/x-ndjson",
             ],
-            check=True,
         )
+        cpu_sender = cpu_times()  # the sender is a child only while it runs
+        while sender.poll() is None:
+            time.sleep(0.2)
+            cpu_sender = {**cpu_sender, **cpu_times()}
         deadline = time.perf_counter() + 60
         while _input(port) < n and time.perf_counter() < deadline:
             time.sleep(0.01)
         elapsed = time.perf_counter() - t0
+        cpu = cpu_share(cpu0, {**cpu_sender, **cpu_times()}, elapsed)
         stop.set()
         runner.join(120)
         self.rt.flush_topics()
@@ -285,6 +295,7 @@ class Bench:
             "p99_ms": pct(lat[steady], 99),
             "max_ms": pct(lat[steady], 100),
             "warm_up_p99_ms": pct(lat[~steady], 99),
+            "cpu_percent": cpu,
             "hops_p50_ms": {
                 "send->detected": pct(((det - sent) * 1000)[steady], 50),
                 "detected->subscriber": pct(((got - det) * 1000)[steady], 50),
@@ -308,6 +319,51 @@ class Bench:
         self.rt.stop(checkpoint=False)
         if self.broker is not None:
             self.broker.terminate()
+
+
+def cpu_times() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and every process below it, by role."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            cmd = " ".join(p.cmdline())
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        role = "driver" if p.pid == me.pid else _role(cmd)
+        out[p.pid] = (role, t.user + t.system)
+    return out
+
+
+def _role(cmd: str) -> str:
+    for marker, role in (  # Ray titles a worker by its actor's class
+        ("--send", "sender"),
+        ("ray::LiveIngest", "gate"),
+        ("ray::Shard", "shards"),
+        ("ray::Topic", "topics"),
+        ("ray::AlertProbe", "probe"),
+        ("ray::TableSink", "sinks"),
+        ("ray::StatusBoard", "status"),
+        ("mosquitto", "broker"),
+        ("raylet", "raylet"),
+        ("gcs_server", "gcs"),
+        ("ray::IDLE", "idle workers"),
+    ):
+        if marker in cmd:
+            return role
+    return "ray system" if "ray" in cmd else "other"
+
+
+def cpu_share(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Per role, the share of one core used between two :func:`cpu_times` readings."""
+    share: dict[str, float] = {}
+    for pid, (role, t) in after.items():
+        used = t - before.get(pid, (role, 0.0))[1]
+        share[role] = share.get(role, 0.0) + used
+    return {k: round(v / seconds * 100, 1) for k, v in sorted(share.items(), key=lambda x: -x[1])}
 
 
 def _input(port: int) -> int:
@@ -410,6 +466,12 @@ def report(r: dict[str, Any]) -> None:
             f"{name:28} {s['events_per_s']:>9,} {s['p50_ms']!s:>7} {s['p99_ms']!s:>7} {s['max_ms']!s:>7}"
             f"  {s.get('ack_p99_ms', '-')!s:>7}  {hp50['send->detected']}/{hp99['send->detected']}"
             f"  {hp50['detected->subscriber']}/{hp99['detected->subscriber']}"
+        )
+    print("CPU, % of one core, by process role (2 cores = 200 %):")
+    for s in r["latency"]:
+        print(
+            f"  {s['mode']} {s['offered']:,}/s: "
+            + ", ".join(f"{k} {v}" for k, v in s["cpu_percent"].items())
         )
     for key in ("sustained_ndjson", "sustained_arrow"):
         if key in r:

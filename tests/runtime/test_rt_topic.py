@@ -241,3 +241,27 @@ def test_group_behind_retention_moves_on_and_counts_what_it_missed():
     assert t.groups()["g"]["skipped"] == 7  # counted once
     assert t.stats()["retained_rows"] == 10 and t.first_offset() == 10
     assert "_partition" not in t.read(0).column_names  # one partition: columns as before
+
+
+def test_a_lingering_subscriber_gets_batches_together_and_nothing_is_held_back() -> None:
+    from runtime.testing import FakeClock
+
+    clock = FakeClock()
+    t = Topic("t", clock=clock)
+    eager, lazy = spawn(Collector, name="e", mode="local"), spawn(Collector, name="l", mode="local")
+    t.subscribe("eager", eager)
+    t.subscribe("lazy", lazy, linger_s=0.2)
+    for i in range(5):
+        t.publish(xs(i, i + 1))
+        clock.advance(0.03)
+    assert len(eager.target.batches) == 5 and lazy.target.batches == []
+    clock.advance(0.1)
+    t.publish(xs(5, 6))  # the oldest held waited 0.22 s: all go out as one batch
+    assert [len(b) for b in lazy.target.batches] == [6]
+    t.publish(xs(6, 7))
+    t.snapshot()  # a checkpoint leaves nothing held
+    assert lazy.target.values() == list(range(7))
+    t.publish(xs(7, 8))
+    t.flush()
+    assert lazy.target.values() == eager.target.values() == list(range(8))
+    assert lazy.target.offsets() == list(range(8))
