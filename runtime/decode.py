@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -37,6 +38,7 @@ MAX_RAW = 4096
 #: fields named so are dropped, so that no sender can mark rows (or break validation)
 RESERVED = "_edgecore_"
 _ONE_THREAD = pajson.ReadOptions(use_threads=False)  # a request is small: threads cost more
+_OBJECT_FIRST = re.compile(rb"[ \t\r\n]*\{")
 _OPEN = np.zeros(256, dtype=np.int8)
 _OPEN[[ord("["), ord("{")]] = 1
 _OPEN[[ord("]"), ord("}")]] = -1
@@ -143,6 +145,8 @@ def decode_json_records(data: bytes, ndjson: bool, schema: pa.Schema | None = No
 
 def _fast_ndjson(data: bytes, schema: pa.Schema | None) -> pa.Table | None:
     """Arrow's reader, where it is safe and exact: shallow, UTF-8, every line an object."""
+    if not _OBJECT_FIRST.match(data):  # Arrow 26 dies (SIGSEGV) on a body opening with null
+        return None
     if too_deep(data):
         return None
     try:
