@@ -29,11 +29,13 @@ timer is not reset by partial data), so slow or idle clients cannot pin the serv
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import json
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -135,9 +137,18 @@ class HttpListener:
             loop.run_until_complete(self._runner.cleanup())
             loop.close()
 
-        self._thread = threading.Thread(target=main, name="http-ingest", daemon=True)
-        self._thread.start()
-        started.wait(30)
+        deadline = time.monotonic() + 10
+        while True:
+            self._thread = threading.Thread(target=main, name="http-ingest", daemon=True)
+            self._thread.start()
+            started.wait(30)
+            # the ingest actor this one replaces after a restart may still hold the port
+            in_use = ready and isinstance(ready[0], OSError) and ready[0].errno == errno.EADDRINUSE
+            if not in_use or time.monotonic() > deadline:
+                break
+            ready.clear()
+            started.clear()
+            time.sleep(0.2)
         if not ready or isinstance(ready[0], BaseException):
             err = ready[0] if ready else TimeoutError("the HTTP server did not start")
             raise ConfigError(

@@ -147,10 +147,10 @@ class LiveFeeder:
     ) -> None:
         if http is not None:
             http.check()
-        if mqtt is not None:
-            mqtt.check()
-        self.http, self.mqtt, self.durable = http, mqtt, durable
         self.sites = sites or ["local"]
+        if mqtt is not None:
+            mqtt.check(len(self.sites))
+        self.http, self.mqtt, self.durable = http, mqtt, durable
         self.on_open = on_open
         self.id = ",".join(f"live:{s}" for s in self.sites)
         self.gates: dict[str, Handle] = {}
@@ -179,7 +179,7 @@ class LiveFeeder:
                 applied,
                 committed,
                 http=self.http,
-                mqtt=self.mqtt,
+                mqtt=self.mqtt.for_site(site) if self.mqtt is not None else None,
                 durable=self.durable,
                 dead_topic=dead_topic,
                 watermarks=rt.watermark_snapshot(f"{scope}@{app.name}@{site}"),

@@ -51,6 +51,10 @@ def parse_url(url: str) -> tuple[str, int, str]:
 
 @dataclass(frozen=True)
 class MqttOptions:
+    """Where to subscribe. ``{site}`` in the topic filter becomes each site's name: with
+    several sites, each site's ingest takes its own devices' messages (without it every
+    site would get every message)."""
+
     url: str
     client_id: str | None = None
     #: messages received but not yet taken by the pump; beyond it the network loop waits
@@ -58,8 +62,18 @@ class MqttOptions:
     #: messages taken per pump round (one gate submission)
     max_messages: int = 2_000
 
-    def check(self) -> None:
-        parse_url(self.url)
+    def check(self, sites: int = 1) -> None:
+        parse_url(self.url.replace("{site}", "site"))
+        if sites > 1 and "{site}" not in self.url:
+            raise ConfigError(
+                f"--mqtt {self.url!r} with {sites} sites: put {{site}} in the topic filter "
+                "(e.g. mqtt://broker:1883/cards/{site}/#) so each site takes its own messages"
+            )
+
+    def for_site(self, site: str) -> MqttOptions:
+        return MqttOptions(
+            self.url.replace("{site}", site), self.client_id, self.max_queue, self.max_messages
+        )
 
 
 class MqttListener:

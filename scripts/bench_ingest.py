@@ -339,20 +339,21 @@ def cpu_times() -> dict[int, tuple[str, float]]:
 
 
 def _role(cmd: str) -> str:
-    for marker, role in (  # Ray titles a worker by its actor's class
-        ("--send", "sender"),
-        ("ray::LiveIngest", "gate"),
-        ("ray::Shard", "shards"),
-        ("ray::Topic", "topics"),
-        ("ray::AlertProbe", "probe"),
-        ("ray::TableSink", "sinks"),
-        ("ray::StatusBoard", "status"),
-        ("mosquitto", "broker"),
-        ("raylet", "raylet"),
-        ("gcs_server", "gcs"),
-        ("ray::IDLE", "idle workers"),
+    # Ray titles a worker "ray::<actor name>:<Class.method>" or "ray::<Class>"
+    for markers, role in (
+        (("--send",), "sender"),
+        (("LiveIngest", "stage:ingest"), "gate"),
+        (("Shard", "shard:"), "shards"),
+        (("Topic", "topic:"), "topics"),
+        (("AlertProbe", "bench-probe"), "probe"),
+        (("TableSink", "sub:"), "sinks"),
+        (("StatusBoard", "runtime:status"), "status"),
+        (("mosquitto",), "broker"),
+        (("raylet",), "raylet"),
+        (("gcs_server",), "gcs"),
+        (("ray::IDLE",), "idle workers"),
     ):
-        if marker in cmd:
+        if any(m in cmd for m in markers):
             return role
     return "ray system" if "ray" in cmd else "other"
 

@@ -216,3 +216,47 @@ def test_messages_sent_while_serve_is_dead_arrive_once_it_is_back(broker, rows, 
         second.stop()
     pub.loop_stop()
     assert txn_counts(data) == dict(Counter(r["customer_id"] for r in rows))
+
+
+def test_each_site_takes_its_own_devices_messages(broker, tmp_path):
+    """A site-partitioned app on two sites: one ingest actor per site, each subscribed to
+    its own topic ({site} in the filter), each applying only its site's readings."""
+    from actors.telemetry import TelemetryConfig, TelemetrySource
+
+    readings = pa_rows(TelemetrySource(TelemetryConfig(n_devices=40), 1_200).batches())
+    data = tmp_path / "d"
+    url = f"mqtt://127.0.0.1:{broker.port}/plant/{{site}}/telemetry"
+    serve = Serve(data, "--app", "devices", "--http", "none", "--mqtt", url)
+    try:
+        serve.wait_for("subscribed to")
+        pub = mqtt_client(broker.port, "test-plant")
+        for site in ("eu-1", "eu-2"):
+            mine = [r for r in readings if r["site"] == site]
+            publish(pub, mine, topic=f"plant/{site}/telemetry")
+        # a reading that names another site than the topic it came on is refused there
+        stray = dict(readings[0], event_id=9_999_999, site="eu-2")
+        pub.publish(
+            "plant/eu-1/telemetry", json.dumps(stray, default=str), qos=1
+        ).wait_for_publish()
+        time.sleep(3)
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0, serve.stderr[-3000:]
+    finally:
+        serve.stop()
+    pub.loop_stop()
+    store = Store(data)
+    got = Counter()
+    for r in store.read("devices").to_pylist():
+        got[r["device_id"]] += r["count"]
+    assert got == Counter(r["device_id"] for r in readings)
+    reasons = store.read("dead_letters").column("reason").to_pylist()
+    assert reasons == ["site: 'eu-2' arrived at the edge of site 'eu-1'"]
+
+
+def pa_rows(batches) -> list[dict]:
+    out = []
+    for b, _ in batches:
+        for r in b.to_pylist():
+            r["ts"] = r["ts"].isoformat()
+            out.append(r)
+    return out
