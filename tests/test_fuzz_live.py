@@ -386,6 +386,9 @@ def test_generated_bodies_never_get_a_5xx_and_counts_reconcile(live, txns):
         status, counts = post(live.port, body.data, body.ctype)  # raises if dropped
         ledger.add(status, counts)
         check_answer(body, status, counts)
+        up, health = get(live.port)  # the server is up, and its totals are the answers'
+        assert (up, health["status"]) == (200, "ok"), health
+        assert {k: health[k] for k in COUNTS} == ledger.totals, (health, ledger.totals)
         if status == 200:
             goods.ack(body.goods)
 

@@ -291,7 +291,7 @@ def test_invalid_utf8_in_a_string_field_is_dead_lettered_and_checkpoints_go_on(t
         time.sleep(1.2)
     finally:
         stats = run.finish()
-    assert stats.checkpoints >= 3
+    assert stats.checkpoints >= 2  # the one that committed the dead letters, and the last
     assert (stats.input, stats.accepted, stats.dead_lettered) == (1_202, 1_200, 2)
     assert_profiles_match(tmp_path / "d", sql_profiles(table))
     dead = Store(tmp_path / "d").read("dead_letters").to_pylist()
