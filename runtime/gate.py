@@ -285,6 +285,19 @@ class Gate:
             self._cond.notify_all()
         return sub.future
 
+    def fail(self, err: BaseException) -> None:
+        """Stop taking work: a listener met an error it cannot get past. The driver sees it
+        at the next tick and restarts the runtime from the last checkpoint."""
+        with self._cond:
+            self.failed = self.failed or err
+            waiting = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._cond.notify_all()
+        for sub in waiting:
+            if not sub.future.done():
+                sub.future.set_exception(Closed(self._why_closed()))
+
     def _why_closed(self) -> str:
         if self.failed is not None:
             return f"ingest of {self.app.name!r} failed ({self.failed}); it restarts from the last checkpoint"

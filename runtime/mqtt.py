@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from runtime.decode import decode_messages
+from runtime.decode import decode_messages, malformed
 from runtime.errors import ConfigError
 from runtime.gate import Backpressure, Closed, Gate
+from runtime.sources import rows_to_table
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
@@ -124,8 +125,30 @@ class MqttListener:
     def _run(self) -> None:
         while not self._closing.is_set():
             got = self._take(0.05)
-            if got and not self._hand_over(got):
-                return
+            try:
+                if got and not self._hand_over(got):
+                    return
+            except Exception as err:  # a check no one foresaw failed on these messages
+                if not self._one_by_one(got, err):
+                    return
+
+    def _one_by_one(self, got: list[tuple[int, int, bytes]], err: Exception) -> bool:
+        """Hand messages over one at a time after their group failed: one that still fails
+        becomes a malformed record (dead-lettered with its payload, acknowledged); if even
+        that fails, the gate is failed, so the runtime restarts and the broker redelivers."""
+        try:
+            for msg in got:
+                try:
+                    ok = self._hand_over([msg])
+                except Exception as one:
+                    why = f"cannot be decoded ({type(one).__name__}: {one})"
+                    ok = self._hand_over([msg], rows_to_table([malformed(msg[2], why)]))
+                if not ok:
+                    return False
+            return True
+        except Exception as still:
+            self.gate.fail(still)
+            return False
 
     def _take(self, wait: float) -> list[tuple[int, int, bytes]]:
         got: list[tuple[int, int, bytes]] = []
@@ -137,10 +160,11 @@ class MqttListener:
             pass
         return got
 
-    def _hand_over(self, got: list[tuple[int, int, bytes]]) -> bool:
+    def _hand_over(self, got: list[tuple[int, int, bytes]], table: Any = None) -> bool:
         """Submit the messages' rows; acknowledge them once logged. False: the gate is
         closed, so they stay unacknowledged and the broker delivers them again."""
-        table = decode_messages([payload for _, _, payload in got])
+        if table is None:
+            table = decode_messages([payload for _, _, payload in got])
         prepared = self.gate.prepare(table, "mqtt")
         while True:
             try:
