@@ -652,13 +652,16 @@ class Runtime:
         """Barrier: wait for in-flight batches, write every changed profile, commit positions."""
         return self.commit_checkpoint(self.prepare_checkpoint(), positions)
 
-    def prepare_checkpoint(self) -> PreparedCheckpoint:
+    def prepare_checkpoint(self, drains: dict[str, Any] | None = None) -> PreparedCheckpoint:
         """The quick half of a checkpoint: wait for in-flight batches and take every shard's
         changed state, the kind snapshots and the topic offsets as one cut.
 
         Feeders that paused their dispatch for it may go on as soon as this returns: what
         they send next belongs to the next checkpoint. :meth:`commit_checkpoint` writes it.
+        ``drains``: shard name -> a drain a feeder already sent behind its last batch of
+        the cut (and went on); those shards' state is taken from it.
         """
+        drains = drains or {}
         self._need()
         started = time.time()
         finished = self.drain_inflight()  # (extend() would bind the list before it is swapped)
@@ -666,7 +669,9 @@ class Runtime:
         prepared = PreparedCheckpoint(started=started)
         # kinds forward only to kinds registered before them: drain the later ones first
         for name, k in reversed(self.kinds.items()):
-            drained = resolve([h.call("drain") for h in k.shards])
+            drained = resolve(
+                [drains[h.name] if h.name in drains else h.call("drain") for h in k.shards]
+            )
             self._done.extend(stats for _, _, stats in drained if stats)
             tables = [t for t, _, _ in drained if t is not None and t.num_rows]
             if tables:

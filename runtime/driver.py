@@ -79,6 +79,9 @@ class Cut:
     shard_stats: list[dict[str, float]] = field(default_factory=list)
     #: the feeder put its dead letters on the ``dead_letters`` topic itself, as they came
     dead_published: bool = False
+    #: shard name -> a drain the feeder sent behind its last batch (the shard's state at
+    #: the cut); the runtime drains the others itself
+    drains: dict[str, Any] = field(default_factory=dict)
 
 
 class Feeder(Protocol):
@@ -252,16 +255,18 @@ def _loop(
         if shard_stats:
             run_.counters = sum_stats([run_.counters, *shard_stats])
 
-    def pause() -> tuple[list[Any], dict[str, int]]:
-        """Cut every feeder (each stops dispatching, what it sent is applied) and take
-        over what they hand: the caller resumes them."""
+    def pause() -> tuple[list[Any], dict[str, int], dict[str, Any]]:
+        """Cut every feeder (each stops dispatching, what it sent is applied, or it sent a
+        barrier) and take over what they hand: the caller resumes them."""
         paused: list[Any] = []
         positions: dict[str, int] = {}
+        drains: dict[str, Any] = {}
         try:
             for f in feeders:
                 c = f.cut()
                 paused.append(f)
                 positions.update(c.positions)
+                drains.update(c.drains)
                 for dead in c.dead:
                     rt.dead_letter(dead, publish=not c.dead_published)
                 for ids in c.ids:
@@ -273,22 +278,13 @@ def _loop(
             for f in paused:
                 f.resume()
             raise
-        return paused, positions
-
-    def sync() -> None:
-        """Merge kind-wide state (model replicas) while nothing is applied anywhere."""
-        paused, _ = pause()
-        try:
-            rt.sync_kinds()
-        finally:
-            for f in paused:
-                f.resume()
+        return paused, positions, drains
 
     def checkpoint() -> None:
-        paused, positions = pause()
+        paused, positions, drains = pause()
         try:
             absorb({}, rt.drain_inflight())  # the snapshot below counts every applied batch
-            prepared = rt.prepare_checkpoint()
+            prepared = rt.prepare_checkpoint(drains)
         finally:
             for f in paused:
                 f.resume()
@@ -316,7 +312,7 @@ def _loop(
                 active.remove(f)
         absorb({}, rt.poll())
         if rows_since_sync >= rt.config.sync_rows:
-            sync()
+            rt.sync_kinds()  # no cut needed: one shard call at a time either way
             rows_since_sync = 0
         now = time.perf_counter()
         if (

@@ -510,33 +510,55 @@ class Gate:
         self.position = item.seq + 1
 
     # -- checkpoints -----------------------------------------------------------------------
-    def cut(self) -> dict[str, Any]:
-        """Send on everything logged so far, pause the dispatcher, and wait until what it
-        sent is applied; what is logged meanwhile waits for :meth:`resume`."""
+    def cut(self, barrier: bool = False) -> dict[str, Any]:
+        """Send on everything logged so far, then mark the cut for the checkpoint:
+
+        * pausing (default): the dispatcher stops and this waits until what it sent is
+          applied; what is logged meanwhile waits for :meth:`resume`;
+        * ``barrier``: a ``drain`` call goes to each shard right behind the last batch, in
+          the same order (Ray keeps one caller's calls in order), and the dispatcher goes
+          on at once; the coordinator takes the shards' state from those calls (``drains``).
+          Exact only where this gate is its shards' one input, so the feeder chooses.
+        """
         with self._cond:
             self._pause_at = self._backlog[-1].seq if self._backlog else -1
             self._cond.notify_all()
             while (self._busy or self._sendable()) and self.failed is None:
                 self._cond.wait()
-            self._paused, self._pause_at = True, None
+            if self.failed is None:
+                self._paused, self._busy = True, barrier  # barrier: keep the router to us
+            self._pause_at = None
         if self.failed is not None:
             raise Closed(self._why_closed())
-        shard_stats = self.router.drain()
-        with self._cond:
-            shard_stats, self._shard_stats = self._shard_stats + shard_stats, []
-        resolve(self._topic_pending)
-        self._topic_pending = []
-        ids, self._ids = self._ids, []
-        dead, self._dead = self._dead, []
-        marks = {}
-        if self.marks is not None:
-            marks[f"{self.app.kind.name}@{self.name}"] = self.marks.snapshot()
+        drains: dict[str, Any] = {}
+        try:
+            if barrier:
+                drains = {h.name: h.call("drain") for h in self.router.shards}
+                shard_stats = self.router.poll()
+            else:
+                shard_stats = self.router.drain()
+            with self._cond:
+                shard_stats, self._shard_stats = self._shard_stats + shard_stats, []
+            resolve(self._topic_pending)
+            self._topic_pending = []
+            ids, self._ids = self._ids, []
+            dead, self._dead = self._dead, []
+            marks = {}
+            if self.marks is not None:
+                marks[f"{self.app.kind.name}@{self.name}"] = self.marks.snapshot()
+            position = self.position
+        finally:
+            if barrier:
+                with self._cond:
+                    self._paused = self._busy = False
+                    self._cond.notify_all()
         return {
-            "positions": {self.id: self.position},
+            "positions": {self.id: position},
             "ids": ids,
             "dead": dead,
             "shard_stats": shard_stats,
             "watermarks": marks,
+            "drains": drains,
         }
 
     def resume(self) -> None:

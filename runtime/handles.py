@@ -167,7 +167,13 @@ def init_ray(
             include_dashboard=False,
             labels=dict(EMBEDDED_LABELS),
         )
-        kwargs["_system_config"] = {"metrics_report_interval_ms": 60_000}
+        kwargs["_system_config"] = {
+            "metrics_report_interval_ms": 60_000,
+            # Ray runs workers at nice 15 below the driver; here the workers (gates, shards)
+            # are the hot path and the driver writes checkpoints: at 15, each LanceDB write
+            # of the driver stalled every alert behind it
+            "worker_niceness": 0,
+        }
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         kwargs["address"] = address

@@ -104,8 +104,8 @@ class LiveIngest:
     def tick(self) -> dict[str, Any]:
         return self.gate.tick()
 
-    def cut(self) -> dict[str, Any]:
-        return self.gate.cut()
+    def cut(self, barrier: bool = False) -> dict[str, Any]:
+        return self.gate.cut(barrier)
 
     def resume(self) -> None:
         self.gate.resume()
@@ -219,7 +219,11 @@ class LiveFeeder:
 
     def cut(self) -> Cut:
         cut = Cut()
-        for got in self._all("cut"):
+        # a barrier behind the last batch (no pause) is exact where each gate is its
+        # shards' only input: one site, or per-site shards
+        barrier = bool(self.app.kind.site_key) or len(self.gates) == 1
+        for got in self._all("cut", barrier):
+            cut.drains.update(got["drains"])
             cut.positions.update(got["positions"])
             cut.ids += got["ids"]
             cut.dead += got["dead"]

@@ -26,6 +26,8 @@ checkpoint writes to LanceDB, and their memory is reused.
 from __future__ import annotations
 
 import bisect
+import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +46,18 @@ from runtime.store import Store
 from runtime.wire import pack_for, unpack
 
 MAX_PENDING_PUBLISHES = 8
+
+
+def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """One call at a time, as a Ray actor runs them; in-process (local mode) a live gate's
+    thread and the coordinator may call a shard at once."""
+
+    @functools.wraps(method)
+    def run(self: Shard, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 @dataclass
@@ -102,6 +116,7 @@ class Shard:
         forwards: dict[str, tuple[type[EntityKind], list[Handle], int]] | None = None,
         channel: str | None = None,
     ) -> None:
+        self._lock = threading.RLock()
         self.kind_cls = kind_cls
         self.kind = kind_cls(kind_config)
         self.name = kind_cls.name
@@ -244,6 +259,7 @@ class Shard:
         self.counters["passivated"] += len(victims)
 
     # -- event time --------------------------------------------------------------------------
+    @_serialized
     def set_inputs(self, channels: list[str]) -> None:
         """The channels this shard hears from (the shards of the kinds forwarding to it)."""
         self._inputs = {c: self._inputs.get(c, NO_WATERMARK) for c in channels}
@@ -257,6 +273,7 @@ class Shard:
         if channel in self._inputs:
             self._inputs[channel] = max(self._inputs[channel], watermark)
 
+    @_serialized
     def advance(self, watermark: int, channel: str = "source") -> dict[str, float]:
         """Event time reached ``watermark`` on ``channel``: let the kind fire what is due."""
         self._heard(watermark, channel)
@@ -292,6 +309,7 @@ class Shard:
         return out
 
     # -- the hot path ------------------------------------------------------------------------
+    @_serialized
     def apply(self, events: pa.Table) -> dict[str, float]:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
@@ -377,6 +395,7 @@ class Shard:
             resolve(done)
 
     # -- checkpoints -------------------------------------------------------------------------
+    @_serialized
     def drain(self) -> tuple[pa.Table | None, bytes | None, dict[str, float]]:
         """Hand over every changed profile (live and passivated), the kind's snapshot and
         the counters of downstream calls. Rows forwarded to other kinds are applied there
@@ -405,9 +424,11 @@ class Shard:
             table = self.kind.export(table)
         return table, self.kind.snapshot(), fwd
 
+    @_serialized
     def restore_kind(self, blob: bytes) -> None:
         self.kind.restore(blob)
 
+    @_serialized
     def snapshot_kind(self) -> bytes | None:
         """The kind-wide state (e.g. a model replica), for syncing between checkpoints."""
         return self.kind.snapshot()
@@ -428,6 +449,7 @@ class Shard:
         self.state.last_used[slot] = self._seq
         return slot
 
+    @_serialized
     def lookup(self, keys: pa.Array) -> pa.Table:
         """The current state of each of ``keys`` (null where the shard knows no such entity),
         in their order: the state side of a stream–state join. Nothing is created."""
@@ -449,10 +471,12 @@ class Shard:
         self._passivate(self._seq)  # what was loaded for the lookup keeps to the budget
         return found
 
+    @_serialized
     def get(self, key: str) -> dict[str, Any]:
         slot = self._slot(key, create=False)
         return {self.kind_cls.key: key, **self.state.row(slot)}
 
+    @_serialized
     def call(self, key: str, handler_name: str, args: tuple[Any, ...]) -> Any:
         fn = self.kind_cls.handlers().get(handler_name)
         if fn is None:
@@ -466,6 +490,7 @@ class Shard:
         self.state.set_row(slot, row)
         return result
 
+    @_serialized
     def stats(self) -> dict[str, float]:
         return {
             **self.counters,

@@ -167,7 +167,7 @@ class AlertProbe:
 
 
 class Bench:
-    def __init__(self, work: Path, seconds: float) -> None:
+    def __init__(self, work: Path, seconds: float, shards: int | None = None) -> None:
         from actors.fraud import fraud_app
         from runtime import Runtime
         from runtime.pipeline import setup
@@ -175,7 +175,9 @@ class Bench:
         self.work, self.seconds, self.app = work, seconds, fraud_app
         self.id_base = 0
         t0 = time.perf_counter()
-        self.rt = Runtime(data_dir=str(work / "data"), checkpoint_seconds=10.0).start()
+        self.rt = Runtime(
+            data_dir=str(work / "data"), checkpoint_seconds=10.0, shards=shards
+        ).start()
         setup(self.rt, fraud_app)
         self.probe = self.rt.subscribe("alerts", AlertProbe, name="bench-probe")
         self.startup_s = time.perf_counter() - t0
@@ -396,6 +398,7 @@ def main() -> None:
         default="100000,150000,200000,250000",
         help="rates to step through for the sustained figure",
     )
+    ap.add_argument("--shards", type=int, default=None, help="shards of the customer kind")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--send", help=argparse.SUPPRESS)  # the sender process
     ap.add_argument("--target", help=argparse.SUPPRESS)
@@ -408,7 +411,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="edgecore-bench-ingest-"))
     t0 = time.perf_counter()
-    bench = Bench(work, args.seconds)
+    bench = Bench(work, args.seconds, args.shards)
     result: dict[str, Any] = {"batch_ms": BATCH_MS, "startup_s": round(bench.startup_s, 2)}
     try:
         have_mqtt = shutil.which("mosquitto") is not None
