@@ -495,10 +495,15 @@ def tail(
     attach(address, hard=True)
     topics = named_actors("topic:")
     handle = topics.get(f"topic:{topic}")
+    hosted = _hosted_topics()  # a kind's outputs live in its shards
+    if handle is None and topic in hosted:
+        from runtime.colocated import ColocatedTopic
+
+        shards = named_actors("shard:")
+        handle = ColocatedTopic(topic, [shards[n] for n in hosted[topic] if n in shards])
     if handle is None:
-        _fail(
-            f"no topic {topic!r} in the runtime at {address}; topics: {sorted(t[6:] for t in topics)}"
-        )
+        names = sorted({*(t[6:] for t in topics), *hosted})
+        _fail(f"no topic {topic!r} in the runtime at {address}; topics: {names}")
     from runtime.topic import next_offsets
 
     group = f"tail-{uuid.uuid4().hex[:8]}"
@@ -528,6 +533,17 @@ def tail(
             resolve([handle.call("commit", group, next_offsets(rows))])
     except KeyboardInterrupt:
         pass
+
+
+def _hosted_topics() -> dict[str, list[str]]:
+    """Topics whose partitions live in shards, as the running runtime's board lists them."""
+    from runtime.handles import named_actors, resolve
+    from runtime.status import BOARD
+
+    board = named_actors(BOARD)
+    if BOARD not in board:
+        return {}
+    return resolve([board[BOARD].call("get")])[0].get("topics", {})
 
 
 @app.command()
@@ -659,6 +675,10 @@ def serve(
         # replace ours (and exit without running them)
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if not local:  # ingest runs in actors; this process only ticks and writes checkpoints
+            from runtime.handles import yield_cpu
+
+            yield_cpu()
         stats = drive(rt, the_app, [feeder], stop=stop)
     summary = {
         "input": stats.input,

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runtime.colocated import ColocatedTopic, as_standalone, outlet, split_snapshot
 from runtime.entity import EntityKind, EntityRef, current_runtime
 from runtime.errors import ConfigError, NotStartedError, UnknownEntityError
 from runtime.handles import (
@@ -53,6 +54,8 @@ from runtime.watermarks import Watermarks
 from runtime.wire import pack_for, receiving
 
 DEAD_LETTERS = "dead_letters"
+#: topics every step may write to: never hosted by one kind's shards
+SHARED_TOPICS = frozenset({"dead_letters", "late_events"})
 SINK_LINGER_S = 0.2
 SEEN = "_seen"
 SNAPSHOTS = "_snapshots"
@@ -280,6 +283,9 @@ class Runtime:
         """The topic named ``name``, created on first use."""
         if name not in self.topics:
             partitions, key = self.config.topic_partitions.get(name, (1, None))
+            saved = self.checkpoint_state.meta.get("topics", {}).get(name)
+            if saved is not None and "colocated" in saved:  # saved by the shards hosting it
+                partitions, saved = as_standalone(saved)
             handle = self._spawn(
                 Topic,
                 name,
@@ -290,7 +296,6 @@ class Runtime:
                 partition_key=key,
                 spec=ActorSpec(f"topic:{name}", "topic", name),
             )
-            saved = self.checkpoint_state.meta.get("topics", {}).get(name)
             if saved is not None:  # offsets and consumer groups go on from the last commit
                 resolve([handle.call("restore", saved)])
             self.topics[name] = handle
@@ -347,7 +352,12 @@ class Runtime:
         )
 
     def read_topic(self, topic: str, offset: int = 0, max_rows: int = 100_000) -> pa.Table:
-        return resolve([self.topic(topic).call("read", offset, max_rows)])[0]
+        """Rows retained from ``offset`` on, in every partition (partition by partition)."""
+        handle = self.topic(topic)
+        partitions = resolve([handle.call("end_offsets")])[0]
+        got = resolve([handle.call("read", offset, max_rows, p) for p in partitions])
+        got = [g for g in got if g.num_rows] or got[:1]
+        return pa.concat_tables(got, promote_options="default")
 
     def flush_topics(self) -> None:
         resolve([t.call("flush") for t in self.topics.values()])
@@ -405,7 +415,25 @@ class Runtime:
                 )
         else:
             snapshots = [self._load_snapshot(kind_cls.name)] * total
-        topics = {t: self.topic(t) for t in kind_cls(config).active_topics() if t not in forward}
+        emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
+        # its own output topics live in its shards, a partition each (runtime.colocated),
+        # unless they exist already, are shared sinks of several steps, or are partitioned
+        # by a key of their own
+        colocated = [
+            t
+            for t in emitted
+            if t not in self.topics
+            and t not in SHARED_TOPICS
+            and t not in self.config.topic_partitions
+        ]
+        topics = {t: self.topic(t) for t in emitted if t not in colocated}
+        saved = self.checkpoint_state.meta.get("topics", {})
+        shares = {t: split_snapshot(saved.get(t), total) for t in colocated}
+        retention = (
+            self.config.topic_retention_rows,
+            self.config.topic_retention_bytes,
+            self.config.topic_retention_seconds,
+        )
         forwards = {
             t: (self.kinds[k].cls, self.kinds[k].shards, self.kinds[k].per_site)
             for t, k in forward.items()
@@ -430,10 +458,16 @@ class Runtime:
                         self.config.idle_seconds,
                         forwards=forwards,
                         channel=name,
+                        outlets={
+                            t: outlet(len(handles), retention, shares[t][len(handles)])
+                            for t in colocated
+                        },
                         spec=ActorSpec(name, "shard", kind_cls.name, site),
                     )
                 )
         resolve([h.call("ping") for h in handles])  # surfaces start-up errors here
+        for t in colocated:
+            self.topics[t] = ColocatedTopic(t, handles, kind_cls.name)  # type: ignore[assignment]
         self._shard_names[kind_cls.name] = [h.name for h in handles]
         for target in set(forward.values()):  # downstream watermarks wait for all of these
             down = self.kinds[target]
@@ -567,7 +601,17 @@ class Runtime:
                         "queue_depth": len(pending),
                     }
                 )
-        return {"stages": stages, "restarts": self.restarts, "apps": self.app_reports}
+        hosted = {
+            n: [s.name for s in t.shards]
+            for n, t in self.topics.items()
+            if isinstance(t, ColocatedTopic)
+        }
+        return {
+            "stages": stages,
+            "restarts": self.restarts,
+            "apps": self.app_reports,
+            "topics": hosted,  # topics whose partitions live in shards (for `edgecore tail`)
+        }
 
     def publish_status(self, force: bool = False) -> None:
         """Keep the status board fresh for `edgecore status --address` (at most once a second)."""
@@ -672,18 +716,26 @@ class Runtime:
             drained = resolve(
                 [drains[h.name] if h.name in drains else h.call("drain") for h in k.shards]
             )
-            self._done.extend(stats for _, _, stats in drained if stats)
-            tables = [t for t, _, _ in drained if t is not None and t.num_rows]
+            self._done.extend(d.stats for d in drained if d.stats)
+            for topic, handle in self.topics.items():
+                if isinstance(handle, ColocatedTopic) and handle.kind == name:
+                    # partition offsets as of the cut, taken by the drain itself
+                    prepared.topics[topic] = {
+                        "version": 1,
+                        "name": topic,
+                        "colocated": [d.outlets[topic] for d in drained],
+                    }
+            tables = [d.table for d in drained if d.table is not None and d.table.num_rows]
             if tables:
                 prepared.states.append(
                     (name, k.cls.key, pa.concat_tables(tables, promote_options="default"))
                 )
             if k.cls.snapshot_scope == "shard":
                 prepared.snapshots += [
-                    (f"{name}#{i}", b) for i, (_, b, _) in enumerate(drained) if b
+                    (f"{name}#{i}", d.snapshot) for i, d in enumerate(drained) if d.snapshot
                 ]
                 continue
-            blobs = [b for _, b, _ in drained if b is not None]
+            blobs = [d.snapshot for d in drained if d.snapshot is not None]
             if blobs:
                 merged = k.cls(None).merge_snapshots(blobs)
                 if merged is not None:
@@ -693,12 +745,9 @@ class Runtime:
         prepared.seen, self._new_seen = self._new_seen, []
         resolve(self._dead_pending)  # the dead letters' topic has them before its snapshot
         self._dead_pending = []
-        prepared.topics = dict(
-            zip(
-                self.topics,
-                resolve([h.call("snapshot") for h in self.topics.values()]),
-                strict=True,
-            )
+        standalone = {n: h for n, h in self.topics.items() if not isinstance(h, ColocatedTopic)}
+        prepared.topics.update(
+            zip(standalone, resolve([h.call("snapshot") for h in standalone.values()]), strict=True)
         )
         prepared.watermarks = {
             s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()

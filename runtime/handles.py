@@ -107,8 +107,19 @@ def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
     """Wait for all ``futures``; raise the actor's own error or :class:`ActorFailedError`."""
     if not futures:
         return []
-    if isinstance(futures[0], LocalFuture):
+    local = [isinstance(f, LocalFuture) for f in futures]
+    if all(local):
         return [f.result() for f in futures]
+    if any(local):  # e.g. a topic hosted in shards beside topic actors: each in its way
+        remote = iter(
+            resolve(
+                [f for f, is_local in zip(futures, local, strict=True) if not is_local], timeout
+            )
+        )
+        return [
+            f.result() if is_local else next(remote)
+            for f, is_local in zip(futures, local, strict=True)
+        ]
     import ray
 
     try:
@@ -133,8 +144,13 @@ def ready(
 ) -> tuple[list[Any], list[Any]]:
     """Split ``futures`` into (done, the rest) without raising: waits for ``num`` of them,
     or at most ``timeout`` seconds (0 = just look)."""
-    if not futures or isinstance(futures[0], LocalFuture):
+    if not futures or all(isinstance(f, LocalFuture) for f in futures):
         return list(futures), []
+    if any(isinstance(f, LocalFuture) for f in futures):
+        done_local = [f for f in futures if isinstance(f, LocalFuture)]
+        remote = [f for f in futures if not isinstance(f, LocalFuture)]
+        done, rest = ready(remote, max(0, num - len(done_local)) or 1, timeout)
+        return done_local + done, rest
     import ray
 
     done, rest = ray.wait(list(futures), num_returns=min(num, len(futures)), timeout=timeout)
@@ -288,6 +304,26 @@ def _own_sessions() -> Iterator[None]:
 
 
 EMBEDDED_LABELS = {"role": "hybrid", "site": "local"}
+
+
+def yield_cpu(by: int = 10) -> bool:
+    """Lower this process's CPU priority (every thread of it, LanceDB's included) by ``by``.
+
+    For a coordinator whose own work (checkpoint writes to LanceDB, 50-130 ms of two cores'
+    CPU each) is background work next to actors on the hot path: a live ingest's driver.
+    Lowering needs no privilege; Linux only (a thread's niceness is its own there, so each
+    is set), a no-op elsewhere. True if it was done.
+    """
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return False
+    done = False
+    for tid in os.listdir(tasks):
+        with contextlib.suppress(OSError, ValueError):
+            now = os.getpriority(os.PRIO_PROCESS, int(tid))
+            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + by))
+            done = True
+    return done
 
 
 def nodes() -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ actors, ticks them for counts, and takes them through every checkpoint
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,9 @@ class LiveIngest:
         max_inflight: int = 2,
         dedup_capacity: int = 50_000_000,
     ) -> None:
+        # the event loop, the dispatcher and Ray's threads share one GIL here: a waiting
+        # thread gets it after 1 ms rather than Python's default 5
+        sys.setswitchinterval(0.001)
         name = f"{app.name}@{site}"
         wal = str(Path(data_dir) / WAL_FOLDER / f"{app.name}-{site}") if durable else None
         self.gate = Gate(

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,9 +43,37 @@ from runtime.keys import as_signed, hash_keys, shard_of
 from runtime.router import NO_WATERMARK, Router, read_tag
 from runtime.state import ColumnarState
 from runtime.store import Store
+from runtime.topic import Topic
 from runtime.wire import pack_for, unpack
 
 MAX_PENDING_PUBLISHES = 8
+#: what a co-located topic partition answers through :meth:`Shard.outlet`
+OUTLET_CALLS = frozenset(
+    {
+        "publish",
+        "subscribe",
+        "flush",
+        "snapshot",
+        "end_offsets",
+        "first_offsets",
+        "read",
+        "poll",
+        "commit",
+        "committed",
+        "seek_committed",
+        "groups",
+        "stats",
+    }
+)
+
+
+class Drained(NamedTuple):
+    """What a shard hands over at a checkpoint."""
+
+    table: pa.Table | None  # changed profiles
+    snapshot: bytes | None  # the kind's own state (a model replica, windows)
+    stats: dict[str, float]  # counters of downstream calls
+    outlets: dict[str, Any]  # topic -> snapshot of the partition hosted here
 
 
 def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,6 +143,7 @@ class Shard:
         clock: Callable[[], float] = time.monotonic,
         forwards: dict[str, tuple[type[EntityKind], list[Handle], int]] | None = None,
         channel: str | None = None,
+        outlets: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         self.kind_cls = kind_cls
@@ -139,6 +168,14 @@ class Shard:
             for t, (cls, handles, per_site) in (forwards or {}).items()
         }
         self.channel = channel or f"{self.name}/{shard_id}"
+        # partitions of this kind's output topics, hosted here (runtime.colocated)
+        self.outlets: dict[str, Topic] = {}
+        for name, spec in (outlets or {}).items():
+            rows, size, age = spec["retention"]
+            topic = Topic(name, rows, size, age, label=spec["label"])
+            if spec.get("snapshot"):
+                topic.restore(spec["snapshot"])
+            self.outlets[name] = topic
         #: event-time watermark per input channel; the shard's is the least of them
         self._inputs: dict[str, int] = {"source": NO_WATERMARK}
         self._wm_on = False  # no input carried a watermark yet: kinds derive their own
@@ -379,6 +416,9 @@ class Shard:
                     self.channel,
                 )
                 continue
+            if topic in self.outlets:  # a partition hosted here: a local call, no hop
+                self.outlets[topic].publish(pa.concat_tables(tables, promote_options="default"))
+                continue
             handle = self.topics.get(topic)
             if handle is None:
                 if topic in self.kind_cls.topics:
@@ -396,10 +436,11 @@ class Shard:
 
     # -- checkpoints -------------------------------------------------------------------------
     @_serialized
-    def drain(self) -> tuple[pa.Table | None, bytes | None, dict[str, float]]:
-        """Hand over every changed profile (live and passivated), the kind's snapshot and
-        the counters of downstream calls. Rows forwarded to other kinds are applied there
-        before this returns, so draining upstream kinds first makes a consistent cut."""
+    def drain(self) -> Drained:
+        """Hand over every changed profile (live and passivated), the kind's snapshot, the
+        counters of downstream calls and the offsets of the topic partitions hosted here.
+        Rows forwarded to other kinds are applied there before this returns, so draining
+        upstream kinds first makes a consistent cut."""
         pending, self._pending = self._pending, []  # a failure is reported once, not forever
         resolve(pending)
         for router in self.forwards.values():
@@ -422,7 +463,20 @@ class Shard:
             new = table.column("_key_hash").to_numpy().view(np.uint64)
             self._stored = np.union1d(self._stored, new)
             table = self.kind.export(table)
-        return table, self.kind.snapshot(), fwd
+        outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
+        return Drained(table, self.kind.snapshot(), fwd, outlets)
+
+    @_serialized
+    def outlet(self, topic: str, method: str, *args: Any) -> Any:
+        """Call ``method`` of the partition of ``topic`` hosted here (for
+        :class:`runtime.colocated.ColocatedTopic`)."""
+        if topic not in self.outlets:
+            raise ConfigError(f"shard {self.name}:{self.shard_id} hosts no partition of {topic!r}")
+        if method not in OUTLET_CALLS:
+            raise ConfigError(f"topic {topic!r}: {method!r} is not a topic operation")
+        if method == "publish":
+            args = (unpack(args[0]),)
+        return getattr(self.outlets[topic], method)(*args)
 
     @_serialized
     def restore_kind(self, blob: bytes) -> None:

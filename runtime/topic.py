@@ -198,11 +198,14 @@ class Topic:
         *,
         partitions: int = 1,
         partition_key: str | None = None,
+        label: int | None = None,
     ) -> None:
         """Retention limits apply to each partition on its own.
 
         ``partitions`` and ``partition_key`` are keyword-only: the runtime passes the
-        retention limits by position.
+        retention limits by position. ``label``: this one-partition topic is partition
+        ``label`` of a topic spread over several hosts (see :mod:`runtime.colocated`); its
+        rows carry that number as ``_partition``.
         """
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"topic {name!r}: partitions must be an int >= 1, got {partitions!r}")
@@ -213,6 +216,7 @@ class Topic:
         self.now = clock
         self.partitions = partitions
         self.partition_key = partition_key
+        self.label = label
         self._logs = [_Log() for _ in range(partitions)]
         self._rr = 0  # the partition the next key-less batch goes to
         self._groups: dict[str, _Group] = {}
@@ -288,15 +292,17 @@ class Topic:
     def _table(self, pieces: Iterable[tuple[int, int, pa.Table]]) -> pa.Table:
         """(partition, first offset, rows) pieces as one table with the offset columns."""
         parts = []
+        labelled = self.partitions > 1 or self.label is not None
         for p, first, rows in pieces:
             n = rows.num_rows
-            if self.partitions > 1:
-                rows = rows.append_column(PARTITION, pa.array(np.full(n, p, dtype=np.int64)))
+            if labelled:
+                number = p if self.label is None else self.label
+                rows = rows.append_column(PARTITION, pa.array(np.full(n, number, dtype=np.int64)))
             parts.append(
                 rows.append_column(OFFSET, pa.array(np.arange(first, first + n, dtype=np.int64)))
             )
         if not parts:
-            cols = [PARTITION, OFFSET] if self.partitions > 1 else [OFFSET]
+            cols = [PARTITION, OFFSET] if labelled else [OFFSET]
             return pa.table({c: pa.array([], pa.int64()) for c in cols})
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
 

@@ -216,7 +216,8 @@ def test_ingest_runs_at_each_sites_edge_and_survives_its_loss(cluster, tmp_path)
 
 
 def test_backpressure_across_nodes(cluster, tmp_path):
-    """The shard at an edge node, topic and slow sink at the core: the source is held back."""
+    """The shard at an edge node (hosting its topic's partition), the slow sink at the core:
+    the source is held back across the nodes."""
     from test_backpressure import assert_backpressure
 
     c, _ = cluster
@@ -226,4 +227,5 @@ def test_backpressure_across_nodes(cluster, tmp_path):
     ) as rt:
         assert_backpressure(rt, n_batches=60)
         where = {p["actor"]: p["site"] for p in rt.placement()}
-    assert where["shard:echo_tallies:0"] == "eu-1" and where["topic:echo"] == "core"
+    assert where["shard:echo_tallies:0"] == "eu-1" and where["sub:echo:slowsink"] == "core"
+    assert "topic:echo" not in where  # the topic lives in its shards

@@ -193,3 +193,43 @@ def test_https_with_a_certificate(tmp_path, rows):
     finally:
         serve.stop()
     assert Store(tmp_path / "d").read("customers").num_rows > 0
+
+
+def test_tail_follows_alerts_that_live_in_the_shards(tmp_path, rows):
+    """The alerts topic is hosted by the customer shards (a partition each); `edgecore tail`
+    attaching from another process finds it there."""
+    import json
+
+    _, events = rows
+    serve = Serve(tmp_path / "d")
+    try:
+        port = serve.wait_http()
+        assert post(port, ndjson(events))[1]["accepted"] == len(events)
+        time.sleep(1.5)  # the status board lists the hosted topics at least once a second
+        tail = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "tail",
+                "alerts",
+                "--from-beginning",
+                "--limit",
+                "2",
+                "--idle-timeout",
+                "10",
+                "--json",
+                "--address",
+                "auto",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+    finally:
+        serve.stop()
+    assert tail.returncode == 0, tail.stderr[-2000:]
+    got = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert len(got) == 2 and all("_partition" in r and "detected_at" in r for r in got)

@@ -145,7 +145,7 @@ def test_call_handlers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no handler 'nope'.*\\['add', 'peek'\\]"):
         shard.call("a", "nope", ())
     # handler changes are written at the next drain
-    table, _, _ = shard.drain()
+    table = shard.drain().table
     got = dict(zip(table["user_id"].to_pylist(), table["count"].to_pylist(), strict=True))
     assert got == {"a": 7, "new": 3}
 
@@ -211,17 +211,17 @@ def test_passivation_drain_and_reactivation_from_store(tmp_path: Path) -> None:
     feed(30, shard)  # entities taken back from the outbox are counted on, not reset
 
     # drain hands over every changed entity once: the live dirty ones and the outbox
-    table, snapshot, _ = shard.drain()
+    table, snapshot = shard.drain()[:2]
     assert snapshot is None
     assert sorted(table["user_id"].to_pylist()) == sorted(oracle.s)
     assert shard.stats()["outbox"] == 0
     Store(data).upsert(Clicks.name, table, key=Clicks.key)
-    assert shard.drain() == (None, None, {})  # nothing changed since
+    assert shard.drain()[:3] == (None, None, {})  # nothing changed since
 
     # clean entities are now released without writing; they come back from the store
     feed(60, shard)
     assert_matches(shard, oracle, sorted(oracle.s))
-    table, _, _ = shard.drain()
+    table = shard.drain().table
     Store(data).upsert(Clicks.name, table, key=Clicks.key)
     stored = Store(data).read(Clicks.name)
     assert stored.num_rows == len(oracle.s)
@@ -235,7 +235,7 @@ def test_passivation_drain_and_reactivation_from_store(tmp_path: Path) -> None:
     assert_matches(again, oracle, sorted(oracle.s))
     feed(40, again)
     assert_matches(again, oracle, sorted(oracle.s))
-    table, _, _ = again.drain()
+    table = again.drain().table
     Store(data).upsert(Clicks.name, table, key=Clicks.key)
 
     # a restart with room for all: the profiles are loaded at start
@@ -250,7 +250,7 @@ def test_warm_start_loads_only_own_keys(tmp_path: Path) -> None:
     ev = events(keys)
     one = Shard(Clicks, None, 0, 1, data)
     one.apply(ev)
-    table, _, _ = one.drain()
+    table = one.drain().table
     Store(data).upsert(Clicks.name, table, key=Clicks.key)
 
     owner = shard_of(hash_keys(pa.array(keys)), 2)
