@@ -27,11 +27,13 @@ file there. Segments whose records a checkpoint covers are deleted with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ _HEAD = struct.Struct("<4sIIQ")  # magic, length of what follows the head, crc32
 _META = struct.Struct("<I")
 SUFFIX = ".wal"
 SEGMENT_BYTES = 64 * 2**20
+
+
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def run(self: WriteAheadLog, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def encode(seq: int, meta: dict[str, Any], table: pa.Table) -> bytes:
@@ -101,6 +112,9 @@ class WriteAheadLog:
             raise StoreError(
                 f"cannot create the write-ahead log folder {self.path}: {err}"
             ) from err
+        # appends and syncs come from the thread that commits, deletions of covered segments
+        # from the one the checkpoint calls in
+        self._lock = threading.RLock()
         self._fd: int | None = None
         self._size = 0
         self._dirty = False
@@ -133,6 +147,7 @@ class WriteAheadLog:
         self._fd = os.open(last, os.O_WRONLY | os.O_APPEND)
         self._size = end
 
+    @_locked
     def skip_to(self, seq: int) -> None:
         """Number the next record ``seq`` at least: a checkpoint committed positions up to
         ``seq``, so a log that lost its files (or never had them) must not reuse them."""
@@ -153,6 +168,7 @@ class WriteAheadLog:
         _fsync_dir(self.path)
 
     # -- writing ---------------------------------------------------------------------------
+    @_locked
     def append(self, records: list[tuple[dict[str, Any], pa.Table]]) -> list[int]:
         """Write ``records`` (not durable until :meth:`sync`); returns their seqs.
 
@@ -185,6 +201,7 @@ class WriteAheadLog:
         except OSError:
             pass  # the next open() ends the log at the first unsound record anyway
 
+    @_locked
     def sync(self) -> None:
         """Make every appended record durable (one ``fdatasync``)."""
         if self._fd is None or not self._dirty:
@@ -210,6 +227,7 @@ class WriteAheadLog:
                     meta, table = _decode(body)
                     yield seq, meta, table
 
+    @_locked
     def truncate_before(self, seq: int) -> int:
         """Delete segments whose records all have seqs below ``seq``; returns how many."""
         dropped = 0
@@ -223,6 +241,7 @@ class WriteAheadLog:
     def segments(self) -> list[Path]:
         return [self._name(f) for f in self._segments]
 
+    @_locked
     def close(self) -> None:
         if self._fd is not None:
             self.sync()
