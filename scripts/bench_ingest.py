@@ -406,7 +406,9 @@ def main() -> None:
         default="100000,150000,200000,250000",
         help="rates to step through for the sustained figure",
     )
-    ap.add_argument("--shards", type=int, default=None, help="shards of the customer kind")
+    ap.add_argument(
+        "--shards", type=int, default=0, help="shards of the customer kind (0: as serve does)"
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--send", help=argparse.SUPPRESS)  # the sender process
     ap.add_argument("--target", help=argparse.SUPPRESS)
@@ -419,7 +421,9 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="edgecore-bench-ingest-"))
     t0 = time.perf_counter()
-    bench = Bench(work, args.seconds, args.shards)
+    from runtime.cli import serve_shards
+
+    bench = Bench(work, args.seconds, args.shards or serve_shards())
     result: dict[str, Any] = {"batch_ms": BATCH_MS, "startup_s": round(bench.startup_s, 2)}
     try:
         have_mqtt = shutil.which("mosquitto") is not None
