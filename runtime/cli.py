@@ -600,7 +600,10 @@ def serve(
         "call costs the same fixed overhead, and the ingest actor needs cores too).",
     ),
     checkpoint_seconds: float = typer.Option(
-        10.0, "--checkpoint-seconds", help="Commit state this often."
+        30.0,
+        "--checkpoint-seconds",
+        help="Commit state this often (what was acknowledged since is in the write-ahead "
+        "log: the interval bounds the replay after a crash, not what a crash can lose).",
     ),
     no_wal: bool = typer.Option(
         False,
