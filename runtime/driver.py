@@ -9,11 +9,15 @@ steps them, takes checkpoints, and restarts from the last one when an actor dies
 
 **Why nothing is lost or applied twice.** A checkpoint is one cut through the stream:
 
-1. every feeder stops dispatching (:meth:`Feeder.cut`); all it sent before is applied
-   by the shards, nothing after; it names its position (rows of a file, records of its
-   log) and hands over the dead letters and applied event ids of what it sent;
-2. the runtime drains the shards (their changed state, the kind snapshots, the topic
-   offsets) — :meth:`~runtime.core.Runtime.prepare_checkpoint` — and the feeders go on;
+1. every feeder marks its place (:meth:`Feeder.cut`) and names its position (rows of a
+   file, records of its log); it hands over the dead letters and applied event ids of
+   what it sent. Either it stops dispatching until step 2 is done (all it sent before is
+   applied, nothing after), or — a live gate that is its shards' only input — it sends
+   each shard a drain right behind its last batch and goes on: Ray runs one caller's
+   calls to an actor in order, so the drain sees exactly the batches before the cut;
+2. the runtime drains the shards (their changed state, the kind snapshots, the offsets
+   of the topic partitions they host), or takes the drains the feeders sent —
+   :meth:`~runtime.core.Runtime.prepare_checkpoint` — and paused feeders go on;
 3. the state is written to LanceDB and one ``_checkpoints`` row commits the table
    versions together with every feeder's position and the applied ids;
 4. feeders learn what was committed (:meth:`Feeder.committed`): a log drops what the

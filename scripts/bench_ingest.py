@@ -412,6 +412,9 @@ def main() -> None:
     ap.add_argument("--step-seconds", type=float, default=8.0, help="seconds per rate step")
     ap.add_argument("--quick", action="store_true", help="latency scenarios only")
     ap.add_argument(
+        "--only-rates", action="store_true", help="the sustained-rate search and the log's cost only"
+    )
+    ap.add_argument(
         "--rates",
         default="100000,150000,200000,250000",
         help="rates to step through for the sustained figure",
@@ -443,7 +446,7 @@ def main() -> None:
         if have_mqtt:
             bench.start_broker()
         latency = []
-        for rate in (50_000, 10_000):
+        for rate in () if args.only_rates else (50_000, 10_000):
             latency.append(bench.scenario("http", rate))
             if have_mqtt:
                 latency.append(bench.scenario("mqtt", rate))
