@@ -160,25 +160,6 @@ class SourceFeeder:
         self._batches = None
 
 
-def run(
-    rt: Runtime,
-    app: App,
-    source: Source,
-    progress: Callable[[RunStats], None] | None = None,
-    max_events: int | None = None,
-    end_of_stream: bool = True,
-) -> RunStats:
-    """Drive ``source`` through ``app`` until it ends; see :func:`runtime.pipeline.run`."""
-    return drive(
-        rt,
-        app,
-        [SourceFeeder(source)],
-        progress=progress,
-        max_events=max_events,
-        end_of_stream=end_of_stream,
-    )
-
-
 @dataclass
 class _Progress:
     """Counts of a run; a copy is kept at every checkpoint to restart from."""

@@ -63,3 +63,20 @@ def assert_profiles_match(data_dir: str | Path, expected: dict[str, dict]) -> No
         # float sums depend on summation order (DuckDB's is parallel); 1e-9 relative is exact
         # up to rounding
         assert row["amount_sum"] == pytest.approx(want["amount_sum"], rel=1e-9), key
+
+
+@pytest.fixture
+def live(tmp_path):
+    """Make in-process HTTP front ends (``live(max_body=...)``); closed after the test."""
+    from live_helpers import FrontEnd
+
+    created = []
+
+    def make(**http):
+        lv = FrontEnd(tmp_path / f"d{len(created)}", **http)
+        created.append(lv)
+        return lv
+
+    yield make
+    for lv in created:
+        lv.close()

@@ -206,3 +206,98 @@ def publish(client, rows: list[dict], topic: str = "cards/eu-1/txn", per_message
         infos.append(client.publish(topic, payload, qos=1))
     for info in infos:
         info.wait_for_publish(timeout=30)
+
+
+class FrontEnd:
+    """A local-mode runtime with one live ingest actor's gate and HTTP front end, in this
+    process (fast; `Serve` runs the real command)."""
+
+    def __init__(self, folder: Path, **http: Any) -> None:
+        import numpy as np
+
+        from actors.fraud import fraud_app
+        from runtime import Runtime
+        from runtime.http import HttpOptions
+        from runtime.live import LiveIngest
+        from runtime.pipeline import setup
+
+        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
+        setup(self.rt, fraud_app)
+        self.ingest = LiveIngest(
+            fraud_app,
+            "local",
+            str(folder),
+            self.rt.shards_of("customers"),
+            np.zeros(0, dtype=np.int64),
+            0,
+            http=HttpOptions(port=0, **http),
+        )
+        self.port = self.ingest.open()["http_port"]
+        self.gate = self.ingest.gate
+
+    def profiles(self, keys: list[str]) -> dict[str, dict]:
+        """The live profiles of ``keys`` once everything logged is applied."""
+        import pyarrow as pa
+
+        self.gate.cut()
+        self.gate.resume()
+        got = self.rt.lookup("customers", pa.array(keys)).to_pylist()
+        return {k: r for k, r in zip(keys, got, strict=True) if r and r["txn_count"] is not None}
+
+    def close(self) -> None:
+        self.ingest.close()
+        self.rt.stop(checkpoint=False)
+
+
+class Driven:
+    """``drive`` with a live feeder (HTTP and/or MQTT) on a local-mode runtime, in a thread:
+    a data folder with checkpoints, as ``edgecore serve`` keeps it."""
+
+    def __init__(self, folder: Path, http: Any = None, mqtt: str | None = None) -> None:
+        from actors.fraud import fraud_app
+        from runtime import Runtime
+        from runtime.live import LiveFeeder
+        from runtime.mqtt import MqttOptions
+
+        self.folder, self.app = folder, fraud_app
+        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2, checkpoint_seconds=0.5)
+        self.rt.start()
+        self.stop = threading.Event()
+        self.opened = threading.Event()
+        self.feeder = LiveFeeder(
+            http, MqttOptions(mqtt) if mqtt else None, on_open=lambda g: self.opened.set()
+        )
+        self.stats = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(60)
+        handle = next(iter(self.feeder.gates.values()))
+        self.ingest = handle.target
+        self.gate = self.ingest.gate
+        self.port = self.feeder.opened["local"].get("http_port")
+        if mqtt:
+            assert self.ingest.mqtt_connected(20)
+
+    def _run(self) -> None:
+        from runtime.driver import drive
+
+        try:
+            self.stats = drive(self.rt, self.app, [self.feeder], stop=self.stop)
+        except BaseException as err:  # surfaced by finish()
+            self.error = err
+
+    def wait_input(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.gate.totals["input"] < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.gate.totals["input"] >= n, (n, self.gate.totals)
+
+    def finish(self) -> Any:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "drive did not stop"
+        self.rt.stop()
+        if self.error is not None:
+            raise self.error
+        return self.stats

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -31,12 +30,10 @@ from conftest import assert_profiles_match, make_transactions, sql_profiles
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_helpers import Broker, Serve, get, mqtt_client, post
+from live_helpers import FrontEnd as Live
 
-from actors.fraud import fraud_app
-from runtime import Runtime
-from runtime.http import ARROW, HttpOptions
-from runtime.live import LiveIngest
-from runtime.pipeline import new_counts, setup
+from runtime.http import ARROW
+from runtime.pipeline import new_counts
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
@@ -117,35 +114,6 @@ def splice(record: dict, name: str, raw: bytes) -> bytes:
 
 
 # -- the in-process front end under hypothesis -------------------------------------------------
-class Live:
-    """A local-mode runtime with one live ingest actor's gate and HTTP front end."""
-
-    def __init__(self, folder, **http) -> None:
-        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
-        setup(self.rt, fraud_app)
-        self.ingest = LiveIngest(
-            fraud_app,
-            "local",
-            str(folder),
-            self.rt.shards_of("customers"),
-            np.zeros(0, dtype=np.int64),
-            0,
-            http=HttpOptions(port=0, **http),
-        )
-        self.port = self.ingest.open()["http_port"]
-        self.gate = self.ingest.gate
-
-    def profiles(self, keys: list[str]) -> dict[str, dict]:
-        self.gate.cut()
-        self.gate.resume()
-        got = self.rt.lookup("customers", pa.array(keys)).to_pylist()
-        return {k: r for k, r in zip(keys, got, strict=True) if r and r["txn_count"] is not None}
-
-    def close(self) -> None:
-        self.ingest.close()
-        self.rt.stop(checkpoint=False)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     lv = Live(tmp_path_factory.mktemp("fuzz"))

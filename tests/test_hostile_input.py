@@ -22,22 +22,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import assert_profiles_match, make_transactions, sql_profiles
-from live_helpers import Broker, get, mqtt_client, ndjson, post, publish
+from live_helpers import Broker, Driven, get, mqtt_client, ndjson, post, publish
+from live_helpers import FrontEnd as Live
 
-from actors.fraud import fraud_app
-from runtime import Runtime
-from runtime.driver import drive
 from runtime.http import ARROW, HttpOptions
-from runtime.live import LiveFeeder, LiveIngest
-from runtime.mqtt import MqttOptions
-from runtime.pipeline import setup
 from runtime.store import Store
 
 NDJSON = "application/x-ndjson"
@@ -46,50 +39,6 @@ _ids = itertools.count(50_000_000)  # event ids no generated table uses
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-class Live:
-    """A local-mode runtime with one live ingest actor's gate and HTTP front end."""
-
-    def __init__(self, folder, **http) -> None:
-        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
-        setup(self.rt, fraud_app)
-        self.ingest = LiveIngest(
-            fraud_app,
-            "local",
-            str(folder),
-            self.rt.shards_of("customers"),
-            np.zeros(0, dtype=np.int64),
-            0,
-            http=HttpOptions(port=0, **http),
-        )
-        self.port = self.ingest.open()["http_port"]
-        self.gate = self.ingest.gate
-
-    def profiles(self, keys: list[str]) -> dict[str, dict]:
-        """The live profiles of ``keys`` once everything logged is applied."""
-        self.gate.cut()
-        self.gate.resume()
-        got = self.rt.lookup("customers", pa.array(keys)).to_pylist()
-        return {k: r for k, r in zip(keys, got, strict=True) if r and r["txn_count"] is not None}
-
-    def close(self) -> None:
-        self.ingest.close()
-        self.rt.stop(checkpoint=False)
-
-
-@pytest.fixture
-def live(tmp_path):
-    created = []
-
-    def make(**http):
-        lv = Live(tmp_path / f"d{len(created)}", **http)
-        created.append(lv)
-        return lv
-
-    yield make
-    for lv in created:
-        lv.close()
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One front end for the many small cases (each uses event ids of its own)."""
@@ -164,53 +113,6 @@ def statuses(answer: bytes) -> list[int]:
         if len(fields) > 1 and fields[1][:3].isdigit():
             codes.append(int(fields[1][:3]))
     return codes
-
-
-class Driven:
-    """``drive`` with a live HTTP feeder on a local-mode runtime, in a thread (a data folder
-    with checkpoints, as ``edgecore serve`` keeps it)."""
-
-    def __init__(self, folder: Path, http: HttpOptions | None = None, mqtt: str | None = None):
-        self.folder = folder
-        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2, checkpoint_seconds=0.5)
-        self.rt.start()
-        self.stop = threading.Event()
-        self.opened = threading.Event()
-        self.feeder = LiveFeeder(
-            http, MqttOptions(mqtt) if mqtt else None, on_open=lambda g: self.opened.set()
-        )
-        self.stats = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.opened.wait(60)
-        handle = next(iter(self.feeder.gates.values()))
-        self.ingest = handle.target
-        self.gate = self.ingest.gate
-        self.port = self.feeder.opened["local"].get("http_port")
-        if mqtt:
-            assert self.ingest.mqtt_connected(20)
-
-    def _run(self) -> None:
-        try:
-            self.stats = drive(self.rt, fraud_app, [self.feeder], stop=self.stop)
-        except BaseException as err:  # surfaced by finish()
-            self.error = err
-
-    def wait_input(self, n: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.gate.totals["input"] < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.gate.totals["input"] >= n, (n, self.gate.totals)
-
-    def finish(self):
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "drive did not stop"
-        self.rt.stop()
-        if self.error is not None:
-            raise self.error
-        return self.stats
 
 
 def cli(*args: str) -> dict:

@@ -8,18 +8,15 @@ import json
 import socket
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_transactions, sql_profiles
+from live_helpers import FrontEnd as Live
 from live_helpers import get, ndjson, post
 
-from actors.fraud import fraud_app
-from runtime import ConfigError, Runtime
+from runtime import ConfigError
 from runtime.http import ARROW, HttpOptions
-from runtime.live import LiveIngest
-from runtime.pipeline import setup
 
 
 @pytest.fixture
@@ -29,44 +26,6 @@ def events(tmp_path):
     for r in rows:
         r["ts"] = r["ts"].isoformat()
     return table, rows
-
-
-class Live:
-    """A local-mode runtime with one live ingest actor's gate and HTTP front end."""
-
-    def __init__(self, folder, **http) -> None:
-        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
-        setup(self.rt, fraud_app)
-        opts = HttpOptions(port=0, **http)
-        self.ingest = LiveIngest(
-            fraud_app,
-            "local",
-            str(folder),
-            self.rt.shards_of("customers"),
-            np.zeros(0, dtype=np.int64),
-            0,
-            http=opts,
-        )
-        self.port = self.ingest.open()["http_port"]
-        self.gate = self.ingest.gate
-
-    def close(self) -> None:
-        self.ingest.close()
-        self.rt.stop(checkpoint=False)
-
-
-@pytest.fixture
-def live(tmp_path):
-    created = []
-
-    def make(**http):
-        lv = Live(tmp_path / f"d{len(created)}", **http)
-        created.append(lv)
-        return lv
-
-    yield make
-    for lv in created:
-        lv.close()
 
 
 def total_applied(lv: Live) -> int:

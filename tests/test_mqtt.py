@@ -7,20 +7,14 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_transactions
-from live_helpers import Broker, Serve, get, mqtt_client, publish
+from live_helpers import Broker, Driven, Serve, get, mqtt_client, publish
 
-from actors.fraud import fraud_app
-from runtime import Runtime
-from runtime.driver import drive
-from runtime.live import LiveFeeder
-from runtime.mqtt import MqttOptions
 from runtime.store import Store
 
 if shutil.which("mosquitto") is None:
@@ -43,45 +37,6 @@ def rows(tmp_path):
     for r in out:
         r["ts"] = r["ts"].isoformat()
     return out
-
-
-class Running:
-    """``drive`` with a live MQTT feeder on a local-mode runtime, in a thread."""
-
-    def __init__(self, folder, url: str) -> None:
-        self.rt = Runtime(data_dir=str(folder), mode="local", shards=2, checkpoint_seconds=0.5)
-        self.rt.start()
-        self.stop = threading.Event()
-        self.opened = threading.Event()
-        self.feeder = LiveFeeder(None, MqttOptions(url), on_open=lambda g: self.opened.set())
-        self.stats = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.opened.wait(60)
-        gate = next(iter(self.feeder.gates.values()))
-        assert gate.target.mqtt_connected(20)
-        self.gate = gate.target.gate
-
-    def _run(self) -> None:
-        try:
-            self.stats = drive(self.rt, fraud_app, [self.feeder], stop=self.stop)
-        except BaseException as err:  # surfaced by finish()
-            self.error = err
-
-    def wait_input(self, n: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.gate.totals["input"] < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.gate.totals["input"] >= n, self.gate.totals
-
-    def finish(self):
-        self.stop.set()
-        self.thread.join(60)
-        self.rt.stop()
-        if self.error is not None:
-            raise self.error
-        return self.stats
 
 
 def txn_counts(folder) -> dict[str, int]:
@@ -108,7 +63,7 @@ def test_events_arrive_and_poison_messages_are_dead_lettered_and_acknowledged(
     broker, rows, tmp_path
 ):
     url = f"mqtt://127.0.0.1:{broker.port}/cards/+/txn"
-    run = Running(tmp_path / "d", url)
+    run = Driven(tmp_path / "d", mqtt=url)
     pub = mqtt_client(broker.port)
     publish(pub, rows[:1_000])
     for p in poison(rows):
@@ -130,7 +85,7 @@ def test_events_arrive_and_poison_messages_are_dead_lettered_and_acknowledged(
     ):
         assert any(expected in r for r in reasons), (expected, reasons)
     # they were acknowledged: the broker does not deliver them again
-    again = Running(tmp_path / "d", url)
+    again = Driven(tmp_path / "d", mqtt=url)
     time.sleep(1.0)
     stats = again.finish()
     pub.loop_stop()
@@ -139,7 +94,7 @@ def test_events_arrive_and_poison_messages_are_dead_lettered_and_acknowledged(
 
 
 def test_broker_restart_mid_stream_loses_nothing(broker, rows, tmp_path):
-    run = Running(tmp_path / "d", f"mqtt://127.0.0.1:{broker.port}/cards/#")
+    run = Driven(tmp_path / "d", mqtt=f"mqtt://127.0.0.1:{broker.port}/cards/#")
     pub = mqtt_client(broker.port)
     publish(pub, rows[:1_000])
     run.wait_input(500)
@@ -276,7 +231,7 @@ def test_a_message_that_breaks_decoding_is_dead_lettered_alone(broker, rows, tmp
         return real(payloads)
 
     monkeypatch.setattr(mqtt_module, "decode_messages", fragile)
-    run = Running(tmp_path / "d", f"mqtt://127.0.0.1:{broker.port}/cards/#")
+    run = Driven(tmp_path / "d", mqtt=f"mqtt://127.0.0.1:{broker.port}/cards/#")
     pub = mqtt_client(broker.port)
     publish(pub, rows[:500])
     pub.publish("cards/eu-1/txn", b'{"KABOOM": 1}', qos=1).wait_for_publish()
