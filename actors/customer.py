@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from actors.model import OnlineModel
 from runtime import Batch, EntityKind, handler
-from runtime.keys import hash_keys
+from runtime.state.keys import hash_keys
 
 NO_TS = -(2**62)  # "no timestamp yet" in the recent-timestamps ring
 RECENT = 4  # timestamps kept per customer for the burst rule

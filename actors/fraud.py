@@ -17,7 +17,7 @@ from typing import Any
 from actors.customer import Customer, FraudConfig
 from actors.generator import GeneratorSource, TxnGeneratorConfig
 from runtime import App, Column, EventSchema, Paced, Source
-from runtime.flow import Pipeline
+from runtime.dataflow.builder import Pipeline
 
 MAX_ID_LEN = 128
 MAX_AMOUNT = 1_000_000.0  # above this an amount is taken as a data error, not a purchase

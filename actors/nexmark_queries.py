@@ -36,12 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runtime.entity import Batch, EntityKind
-from runtime.flow import Pipeline
-from runtime.operators import argmax_kind
-from runtime.schema import Column, EventSchema
-from runtime.sources import Source
-from runtime.windows import WindowSpec
+from runtime.dataflow.builder import Pipeline
+from runtime.entities.kind import Batch, EntityKind
+from runtime.eventtime.windows import WindowSpec
+from runtime.operators.windowed import argmax_kind
+from runtime.streams.schema import Column, EventSchema
+from runtime.streams.sources import Source
 
 WINDOW_MS = 10_000  # q5 window size; q7, q8 tumbling windows (Flink: 10 s)
 HOP_MS = 2_000  # q5 slide

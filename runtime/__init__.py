@@ -15,12 +15,12 @@ _os.environ.setdefault("LANCE_LOG", "error")
 _os.environ.setdefault("LANCEDB_LOG", "error")
 
 _EXPORTS = {
-    "Runtime": "runtime.core",
-    "RuntimeConfig": "runtime.core",
-    "Batch": "runtime.entity",
-    "EntityKind": "runtime.entity",
-    "EntityRef": "runtime.entity",
-    "handler": "runtime.entity",
+    "Runtime": "runtime.coordinator.runtime",
+    "RuntimeConfig": "runtime.coordinator.runtime",
+    "Batch": "runtime.entities.kind",
+    "EntityKind": "runtime.entities.kind",
+    "EntityRef": "runtime.entities.kind",
+    "handler": "runtime.entities.kind",
     "ActorFailedError": "runtime.errors",
     "ConfigError": "runtime.errors",
     "EdgecoreError": "runtime.errors",
@@ -28,17 +28,17 @@ _EXPORTS = {
     "SchemaError": "runtime.errors",
     "StoreError": "runtime.errors",
     "UnknownEntityError": "runtime.errors",
-    "App": "runtime.pipeline",
-    "RunStats": "runtime.pipeline",
-    "run": "runtime.pipeline",
-    "Column": "runtime.schema",
-    "EventSchema": "runtime.schema",
-    "TableSink": "runtime.sinks",
-    "FileSource": "runtime.sources",
-    "IteratorSource": "runtime.sources",
-    "Paced": "runtime.sources",
-    "Source": "runtime.sources",
-    "Field": "runtime.state",
+    "App": "runtime.dataflow.app",
+    "RunStats": "runtime.dataflow.app",
+    "run": "runtime.dataflow.app",
+    "Column": "runtime.streams.schema",
+    "EventSchema": "runtime.streams.schema",
+    "TableSink": "runtime.streams.sinks",
+    "FileSource": "runtime.streams.sources",
+    "IteratorSource": "runtime.streams.sources",
+    "Paced": "runtime.streams.sources",
+    "Source": "runtime.streams.sources",
+    "Field": "runtime.state.fields",
 }
 __all__ = [
     "ActorFailedError",
@@ -82,8 +82,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from runtime.core import Runtime, RuntimeConfig
-    from runtime.entity import Batch, EntityKind, EntityRef, handler
+    from runtime.coordinator.runtime import Runtime, RuntimeConfig
+    from runtime.dataflow.app import App, RunStats, run
+    from runtime.entities.kind import Batch, EntityKind, EntityRef, handler
     from runtime.errors import (
         ActorFailedError,
         ConfigError,
@@ -93,8 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StoreError,
         UnknownEntityError,
     )
-    from runtime.pipeline import App, RunStats, run
-    from runtime.schema import Column, EventSchema
-    from runtime.sinks import TableSink
-    from runtime.sources import FileSource, IteratorSource, Paced, Source
-    from runtime.state import Field
+    from runtime.state.fields import Field
+    from runtime.streams.schema import Column, EventSchema
+    from runtime.streams.sinks import TableSink
+    from runtime.streams.sources import FileSource, IteratorSource, Paced, Source

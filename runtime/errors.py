@@ -2,7 +2,7 @@
 
 Every message names the thing that failed (a step, an entity kind, a table) and,
 where there is one, the fix. Ray's own errors are translated into these at the
-single place that talks to Ray (:mod:`runtime.handles`).
+single place that talks to Ray (:mod:`runtime.cluster.handles`).
 
 >>> try:
 ...     raise UnknownEntityError("customers", "c42")

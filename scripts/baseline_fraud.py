@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 from actors.customer import FraudConfig, features
 from actors.fraud import TRANSACTIONS
 from actors.model import OnlineModel
-from runtime.keys import hash_keys
+from runtime.state.keys import hash_keys
 
 NO_TS = -(2**62)  # empty slot of the recent-timestamps ring
 RECENT = 4  # recent timestamps kept per customer (burst rule)

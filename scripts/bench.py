@@ -149,7 +149,7 @@ def run_baseline_subprocess(path: Path, batch_size: int, work: Path) -> dict[str
 def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int) -> dict[str, Any]:
     from actors.fraud import fraud_app
     from runtime import FileSource, Runtime, run
-    from runtime.pipeline import setup
+    from runtime.dataflow.app import setup
 
     sampler = PeakRss()
     sampler.start()
@@ -191,7 +191,7 @@ def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int)
 
 def compare(work: Path, data_dir: Path) -> dict[str, Any]:
     """How far the runtime's alerts and profiles agree with the baseline's."""
-    from runtime.store import Store
+    from runtime.state.store import Store
 
     store = Store(data_dir)
     rt_alerts = np.zeros(0, np.int64)

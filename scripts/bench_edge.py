@@ -25,9 +25,9 @@ from typing import Any
 
 from actors.device import demo_source, device_app
 from runtime import Runtime
-from runtime.cluster import LocalCluster
-from runtime.ingest import run_sites
-from runtime.placement import DefaultPolicy, Placement
+from runtime.cluster.local import LocalCluster
+from runtime.cluster.placement import DefaultPolicy, Placement
+from runtime.ingest.sites import run_sites
 
 
 def one_run(

@@ -176,7 +176,7 @@ class Bench:
     ) -> None:
         from actors.fraud import fraud_app
         from runtime import Runtime
-        from runtime.pipeline import setup
+        from runtime.dataflow.app import setup
 
         self.work, self.seconds, self.app = work, seconds, fraud_app
         self.id_base = 0
@@ -185,7 +185,7 @@ class Bench:
             data_dir=str(work / "data"), checkpoint_seconds=checkpoint_s, shards=shards
         ).start()
         setup(self.rt, fraud_app)
-        from runtime.handles import yield_cpu
+        from runtime.cluster.handles import yield_cpu
 
         yield_cpu()  # as edgecore serve does: this process only ticks and writes checkpoints
         self.probe = self.rt.subscribe("alerts", AlertProbe, name="bench-probe")
@@ -213,11 +213,11 @@ class Bench:
         durable: bool = True,
         seconds: float | None = None,
     ) -> dict[str, Any]:
-        from runtime.driver import drive
-        from runtime.handles import resolve
-        from runtime.http import HttpOptions
-        from runtime.live import LiveFeeder
-        from runtime.mqtt import MqttOptions
+        from runtime.cluster.handles import resolve
+        from runtime.dataflow.driver import drive
+        from runtime.ingest.http import HttpOptions
+        from runtime.ingest.live import LiveFeeder
+        from runtime.ingest.mqtt import MqttOptions
 
         seconds = seconds or self.seconds
         self.id_base += 10**9
@@ -412,7 +412,9 @@ def main() -> None:
     ap.add_argument("--step-seconds", type=float, default=8.0, help="seconds per rate step")
     ap.add_argument("--quick", action="store_true", help="latency scenarios only")
     ap.add_argument(
-        "--only-rates", action="store_true", help="the sustained-rate search and the log's cost only"
+        "--only-rates",
+        action="store_true",
+        help="the sustained-rate search and the log's cost only",
     )
     ap.add_argument(
         "--rates",

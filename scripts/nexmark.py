@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 from actors.nexmark import NexmarkConfig, generate, union, write
 from actors.nexmark_queries import QUERIES, answer
 from runtime import Runtime
-from runtime.handles import init_ray
-from runtime.pipeline import run, setup
+from runtime.cluster.handles import init_ray
+from runtime.dataflow.app import run, setup
 from runtime.testing import MemorySource
 
 #: events/s per core published for Flink in the nexmark/nexmark README

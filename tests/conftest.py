@@ -18,7 +18,7 @@ def ray_session():
     """An embedded Ray for the whole module: starting one costs seconds on 2 cores."""
     import ray
 
-    from runtime.handles import init_ray
+    from runtime.cluster.handles import init_ray
 
     init_ray(None, num_cpus=2)
     yield ray
@@ -50,7 +50,7 @@ def sql_profiles(source: str | Path | pa.Table) -> dict[str, dict]:
 
 
 def assert_profiles_match(data_dir: str | Path, expected: dict[str, dict]) -> None:
-    from runtime.store import Store
+    from runtime.state.store import Store
 
     got = {r["customer_id"]: r for r in Store(data_dir).read("customers").to_pylist()}
     assert set(got) == set(expected), f"{len(set(got) ^ set(expected))} customers differ"

@@ -3,7 +3,7 @@
 import pyarrow.compute as pc
 
 from runtime import Column, EventSchema
-from runtime.flow import Pipeline
+from runtime.dataflow.builder import Pipeline
 from runtime.testing import MemorySource, Tally
 
 ROWS = [{"event_id": i, "key": f"k{i % 3}", "value": float(i % 7)} for i in range(300)]

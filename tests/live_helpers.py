@@ -217,9 +217,9 @@ class FrontEnd:
 
         from actors.fraud import fraud_app
         from runtime import Runtime
-        from runtime.http import HttpOptions
-        from runtime.live import LiveIngest
-        from runtime.pipeline import setup
+        from runtime.dataflow.app import setup
+        from runtime.ingest.http import HttpOptions
+        from runtime.ingest.live import LiveIngest
 
         self.rt = Runtime(data_dir=str(folder), mode="local", shards=2).start()
         setup(self.rt, fraud_app)
@@ -256,8 +256,8 @@ class Driven:
     def __init__(self, folder: Path, http: Any = None, mqtt: str | None = None) -> None:
         from actors.fraud import fraud_app
         from runtime import Runtime
-        from runtime.live import LiveFeeder
-        from runtime.mqtt import MqttOptions
+        from runtime.ingest.live import LiveFeeder
+        from runtime.ingest.mqtt import MqttOptions
 
         self.folder, self.app = folder, fraud_app
         self.rt = Runtime(data_dir=str(folder), mode="local", shards=2, checkpoint_seconds=0.5)
@@ -280,7 +280,7 @@ class Driven:
             assert self.ingest.mqtt_connected(20)
 
     def _run(self) -> None:
-        from runtime.driver import drive
+        from runtime.dataflow.driver import drive
 
         try:
             self.stats = drive(self.rt, self.app, [self.feeder], stop=self.stop)

@@ -7,10 +7,10 @@ import time
 import pyarrow as pa
 
 from runtime import App, Column, EventSchema, Runtime, run
-from runtime.handles import resolve
-from runtime.shard import MAX_PENDING_PUBLISHES
+from runtime.cluster.handles import resolve
+from runtime.entities.shard import MAX_PENDING_PUBLISHES
 from runtime.testing import EchoTally, MemorySource, SlowSink
-from runtime.topic import MAX_PENDING
+from runtime.topics.topic import MAX_PENDING
 
 SCHEMA = EventSchema("e", [Column("event_id", "int64"), Column("key", "string")])
 

@@ -20,7 +20,7 @@ import runtime
 from actors.customer import FraudConfig
 from actors.fraud import make_app
 from actors.generator import TRANSACTION_SCHEMA, TxnGenerator, TxnGeneratorConfig
-from runtime.store import Store
+from runtime.state.store import Store
 
 _PATH = Path(__file__).resolve().parents[1] / "scripts" / "baseline_fraud.py"
 _spec = importlib.util.spec_from_file_location("baseline_fraud", _PATH)

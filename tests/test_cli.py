@@ -162,7 +162,7 @@ def test_entity_live_from_a_running_runtime(ray_session, tmp_path):
 
     from actors.fraud import fraud_app
     from runtime import Runtime
-    from runtime.pipeline import setup
+    from runtime.dataflow.app import setup
 
     events = pq.read_table(make_transactions(tmp_path / "t.parquet", 2_000, 50))
     with Runtime(data_dir=str(tmp_path / "d"), mode="ray", shards=2) as rt:

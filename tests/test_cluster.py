@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from runtime import App, Column, EventSchema, Runtime, run
-from runtime.placement import DefaultPolicy, Placement
-from runtime.store import Store
+from runtime.cluster.placement import DefaultPolicy, Placement
+from runtime.state.store import Store
 from runtime.testing import MemorySource, SiteTally, Tally
 
 SCHEMA = EventSchema(
@@ -181,7 +181,7 @@ def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
 def test_ingest_runs_at_each_sites_edge_and_survives_its_loss(cluster, tmp_path):
     """Each site's source is read, validated and applied at that site's edge; losing the
     edge mid-stream moves its ingest and shards to the core with exact counts."""
-    from runtime.ingest import run_sites
+    from runtime.ingest.sites import run_sites
 
     c, edges = cluster
     if "eu-2" not in edges:

@@ -21,8 +21,8 @@ from actors.telemetry import (
 )
 from runtime import RunStats, Runtime, run
 from runtime.errors import ConfigError
-from runtime.sources import rows_to_table
-from runtime.store import Store
+from runtime.state.store import Store
+from runtime.streams.sources import rows_to_table
 from runtime.testing import MemorySource
 
 # 400 devices, 10% failing within the first 40 min; 300 ticks of 10 s = 50 min of stream

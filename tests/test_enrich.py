@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 
 from runtime import Column, EntityKind, EventSchema, NotStartedError, Runtime, UnknownEntityError
-from runtime.enrich import TableLookup, entity_join
-from runtime.flow import Pipeline
-from runtime.store import Store
+from runtime.dataflow.builder import Pipeline
+from runtime.operators.enrich import TableLookup, entity_join
+from runtime.state.store import Store
 from runtime.testing import FakeClock, MemorySource
 
 ALL = 1_000_000

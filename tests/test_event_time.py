@@ -17,13 +17,13 @@ import pyarrow as pa
 import pytest
 
 from runtime import Batch, EntityKind, Runtime
-from runtime.flow import Pipeline
-from runtime.handles import resolve
-from runtime.pipeline import run
-from runtime.sources import IteratorSource
-from runtime.store import Store
+from runtime.cluster.handles import resolve
+from runtime.dataflow.app import run
+from runtime.dataflow.builder import Pipeline
+from runtime.eventtime.windows import Windows, WindowSpec
+from runtime.state.store import Store
+from runtime.streams.sources import IteratorSource
 from runtime.testing import MemorySource
-from runtime.windows import Windows, WindowSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from event_time_helpers import (  # noqa: E402

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pytest
 
 from runtime import Column, EventSchema, Runtime
-from runtime.ingest import run_sites
-from runtime.operators import window_kind
-from runtime.pipeline import App, EventTime
+from runtime.dataflow.app import App, EventTime
+from runtime.eventtime.windows import WindowSpec
+from runtime.ingest.sites import run_sites
+from runtime.operators.windowed import window_kind
 from runtime.testing import MemorySource
-from runtime.windows import WindowSpec
 
 SCHEMA = EventSchema(
     "reading",

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from runtime import ConfigError
 from runtime.cli import app
-from runtime.flow import Pipeline
-from runtime.store import Store
+from runtime.dataflow.builder import Pipeline
+from runtime.state.store import Store
 from runtime.testing import Tally
 
 
@@ -27,7 +27,7 @@ def test_names_and_wiring_are_checked_early():
         Pipeline("p").validate(SCHEMA).key_by("other").to_entity("e", Tally).build()
     with pytest.raises(ConfigError, match="no step publishes a topic 'alerts'"):
         Pipeline("p").validate(SCHEMA).to_entity("e", Tally).sink("alerts", "alerts").build()
-    from runtime.windows import WindowSpec
+    from runtime.eventtime.windows import WindowSpec
 
     with pytest.raises(ConfigError, match="needs event time"):
         Pipeline("p").validate(SCHEMA).key_by("key").window("w", WindowSpec(10), value="value")
@@ -70,7 +70,7 @@ def test_run_command_counts_filtered_and_failed_steps(tmp_path):
     bad = CliRunner().invoke(
         app, ["run", "flows_example:SCHEMA", "--local", "--data", str(tmp_path)]
     )
-    assert bad.exit_code == 1 and "not a runtime.flow.Pipeline" in bad.output
+    assert bad.exit_code == 1 and "not a runtime.dataflow.builder.Pipeline" in bad.output
 
 
 def test_fraud_app_is_built_with_the_pipeline_api(tmp_path):

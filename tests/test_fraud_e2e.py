@@ -17,7 +17,7 @@ from conftest import assert_profiles_match, make_transactions, sql_profiles
 
 from actors.fraud import fraud_app
 from runtime import FileSource, Runtime, run
-from runtime.store import Store
+from runtime.state.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from live_helpers import Broker, Serve, get, mqtt_client, post
 from live_helpers import FrontEnd as Live
 
-from runtime.http import ARROW
-from runtime.pipeline import new_counts
+from runtime.dataflow.app import new_counts
+from runtime.ingest.http import ARROW
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"

@@ -3,7 +3,7 @@ broken client may send is answered (a 200 with dead letters, or a 4xx), never a 
 crash, and never costs another request its events.
 
 The HTTP front end runs in-process on a local-mode runtime (as in ``test_http.py``); the
-tests that need the data folder drive a live feeder through :func:`runtime.driver.drive`
+tests that need the data folder drive a live feeder through :func:`runtime.dataflow.driver.drive`
 in a thread; MQTT goes through a real Mosquitto.
 """
 
@@ -30,8 +30,8 @@ from conftest import assert_profiles_match, make_transactions, sql_profiles
 from live_helpers import Broker, Driven, get, mqtt_client, ndjson, post, publish
 from live_helpers import FrontEnd as Live
 
-from runtime.http import ARROW, HttpOptions
-from runtime.store import Store
+from runtime.ingest.http import ARROW, HttpOptions
+from runtime.state.store import Store
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"

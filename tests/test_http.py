@@ -16,7 +16,7 @@ from live_helpers import FrontEnd as Live
 from live_helpers import get, ndjson, post
 
 from runtime import ConfigError
-from runtime.http import ARROW, HttpOptions
+from runtime.ingest.http import ARROW, HttpOptions
 
 
 @pytest.fixture

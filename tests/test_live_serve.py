@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_profiles_match, make_transactions, sql_profiles
 from live_helpers import Serve, free_port, get, ndjson, post
 
-from runtime.store import Store
+from runtime.state.store import Store
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_transactions
 from live_helpers import Broker, Driven, Serve, get, mqtt_client, publish
 
-from runtime.store import Store
+from runtime.state.store import Store
 
 if shutil.which("mosquitto") is None:
     if os.environ.get("CI"):
@@ -221,7 +221,7 @@ def test_a_message_that_breaks_decoding_is_dead_lettered_alone(broker, rows, tmp
     """No known payload breaks decoding any more (the fuzz tests found and fixed those);
     one is made to here, to prove the pump survives the next one nobody foresaw: the
     group is retried message by message, the culprit dead-lettered and acknowledged."""
-    import runtime.mqtt as mqtt_module
+    import runtime.ingest.mqtt as mqtt_module
 
     real = mqtt_module.decode_messages
 

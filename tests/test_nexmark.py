@@ -13,7 +13,7 @@ import pytest
 from actors.nexmark import NexmarkConfig, generate, union
 from actors.nexmark_queries import QUERIES, answer
 from runtime import Runtime
-from runtime.pipeline import run
+from runtime.dataflow.app import run
 from runtime.testing import MemorySource
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -90,7 +90,7 @@ def test_restart_mid_stream_gives_the_clean_answer(q, nexmark, tmp_path):
                 raise Crash
             yield stream.slice(lo, 6_000)
 
-    from runtime.sources import IteratorSource
+    from runtime.streams.sources import IteratorSource
 
     first = IteratorSource("nexmark", dying)
     with Runtime(data_dir=str(tmp_path), mode="local", shards=2, checkpoint_rows=20_000) as rt:

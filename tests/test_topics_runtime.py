@@ -8,11 +8,11 @@ import pyarrow.compute as pc
 import pytest
 
 from runtime import Column, EventSchema, Runtime
-from runtime.flow import Pipeline
-from runtime.handles import resolve
+from runtime.cluster.handles import resolve
+from runtime.dataflow.builder import Pipeline
+from runtime.eventtime.windows import WindowSpec
 from runtime.testing import MemorySource
-from runtime.topic import next_offsets
-from runtime.windows import WindowSpec
+from runtime.topics.topic import next_offsets
 
 SCHEMA = EventSchema(
     "e",
@@ -122,7 +122,7 @@ def test_window_results_upserted_by_key_and_window(tmp_path):
     """A window's later emission (an update for a late event) replaces its earlier row."""
     import duckdb
 
-    from runtime.store import Store
+    from runtime.state.store import Store
 
     rows = events(400) + [{"event_id": 7_000, "key": "k2", "t": 2_985, "v": 6.0}]
     flow = (

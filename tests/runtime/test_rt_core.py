@@ -1,4 +1,4 @@
-"""runtime.core.Runtime in local mode: checkpoints, recovery, dedup retention, routing."""
+"""runtime.coordinator.runtime.Runtime in local mode: checkpoints, recovery, dedup retention, routing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from runtime import App, Column, ConfigError, EntityKind, EventSchema, IteratorSource, Runtime, run
-from runtime.store import Store
+from runtime.state.store import Store
 
 
 class Counter(EntityKind):
@@ -103,12 +103,12 @@ def test_bad_kind_definitions_are_refused_early():
 
 
 def test_idle_entities_are_passivated(tmp_path):
-    from runtime.shard import Shard
+    from runtime.entities.shard import Shard
     from runtime.testing import FakeClock
 
     clock = FakeClock()
     shard = Shard(Counter, None, 0, 1, str(tmp_path), idle_seconds=60, clock=clock)
-    from runtime.keys import hash_keys
+    from runtime.state.keys import hash_keys
 
     def batch(users):
         t = pa.table({"user_id": users})
@@ -164,7 +164,7 @@ def test_event_ids_are_deduplicated_per_app(tmp_path):
 
 
 def test_placement_file_overrides(tmp_path):
-    from runtime.placement import ActorSpec, DefaultPolicy, Placement
+    from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement
 
     f = tmp_path / "placement.toml"
     f.write_text('edge_kinds = []\n[overrides.customers]\nrole = "edge"\nsite = "eu-1"\n')
@@ -186,8 +186,8 @@ def test_placement_file_overrides(tmp_path):
 
 def test_idle_clock_stays_small_on_a_busy_shard(tmp_path):
     """One entry per second of activity, not one per batch: a long-running shard stays flat."""
-    from runtime.keys import hash_keys
-    from runtime.shard import Shard
+    from runtime.entities.shard import Shard
+    from runtime.state.keys import hash_keys
     from runtime.testing import FakeClock
 
     clock = FakeClock()

@@ -1,8 +1,8 @@
-"""runtime.decode: poison stays alone, depth is counted outside strings."""
+"""runtime.ingest.decode: poison stays alone, depth is counted outside strings."""
 
 from __future__ import annotations
 
-from runtime.decode import decode_messages, too_deep
+from runtime.ingest.decode import decode_messages, too_deep
 
 
 def test_one_poison_message_among_good_ones_is_one_dead_letter():

@@ -1,4 +1,4 @@
-"""runtime.index: HashIndex against a dict oracle, SeenSet semantics."""
+"""runtime.state.index: HashIndex against a dict oracle, SeenSet semantics."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import doctest
 import numpy as np
 import pytest
 
-import runtime.index as index_module
-from runtime.index import HashIndex, SeenSet
+import runtime.state.index as index_module
+from runtime.state.index import HashIndex, SeenSet
 
 U64_MAX = np.iinfo(np.uint64).max
 

@@ -1,4 +1,4 @@
-"""runtime.keys: the stable key hash decides shard placement of stored data."""
+"""runtime.state.keys: the stable key hash decides shard placement of stored data."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import runtime.keys as keys_module
-from runtime.keys import as_signed, hash_keys, shard_of
+import runtime.state.keys as keys_module
+from runtime.state.keys import as_signed, hash_keys, shard_of
 
 MASK = (1 << 64) - 1
 P = 0x100000001B3

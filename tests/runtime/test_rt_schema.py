@@ -1,4 +1,4 @@
-"""runtime.schema: EventSchema.validate splits every row into accepted or dead-lettered."""
+"""runtime.streams.schema: EventSchema.validate splits every row into accepted or dead-lettered."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import runtime.schema as schema_module
+import runtime.streams.schema as schema_module
 from runtime.errors import ConfigError, SchemaError
-from runtime.schema import DEAD_LETTER_SCHEMA, MAX_RAW_CHARS, Column, EventSchema
+from runtime.streams.schema import DEAD_LETTER_SCHEMA, MAX_RAW_CHARS, Column, EventSchema
 
 
 def one(col: Column, values: list | pa.Array) -> tuple[list, list[str]]:

@@ -1,4 +1,4 @@
-"""runtime.shard: batch apply, handlers, passivation to the outbox and reactivation."""
+"""runtime.entities.shard: batch apply, handlers, passivation to the outbox and reactivation."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import runtime.shard as shard_module
-from runtime.entity import Batch, EntityKind, handler
+import runtime.entities.shard as shard_module
+from runtime.cluster.handles import spawn
+from runtime.entities.kind import Batch, EntityKind, handler
+from runtime.entities.shard import Shard, group_rows
 from runtime.errors import ConfigError, UnknownEntityError
-from runtime.handles import spawn
-from runtime.keys import hash_keys, shard_of
-from runtime.shard import Shard, group_rows
-from runtime.store import Store
-from runtime.topic import Topic
+from runtime.state.keys import hash_keys, shard_of
+from runtime.state.store import Store
+from runtime.topics.topic import Topic
 
 
 class Clicks(EntityKind):

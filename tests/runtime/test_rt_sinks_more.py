@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import duckdb
 import pyarrow as pa
 
-from runtime.sinks import ParquetSink, WebhookSink
-from runtime.store import Store
+from runtime.state.store import Store
+from runtime.streams.sinks import ParquetSink, WebhookSink
 
 
 def test_parquet_sink_writes_hive_partitions_duckdb_reads(tmp_path):

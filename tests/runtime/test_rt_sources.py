@@ -1,4 +1,4 @@
-"""runtime.sources: file replay with positions and resume, bad input, paced iterators."""
+"""runtime.streams.sources: file replay with positions and resume, bad input, paced iterators."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-import runtime.sources as sources_module
+import runtime.streams.sources as sources_module
 from runtime.errors import ConfigError, SchemaError
-from runtime.schema import Column, EventSchema
-from runtime.sources import BAD_JSON, FileSource, IteratorSource, Paced, rows_to_table
+from runtime.streams.schema import Column, EventSchema
+from runtime.streams.sources import BAD_JSON, FileSource, IteratorSource, Paced, rows_to_table
 
 N = 1000
 SCHEMA = EventSchema(

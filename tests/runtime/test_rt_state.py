@@ -1,4 +1,4 @@
-"""runtime.state: columnar entity state, slots, growth and the Arrow round trip."""
+"""runtime.state.fields: columnar entity state, slots, growth and the Arrow round trip."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import runtime.state as state_module
+import runtime.state.fields as state_module
 from runtime.errors import ConfigError
-from runtime.keys import hash_keys
-from runtime.state import ColumnarState, Field, StateSpec
+from runtime.state.fields import ColumnarState, Field, StateSpec
+from runtime.state.keys import hash_keys
 
 SPEC = StateSpec.of(
     [

@@ -1,4 +1,4 @@
-"""runtime.store: LanceDB tables, atomic checkpoints, recovery and compaction."""
+"""runtime.state.store: LanceDB tables, atomic checkpoints, recovery and compaction."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import runtime.store as store_module
+import runtime.state.store as store_module
 from runtime.errors import StoreError
-from runtime.store import CHECKPOINTS, Checkpoint, Store
+from runtime.state.store import CHECKPOINTS, Checkpoint, Store
 
 
 def rows(store: Store, name: str) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""runtime.topic and runtime.sinks: offsets, retention, subscribers, TableSink."""
+"""runtime.topics.topic and runtime.streams.sinks: offsets, retention, subscribers, TableSink."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import runtime.sinks as sinks_module
-import runtime.topic as topic_module
-from runtime.handles import spawn
-from runtime.sinks import TableSink
-from runtime.store import Store
-from runtime.topic import OFFSET, Topic
+import runtime.streams.sinks as sinks_module
+import runtime.topics.topic as topic_module
+from runtime.cluster.handles import spawn
+from runtime.state.store import Store
+from runtime.streams.sinks import TableSink
+from runtime.topics.topic import OFFSET, Topic
 
 
 class Collector:

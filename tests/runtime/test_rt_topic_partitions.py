@@ -1,4 +1,4 @@
-"""runtime.topic: partitions, fair polling, groups behind retention, bounded push, snapshots."""
+"""runtime.topics.topic: partitions, fair polling, groups behind retention, bounded push, snapshots."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from runtime.cluster.handles import Handle, LocalFuture
 from runtime.errors import ConfigError
-from runtime.handles import Handle, LocalFuture
-from runtime.topic import MAX_PENDING, OFFSET, PARTITION, Topic, next_offsets
+from runtime.topics.topic import MAX_PENDING, OFFSET, PARTITION, Topic, next_offsets
 
 # Where the stable hash puts these keys among 3 partitions: pinned literally, so a change
 # of hash (which would move every key of a restarted runtime) fails here.

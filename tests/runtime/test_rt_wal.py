@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from runtime.errors import StoreError
-from runtime.wal import WriteAheadLog
+from runtime.ingest.wal import WriteAheadLog
 
 
 def rows(lo: int, n: int) -> pa.Table:
@@ -137,7 +137,7 @@ def test_records_synced_before_a_kill_9_are_all_there(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys, pyarrow as pa
-        from runtime.wal import WriteAheadLog
+        from runtime.ingest.wal import WriteAheadLog
         log = WriteAheadLog({str(tmp_path)!r}, segment_bytes=50_000)
         i = 0
         while True:

@@ -1,4 +1,4 @@
-"""runtime.watermarks: per-partition min, idle partitions, monotonicity, restart."""
+"""runtime.eventtime.watermarks: per-partition min, idle partitions, monotonicity, restart."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from runtime.eventtime.watermarks import Watermarks
 from runtime.testing import FakeClock
-from runtime.watermarks import Watermarks
 
 MIN = int(np.iinfo(np.int64).min)
 

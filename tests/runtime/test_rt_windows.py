@@ -1,4 +1,4 @@
-"""runtime.windows against DuckDB and a plain reference: tumbling, sliding, late data, restart."""
+"""runtime.eventtime.windows against DuckDB and a plain reference: tumbling, sliding, late data, restart."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from runtime.windows import Windows, WindowSpec
+from runtime.eventtime.windows import Windows, WindowSpec
 
 
 def stream(n: int = 5_000, keys: int = 7, disorder: int = 0, seed: int = 1) -> pa.Table:
@@ -377,8 +377,8 @@ def test_external_watermark_fires_windows_without_new_data():
 
 @pytest.mark.parametrize("spec", [WindowSpec(2_000, 500), WindowSpec.session(800)])
 def test_shards_with_source_watermarks_equal_one_operator(spec):
-    from runtime.keys import hash_keys, shard_of
-    from runtime.watermarks import Watermarks
+    from runtime.eventtime.watermarks import Watermarks
+    from runtime.state.keys import hash_keys, shard_of
 
     table = stream(n=2_000, keys=4, disorder=3_000, seed=7)
     whole = Windows(spec, "k", "t", "v")

@@ -1,0 +1,67 @@
+"""Read-side helpers for the CLI: one entity (live or stored) and a data folder's status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from runtime.cluster.handles import attach, named_actors, resolve
+from runtime.errors import ConfigError, UnknownEntityError
+from runtime.state.keys import hash_keys, shard_of
+from runtime.state.store import Store
+
+
+def _table_for(store: Store, kind: str) -> str:
+    for name in (kind, f"{kind}s"):
+        if store.exists(name) and not name.startswith("_"):
+            return name
+    kinds = [t for t in store.tables() if not t.startswith("_")]
+    raise ConfigError(f"no entity kind {kind!r} in {store.path}; tables there: {kinds}")
+
+
+def stored_entity(data_dir: str | Path, kind: str, key: str) -> dict[str, Any]:
+    """The stored profile of ``key``; the table's first column is the entity key."""
+    if not Path(data_dir).is_dir():
+        raise ConfigError(
+            f"no data folder at {data_dir}: pass --data, or run `edgecore demo` first"
+        )
+    store = Store(data_dir)
+    name = _table_for(store, kind)
+    h = int(hash_keys(pa.array([key])).view("int64")[0])
+    rows = store.read(name, where=f"_key_hash = {h}")
+    key_col = store.table(name).schema.names[0]
+    rows = rows.filter(pa.compute.equal(rows[key_col], key))
+    if rows.num_rows == 0:
+        raise UnknownEntityError(name, key)
+    row = rows.drop_columns(["_key_hash"]).to_pylist()[0]
+    return row
+
+
+def live_entity(address: str, kind: str, key: str) -> dict[str, Any] | None:
+    """Ask the shard hosting ``key`` in a running runtime; None if no runtime hosts ``kind``."""
+    attach(address, hard=True)
+    for name in (kind, f"{kind}s"):
+        shards = named_actors(f"shard:{name}:")
+        if shards:
+            n = len(shards)
+            i = int(shard_of(hash_keys(pa.array([key])), n)[0])
+            return resolve([shards[f"shard:{name}:{i}"].call("get", key)])[0]
+    return None
+
+
+def folder_status(data_dir: str | Path) -> dict[str, Any]:
+    if not Path(data_dir).is_dir():
+        raise ConfigError(f"no data folder at {data_dir}")
+    store = Store(data_dir)
+    cp = store.last_checkpoint()
+    tables = [
+        {"name": n, "rows": store.table(n).count_rows(), "versions": store.n_versions(n)}
+        for n in store.tables()
+    ]
+    return {
+        "data": str(Path(data_dir).resolve()),
+        "tables": tables,
+        "checkpoint": {"epoch": cp.epoch, "positions": cp.positions, "versions": cp.versions},
+    }

@@ -1,0 +1,3 @@
+"""Applications: what an app is (``app``), the pipeline builder (``builder``), the one
+driver loop that feeds, checkpoints and restarts (``driver``), and finding apps by name
+(``apps``)."""

@@ -1,0 +1,413 @@
+"""Run a stream through an app: validate → deduplicate → route to entities → publish.
+
+An :class:`App` names the event schema, the entity kind the events drive, and
+where its topics are persisted. :func:`run` drives a source through it on a
+runtime, checkpointing as it goes, and reconciles the counts:
+``accepted + dead_lettered + duplicates == input``.
+
+>>> import tempfile, pyarrow as pa
+>>> from runtime import EntityKind, EventSchema, Column, Runtime, IteratorSource
+>>> class Counter(EntityKind):
+...     name, key, state = "counters", "user_id", {"clicks": "int64"}
+...     def on_event(self, state, event):
+...         state["clicks"] += 1
+>>> app = App("clicks", EventSchema("click", [Column("event_id", "int64"), Column("user_id", "string")]), Counter)
+>>> events = pa.table({"event_id": [1, 2, 2, 3], "user_id": ["a", "b", "b", None]})
+>>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local") as rt:
+...     stats = run(rt, app, IteratorSource("mem", lambda: iter([events])))
+>>> (stats.input, stats.accepted, stats.duplicates, stats.dead_lettered)
+(4, 2, 1, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runtime.coordinator.runtime import Runtime
+from runtime.entities.kind import EntityKind
+from runtime.errors import ConfigError
+from runtime.state.fields import NAME_RE
+from runtime.streams.schema import DEAD_LETTER_SCHEMA, EventSchema, dead_letters
+from runtime.streams.sources import Source
+
+
+@dataclass(frozen=True)
+class Step:
+    """A named batch-wise transform: ``map`` and ``flat_map`` return a table, ``filter`` a
+    boolean mask (or array) over the rows. A step that raises refuses its batch: the rows
+    go to dead letters with the step's name and the error, the stream goes on."""
+
+    name: str
+    op: str  # "map" | "filter" | "flat_map"
+    fn: Callable[[pa.Table], Any]
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise ConfigError(f"step name {self.name!r}: use lowercase letters, digits and '_'")
+        if self.op not in ("map", "filter", "flat_map"):
+            raise ConfigError(f"step {self.name!r}: unknown operation {self.op!r}")
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        out = self.fn(table)
+        if self.op == "filter":
+            mask = (
+                out
+                if isinstance(out, (pa.Array, pa.ChunkedArray))
+                else pa.array(np.asarray(out, dtype=bool))
+            )
+            return table.filter(mask)
+        if not isinstance(out, pa.Table):
+            raise TypeError(
+                f"a {self.op} step must return a pyarrow Table, not {type(out).__name__}"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class EventTime:
+    """Which column holds event time (ms, or a timestamp) and how the watermark follows it.
+
+    The watermark of each source partition is the latest event time it delivered minus
+    ``out_of_orderness_ms``; the stream's is the least over partitions, leaving out a
+    partition quiet for ``idle_ms`` so it does not hold everything back. Partitions are
+    the values of ``partition`` (e.g. a site or gateway column), else the source."""
+
+    column: str
+    out_of_orderness_ms: int = 0
+    partition: str | None = None
+    idle_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A further kind, fed shard to shard with what the previous kind emits on ``topic``."""
+
+    topic: str
+    kind: type[EntityKind]
+    config: Any = None
+
+
+@dataclass(frozen=True)
+class App:
+    """An application: which events, which entity kind, where its outputs go."""
+
+    name: str
+    schema: EventSchema
+    kind: type[EntityKind]
+    kind_config: Any = None
+    event_id: str = "event_id"
+    #: topic -> (LanceDB table, upsert key or None for append)
+    sinks: dict[str, tuple[str, str | tuple[str, ...] | None]] = field(default_factory=dict)
+    #: turns summed counters into the app's own summary fields
+    summarize: Callable[[dict[str, float]], dict[str, Any]] | None = None
+    #: makes the synthetic source that `edgecore demo` runs: (events, rate, entities) -> Source
+    demo: Callable[[int, float | None, int], Source] | None = None
+    #: for a kind partitioned by site: the sites it serves (one set of shards each)
+    sites: tuple[str, ...] = ()
+    #: batch-wise transforms applied to validated events before routing
+    steps: tuple[Step, ...] = ()
+    #: event time and watermarks, for windows and joins
+    event_time: EventTime | None = None
+    #: kinds after the first, each fed by the one before it (see :class:`Stage`)
+    stages: tuple[Stage, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"app {self.name!r}: step names must be unique, got {names}")
+        if self.event_id not in [c.name for c in self.schema.columns]:
+            raise ConfigError(
+                f"app {self.name!r}: event id column {self.event_id!r} is not in its schema"
+            )
+        if self.kind.key not in [c.name for c in self.schema.columns] and not self.steps:
+            raise ConfigError(
+                f"app {self.name!r}: the kind's key {self.kind.key!r} is not in its schema"
+            )
+        if self.event_time is not None:
+            col = next((c for c in self.schema.columns if c.name == self.event_time.column), None)
+            if col is not None and not col.required:
+                raise ConfigError(
+                    f"app {self.name!r}: event time column {col.name!r} must be required in "
+                    "the schema, so an event without a time is dead-lettered, not windowed"
+                )
+            if col is not None and col.type not in ("int64", "timestamp"):
+                raise ConfigError(
+                    f"app {self.name!r}: event time column {col.name!r} is {col.type}; use "
+                    "int64 (ms since the epoch) or timestamp"
+                )
+        prev = self.kind
+        for stage in self.stages:
+            if stage.topic not in prev.topics:
+                raise ConfigError(
+                    f"app {self.name!r}: {prev.__qualname__} emits no topic {stage.topic!r} "
+                    f"to feed {stage.kind.__qualname__}; it emits {list(prev.topics)}"
+                )
+            prev = stage.kind
+
+    def kinds(self) -> list[tuple[type[EntityKind], Any]]:
+        """The app's kinds in stream order: the first, then each stage's."""
+        return [(self.kind, self.kind_config), *[(s.kind, s.config) for s in self.stages]]
+
+
+@dataclass
+class RunStats:
+    source: str = ""
+    input: int = 0
+    accepted: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    resumed_from: int = 0
+    seconds: float = 0.0
+    events_per_s: float = 0.0
+    filtered: int = 0
+    checkpoints: int = 0
+    restarts: int = 0
+    #: events a live gate applied again from its write-ahead log after a restart (their
+    #: counts are in the others: they were acknowledged before it)
+    replayed: int = 0
+    counters: dict[str, float] = field(default_factory=dict)
+    app: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def setup(rt: Runtime, app: App) -> None:
+    """Register the app's kind and sinks on ``rt`` (once per runtime)."""
+    chain = app.kinds()
+    for i in reversed(range(len(chain))):  # a kind forwards to kinds registered before it
+        cls, config = chain[i]
+        if cls.name in rt.kinds:
+            continue
+        forward = {app.stages[i].topic: chain[i + 1][0].name} if i < len(app.stages) else None
+        sites = list(app.sites) or None if i == 0 else None
+        rt.register(cls, config, sites=sites, forward=forward)
+    for topic, (table, key) in app.sinks.items():
+        if f"{topic}->{table}" not in rt.subscribers:
+            rt.sink_to_table(topic, table, key)
+
+
+def run(
+    rt: Runtime,
+    app: App,
+    source: Source,
+    progress: Callable[[RunStats], None] | None = None,
+    max_events: int | None = None,
+    end_of_stream: bool = True,
+) -> RunStats:
+    """Drive ``source`` through ``app`` until it ends; resume where the last checkpoint left it.
+
+    With event time, the end of a bounded source moves the watermark to the end of time
+    (``end_of_stream``), so every window fires; pass False for a stream that goes on later.
+
+    If a runtime actor dies (its node was lost), the runtime restarts from the last
+    checkpoint with actors placed on the nodes alive now, and the source is read
+    again from the committed position: nothing is lost or counted twice. The loop is
+    :func:`runtime.dataflow.driver.drive`, shared by every feeder.
+    """
+    from runtime.dataflow.driver import SourceFeeder, drive
+
+    return drive(
+        rt,
+        app,
+        [SourceFeeder(source)],
+        progress=progress,
+        max_events=max_events,
+        end_of_stream=end_of_stream,
+    )
+
+
+def new_counts() -> dict[str, int]:
+    """The counts every ingest path reports; they reconcile: input = the other four."""
+    return {"input": 0, "accepted": 0, "dead_lettered": 0, "duplicates": 0, "filtered": 0}
+
+
+def screen(
+    app: App,
+    batch: pa.Table,
+    source: str,
+    position: int,
+    dedup: Callable[[np.ndarray], np.ndarray],
+    site_check: Callable[[pa.Table, pa.Table], tuple[pa.Table, pa.Table]] | None = None,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Validate, check the site, run the app's steps and deduplicate one batch.
+
+    Returns (accepted rows, dead letters, counts); the counts always reconcile. Shared
+    by the coordinator's ingest and the ingest stages at the edge, which differ only in
+    where the applied ids and the accepted rows go.
+    """
+    ok, dead = app.schema.validate(batch, source=source, first_position=position)
+    return admit(app, ok, dead, batch.num_rows, source, position, dedup, site_check)
+
+
+def admit(
+    app: App,
+    ok: pa.Table,
+    dead: pa.Table,
+    n_input: int,
+    source: str,
+    position: int,
+    dedup: Callable[[np.ndarray], np.ndarray],
+    site_check: Callable[[pa.Table, pa.Table], tuple[pa.Table, pa.Table]] | None = None,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """What :func:`screen` does after validation (``ok`` and ``dead`` of ``n_input`` rows):
+    live gates validate where a request arrives and admit where its log is written."""
+    if site_check is not None:
+        ok, dead = site_check(ok, dead)
+    # duplicates go before the steps: the steps may drop the id, and a redelivered
+    # event must not be counted as filtered or dead-lettered a second time
+    new = dedup(ok.column(app.event_id).to_numpy())
+    ok = ok.filter(pa.array(new)) if not new.all() else ok
+    valid = ok.num_rows
+    accepted, failed = _apply_steps(app, ok, source, position)
+    accepted, untimed = _check_time(app, accepted, source, position)
+    failed = pa.concat_tables([failed, untimed]) if untimed.num_rows else failed
+    dead = pa.concat_tables([dead, failed]) if failed.num_rows else dead
+    counts = {
+        "input": n_input,
+        "accepted": accepted.num_rows,
+        "dead_lettered": dead.num_rows,
+        "duplicates": int((~new).sum()),
+        # filter steps (a flat_map may add rows)
+        "filtered": valid - failed.num_rows - accepted.num_rows,
+    }
+    return accepted, dead, counts
+
+
+def _refused(rows: pa.Table, reasons: list[str], source: str, position: int, step: str) -> pa.Table:
+    """Dead letters for rows refused after validation, where their own positions are not
+    known any more: each keeps a distinct id (batch position, step, row)."""
+    n = rows.num_rows
+    return dead_letters(
+        rows,
+        reasons,
+        source=source,
+        positions=np.full(n, -1),
+        step=step,
+        ids=[f"{source}@{position}/{step}/{i}" for i in range(n)],
+    )
+
+
+def ingest(rt: Runtime, app: App, batch: pa.Table, source: str, position: int) -> dict[str, int]:
+    """One batch through :func:`screen` and on to its shards; returns its counts.
+
+    Refused rows are buffered as dead letters for the next checkpoint; accepted rows
+    are on their way to their shards when this returns.
+    """
+    return ingest_many(rt, app, [(batch, source, position)])[0]
+
+
+def ingest_many(
+    rt: Runtime, app: App, batches: list[tuple[pa.Table, str, int]]
+) -> list[dict[str, int]]:
+    """Several small batches (e.g. concurrent HTTP requests) screened one by one, for
+    their own counts, then sent on together: one call per shard instead of one per batch."""
+    out, accepted_all, dead_all = [], [], []
+    watermark = None
+    for batch, source, position in batches:
+        accepted, dead, counts = screen(
+            app,
+            batch,
+            source,
+            position,
+            dedup=lambda ids: rt.dedup(app.kind.name, ids),
+            site_check=lambda ok, dead, s=source, p=position: check_site(
+                app, rt.sites(app.kind.name), ok, dead, s, p
+            ),
+        )
+        out.append(counts)
+        if dead.num_rows:
+            dead_all.append(dead)
+        if accepted.num_rows:
+            accepted_all.append(accepted)
+        if app.event_time is not None:
+            watermark = rt.observe_time(app.kind.name, app.event_time, accepted, source)
+    if dead_all:
+        rt.dead_letter(pa.concat_tables(dead_all))
+    if accepted_all:
+        missing = [c for c in app.kind.needs() if c not in accepted_all[0].column_names]
+        if missing:
+            raise ConfigError(
+                f"app {app.name!r}: step {app.kind.name!r} reads columns {missing}, which the "
+                f"events lack after the steps (they have {accepted_all[0].column_names})"
+            )
+        rows = (
+            accepted_all[0]
+            if len(accepted_all) == 1
+            else pa.concat_tables(accepted_all, promote_options="default")
+        )
+        rt.dispatch(app.kind.name, rows, watermark)
+    elif watermark is not None:
+        rt.advance(app.kind.name, watermark)
+    return out
+
+
+def _apply_steps(
+    app: App, table: pa.Table, source: str, position: int
+) -> tuple[pa.Table, pa.Table]:
+    """Run the app's steps over a validated batch; a failing step dead-letters the batch."""
+    for step in app.steps:
+        try:
+            table = step(table)
+        except Exception as err:
+            reason = f"step {step.name!r} ({step.op}) failed: {type(err).__name__}: {err}"
+            dead = _refused(
+                table, [reason] * table.num_rows, source, position, f"{step.op}:{step.name}"
+            )
+            return table.slice(0, 0), dead
+    return table, DEAD_LETTER_SCHEMA.empty_table()
+
+
+def _check_time(app: App, table: pa.Table, source: str, position: int) -> tuple[pa.Table, pa.Table]:
+    """Rows a step left without an event time cannot be windowed: dead letters, with why."""
+    et = app.event_time
+    if et is None or table.num_rows == 0:
+        return table, DEAD_LETTER_SCHEMA.empty_table()
+    if et.column not in table.column_names:
+        raise ConfigError(
+            f"app {app.name!r}: its steps drop the event time column {et.column!r}; keep it"
+        )
+    missing = table.column(et.column).is_null()
+    if not pc.any(missing).as_py():
+        return table, DEAD_LETTER_SCHEMA.empty_table()
+    bad = table.filter(missing)
+    reasons = [f"{et.column}: no event time after the steps"] * bad.num_rows
+    dead = _refused(bad, reasons, source, position, "event_time")
+    return table.filter(pc.invert(missing)), dead
+
+
+def check_site(
+    app: App,
+    served: list[str],
+    ok: pa.Table,
+    dead: pa.Table,
+    source: str,
+    first: int,
+    at_edge: str | None = None,
+) -> tuple[pa.Table, pa.Table]:
+    """For site-partitioned kinds: rows for a site not in ``served`` become dead letters
+    (at an edge's ingest, ``at_edge``: rows naming another site arrived at the wrong edge)."""
+    site_key = app.kind.site_key
+    if not site_key or ok.num_rows == 0:
+        return ok, dead
+    known = pc.fill_null(
+        pc.is_in(ok.column(site_key), value_set=pa.array(served, pa.string())), False
+    ).to_numpy(zero_copy_only=False)
+    if known.all():
+        return ok, dead
+    bad = ok.filter(pa.array(~known))
+    sites = bad.column(site_key).to_pylist()
+    if at_edge is not None:
+        reasons = [f"{site_key}: {s!r} arrived at the edge of site {at_edge!r}" for s in sites]
+        step = f"ingest:{at_edge}"
+    else:
+        reasons = [f"{site_key}: no shard serves site {s!r}" for s in sites]
+        step = f"route:{app.kind.name}"
+    more = _refused(bad, reasons, source, first, step)
+    return ok.filter(pa.array(known)), pa.concat_tables([dead, more])
