@@ -490,20 +490,21 @@ def tail(
     import time
     import uuid
 
+    from runtime.cluster import names as actor_names
     from runtime.cluster.handles import attach, named_actors, resolve
 
     attach(address, hard=True)
-    topics = named_actors("topic:")
-    handle = topics.get(f"topic:{topic}")
+    topics = named_actors(actor_names.TOPIC_PREFIX)
+    handle = topics.get(actor_names.topic(topic))
     hosted = _hosted_topics()  # a kind's outputs live in its shards
     if handle is None and topic in hosted:
         from runtime.topics.colocated import ColocatedTopic
 
-        shards = named_actors("shard:")
+        shards = named_actors(actor_names.SHARD_PREFIX)
         handle = ColocatedTopic(topic, [shards[n] for n in hosted[topic] if n in shards])
     if handle is None:
-        names = sorted({*(t[6:] for t in topics), *hosted})
-        _fail(f"no topic {topic!r} in the runtime at {address}; topics: {names}")
+        known = sorted({*(t.removeprefix(actor_names.TOPIC_PREFIX) for t in topics), *hosted})
+        _fail(f"no topic {topic!r} in the runtime at {address}; topics: {known}")
     from runtime.topics.topic import next_offsets
 
     group = f"tail-{uuid.uuid4().hex[:8]}"
@@ -547,7 +548,7 @@ def serve_shards() -> int:
 def _hosted_topics() -> dict[str, list[str]]:
     """Topics whose partitions live in shards, as the running runtime's board lists them."""
     from runtime.cluster.handles import named_actors, resolve
-    from runtime.cluster.status import BOARD
+    from runtime.cluster.names import BOARD
 
     board = named_actors(BOARD)
     if BOARD not in board:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-BOARD = "runtime:status"
+from runtime.cluster.names import BOARD
 
 
 class StatusBoard:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runtime.cluster import names
 from runtime.cluster.handles import (
     Handle,
     actor_nodes,
@@ -38,7 +39,7 @@ from runtime.cluster.handles import (
     wait_ready,
 )
 from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, PlacementPolicy, selector
-from runtime.cluster.status import BOARD, StatusBoard
+from runtime.cluster.status import StatusBoard
 from runtime.cluster.wire import pack_for, receiving
 from runtime.entities.kind import EntityKind, EntityRef, current_runtime
 from runtime.entities.router import Router
@@ -215,7 +216,7 @@ class Runtime:
 
     def _start_board(self) -> None:
         if self.config.mode == "ray":
-            self._board = self._spawn(StatusBoard, spec=ActorSpec(BOARD, "stage", "status"))
+            self._board = self._spawn(StatusBoard, spec=ActorSpec(names.BOARD, "stage", "status"))
 
     def restart(self) -> None:
         """After an actor failure: stop every actor, go back to the last commit, and start
@@ -294,7 +295,7 @@ class Runtime:
                 self.config.topic_retention_seconds,
                 partitions=partitions,
                 partition_key=key,
-                spec=ActorSpec(f"topic:{name}", "topic", name),
+                spec=ActorSpec(names.topic(name), "topic", name),
             )
             if saved is not None:  # offsets and consumer groups go on from the last commit
                 resolve([handle.call("restore", saved)])
@@ -323,7 +324,10 @@ class Runtime:
         role = "sink" if subscriber_cls is TableSink else "subscriber"
         group = args[1] if subscriber_cls is TableSink else name  # a sink is placed by its table
         handle = self._spawn(  # it gets batches packed (runtime.cluster.wire), its on_batch tables
-            receiving(subscriber_cls), *args, spec=ActorSpec(f"sub:{name}", role, group), **kwargs
+            receiving(subscriber_cls),
+            *args,
+            spec=ActorSpec(names.subscriber(name), role, group),
+            **kwargs,
         )
         # up before the topic relies on it: deliveries to an actor still starting (seconds
         # on a small machine) pile up and hold back every publisher
@@ -442,7 +446,7 @@ class Runtime:
         by_site: dict[str | None, list[int]] = {}
         for site in sites if kind_cls.site_key else [None]:
             for i in range(n):
-                name = f"shard:{kind_cls.name}:{site}:{i}" if site else f"shard:{kind_cls.name}:{i}"
+                name = names.shard(kind_cls.name, i, site)
                 by_site.setdefault(site, []).append(len(handles))
                 handles.append(
                     self._spawn(

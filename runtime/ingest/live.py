@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from runtime.cluster import names
 from runtime.cluster.handles import Handle, resolve
 from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, new_counts
@@ -170,7 +171,7 @@ class LiveFeeder:
         applied = rt.applied_ids(scope)
         self.gates = {}
         for site in self.sites:
-            gate_id = f"live:{app.name}@{site}"
+            gate_id = names.gate_id(app.name, site)
             committed = int(rt.checkpoint_state.positions.get(gate_id, 0))
             self._positions[gate_id] = committed
             shards = by_site[site] if app.kind.site_key else rt.shards_of(scope)
@@ -190,7 +191,7 @@ class LiveFeeder:
                 max_inflight=rt.config.max_inflight,
                 dedup_capacity=rt.config.dedup_capacity,
                 max_concurrency=8,
-                name=f"stage:ingest:{app.name}:{site}",
+                name=names.ingest_stage(app.name, site),
                 stage="ingest",
                 site=site,
             )
@@ -242,7 +243,7 @@ class LiveFeeder:
 
     def committed(self, positions: dict[str, int]) -> None:
         for site, gate in self.gates.items():
-            gid = f"live:{self.app.name}@{site}"
+            gid = names.gate_id(self.app.name, site)
             if gid in positions:
                 resolve([gate.call("committed", positions[gid])])
 
@@ -257,5 +258,5 @@ class LiveFeeder:
             with contextlib.suppress(Exception):
                 resolve([gate.call("close")], timeout=15)
         for site in list(self.gates):
-            self.rt.stop_stage(f"stage:ingest:{self.app.name}:{site}")
+            self.rt.stop_stage(names.ingest_stage(self.app.name, site))
         self.gates = {}

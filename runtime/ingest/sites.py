@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from runtime.cluster import names
 from runtime.cluster.handles import Handle, resolve
 from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, RunStats, check_site, new_counts, screen
@@ -141,7 +142,7 @@ class SiteFeeder:
         for site, source in self.sources.items():
             start = int(rt.checkpoint_state.positions.get(source.id, 0))
             self.positions[source.id] = start
-            name = f"stage:ingest:{app.name}:{site}"
+            name = names.ingest_stage(app.name, site)
             self._names.append(name)
             self._active[site] = rt.start_stage(
                 IngestStage,
