@@ -242,9 +242,9 @@ class Bench:
         assert opened.wait(120), "the live ingest actor did not open"
         gate = next(iter(feeder.gates.values()))
         if mqtt is not None:
-            assert resolve([gate.call("mqtt_connected", 30.0)])[0]
+            assert resolve([gate.mqtt_connected(30.0)])[0]
         port = feeder.opened["local"]["http_port"]
-        resolve([self.probe.call("take")])
+        resolve([self.probe.ask(AlertProbe.take)])
         target = f"127.0.0.1:{port}" if mode == "http" else f"127.0.0.1:{self.mqtt_port}"
         out = self.work / "sent.pickle"
         cpu0 = cpu_times()
@@ -279,7 +279,7 @@ class Bench:
         stop.set()
         runner.join(120)
         self.rt.flush_topics()
-        seen = resolve([self.probe.call("take")])[0]
+        seen = resolve([self.probe.ask(AlertProbe.take)])[0]
         res = pickle.loads(out.read_bytes())
         sent_at = np.repeat(res["sent"], [len(ids) for ids, _ in batches])
         acked_at = np.repeat(res["acked"], [len(ids) for ids, _ in batches])

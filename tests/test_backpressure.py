@@ -22,7 +22,7 @@ def assert_backpressure(rt: Runtime, n_batches: int = 80, delay: float = 0.05) -
     seen_inflight, dispatched_at = [], []
 
     def watch(stats):
-        seen_inflight.append(max(len(p) for p in rt.kinds["echo_tallies"].inflight))
+        seen_inflight.append(max(rt.routing.inflight("echo_tallies")))
         dispatched_at.append(time.perf_counter())
 
     rt.register(EchoTally)
@@ -32,8 +32,8 @@ def assert_backpressure(rt: Runtime, n_batches: int = 80, delay: float = 0.05) -
         rt, App("echo", SCHEMA, EchoTally), MemorySource(events, batch_size=100), progress=watch
     )
     elapsed = time.perf_counter() - t0
-    topic = resolve([rt.topic("echo").call("stats")])[0]
-    received = resolve([sink.call("flush")])[0]
+    topic = resolve([rt.topic("echo").stats()])[0]
+    received = resolve([sink.flush()])[0]
     assert stats.accepted == received == n  # nothing lost on the way
     # the source itself was held back: it could not hand over its last batch before the
     # sink had worked through all but the batches the bounded queues hold

@@ -194,7 +194,7 @@ def test_tail_follows_a_topic(ray_session, tmp_path):
 
     with Runtime(data_dir=str(tmp_path), mode="ray") as rt:
         topic = rt.topic("alerts")
-        topic.call("publish", pa.table({"event_id": [1, 2, 3], "reason": ["a", "b", "c"]}))
+        topic.publish(pa.table({"event_id": [1, 2, 3], "reason": ["a", "b", "c"]}))
         result = runner.invoke(
             app,
             ["tail", "alerts", "--from-beginning", "--limit", "2", "--json", "--address", "auto"],

@@ -316,14 +316,16 @@ def crash_then_resume(pipeline: Pipeline, table: pa.Table, path: Path, topic: st
     with Runtime(data_dir=str(path), mode="local", shards=2, checkpoint_rows=1_000) as rt:
         with pytest.raises(Crash):
             run(rt, pipeline.build(), IteratorSource("readings", dying))
-        committed = rt.checkpoint_state.positions["readings"]
+        committed = rt.checkpoints.committed.positions["readings"]
         before = rt.read_topic(topic, 0, ALL)
         rt.stop(checkpoint=False)
     assert committed == 2_000
     wm = watermarks_before(table, CRASH_BATCH, 500)
     with Runtime(data_dir=str(path), mode="local", shards=2) as rt:
         scope = pipeline.build().kind.name
-        assert rt.watermarks[scope].current() == wm[committed]  # the source's, from the commit
+        assert (
+            rt.checkpoints.watermarks[scope].current() == wm[committed]
+        )  # the source's, from the commit
         source = MemorySource(table, batch_size=CRASH_BATCH, id="readings")
         stats = run(rt, pipeline.build(), source)
         after = rt.read_topic(topic, 0, ALL)
@@ -337,7 +339,7 @@ def clean_run(pipeline: Pipeline, table: pa.Table, path: Path, topic: str):
     with Runtime(data_dir=str(path), mode="local", shards=2) as rt:
 
         def note(stats) -> None:  # each partition's end (the kind's shards host one each)
-            published_by[stats.input] = resolve([rt.topic(topic).call("end_offsets")])[0]
+            published_by[stats.input] = resolve([rt.topic(topic).end_offsets()])[0]
 
         source = MemorySource(table, batch_size=CRASH_BATCH, id="readings")
         stats = run(rt, pipeline.build(), source, progress=note)

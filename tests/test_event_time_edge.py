@@ -105,7 +105,7 @@ def test_site_watermarks_resume_from_the_commit(tmp_path):
     with Runtime(data_dir=str(tmp_path), mode="local", shards=1) as rt:
         sources = {s: MemorySource(rows, batch_size=100, id=s) for s, rows in data.items()}
         run_sites(rt, app(), sources, end_of_stream=False)
-        marks = {k: m.current() for k, m in rt.watermarks.items()}
+        marks = {k: m.current() for k, m in rt.checkpoints.watermarks.items()}
         fired = rt.read_topic("per_device", 0, 100_000)
     assert set(marks) == {"per_device@eu-1", "per_device@eu-2"}
     assert marks["per_device@eu-2"] > marks["per_device@eu-1"] > 0

@@ -17,6 +17,7 @@ from conftest import assert_profiles_match, make_transactions, sql_profiles
 
 from actors.fraud import fraud_app
 from runtime import FileSource, Runtime, run
+from runtime.cluster.handles import resolve
 from runtime.state.store import Store
 
 
@@ -172,7 +173,8 @@ def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
     ) as rt:
         run(rt, fraud_app, FileSource(txns, batch_size=5_000))
         rt.sync_kinds()
-        models = [pickle.loads(h.target.snapshot_kind()) for h in rt.kinds["customers"].shards]
+        shards = rt.shards_of("customers")
+        models = [pickle.loads(b) for b in resolve([s.snapshot_kind() for s in shards])]
     assert models[0].fitted and models[0].version >= 5
     np.testing.assert_array_equal(models[0].clf.coef_, models[1].clf.coef_)
     assert models[0].learned_total > 0

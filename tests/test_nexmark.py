@@ -96,7 +96,7 @@ def test_restart_mid_stream_gives_the_clean_answer(q, nexmark, tmp_path):
     with Runtime(data_dir=str(tmp_path), mode="local", shards=2, checkpoint_rows=20_000) as rt:
         with pytest.raises(Crash):
             run(rt, QUERIES[q]().build(), first)
-        committed = rt.checkpoint_state.positions["nexmark"]
+        committed = rt.checkpoints.committed.positions["nexmark"]
         before = rt.read_topic(q, 0, 10 * stream.num_rows)
         rt.stop(checkpoint=False)
     assert 0 < committed < crash_at

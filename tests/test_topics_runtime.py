@@ -51,25 +51,25 @@ def test_offsets_and_groups_go_on_after_a_restart(tmp_path, asked_first):
     with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
         pipeline(events(500)).run(rt, end_of_stream=False)  # the next run goes on
         topic = rt.topic("w")
-        ends = resolve([topic.call("end_offsets")])[0]
-        got = resolve([topic.call("poll", "reader", 30)])[0]
+        ends = resolve([topic.end_offsets()])[0]
+        got = resolve([topic.poll("reader", 30)])[0]
         assert got.num_rows == 30 and set(got.column("_partition").to_pylist()) == {0, 1}
-        resolve([topic.call("commit", "reader", next_offsets(got))])
+        resolve([topic.commit("reader", next_offsets(got))])
         rt.checkpoint()
     assert len(ends) == 2 and sum(ends.values()) > 30
     with Runtime(data_dir=str(tmp_path), mode="local", shards=2) as rt:
         if asked_first:
             topic = rt.topic("w")
             # the log itself was in memory: new rows continue the offsets, the group resumes
-            assert resolve([topic.call("end_offsets")])[0] == ends
-            assert resolve([topic.call("groups")])[0]["reader"]["committed"] == 30
+            assert resolve([topic.end_offsets()])[0] == ends
+            assert resolve([topic.groups()])[0]["reader"]["committed"] == 30
         pipeline(events(200, start=500)).run(rt)
         topic = rt.topic("w")
-        rows = resolve([topic.call("poll", "reader", 10_000)])[0]
+        rows = resolve([topic.poll("reader", 10_000)])[0]
         for p, end in ends.items():
             mine = rows.filter(pc.equal(rows["_partition"], p)).column("_offset").to_pylist()
             assert mine and mine[0] >= end  # what was retained before is gone, counted
-        groups = resolve([topic.call("groups")])[0]
+        groups = resolve([topic.groups()])[0]
         assert groups["reader"]["skipped"] == sum(ends.values()) - 30
 
 
@@ -79,9 +79,9 @@ def test_partitioned_topic_and_dead_letters_topic_on_ray(tmp_path, ray_session):
         stats = pipeline(rows).run(rt)
         assert stats.dead_lettered == 1
         out = rt.topic("w")
-        ends = resolve([out.call("end_offsets")])[0]
-        assert len(ends) == 3 and sum(ends.values()) == resolve([out.call("end_offset")])[0]
-        every = resolve([out.call("poll", "all", 100_000)])[0]
+        ends = resolve([out.end_offsets()])[0]
+        assert len(ends) == 3 and sum(ends.values()) == resolve([out.end_offset()])[0]
+        every = resolve([out.poll("all", 100_000)])[0]
         assert every.num_rows == sum(ends.values())
         # a key's windows all sit in one partition, in order
         for key in {r["key"] for r in every.select(["key"]).to_pylist()}:

@@ -7,7 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from runtime.cluster import names
 from runtime.cluster.handles import attach, named_actors, resolve
+from runtime.entities.clients import ShardClient
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of
 from runtime.state.store import Store
@@ -43,11 +45,11 @@ def live_entity(address: str, kind: str, key: str) -> dict[str, Any] | None:
     """Ask the shard hosting ``key`` in a running runtime; None if no runtime hosts ``kind``."""
     attach(address, hard=True)
     for name in (kind, f"{kind}s"):
-        shards = named_actors(f"shard:{name}:")
+        shards = named_actors(names.shards_of(name))
         if shards:
             n = len(shards)
             i = int(shard_of(hash_keys(pa.array([key])), n)[0])
-            return resolve([shards[f"shard:{name}:{i}"].call("get", key)])[0]
+            return resolve([ShardClient(shards[names.shard(name, i)]).get(key)])[0]
     return None
 
 

@@ -497,11 +497,16 @@ def tail(
     topics = named_actors(actor_names.TOPIC_PREFIX)
     handle = topics.get(actor_names.topic(topic))
     hosted = _hosted_topics()  # a kind's outputs live in its shards
+    from runtime.topics.clients import TopicClient
+
+    handle = TopicClient(handle) if handle is not None else None
     if handle is None and topic in hosted:
+        from runtime.entities.clients import ShardClient
         from runtime.topics.colocated import ColocatedTopic
 
         shards = named_actors(actor_names.SHARD_PREFIX)
-        handle = ColocatedTopic(topic, [shards[n] for n in hosted[topic] if n in shards])
+        hosts = [ShardClient(shards[n]) for n in hosted[topic] if n in shards]
+        handle = ColocatedTopic(topic, hosts)
     if handle is None:
         known = sorted({*(t.removeprefix(actor_names.TOPIC_PREFIX) for t in topics), *hosted})
         _fail(f"no topic {topic!r} in the runtime at {address}; topics: {known}")
@@ -513,7 +518,7 @@ def tail(
     try:
         while not limit or shown < limit:
             rows = resolve(
-                [handle.call("poll", group, min(1_000, limit - shown) if limit else 1_000, start)]
+                [handle.poll(group, min(1_000, limit - shown) if limit else 1_000, start)]
             )[0]
             if rows.num_rows == 0:
                 if idle_timeout and time.monotonic() - last > idle_timeout:
@@ -531,7 +536,7 @@ def tail(
                     )
                 )
             shown += rows.num_rows
-            resolve([handle.call("commit", group, next_offsets(rows))])
+            resolve([handle.commit(group, next_offsets(rows))])
     except KeyboardInterrupt:
         pass
 
@@ -547,13 +552,9 @@ def serve_shards() -> int:
 
 def _hosted_topics() -> dict[str, list[str]]:
     """Topics whose partitions live in shards, as the running runtime's board lists them."""
-    from runtime.cluster.handles import named_actors, resolve
-    from runtime.cluster.names import BOARD
+    from runtime.cluster.status import read_board
 
-    board = named_actors(BOARD)
-    if BOARD not in board:
-        return {}
-    return resolve([board[BOARD].call("get")])[0].get("topics", {})
+    return read_board().get("topics", {})
 
 
 @app.command()
@@ -676,7 +677,7 @@ def serve(
                     f" at {site} (GET /healthz)"
                 )
         if mqtt_opts is not None:
-            ok = resolve([g.call("mqtt_connected", 30.0) for g in gates])
+            ok = resolve([g.mqtt_connected(30.0) for g in gates])
             if all(ok):
                 err.print(f"edgecore: {the_app.name} subscribed to {mqtt} (QoS 1)")
             else:

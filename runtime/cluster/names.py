@@ -11,6 +11,8 @@ actors by these names, so building and reading them must never drift apart.
 ShardName(kind='devices', site='eu-1', index=0)
 >>> parse_shard("shard:customers:3")
 ShardName(kind='customers', site=None, index=3)
+>>> role_of("sub:alerts->alerts"), role_of("shard:devices:eu-1:0"), role_of("driver")
+('subscriber', 'shard', None)
 >>> topic("alerts"), subscriber("alerts->alerts"), ingest_stage("fraud", "eu-1")
 ('topic:alerts', 'sub:alerts->alerts', 'stage:ingest:fraud:eu-1')
 """
@@ -64,6 +66,15 @@ def subscriber(name: str) -> str:
 def ingest_stage(app: str, site: str) -> str:
     """An app's ingest stage at ``site`` (replay per site, or live HTTP/MQTT)."""
     return f"{STAGE_PREFIX}ingest:{app}:{site}"
+
+
+def role_of(name: str) -> str | None:
+    """What the actor named ``name`` is (shard, topic, subscriber, stage, runtime), or None
+    for a name this module did not build."""
+    head, sep, _ = name.partition(":")
+    if not sep:
+        return None
+    return {"sub": "subscriber"}.get(head, head)
 
 
 def gate_id(app: str, site: str) -> str:

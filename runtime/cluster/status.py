@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from runtime.cluster.names import BOARD
+from runtime.cluster.clients import ActorClient
+from runtime.cluster.names import BOARD, role_of
 
 
 class StatusBoard:
@@ -29,9 +30,29 @@ class StatusBoard:
         return self._status
 
 
+class BoardClient(ActorClient):
+    """Calls on the :class:`StatusBoard` actor."""
+
+    __slots__ = ()
+
+    def update(self, status: dict[str, Any]) -> Any:
+        return self._call(StatusBoard.update, status)
+
+    def get(self) -> Any:
+        return self._call(StatusBoard.get)
+
+
+def read_board() -> dict[str, Any]:
+    """What the running runtime (attached to already) last put on its board; {} if none."""
+    from runtime.cluster.handles import named_actors, resolve
+
+    board = named_actors(BOARD).get(BOARD)
+    return resolve([BoardClient(board).get()])[0] if board is not None else {}
+
+
 def cluster_status(address: str) -> dict[str, Any]:
     """Nodes, placement and per-stage figures of the runtime running on ``address``."""
-    from runtime.cluster.handles import actor_nodes, attach, named_actors, nodes, resolve
+    from runtime.cluster.handles import actor_nodes, attach, nodes
 
     attach(address, hard=True)
     node_list = nodes()
@@ -39,11 +60,9 @@ def cluster_status(address: str) -> dict[str, Any]:
     where = actor_nodes()
     placement = []
     for name, node_id in sorted(where.items()):
-        if ":" not in name:
+        kind = role_of(name)
+        if kind is None:
             continue
-        kind = {"shard": "shard", "topic": "topic", "sub": "subscriber", "stage": "stage"}.get(
-            name.split(":", 1)[0], name.split(":", 1)[0]
-        )
         node = info.get(node_id, {})
         placement.append(
             {
@@ -54,8 +73,7 @@ def cluster_status(address: str) -> dict[str, Any]:
                 "node_id": node_id,
             }
         )
-    board = named_actors(BOARD)
-    live = resolve([board[BOARD].call("get")])[0] if BOARD in board else {}
+    live = read_board()
     return {
         "nodes": node_list,
         "placement": placement,

@@ -183,13 +183,13 @@ def setup(rt: Runtime, app: App) -> None:
     chain = app.kinds()
     for i in reversed(range(len(chain))):  # a kind forwards to kinds registered before it
         cls, config = chain[i]
-        if cls.name in rt.kinds:
+        if rt.has_kind(cls.name):
             continue
         forward = {app.stages[i].topic: chain[i + 1][0].name} if i < len(app.stages) else None
         sites = list(app.sites) or None if i == 0 else None
         rt.register(cls, config, sites=sites, forward=forward)
     for topic, (table, key) in app.sinks.items():
-        if f"{topic}->{table}" not in rt.subscribers:
+        if not rt.has_subscriber(f"{topic}->{table}"):
             rt.sink_to_table(topic, table, key)
 
 
@@ -316,7 +316,7 @@ def ingest_many(
             batch,
             source,
             position,
-            dedup=lambda ids: rt.dedup(app.kind.name, ids),
+            dedup=lambda ids: rt.checkpoints.dedup(app.kind.name, ids),
             site_check=lambda ok, dead, s=source, p=position: check_site(
                 app, rt.sites(app.kind.name), ok, dead, s, p
             ),
@@ -327,7 +327,7 @@ def ingest_many(
         if accepted.num_rows:
             accepted_all.append(accepted)
         if app.event_time is not None:
-            watermark = rt.observe_time(app.kind.name, app.event_time, accepted, source)
+            watermark = rt.checkpoints.observe_time(app.kind.name, app.event_time, accepted, source)
     if dead_all:
         rt.dead_letter(pa.concat_tables(dead_all))
     if accepted_all:
@@ -344,7 +344,7 @@ def ingest_many(
         )
         rt.dispatch(app.kind.name, rows, watermark)
     elif watermark is not None:
-        rt.advance(app.kind.name, watermark)
+        rt.routing.advance(app.kind.name, watermark)
     return out
 
 

@@ -129,7 +129,7 @@ class SourceFeeder:
 
     def open(self, rt: Runtime, app: App) -> None:
         self.rt, self.app = rt, app
-        self.start = self.position = int(rt.checkpoint_state.positions.get(self.id, 0))
+        self.start = self.position = rt.checkpoints.position(self.id)
         self._batches = iter(self.source.batches(self.position))
         self._stopped = False
 
@@ -142,7 +142,7 @@ class SourceFeeder:
             return Tick(done=True)
         counts = ingest(self.rt, self.app, batch, self.id, self.position)
         self.position = end
-        return Tick(counts=counts, shard_stats=self.rt.poll())
+        return Tick(counts=counts, shard_stats=self.rt.routing.poll())
 
     def cut(self) -> Cut:
         return Cut(positions={self.id: self.position})  # the runtime drains what it sent
@@ -191,7 +191,7 @@ def drive(
     """
     setup(rt, app)
     t0 = time.perf_counter()
-    resumed = [int(rt.checkpoint_state.positions.get(f.id, 0)) for f in feeders]
+    resumed = [rt.checkpoints.position(f.id) for f in feeders]
     committed = _Progress(
         RunStats(source=",".join(f.id for f in feeders), resumed_from=sum(resumed)), {}
     )
@@ -255,9 +255,9 @@ def _loop(
                 for dead in c.dead:
                     rt.dead_letter(dead, publish=not c.dead_published)
                 for ids in c.ids:
-                    rt.record_applied(app.kind.name, ids)
+                    rt.checkpoints.record_applied(app.kind.name, ids)
                 for scope, snap in c.watermarks.items():
-                    rt.set_watermarks(scope, snap)
+                    rt.checkpoints.set_watermarks(scope, snap)
                 absorb({}, c.shard_stats)
         except BaseException:
             for f in paused:
@@ -268,7 +268,7 @@ def _loop(
     def checkpoint() -> None:
         paused, positions, drains = pause()
         try:
-            absorb({}, rt.drain_inflight())  # the snapshot below counts every applied batch
+            absorb({}, rt.routing.drain())  # the snapshot below counts every applied batch
             prepared = rt.prepare_checkpoint(drains)
         finally:
             for f in paused:
@@ -295,7 +295,7 @@ def _loop(
             rows_since_sync += rows
             if tick.done:
                 active.remove(f)
-        absorb({}, rt.poll())
+        absorb({}, rt.routing.poll())
         if rows_since_sync >= rt.config.sync_rows:
             rt.sync_kinds()  # no cut needed: one shard call at a time either way
             rows_since_sync = 0
@@ -322,8 +322,8 @@ def _loop(
             tick = f.step(0.0)
             absorb(tick.counts, tick.shard_stats)
     elif app.event_time is not None and end_of_stream:
-        rt.advance(app.kind.name, END_OF_TIME)  # every window fires
-    absorb({}, rt.drain_inflight())
+        rt.routing.advance(app.kind.name, END_OF_TIME)  # every window fires
+    absorb({}, rt.routing.drain())
     checkpoint()
     rt.flush_topics()
 
@@ -350,10 +350,12 @@ def finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) -> 
 
 def report(rt: Runtime, app: App, stats: RunStats) -> None:
     """Publish a run's summary on the runtime's status board (``edgecore status``)."""
-    rt.app_reports[app.name] = {
-        "input": stats.input,
-        "accepted": stats.accepted,
-        "events_per_s": round(stats.events_per_s, 1),
-        **stats.app,
-    }
-    rt.publish_status(force=True)
+    rt.report(
+        app.name,
+        {
+            "input": stats.input,
+            "accepted": stats.accepted,
+            "events_per_s": round(stats.events_per_s, 1),
+            **stats.app,
+        },
+    )

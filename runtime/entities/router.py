@@ -6,9 +6,10 @@ batches waiting per shard; the next send waits for the oldest).
 
 >>> import tempfile, pyarrow as pa
 >>> from runtime.cluster.handles import spawn
+>>> from runtime.entities.clients import ShardClient
 >>> from runtime.entities.shard import Shard
 >>> from runtime.testing import Tally
->>> shards = [spawn(Shard, Tally, None, i, 2, tempfile.mkdtemp(), name=f"s{i}", mode="local") for i in range(2)]
+>>> shards = [ShardClient(spawn(Shard, Tally, None, i, 2, tempfile.mkdtemp(), name=f"s{i}", mode="local")) for i in range(2)]
 >>> router = Router(Tally, shards, per_site=2)
 >>> router.send(pa.table({"key": ["a", "b", "a"]}))
 >>> sum(s["rows"] for s in router.drain())
@@ -17,17 +18,20 @@ batches waiting per shard; the next send waits for the oldest).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runtime.cluster.handles import Handle, ready, resolve
-from runtime.cluster.wire import pack_for
+from runtime.cluster.handles import ready, resolve
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys, shard_of
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
 
 #: schema metadata on a batch in flight: the sender's event-time watermark and who sent it
 WATERMARK = b"edgecore.watermark"
@@ -55,7 +59,7 @@ class Router:
     def __init__(
         self,
         kind: type[EntityKind],
-        shards: list[Handle],
+        shards: list[ShardClient],
         per_site: int,
         sites: list[str] | None = None,
         max_inflight: int = 2,
@@ -102,7 +106,7 @@ class Router:
             if watermark is not None:
                 part = tag(part, watermark, channel)
                 self._wm_sent[i] = max(self._wm_sent[i], watermark)
-            self._call(i, "apply", pack_for(self.shards[i], part))
+            self._call(i, self.shards[i].apply, part)
             self.rows_sent[i] += part.num_rows
         if watermark is not None:
             self.advance(watermark, channel)
@@ -112,13 +116,13 @@ class Router:
         for i in range(len(self.shards)):
             if self._wm_sent[i] < watermark:
                 self._wm_sent[i] = watermark
-                self._call(i, "advance", watermark, channel)
+                self._call(i, self.shards[i].advance, watermark, channel)
 
-    def _call(self, i: int, method: str, *args: Any) -> None:
+    def _call(self, i: int, method: Callable[..., Any], *args: Any) -> None:
         pending = self.inflight[i]
         if len(pending) >= self.max_inflight:  # backpressure: wait for the oldest
             self._done.extend(resolve([pending.pop(0)]))
-        pending.append(self.shards[i].call(method, *args))
+        pending.append(method(*args))
 
     def _route(self, events: pa.Table, hashes: np.ndarray) -> np.ndarray:
         """Shard index per row: by key hash, within the row's site for site-partitioned kinds."""

@@ -31,13 +31,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import Handle, ready, resolve
-from runtime.cluster.wire import pack_for, unpack
+from runtime.cluster.handles import ready, resolve
+from runtime.cluster.wire import unpack
 from runtime.entities.kind import Batch, EntityKind
 from runtime.entities.router import NO_WATERMARK, Router, read_tag
 from runtime.errors import ConfigError, UnknownEntityError
@@ -45,6 +45,10 @@ from runtime.state.fields import ColumnarState
 from runtime.state.keys import as_signed, hash_keys, shard_of
 from runtime.state.store import Store
 from runtime.topics.topic import Topic
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
+    from runtime.topics.clients import TopicClient
 
 MAX_PENDING_PUBLISHES = 8
 #: what a co-located topic partition answers through :meth:`Shard.outlet`
@@ -137,11 +141,11 @@ class Shard:
         n_shards: int,
         data_dir: str,
         max_active: int = 1_000_000,
-        topics: dict[str, Handle] | None = None,
+        topics: dict[str, TopicClient] | None = None,
         kind_snapshot: bytes | None = None,
         idle_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        forwards: dict[str, tuple[type[EntityKind], list[Handle], int]] | None = None,
+        forwards: dict[str, tuple[type[EntityKind], list[ShardClient], int]] | None = None,
         channel: str | None = None,
         outlets: dict[str, dict[str, Any]] | None = None,
     ) -> None:
@@ -429,7 +433,7 @@ class Shard:
                     f"entity kind {self.name!r} emitted to topic {topic!r}, which it did not "
                     f"declare; add it to {self.kind_cls.__qualname__}.topics"
                 )
-            self._pending.append(handle.call("publish", pack_for(handle, pa.concat_tables(tables))))
+            self._pending.append(handle.publish(pa.concat_tables(tables)))
         if len(self._pending) > MAX_PENDING_PUBLISHES:  # backpressure from slow topics
             done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING_PUBLISHES)
             resolve(done)

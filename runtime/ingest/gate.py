@@ -30,11 +30,12 @@ answers 503 until the driver restarts the runtime from the last checkpoint.
 >>> from runtime.cluster.handles import spawn
 >>> from runtime.dataflow.app import App
 >>> from runtime.streams.schema import Column, EventSchema
+>>> from runtime.entities.clients import ShardClient
 >>> from runtime.entities.shard import Shard
 >>> from runtime.testing import Tally
 >>> folder = tempfile.mkdtemp()
 >>> app = App("t", EventSchema("e", [Column("event_id", "int64"), Column("key", "string")]), Tally)
->>> shards = [spawn(Shard, Tally, None, 0, 1, folder, name="s0", mode="local")]
+>>> shards = [ShardClient(spawn(Shard, Tally, None, 0, 1, folder, name="s0", mode="local"))]
 >>> gate = Gate(app, "t@local", shards, wal_dir=folder + "/wal").start()
 >>> gate.submit(pa.table({"event_id": [1, 2, 2], "key": ["a", "b", "b"]})).result()   # validate, log, answer
 {'input': 3, 'accepted': 2, 'dead_lettered': 0, 'duplicates': 1, 'filtered': 0}
@@ -50,19 +51,22 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import Handle, ready, resolve
-from runtime.cluster.wire import pack_for
+from runtime.cluster.handles import ready, resolve
 from runtime.dataflow.app import App, admit, check_site, new_counts
 from runtime.entities.router import Router
 from runtime.errors import EdgecoreError
 from runtime.eventtime.watermarks import Watermarks
 from runtime.ingest.wal import WriteAheadLog
 from runtime.state.index import SeenSet
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
+    from runtime.topics.clients import TopicClient
 
 #: rows one group commit takes at most (more wait for the next)
 GROUP_ROWS = 200_000
@@ -126,14 +130,14 @@ class Gate:
         self,
         app: App,
         name: str,
-        shards: list[Handle],
+        shards: list[ShardClient],
         *,
         wal_dir: str | None,
         site: str | None = None,
         applied: np.ndarray | None = None,
         dedup_capacity: int = 50_000_000,
         max_inflight: int = 2,
-        dead_topic: Handle | None = None,
+        dead_topic: TopicClient | None = None,
         watermarks: bytes | None = None,
         max_pending_rows: int = MAX_PENDING_ROWS,
     ) -> None:
@@ -498,9 +502,7 @@ class Gate:
         if item.dead is not None:
             self._dead.append(item.dead)
             if self.dead_topic is not None:  # on the topic now; in the table at the checkpoint
-                self._topic_pending.append(
-                    self.dead_topic.call("publish", pack_for(self.dead_topic, item.dead))
-                )
+                self._topic_pending.append(self.dead_topic.publish(item.dead))
                 if len(self._topic_pending) > MAX_TOPIC_PENDING:
                     done, self._topic_pending = ready(
                         self._topic_pending, len(self._topic_pending) - MAX_TOPIC_PENDING
@@ -533,7 +535,7 @@ class Gate:
         drains: dict[str, Any] = {}
         try:
             if barrier:
-                drains = {h.name: h.call("drain") for h in self.router.shards}
+                drains = {h.name: h.drain() for h in self.router.shards}
                 shard_stats = self.router.poll()
             else:
                 shard_stats = self.router.drain()

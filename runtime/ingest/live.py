@@ -16,7 +16,7 @@ actors, ticks them for counts, and takes them through every checkpoint
 >>> from runtime.testing import Tally
 >>> app = App("t", EventSchema("e", [Column("event_id", "int64"), Column("key", "string")]), Tally)
 >>> stop = threading.Event()
->>> feeder = LiveFeeder(on_open=lambda gates: (gates[0].call("submit_rows", [{"event_id": 1, "key": "a"}]), stop.set()))
+>>> feeder = LiveFeeder(on_open=lambda gates: (gates[0].submit_rows([{"event_id": 1, "key": "a"}]), stop.set()))
 >>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local", shards=1) as rt:
 ...     stats = drive(rt, app, [feeder], stop=stop)
 >>> stats.accepted
@@ -30,13 +30,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from runtime.cluster import names
-from runtime.cluster.handles import Handle, resolve
+from runtime.cluster.clients import ActorClient
+from runtime.cluster.handles import resolve
 from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, new_counts
 from runtime.dataflow.driver import Cut, Tick
@@ -44,6 +45,10 @@ from runtime.errors import ActorFailedError, EdgecoreError
 from runtime.ingest.gate import Gate
 from runtime.ingest.http import HttpListener, HttpOptions
 from runtime.ingest.mqtt import MqttListener, MqttOptions
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
+    from runtime.topics.clients import TopicClient
 
 WAL_FOLDER = "_wal"
 
@@ -56,14 +61,14 @@ class LiveIngest:
         app: App,
         site: str,
         data_dir: str,
-        shards: list[Handle],
+        shards: list[ShardClient],
         applied: np.ndarray,
         committed: int,
         *,
         http: HttpOptions | None = None,
         mqtt: MqttOptions | None = None,
         durable: bool = True,
-        dead_topic: Handle | None = None,
+        dead_topic: TopicClient | None = None,
         watermarks: bytes | None = None,
         max_inflight: int = 2,
         dedup_capacity: int = 50_000_000,
@@ -137,6 +142,42 @@ class LiveIngest:
         return self.gate.name
 
 
+class LiveIngestClient(ActorClient):
+    """Calls on a :class:`LiveIngest` actor."""
+
+    __slots__ = ()
+
+    def open(self) -> Any:
+        return self._call(LiveIngest.open)
+
+    def mqtt_connected(self, timeout: float) -> Any:
+        return self._call(LiveIngest.mqtt_connected, timeout)
+
+    def submit_rows(self, rows: list[dict[str, Any]]) -> Any:
+        return self._call(LiveIngest.submit_rows, rows)
+
+    def tick(self) -> Any:
+        return self._call(LiveIngest.tick)
+
+    def cut(self, barrier: bool = False) -> Any:
+        return self._call(LiveIngest.cut, barrier)
+
+    def resume(self) -> Any:
+        return self._call(LiveIngest.resume)
+
+    def committed(self, position: int) -> Any:
+        return self._call(LiveIngest.committed, position)
+
+    def stop_intake(self) -> Any:
+        return self._call(LiveIngest.stop_intake)
+
+    def close(self) -> Any:
+        return self._call(LiveIngest.close)
+
+    def ping(self) -> Any:
+        return self._call(LiveIngest.ping)
+
+
 class LiveFeeder:
     """The driver's side of live ingest: one :class:`LiveIngest` actor per site."""
 
@@ -148,7 +189,7 @@ class LiveFeeder:
         mqtt: MqttOptions | None = None,
         sites: list[str] | None = None,
         durable: bool = True,
-        on_open: Callable[[list[Handle]], None] | None = None,
+        on_open: Callable[[list[LiveIngestClient]], None] | None = None,
     ) -> None:
         if http is not None:
             http.check()
@@ -158,7 +199,7 @@ class LiveFeeder:
         self.http, self.mqtt, self.durable = http, mqtt, durable
         self.on_open = on_open
         self.id = ",".join(f"live:{s}" for s in self.sites)
-        self.gates: dict[str, Handle] = {}
+        self.gates: dict[str, LiveIngestClient] = {}
         self.opened: dict[str, dict[str, Any]] = {}
         self.rt: Runtime | None = None
         self._positions: dict[str, int] = {}
@@ -168,41 +209,44 @@ class LiveFeeder:
         scope = app.kind.name
         by_site = rt.shards_by_site(scope) if app.kind.site_key else {}
         dead_topic = rt.topic("dead_letters")
-        applied = rt.applied_ids(scope)
+        applied = rt.checkpoints.applied_ids(scope)
         self.gates = {}
         for site in self.sites:
             gate_id = names.gate_id(app.name, site)
-            committed = int(rt.checkpoint_state.positions.get(gate_id, 0))
+            committed = rt.checkpoints.position(gate_id)
             self._positions[gate_id] = committed
             shards = by_site[site] if app.kind.site_key else rt.shards_of(scope)
-            self.gates[site] = rt.start_stage(
-                LiveIngest,
-                app,
-                site,
-                str(rt.data_dir),
-                shards,
-                applied,
-                committed,
-                http=self.http,
-                mqtt=self.mqtt.for_site(site) if self.mqtt is not None else None,
-                durable=self.durable,
-                dead_topic=dead_topic,
-                watermarks=rt.watermark_snapshot(f"{scope}@{app.name}@{site}"),
-                max_inflight=rt.config.max_inflight,
-                dedup_capacity=rt.config.dedup_capacity,
-                max_concurrency=8,
-                name=names.ingest_stage(app.name, site),
-                stage="ingest",
-                site=site,
+            self.gates[site] = LiveIngestClient(
+                rt.start_stage(
+                    LiveIngest,
+                    app,
+                    site,
+                    str(rt.data_dir),
+                    shards,
+                    applied,
+                    committed,
+                    http=self.http,
+                    mqtt=self.mqtt.for_site(site) if self.mqtt is not None else None,
+                    durable=self.durable,
+                    dead_topic=dead_topic,
+                    watermarks=rt.checkpoints.watermark_snapshot(f"{scope}@{app.name}@{site}"),
+                    max_inflight=rt.config.max_inflight,
+                    dedup_capacity=rt.config.dedup_capacity,
+                    max_concurrency=8,
+                    name=names.ingest_stage(app.name, site),
+                    stage="ingest",
+                    site=site,
+                )
             )
-        opened = self._all("open")
+        opened = self._all(LiveIngestClient.open)
         self.opened = dict(zip(self.sites, opened, strict=True))
         if self.on_open is not None:
             self.on_open(list(self.gates.values()))
 
-    def _all(self, method: str, *args: Any) -> list[Any]:
+    def _all(self, method: Callable[..., Any], *args: Any) -> list[Any]:
+        """``method`` of :class:`LiveIngestClient` on every site's actor, waited for."""
         try:
-            return resolve([g.call(method, *args) for g in self.gates.values()])
+            return resolve([method(g, *args) for g in self.gates.values()])
         except ActorFailedError:
             raise
         except EdgecoreError as err:  # a gate that failed is restarted with everything else
@@ -212,7 +256,7 @@ class LiveFeeder:
         if wait:
             time.sleep(wait)
         tick = Tick(counts={**new_counts(), "replayed": 0})
-        for site, got in zip(self.gates, self._all("tick"), strict=True):
+        for site, got in zip(self.gates, self._all(LiveIngestClient.tick), strict=True):
             if got["failed"]:
                 raise ActorFailedError(
                     f"live ingest of {self.app.name!r} at {site} failed: {got['failed']}"
@@ -227,7 +271,7 @@ class LiveFeeder:
         # a barrier behind the last batch (no pause) is exact where each gate is its
         # shards' only input: one site, or per-site shards
         barrier = bool(self.app.kind.site_key) or len(self.gates) == 1
-        for got in self._all("cut", barrier):
+        for got in self._all(LiveIngestClient.cut, barrier):
             cut.drains.update(got["drains"])
             cut.positions.update(got["positions"])
             cut.ids += got["ids"]
@@ -239,16 +283,16 @@ class LiveFeeder:
         return cut
 
     def resume(self) -> None:
-        self._all("resume")
+        self._all(LiveIngestClient.resume)
 
     def committed(self, positions: dict[str, int]) -> None:
         for site, gate in self.gates.items():
             gid = names.gate_id(self.app.name, site)
             if gid in positions:
-                resolve([gate.call("committed", positions[gid])])
+                resolve([gate.committed(positions[gid])])
 
     def stop_intake(self) -> None:
-        self._all("stop_intake")
+        self._all(LiveIngestClient.stop_intake)
 
     def close(self) -> None:
         if self.rt is None:
@@ -256,7 +300,7 @@ class LiveFeeder:
         for gate in self.gates.values():
             # already gone with its node, or dying with the runtime: nothing to close
             with contextlib.suppress(Exception):
-                resolve([gate.call("close")], timeout=15)
+                resolve([gate.close()], timeout=15)
         for site in list(self.gates):
             self.rt.stop_stage(names.ingest_stage(self.app.name, site))
         self.gates = {}

@@ -22,13 +22,14 @@ the site's shards have applied everything it sent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from runtime.cluster import names
-from runtime.cluster.handles import Handle, resolve
+from runtime.cluster.clients import ActorClient
+from runtime.cluster.handles import resolve
 from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, RunStats, check_site, new_counts, screen
 from runtime.dataflow.driver import Cut, Tick, drive
@@ -37,6 +38,9 @@ from runtime.eventtime.watermarks import Watermarks
 from runtime.state.index import SeenSet
 from runtime.streams.schema import DEAD_LETTER_SCHEMA
 from runtime.streams.sources import Source
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
 
 
 class IngestStage:
@@ -49,7 +53,7 @@ class IngestStage:
         source: Source,
         start: int,
         applied: np.ndarray,
-        shards: list[Handle],
+        shards: list[ShardClient],
         per_site: int,
         max_inflight: int = 2,
         watermarks: bytes | None = None,
@@ -121,6 +125,18 @@ class IngestStage:
         return self.site
 
 
+class IngestStageClient(ActorClient):
+    """Calls on an :class:`IngestStage` actor."""
+
+    __slots__ = ()
+
+    def step(self, max_rows: int) -> Any:
+        return self._call(IngestStage.step, max_rows)
+
+    def ping(self) -> Any:
+        return self._call(IngestStage.ping)
+
+
 class SiteFeeder:
     """Each site's source read by an :class:`IngestStage` at that site's edge; the driver
     steps the stages together and commits all their positions in one checkpoint."""
@@ -131,7 +147,7 @@ class SiteFeeder:
         self.id = ",".join(s.id for s in sources.values())
         self.positions: dict[str, int] = {}
         self._names: list[str] = []
-        self._active: dict[str, Handle] = {}
+        self._active: dict[str, IngestStageClient] = {}
         self.rt: Runtime | None = None
 
     def open(self, rt: Runtime, app: App) -> None:
@@ -140,24 +156,26 @@ class SiteFeeder:
         shards_by_site = rt.shards_by_site(scope)
         self._active, self._names = {}, []
         for site, source in self.sources.items():
-            start = int(rt.checkpoint_state.positions.get(source.id, 0))
+            start = rt.checkpoints.position(source.id)
             self.positions[source.id] = start
             name = names.ingest_stage(app.name, site)
             self._names.append(name)
-            self._active[site] = rt.start_stage(
-                IngestStage,
-                app,
-                site,
-                source,
-                start,
-                rt.applied_ids(scope),
-                shards_by_site[site],
-                len(shards_by_site[site]),
-                rt.config.max_inflight,
-                rt.watermark_snapshot(f"{scope}@{site}"),
-                name=name,
-                stage="ingest",
-                site=site,
+            self._active[site] = IngestStageClient(
+                rt.start_stage(
+                    IngestStage,
+                    app,
+                    site,
+                    source,
+                    start,
+                    rt.checkpoints.applied_ids(scope),
+                    shards_by_site[site],
+                    len(shards_by_site[site]),
+                    rt.config.max_inflight,
+                    rt.checkpoints.watermark_snapshot(f"{scope}@{site}"),
+                    name=name,
+                    stage="ingest",
+                    site=site,
+                )
             )
 
     def step(self, wait: float) -> Tick:
@@ -167,16 +185,16 @@ class SiteFeeder:
         if not self._active:
             tick.done = True
             return tick
-        results = resolve([h.call("step", self.step_rows) for h in self._active.values()])
+        results = resolve([h.step(self.step_rows) for h in self._active.values()])
         for site, res in zip(list(self._active), results, strict=True):
             for key, value in res["counts"].items():
                 tick.counts[key] += value
             self.rt.dead_letter(res["dead"])
-            self.rt.record_applied(scope, res["ids"])
+            self.rt.checkpoints.record_applied(scope, res["ids"])
             tick.shard_stats += res["shard_stats"]
             self.positions[self.sources[site].id] = res["position"]
             if res["watermarks"] is not None:  # committed with the next checkpoint
-                self.rt.set_watermarks(f"{scope}@{site}", res["watermarks"])
+                self.rt.checkpoints.set_watermarks(f"{scope}@{site}", res["watermarks"])
             if res["done"]:
                 del self._active[site]
         tick.done = not self._active

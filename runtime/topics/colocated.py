@@ -16,33 +16,54 @@ topic. Its offsets and consumer groups are saved with each checkpoint, partition
 partition, taken by the shards' drain at the cut.
 
 >>> import pyarrow as pa
->>> from runtime.cluster.handles import spawn
+>>> from runtime.cluster.handles import resolve, spawn
+>>> from runtime.entities.clients import ShardClient
 >>> from runtime.entities.shard import Shard
 >>> from runtime.testing import EchoTally
 >>> import tempfile
 >>> folder = tempfile.mkdtemp()
->>> shards = [spawn(Shard, EchoTally, None, i, 2, folder, outlets={"echo": outlet(i)}, name=f"s{i}", mode="local") for i in range(2)]
+>>> shards = [ShardClient(spawn(Shard, EchoTally, None, i, 2, folder, outlets={"echo": outlet(i)}, name=f"s{i}", mode="local")) for i in range(2)]
 >>> echo = ColocatedTopic("echo", shards)
->>> for s in shards:
-...     _ = s.target.outlet("echo", "publish", pa.table({"x": [s.target.shard_id]}))
->>> got = echo.call("poll", "g", 10).result()
+>>> for i, s in enumerate(shards):
+...     _ = resolve([s.outlet("echo", Topic.publish, pa.table({"x": [i]}))])
+>>> got = echo.poll("g", 10).result()
 >>> sorted(zip(got.column("_partition").to_pylist(), got.column("x").to_pylist()))
 [(0, 0), (1, 1)]
->>> echo.call("end_offsets").result()
+>>> echo.end_offsets().result()
 {0: 1, 1: 1}
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from runtime.cluster.handles import Handle, LocalFuture, resolve
-from runtime.cluster.wire import pack_for
+from runtime.cluster.handles import LocalFuture, resolve
 from runtime.errors import ConfigError
+from runtime.topics.topic import Topic
+
+if TYPE_CHECKING:
+    from runtime.entities.clients import ShardClient
+    from runtime.topics.clients import SubscriberClient
 
 VERSION = 1
+
+
+def _answered(fn: Callable[..., Any]) -> Callable[..., LocalFuture]:
+    """A topic operation answered as a future (resolved already), as a client's would be:
+    an error is raised where the caller resolves it."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> LocalFuture:
+        try:
+            return LocalFuture(fn(*args, **kwargs))
+        except Exception as err:
+            return LocalFuture(error=err)
+
+    return call
 
 
 def outlet(
@@ -92,98 +113,105 @@ def as_standalone(saved: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 
 
 class ColocatedTopic:
-    """One topic over its partitions in ``shards`` (partition ``i`` in ``shards[i]``); behaves
-    like a topic's handle: ``call(method, *args)`` gives a future (resolved already)."""
+    """One topic over its partitions in ``shards`` (partition ``i`` in ``shards[i]``); answers
+    what a :class:`~runtime.topics.clients.TopicClient` answers, with futures resolved already."""
 
-    mode = "local"  # callers pack nothing for it: the shard calls do their own packing
+    remote = False  # callers pack nothing for it: the shard calls do their own packing
 
-    def __init__(self, name: str, shards: list[Handle], kind: str = "") -> None:
+    def __init__(self, name: str, shards: list[ShardClient], kind: str = "") -> None:
         self.name = name
         self.shards = list(shards)
         self.kind = kind  # the entity kind whose shards host it
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> LocalFuture:
-        fn = getattr(self, f"_{method}", None)
-        if fn is None:
-            raise ConfigError(f"topic {self.name!r} has no operation {method!r}")
-        try:
-            return LocalFuture(fn(*args, **kwargs))
-        except Exception as err:  # delivered at resolve(), as for any handle
-            return LocalFuture(error=err)
-
     def kill(self) -> None:  # it is no actor: the shards go with their kind
         pass
 
-    def _each(self, method: str, *args: Any) -> list[Any]:
-        return resolve([s.call("outlet", self.name, method, *args) for s in self.shards])
+    def _each(self, method: Callable[..., Any], *args: Any) -> list[Any]:
+        return resolve([s.outlet(self.name, method, *args) for s in self.shards])
 
-    def _one(self, partition: int, method: str, *args: Any) -> Any:
+    def _one(self, partition: int, method: Callable[..., Any], *args: Any) -> Any:
         if not 0 <= int(partition) < len(self.shards):
             raise ConfigError(
                 f"topic {self.name!r} has partitions 0..{len(self.shards) - 1}, not {partition!r}"
             )
-        return resolve([self.shards[int(partition)].call("outlet", self.name, method, *args)])[0]
+        return resolve([self.shards[int(partition)].outlet(self.name, method, *args)])[0]
 
     # -- what a topic handle answers ---------------------------------------------------------
-    def _publish(self, rows: Any) -> int:
+    @_answered
+    def publish(self, rows: Any) -> int:
         """From a producer other than the shards: into partition 0."""
-        shard = self.shards[0]
-        self._one(0, "publish", pack_for(shard, rows) if isinstance(rows, pa.Table) else rows)
-        return self._end_offset()
+        self._one(0, Topic.publish, rows)
+        return self.end_offset().result()
 
-    def _subscribe(
-        self, name: str, handle: Handle, from_offset: Any = None, linger_s: float = 0.0
+    @_answered
+    def subscribe(
+        self,
+        name: str,
+        subscriber: SubscriberClient,
+        from_offset: Any = None,
+        linger_s: float = 0.0,
     ) -> None:
         for p in range(len(self.shards)):
             start = from_offset.get(p) if isinstance(from_offset, dict) else from_offset
-            self._one(p, "subscribe", name, handle, start, linger_s)
+            self._one(p, Topic.subscribe, name, subscriber, start, linger_s)
 
-    def _flush(self) -> int:
-        self._each("flush")
-        return self._end_offset()
+    @_answered
+    def flush(self) -> int:
+        self._each(Topic.flush)
+        return self.end_offset().result()
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {"version": VERSION, "name": self.name, "colocated": self._each("snapshot")}
+    @_answered
+    def snapshot(self) -> dict[str, Any]:
+        return {"version": VERSION, "name": self.name, "colocated": self._each(Topic.snapshot)}
 
-    def _end_offsets(self) -> dict[int, int]:
-        return {p: ends[0] for p, ends in enumerate(self._each("end_offsets"))}
+    @_answered
+    def end_offsets(self) -> dict[int, int]:
+        return {p: ends[0] for p, ends in enumerate(self._each(Topic.end_offsets))}
 
-    def _end_offset(self) -> int:
-        return sum(self._end_offsets().values())
+    @_answered
+    def end_offset(self) -> int:
+        return sum(self.end_offsets().result().values())
 
-    def _first_offsets(self) -> dict[int, int]:
-        return {p: firsts[0] for p, firsts in enumerate(self._each("first_offsets"))}
+    @_answered
+    def first_offsets(self) -> dict[int, int]:
+        return {p: firsts[0] for p, firsts in enumerate(self._each(Topic.first_offsets))}
 
-    def _read(self, offset: int = 0, max_rows: int = 100_000, partition: int = 0) -> pa.Table:
-        return self._one(partition, "read", offset, max_rows, 0)
+    @_answered
+    def read(self, offset: int = 0, max_rows: int = 100_000, partition: int = 0) -> pa.Table:
+        return self._one(partition, Topic.read, offset, max_rows, 0)
 
-    def _poll(
+    @_answered
+    def poll(
         self, group: str, max_rows: int = 10_000, start: str = "earliest", partitions: Any = None
     ) -> pa.Table:
         """A fair share of ``max_rows`` from each partition, partition by partition."""
         chosen = sorted(range(len(self.shards)) if partitions is None else set(partitions))
         share, extra = divmod(max(0, max_rows), max(1, len(chosen)))
         got = [
-            self._one(p, "poll", group, share + (1 if i < extra else 0), start)
+            self._one(p, Topic.poll, group, share + (1 if i < extra else 0), start)
             for i, p in enumerate(chosen)
         ]
         got = [g for g in got if g.num_rows] or got[:1]
         return pa.concat_tables(got, promote_options="default") if got else pa.table({})
 
-    def _commit(self, group: str, offsets: dict[int, int] | int) -> None:
+    @_answered
+    def commit(self, group: str, offsets: dict[int, int] | int) -> None:
         items = offsets if isinstance(offsets, dict) else {0: offsets}
         for p, offset in items.items():
-            self._one(p, "commit", group, {0: int(offset)})
+            self._one(p, Topic.commit, group, {0: int(offset)})
 
-    def _committed(self, group: str, partition: int = 0) -> int | None:
-        return self._one(partition, "committed", group, 0)
+    @_answered
+    def committed(self, group: str, partition: int = 0) -> int | None:
+        return self._one(partition, Topic.committed, group, 0)
 
-    def _seek_committed(self, group: str) -> int:
-        return sum(self._each("seek_committed", group))
+    @_answered
+    def seek_committed(self, group: str) -> int:
+        return sum(self._each(Topic.seek_committed, group))
 
-    def _groups(self) -> dict[str, Any]:
+    @_answered
+    def groups(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for p, groups in enumerate(self._each("groups")):
+        for p, groups in enumerate(self._each(Topic.groups)):
             for name, g in groups.items():
                 mine = out.setdefault(
                     name, {"position": 0, "committed": 0, "lag": 0, "skipped": 0, "partitions": {}}
@@ -193,8 +221,9 @@ class ColocatedTopic:
                 mine["partitions"][p] = {k: v for k, v in g.items() if k != "partitions"}
         return out
 
-    def _stats(self) -> dict[str, Any]:
-        each = self._each("stats")
+    @_answered
+    def stats(self) -> dict[str, Any]:
+        each = self._each(Topic.stats)
         out: dict[str, Any] = {
             k: sum(s[k] for s in each)
             for k in ("end_offset", "retained_rows", "retained_bytes", "pending")

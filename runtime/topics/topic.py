@@ -76,15 +76,18 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import Handle, ready, resolve
-from runtime.cluster.wire import pack, pack_for, unpack
+from runtime.cluster.handles import ready, resolve
+from runtime.cluster.wire import pack, unpack
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys, shard_of
+
+if TYPE_CHECKING:
+    from runtime.topics.clients import SubscriberClient
 
 OFFSET = "_offset"
 PARTITION = "_partition"
@@ -220,7 +223,7 @@ class Topic:
         self._logs = [_Log() for _ in range(partitions)]
         self._rr = 0  # the partition the next key-less batch goes to
         self._groups: dict[str, _Group] = {}
-        self._subscribers: dict[str, Handle] = {}
+        self._subscribers: dict[str, SubscriberClient] = {}
         self._linger: dict[str, float] = {}
         self._held: dict[str, list[pa.Table]] = {}
         self._held_since: dict[str, float] = {}
@@ -250,9 +253,9 @@ class Topic:
                 if name in self._linger:  # held back to be pushed with the next ones
                     self._hold(name, batch, born)
                     continue
-                if sub.mode == "ray":
+                if sub.remote:  # packed once for every subscriber across Ray
                     packed = pack(batch) if packed is None else packed
-                self._pending.append(sub.call("on_batch", packed if sub.mode == "ray" else batch))
+                self._pending.append(sub.on_batch(batch, packed))
             self.max_pending_seen = max(self.max_pending_seen, len(self._pending))
             if len(self._pending) > MAX_PENDING:  # a slow subscriber slows publishers
                 done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING)
@@ -478,18 +481,18 @@ class Topic:
     def subscribe(
         self,
         name: str,
-        handle: Handle,
+        subscriber: SubscriberClient,
         from_offset: int | dict[int, int] | None = None,
         linger_s: float = 0.0,
     ) -> None:
-        """Push every future batch to ``handle.on_batch``, replaying what is retained from
+        """Push every future batch to ``subscriber.on_batch``, replaying what is retained from
         ``from_offset`` first (an int: that offset in every partition).
 
         ``linger_s`` > 0: batches are held and pushed together once the oldest held has
         waited that long (or at :meth:`flush` and :meth:`snapshot`): one call for many, for
         subscribers that do not need each row at once, like sinks writing tables.
         """
-        self._subscribers[name] = handle
+        self._subscribers[name] = subscriber
         if linger_s > 0:
             self._linger[name] = linger_s
             self._held.setdefault(name, [])
@@ -506,7 +509,7 @@ class Topic:
             for first, rows in self._log(p).read(offset, max(1, self._logs[p].next - offset))
         )
         if backlog.num_rows:
-            self._pending.append(handle.call("on_batch", pack_for(handle, backlog)))
+            self._pending.append(subscriber.on_batch(backlog))
 
     def _hold(self, name: str, batch: pa.Table, now: float) -> None:
         held = self._held[name]
@@ -521,7 +524,7 @@ class Topic:
         if held:
             sub = self._subscribers[name]
             rows = pa.concat_tables(held, promote_options="default")
-            self._pending.append(sub.call("on_batch", pack_for(sub, rows)))
+            self._pending.append(sub.on_batch(rows))
 
     def flush(self) -> int:
         """Wait until subscribers took every batch, and ask them to flush; returns
@@ -530,7 +533,7 @@ class Topic:
             self._release(name)
         pending, self._pending = self._pending, []  # a failure is reported once, not forever
         resolve(pending)
-        resolve([s.call("flush") for s in self._subscribers.values()])
+        resolve([s.flush() for s in self._subscribers.values()])
         return self.end_offset()
 
     def stats(self) -> dict[str, Any]:

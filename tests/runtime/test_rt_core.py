@@ -129,9 +129,9 @@ def test_idle_entities_are_passivated(tmp_path):
 def test_memory_budget_sets_the_entity_budget(tmp_path):
     with Runtime(data_dir=str(tmp_path), mode="local", shard_memory_mb=1) as rt:
         per_entity = Counter.spec().bytes_per_entity()
-        assert rt._max_active(Counter) == 2**20 // per_entity
+        assert rt.deployment.max_active(Counter) == 2**20 // per_entity
     with Runtime(data_dir=str(tmp_path), mode="local", max_active=7) as rt:
-        assert rt._max_active(Counter) == 7
+        assert rt.deployment.max_active(Counter) == 7
 
 
 def test_table_versions_stay_bounded(tmp_path):
@@ -139,7 +139,7 @@ def test_table_versions_stay_bounded(tmp_path):
         data_dir=str(tmp_path), mode="local", shards=1, checkpoint_rows=10, compact_every=5
     ) as rt:
         run(rt, APP, source(clicks(0, 600)))
-        assert rt.n_checkpoints >= 60
+        assert rt.checkpoints.n_checkpoints >= 60
     store = Store(tmp_path)
     for name in ("counters", "_seen", "_checkpoints"):
         assert store.n_versions(name) <= 25, name

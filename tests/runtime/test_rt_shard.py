@@ -18,6 +18,7 @@ from runtime.entities.shard import Shard, group_rows
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of
 from runtime.state.store import Store
+from runtime.topics.clients import TopicClient
 from runtime.topics.topic import Topic
 
 
@@ -168,7 +169,7 @@ def test_vectorized_apply_and_emit(tmp_path: Path) -> None:
         0,
         1,
         str(tmp_path),
-        topics={"big": spawn(lambda: topic, name="big", mode="local")},
+        topics={"big": TopicClient(spawn(lambda: topic, name="big", mode="local"))},
     )
     ev = pa.table({"user_id": ["a", "b", "a"], "amount": [60.0, 1.0, 50.0]})
     ev = ev.append_column("_key_hash", pa.array(hash_keys(ev["user_id"])))

@@ -13,6 +13,7 @@ import runtime.topics.topic as topic_module
 from runtime.cluster.handles import spawn
 from runtime.state.store import Store
 from runtime.streams.sinks import TableSink
+from runtime.topics.clients import SubscriberClient
 from runtime.topics.topic import OFFSET, Topic
 
 
@@ -102,40 +103,40 @@ def test_retention_keeps_a_single_large_batch() -> None:
 
 def test_subscribers_get_every_batch_in_order() -> None:
     t = Topic("t")
-    a = spawn(Collector, name="a", mode="local")
-    b = spawn(Collector, name="b", mode="local")
+    a = SubscriberClient(spawn(Collector, name="a", mode="local"))
+    b = SubscriberClient(spawn(Collector, name="b", mode="local"))
     t.subscribe("a", a)
     t.publish(xs(0, 2))
     t.subscribe("b", b)  # no backlog: only what comes next
     for i in range(1, 40):  # more than MAX_PENDING batches
         t.publish(xs(i * 2, i * 2 + 2))
     assert t.flush() == 80
-    assert a.target.offsets() == list(range(80))
-    assert b.target.offsets() == list(range(2, 80))
-    assert a.target.flushes == b.target.flushes == 1
+    assert a.handle.target.offsets() == list(range(80))
+    assert b.handle.target.offsets() == list(range(2, 80))
+    assert a.handle.target.flushes == b.handle.target.flushes == 1
 
 
 def test_subscribe_with_backlog() -> None:
     t = Topic("t")
     t.publish(xs(0, 5))
     t.publish(xs(5, 9))
-    sub = spawn(Collector, name="s", mode="local")
+    sub = SubscriberClient(spawn(Collector, name="s", mode="local"))
     t.subscribe("s", sub, from_offset=3)
     t.publish(xs(9, 12))
     t.flush()
-    assert sub.target.offsets() == list(range(3, 12))
-    assert sub.target.values() == list(range(3, 12))
+    assert sub.handle.target.offsets() == list(range(3, 12))
+    assert sub.handle.target.values() == list(range(3, 12))
 
 
 def test_subscribe_with_backlog_when_retention_holds_more_rows() -> None:
     t = Topic("t", retention_rows=10)
     t.publish(xs(0, 7))
     t.publish(xs(7, 14))  # both batches retained: 14 rows
-    sub = spawn(Collector, name="s", mode="local")
+    sub = SubscriberClient(spawn(Collector, name="s", mode="local"))
     t.subscribe("s", sub, from_offset=0)
     t.publish(xs(14, 15))
     t.flush()
-    assert sub.target.offsets() == list(range(15))
+    assert sub.handle.target.offsets() == list(range(15))
 
 
 def test_subscriber_error_surfaces_at_flush() -> None:
@@ -144,7 +145,7 @@ def test_subscriber_error_surfaces_at_flush() -> None:
             raise ValueError("sink is down")
 
     t = Topic("t")
-    t.subscribe("x", spawn(Broken, name="x", mode="local"))
+    t.subscribe("x", SubscriberClient(spawn(Broken, name="x", mode="local")))
     t.publish(xs(0, 1))
     with pytest.raises(ValueError, match="sink is down"):
         t.flush()
@@ -155,7 +156,7 @@ def test_table_sink_upsert_by_key_is_idempotent(tmp_path: Path) -> None:
     data = str(tmp_path)
     sink = TableSink(data, "alerts", key="event_id", flush_rows=1_000)
     t = Topic("alerts")
-    t.subscribe("sink", spawn(lambda: sink, name="sink", mode="local"))
+    t.subscribe("sink", SubscriberClient(spawn(lambda: sink, name="sink", mode="local")))
     batch = pa.table({"event_id": [1, 2, 3], "score": [0.1, 0.2, 0.3]})
     t.publish(batch)
     assert t.flush() == 3
@@ -248,20 +249,23 @@ def test_a_lingering_subscriber_gets_batches_together_and_nothing_is_held_back()
 
     clock = FakeClock()
     t = Topic("t", clock=clock)
-    eager, lazy = spawn(Collector, name="e", mode="local"), spawn(Collector, name="l", mode="local")
+    eager, lazy = (
+        SubscriberClient(spawn(Collector, name="e", mode="local")),
+        SubscriberClient(spawn(Collector, name="l", mode="local")),
+    )
     t.subscribe("eager", eager)
     t.subscribe("lazy", lazy, linger_s=0.2)
     for i in range(5):
         t.publish(xs(i, i + 1))
         clock.advance(0.03)
-    assert len(eager.target.batches) == 5 and lazy.target.batches == []
+    assert len(eager.handle.target.batches) == 5 and lazy.handle.target.batches == []
     clock.advance(0.1)
     t.publish(xs(5, 6))  # the oldest held waited 0.22 s: all go out as one batch
-    assert [len(b) for b in lazy.target.batches] == [6]
+    assert [len(b) for b in lazy.handle.target.batches] == [6]
     t.publish(xs(6, 7))
     t.snapshot()  # a checkpoint leaves nothing held
-    assert lazy.target.values() == list(range(7))
+    assert lazy.handle.target.values() == list(range(7))
     t.publish(xs(7, 8))
     t.flush()
-    assert lazy.target.values() == eager.target.values() == list(range(8))
-    assert lazy.target.offsets() == list(range(8))
+    assert lazy.handle.target.values() == eager.handle.target.values() == list(range(8))
+    assert lazy.handle.target.offsets() == list(range(8))

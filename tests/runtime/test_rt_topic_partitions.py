@@ -14,6 +14,7 @@ import pytest
 
 from runtime.cluster.handles import Handle, LocalFuture
 from runtime.errors import ConfigError
+from runtime.topics.clients import SubscriberClient
 from runtime.topics.topic import MAX_PENDING, OFFSET, PARTITION, Topic, next_offsets
 
 # Where the stable hash puts these keys among 3 partitions: pinned literally, so a change
@@ -312,7 +313,7 @@ def test_slow_subscriber_bounds_pending_and_gets_everything_in_order() -> None:
     t = Topic("t", partitions=3, partition_key="k")
     slow = SlowSubscriber(delay=0.002)
     sub = ThreadedHandle("slow", slow)
-    t.subscribe("slow", sub)
+    t.subscribe("slow", SubscriberClient(sub))
     slow.gate.clear()  # the subscriber is stuck until the test opens the gate
 
     def publish_all() -> None:
@@ -365,8 +366,8 @@ def test_partitioned_push_with_backlog_per_partition() -> None:
             pass
 
     everything, part = Keep(), Keep()
-    t.subscribe("all", Handle("all", "local", everything), from_offset=0)
-    t.subscribe("part", Handle("part", "local", part), from_offset={1: 3})
+    t.subscribe("all", SubscriberClient(Handle("all", "local", everything)), from_offset=0)
+    t.subscribe("part", SubscriberClient(Handle("part", "local", part)), from_offset={1: 3})
     t.publish(xs(8, 10))  # partition 0
     t.flush()
     assert by_partition(pa.concat_tables(everything.batches)) == {

@@ -1,0 +1,280 @@
+"""The checkpoint coordinator: what the last commit holds, and how the next one is taken.
+
+Between commits it keeps what a commit must write besides the shards' state: the event
+ids applied per scope (deduplication survives restarts), the dead letters, and the
+event-time watermarks tracked where events come in. :meth:`Checkpointer.prepare` takes
+one consistent cut of every shard (kinds that forward to others drained downstream
+first); :meth:`Checkpointer.commit` writes it to LanceDB and commits it with the source
+positions it reflects: one ``_checkpoints`` row naming every table version.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runtime.cluster.handles import resolve
+from runtime.coordinator.config import RuntimeConfig
+from runtime.eventtime.watermarks import Watermarks
+from runtime.state.index import SeenSet
+from runtime.state.store import Checkpoint, Store
+from runtime.streams.schema import DEAD_LETTER_SCHEMA
+
+if TYPE_CHECKING:
+    from runtime.coordinator.deployment import Deployment
+    from runtime.topics.clients import AnyTopic
+
+DEAD_LETTERS = "dead_letters"
+SEEN = "_seen"
+SNAPSHOTS = "_snapshots"
+
+
+@dataclass
+class PreparedCheckpoint:
+    """A cut taken by :meth:`Checkpointer.prepare`, not written yet."""
+
+    started: float
+    #: (kind, key column, changed profiles)
+    states: list[tuple[str, str, pa.Table]] = field(default_factory=list)
+    snapshots: list[tuple[str, bytes]] = field(default_factory=list)
+    dead: list[pa.Table] = field(default_factory=list)
+    seen: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    topics: dict[str, Any] = field(default_factory=dict)
+    watermarks: dict[str, str] = field(default_factory=dict)
+    #: stats of shard calls the drains finished (the runtime reports them)
+    shard_stats: list[dict[str, float]] = field(default_factory=list)
+
+
+class Checkpointer:
+    """The last commit, and everything the next one must write besides the shards' state."""
+
+    def __init__(self, config: RuntimeConfig, store: Store) -> None:
+        self.config, self.store = config, store
+        self.committed = Checkpoint()
+        self.n_checkpoints = 0
+        self.seen: dict[str, SeenSet] = {}
+        self.watermarks: dict[str, Watermarks] = {}
+        self._new_seen: list[tuple[str, np.ndarray]] = []
+        self._dead: list[pa.Table] = []
+        self._dead_pending: list[Any] = []
+
+    def load(self) -> None:
+        """Bring the data folder back to its last commit and load what lives in memory."""
+        store = self.store
+        cp = store.last_checkpoint()
+        self.committed = store.recover(sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions}))
+        self.seen, self.watermarks = {}, {}
+        self._new_seen, self._dead, self._dead_pending = [], [], []
+        for scope, snap in self.committed.meta.get("watermarks", {}).items():
+            self.watermarks[scope] = Watermarks.restore(base64.b64decode(snap))
+        if store.exists(SEEN):
+            seen = store.read(SEEN).sort_by("epoch")  # oldest first: forgotten first
+            for scope in pc.unique(seen.column("scope")).to_pylist():
+                ids = (
+                    seen.filter(pc.equal(seen.column("scope"), scope)).column("event_id").to_numpy()
+                )
+                _, first = np.unique(ids, return_index=True)
+                self._seen_set(scope).add(ids[np.sort(first)])
+
+    # -- what the last commit holds -----------------------------------------------------------
+    def position(self, source_id: str) -> int:
+        """Where ``source_id`` was when the last commit was taken (0 if never)."""
+        return int(self.committed.positions.get(source_id, 0))
+
+    def saved_topic(self, name: str) -> dict[str, Any] | None:
+        return self.committed.meta.get("topics", {}).get(name)
+
+    def kind_snapshot(self, kind: str) -> bytes | None:
+        if not self.store.exists(SNAPSHOTS):
+            return None
+        rows = self.store.read(SNAPSHOTS).to_pylist()
+        blobs = [r["blob"] for r in rows if r["kind"] == kind]
+        return blobs[0] if blobs else None
+
+    def is_committed(self, table: str) -> bool:
+        return table in self.committed.versions
+
+    # -- deduplication ------------------------------------------------------------------------
+    def _seen_set(self, scope: str) -> SeenSet:
+        if scope not in self.seen:
+            self.seen[scope] = SeenSet(self.config.dedup_capacity)
+        return self.seen[scope]
+
+    def applied_ids(self, scope: str) -> np.ndarray:
+        """The event ids applied in ``scope`` that the runtime remembers (for ingest stages)."""
+        return self._seen_set(scope).ids()
+
+    def record_applied(self, scope: str, event_ids: np.ndarray) -> None:
+        """Ids an ingest stage deduplicated and applied; saved with the next checkpoint."""
+        if len(event_ids):
+            self._seen_set(scope).add(event_ids[~self._seen_set(scope).contains(event_ids)])
+            self._new_seen.append((scope, np.asarray(event_ids, dtype=np.int64)))
+
+    def dedup(self, scope: str, event_ids: np.ndarray) -> np.ndarray:
+        """Mask of ids not applied before in ``scope`` (in this run or before the last commit)."""
+        new = self._seen_set(scope).add_new(event_ids)
+        if new.any():
+            self._new_seen.append((scope, np.asarray(event_ids, dtype=np.int64)[new]))
+        return new
+
+    # -- dead letters -------------------------------------------------------------------------
+    def dead_letter(self, rows: pa.Table, topic: AnyTopic | None) -> None:
+        """Keep ``rows`` for the next commit; publish them on ``topic`` now (if given)."""
+        if not rows.num_rows:
+            return
+        self._dead.append(rows)
+        if topic is None:
+            return
+        self._dead_pending.append(topic.publish(rows))
+        if len(self._dead_pending) > 8:  # bounded: a flood of bad input waits for the topic
+            resolve(self._dead_pending[:-8])
+            self._dead_pending = self._dead_pending[-8:]
+
+    # -- event time ---------------------------------------------------------------------------
+    def observe_time(self, scope: str, spec: Any, events: pa.Table, source: str) -> int:
+        """Track the event time of ``events`` (per partition) for ``scope``; returns the
+        watermark to send with them."""
+        wm = self.watermarks.get(scope)
+        if wm is None:
+            wm = self.watermarks[scope] = Watermarks(spec.out_of_orderness_ms, spec.idle_ms)
+        if events.num_rows:
+            wm.observe_table(events, spec.column, spec.partition, source)
+        return wm.current()
+
+    def set_watermarks(self, scope: str, snapshot: bytes) -> None:
+        """The event time a feeder tracks for ``scope`` (e.g. one site's), committed with
+        the next checkpoint."""
+        self.watermarks[scope] = Watermarks.restore(snapshot)
+
+    def watermark_snapshot(self, scope: str) -> bytes | None:
+        """What the last commit (or a feeder since) recorded of ``scope``'s event time."""
+        marks = self.watermarks.get(scope)
+        return marks.snapshot() if marks is not None else None
+
+    # -- the cut ------------------------------------------------------------------------------
+    def prepare(
+        self, deployment: Deployment, drains: dict[str, Any], started: float
+    ) -> PreparedCheckpoint:
+        """Every shard's changed state, the kind snapshots and the topic offsets, as one cut
+        (in-flight batches must be waited for first). ``drains``: shard name -> a drain
+        a feeder sent behind its last batch of the cut."""
+        prepared = PreparedCheckpoint(started=started)
+        # kinds forward only to kinds registered before them: drain the later ones first
+        for name, k in reversed(deployment.kinds.items()):
+            drained = resolve([drains[h.name] if h.name in drains else h.drain() for h in k.shards])
+            prepared.shard_stats += [d.stats for d in drained if d.stats]
+            for topic in deployment.hosted_topics(name):
+                # partition offsets as of the cut, taken by the drain itself
+                prepared.topics[topic] = {
+                    "version": 1,
+                    "name": topic,
+                    "colocated": [d.outlets[topic] for d in drained],
+                }
+            tables = [d.table for d in drained if d.table is not None and d.table.num_rows]
+            if tables:
+                prepared.states.append(
+                    (name, k.cls.key, pa.concat_tables(tables, promote_options="default"))
+                )
+            if k.cls.snapshot_scope == "shard":
+                prepared.snapshots += [
+                    (f"{name}#{i}", d.snapshot) for i, d in enumerate(drained) if d.snapshot
+                ]
+                continue
+            blobs = [d.snapshot for d in drained if d.snapshot is not None]
+            merged = k.cls(None).merge_snapshots(blobs) if blobs else None
+            if merged is not None:
+                prepared.snapshots.append((name, merged))
+                resolve([h.restore_kind(merged) for h in k.shards])
+        prepared.dead, self._dead = self._dead, []
+        prepared.seen, self._new_seen = self._new_seen, []
+        resolve(self._dead_pending)  # the dead letters' topic has them before its snapshot
+        self._dead_pending = []
+        standalone = deployment.standalone_topics()
+        prepared.topics.update(
+            zip(standalone, resolve([t.snapshot() for t in standalone.values()]), strict=True)
+        )
+        prepared.watermarks = {
+            s: base64.b64encode(w.snapshot()).decode() for s, w in self.watermarks.items()
+        }
+        return prepared
+
+    def commit(
+        self, prepared: PreparedCheckpoint, positions: dict[str, int] | None, kinds: list[str]
+    ) -> Checkpoint:
+        """Write a prepared cut, then commit it with the source ``positions`` it reflects."""
+        store = self.store
+        for name, key, table in prepared.states:
+            store.upsert(name, table, key=key)
+        if prepared.snapshots:
+            blobs = pa.table(
+                {
+                    "kind": [n for n, _ in prepared.snapshots],
+                    "blob": [b for _, b in prepared.snapshots],
+                },
+                schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())]),
+            )
+            store.upsert(SNAPSHOTS, blobs, key="kind")
+        if prepared.dead:
+            dead = pa.concat_tables(prepared.dead)
+            store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
+        if prepared.seen:
+            self._append_seen(prepared.seen)
+        managed = [n for n in [*kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
+        previous = self.committed
+        cp = Checkpoint(
+            epoch=previous.epoch + 1,
+            started_at=prepared.started,
+            positions={**previous.positions, **(positions or {})},
+            versions={**previous.versions, **{n: store.version(n) for n in managed}},
+            meta={
+                **previous.meta,
+                # topics not started in this run keep their last saved offsets
+                "topics": {**previous.meta.get("topics", {}), **prepared.topics},
+                "watermarks": prepared.watermarks,
+            },
+        )
+        store.commit(cp)
+        self.committed = cp
+        self.n_checkpoints += 1
+        if self.n_checkpoints % self.config.compact_every == 0:
+            self._trim_seen(cp.epoch)
+            for n in [*managed, "_checkpoints"]:
+                store.compact(
+                    n,
+                    keep_newer_than=previous.started_at or prepared.started,
+                    keep_version=cp.versions.get(n),
+                )
+        return cp
+
+    def _append_seen(self, seen: list[tuple[str, np.ndarray]]) -> None:
+        ids = np.concatenate([i for _, i in seen])
+        names = pa.array([s for s, _ in seen], pa.string())
+        scope = names.take(pa.array(np.repeat(np.arange(len(seen)), [len(i) for _, i in seen])))
+        epoch = np.full(len(ids), self.committed.epoch + 1, dtype=np.int64)
+        self.store.append(
+            SEEN, pa.table({"scope": scope, "event_id": pa.array(ids, pa.int64()), "epoch": epoch})
+        )
+
+    def _trim_seen(self, epoch: int) -> None:
+        """Keep each scope's applied ids near the dedup capacity: drop whole old epochs."""
+        if not self.store.exists(SEEN):
+            return
+        table, cap = self.store.table(SEEN), self.config.dedup_capacity
+        for scope in self.seen:
+            where = f"scope = '{scope}'"
+            if table.count_rows(where) <= cap:
+                continue
+            lo, hi = 0, epoch  # the largest cutoff e with rows(epoch >= e) >= capacity
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if table.count_rows(f"{where} AND epoch >= {mid}") >= cap:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > 0:
+                table.delete(f"{where} AND epoch < {lo}")

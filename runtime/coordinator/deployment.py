@@ -1,0 +1,388 @@
+"""The deployment: every actor of a runtime, started where the placement policy wants it.
+
+It spawns shards, topics, subscribers, stages and the status board under the names of
+:mod:`runtime.cluster.names`, records what it placed where (for ``placement()`` and for a
+restart, which starts the same actors again), and holds each kind's shards and router
+(:class:`DeployedKind`). State to start from comes from the checkpointer's last commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from runtime.cluster import names
+from runtime.cluster.handles import Handle, actor_nodes, nodes, resolve, spawn, wait_ready
+from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, PlacementPolicy, selector
+from runtime.cluster.status import BoardClient, StatusBoard
+from runtime.cluster.wire import receiving
+from runtime.coordinator.config import RuntimeConfig
+from runtime.entities.clients import ShardClient
+from runtime.entities.kind import EntityKind
+from runtime.entities.router import Router
+from runtime.entities.shard import Shard
+from runtime.errors import ConfigError, UnknownEntityError
+from runtime.state.keys import hash_keys, shard_of
+from runtime.streams.sinks import TableSink
+from runtime.topics.clients import AnyTopic, SubscriberClient, TopicClient
+from runtime.topics.colocated import ColocatedTopic, as_standalone, outlet, split_snapshot
+from runtime.topics.topic import Topic
+
+if TYPE_CHECKING:
+    from runtime.coordinator.checkpoint import Checkpointer
+
+#: topics every step may write to: never hosted by one kind's shards
+SHARED_TOPICS = frozenset({"dead_letters", "late_events"})
+
+
+@dataclass
+class DeployedKind:
+    """A registered kind: its shards (in routing order) and the router in front of them."""
+
+    cls: type[EntityKind]
+    config: Any
+    shards: list[ShardClient]
+    router: Router
+    #: site-partitioned kinds: site -> indices into ``shards``; else {None: all}
+    by_site: dict[str | None, list[int]] = field(default_factory=dict)
+    per_site: int = 1
+    #: topic -> the kind its rows go on to, shard to shard
+    forward: dict[str, str] = field(default_factory=dict)
+
+    def sites(self) -> list[str]:
+        return [s for s in self.by_site if s is not None]
+
+    def shards_by_site(self) -> dict[str, list[ShardClient]]:
+        return {s: [self.shards[i] for i in idx] for s, idx in self.by_site.items() if s}
+
+    def shard_for(self, key: str) -> ShardClient:
+        """The shard hosting ``key``; for a site-partitioned kind, the one that knows it."""
+        i = int(shard_of(hash_keys(pa.array([key])), self.per_site)[0])
+        candidates = [self.shards[idx[i]] for idx in self.by_site.values()]
+        if len(candidates) == 1:
+            return candidates[0]
+        for shard in candidates:  # a key lives at one site; ask each site's shard
+            try:
+                resolve([shard.get(key)])
+                return shard
+            except UnknownEntityError:
+                continue
+        return candidates[0]
+
+    def lookup(self, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
+        """The state of the entities named by ``keys``, row for row: one call per shard."""
+        if self.cls.site_key:
+            raise ConfigError(
+                f"entity kind {self.cls.name!r} is partitioned by site: look its entities up "
+                "at their site"
+            )
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        if not pa.types.is_string(keys.type):
+            keys = keys.cast(pa.string())
+        sid = shard_of(hash_keys(keys), len(self.shards))
+        asked = [(i, p) for i in range(len(self.shards)) if len(p := np.flatnonzero(sid == i))]
+        got = resolve([self.shards[i].lookup(keys.take(pa.array(p))) for i, p in asked])
+        if not got:
+            return resolve([self.shards[0].lookup(keys)])[0]
+        order = np.concatenate([p for _, p in asked])
+        back = np.empty(len(order), dtype=np.int64)
+        back[order] = np.arange(len(order))
+        return pa.concat_tables(got).take(pa.array(back))
+
+
+class Deployment:
+    """Every runtime actor: spawned where the policy wants it, named once, restartable."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.policy: PlacementPolicy = config.policy or DefaultPolicy()
+        #: actor name -> (what it is, wanted placement, placement given the nodes, handle)
+        self.placed: dict[str, tuple[ActorSpec, Placement, Placement, Handle]] = {}
+        self.kinds: dict[str, DeployedKind] = {}
+        self.topics: dict[str, AnyTopic] = {}
+        self.subscribers: dict[str, SubscriberClient] = {}
+        #: how each subscriber was started, to start it again after a restart
+        self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
+        self.board: BoardClient | None = None
+
+    def spawn(self, cls: type, *args: Any, spec: ActorSpec, **kwargs: Any) -> Handle:
+        """Start an actor where the placement policy wants it, among the nodes alive now."""
+        want = self.policy.place(spec)
+        sel, got = None, want
+        if self.config.mode == "ray":
+            sel, got = selector(want, [n for n in nodes() if n["alive"]])
+        handle = spawn(
+            cls, *args, name=spec.name, mode=self.config.mode, label_selector=sel, **kwargs
+        )
+        self.placed[spec.name] = (spec, want, got, handle)
+        return handle
+
+    def start_board(self) -> None:
+        if self.config.mode == "ray":
+            spec = ActorSpec(names.BOARD, "stage", "status")
+            self.board = BoardClient(self.spawn(StatusBoard, spec=spec))
+
+    def stop_actor(self, name: str) -> None:
+        entry = self.placed.pop(name, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):  # already gone with its node
+                entry[3].kill()
+
+    def kill_all(self) -> None:
+        for name in list(self.placed):
+            self.stop_actor(name)
+        self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
+        self.board = None
+
+    # -- topics and subscribers ---------------------------------------------------------------
+    def topic(self, name: str, saved: dict[str, Any] | None) -> AnyTopic:
+        """The topic ``name``, started on first use from its ``saved`` snapshot."""
+        if name not in self.topics:
+            partitions, key = self.config.topic_partitions.get(name, (1, None))
+            if saved is not None and "colocated" in saved:  # saved by the shards hosting it
+                partitions, saved = as_standalone(saved)
+            spec = ActorSpec(names.topic(name), "topic", name)
+            rows, size, age = self.config.retention
+            topic = TopicClient(
+                self.spawn(
+                    Topic,
+                    name,
+                    rows,
+                    size,
+                    age,
+                    partitions=partitions,
+                    partition_key=key,
+                    spec=spec,
+                )
+            )
+            if saved is not None:  # offsets and consumer groups go on from the last commit
+                resolve([topic.restore(saved)])
+            self.topics[name] = topic
+        return self.topics[name]
+
+    def subscribe(
+        self,
+        topic_name: str,
+        topics: Callable[[str], AnyTopic],
+        cls: type,
+        *args: Any,
+        name: str,
+        from_offset: Any = None,
+        linger_s: float = 0.0,
+        **kwargs: Any,
+    ) -> SubscriberClient:
+        """Host ``cls(*args, **kwargs)`` as subscriber ``name`` of ``topics(topic_name)``."""
+        for needed in ("on_batch", "flush"):
+            if not callable(getattr(cls, needed, None)):
+                raise ConfigError(f"subscriber {cls.__qualname__} must define {needed}()")
+        topic = topics(topic_name)
+        role = "sink" if cls is TableSink else "subscriber"
+        group = args[1] if cls is TableSink else name  # a sink is placed by its table
+        spec = ActorSpec(names.subscriber(name), role, group)
+        # it gets batches packed (runtime.cluster.wire), its on_batch tables
+        sub = SubscriberClient(self.spawn(receiving(cls), *args, spec=spec, **kwargs))
+        # up before the topic relies on it: deliveries to an actor still starting (seconds
+        # on a small machine) pile up and hold back every publisher
+        wait_ready([sub.handle])
+        resolve([topic.subscribe(name, sub, from_offset, linger_s)])
+        self.subscribers[name] = sub
+        self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
+        return sub
+
+    def hosted_topics(self, kind: str) -> list[str]:
+        """The topics whose partitions live in ``kind``'s shards."""
+        return [
+            n for n, t in self.topics.items() if isinstance(t, ColocatedTopic) and t.kind == kind
+        ]
+
+    def standalone_topics(self) -> dict[str, TopicClient]:
+        return {n: t for n, t in self.topics.items() if isinstance(t, TopicClient)}
+
+    # -- kinds --------------------------------------------------------------------------------
+    def kind(self, name: str) -> DeployedKind:
+        if name not in self.kinds:
+            raise ConfigError(
+                f"no entity kind {name!r} is registered; registered: {sorted(self.kinds)}"
+            )
+        return self.kinds[name]
+
+    def max_active(self, kind_cls: type[EntityKind]) -> int:
+        """Entities a shard of ``kind_cls`` keeps in memory before passivating."""
+        if self.config.max_active is not None:
+            return self.config.max_active
+        return max(1, int(self.config.shard_memory_mb * 2**20 / kind_cls.spec().bytes_per_entity()))
+
+    def deploy_kind(
+        self,
+        kind_cls: type[EntityKind],
+        config: Any,
+        n: int,
+        sites: list[str] | None,
+        forward: dict[str, str],
+        store_path: str,
+        saved: Checkpointer,
+    ) -> DeployedKind:
+        """Start ``n`` shards of ``kind_cls`` (per site for a site-partitioned kind) from the
+        last commit; its own output topics live in its shards (runtime.topics.colocated)
+        unless they exist already, are shared by several steps, or have a key of their own."""
+        name = kind_cls.name
+        self._check_kind(kind_cls, sites, forward)
+        total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
+        if kind_cls.snapshot_scope == "shard":
+            snapshots = [saved.kind_snapshot(f"{name}#{i}") for i in range(total)]
+            if saved.kind_snapshot(f"{name}#{total}") is not None:
+                raise ConfigError(
+                    f"entity kind {name!r} keeps state per shard and was saved with more than "
+                    f"{total} shards; start it with the same shards and sites"
+                )
+        else:
+            snapshots = [saved.kind_snapshot(name)] * total
+        emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
+        hosted = [
+            t
+            for t in emitted
+            if t not in self.topics
+            and t not in SHARED_TOPICS
+            and t not in self.config.topic_partitions
+        ]
+        topics = {t: self.topic(t, saved.saved_topic(t)) for t in emitted if t not in hosted}
+        shares = {t: split_snapshot(saved.saved_topic(t), total) for t in hosted}
+        forwards = {
+            t: (self.kinds[k].cls, self.kinds[k].shards, self.kinds[k].per_site)
+            for t, k in forward.items()
+        }
+        shards: list[ShardClient] = []
+        by_site: dict[str | None, list[int]] = {}
+        for site in sites if kind_cls.site_key else [None]:
+            for i in range(n):
+                j, shard_name = len(shards), names.shard(name, i, site)
+                by_site.setdefault(site, []).append(j)
+                handle = self.spawn(
+                    Shard,
+                    kind_cls,
+                    config,
+                    i,
+                    n,
+                    store_path,
+                    self.max_active(kind_cls),
+                    topics,
+                    snapshots[j],
+                    self.config.idle_seconds,
+                    forwards=forwards,
+                    channel=shard_name,
+                    outlets={t: outlet(j, self.config.retention, shares[t][j]) for t in hosted},
+                    spec=ActorSpec(shard_name, "shard", name, site),
+                )
+                shards.append(ShardClient(handle))
+        resolve([s.ping() for s in shards])  # surfaces start-up errors here
+        for t in hosted:
+            self.topics[t] = ColocatedTopic(t, shards, name)
+        for target in set(forward.values()):  # downstream watermarks wait for all of these
+            upstream = [u for u, k in self.kinds.items() if target in k.forward.values()]
+            inputs = [s.name for u in upstream for s in self.kinds[u].shards] + [
+                s.name for s in shards
+            ]
+            resolve([s.set_inputs(inputs) for s in self.kinds[target].shards])
+        site_list = [s for s in by_site if s is not None]
+        router = Router(kind_cls, shards, n, site_list, self.config.max_inflight)
+        self.kinds[name] = DeployedKind(kind_cls, config, shards, router, by_site, n, forward)
+        return self.kinds[name]
+
+    def _check_kind(
+        self, kind_cls: type[EntityKind], sites: list[str] | None, forward: dict[str, str]
+    ) -> None:
+        kind_cls.check()
+        name = kind_cls.name
+        if name in self.kinds:
+            raise ConfigError(f"entity kind {name!r} is registered already")
+        if kind_cls.site_key and not sites:
+            raise ConfigError(
+                f"entity kind {name!r} is partitioned by {kind_cls.site_key!r}: "
+                "register it with sites=[...]"
+            )
+        for topic, target in forward.items():
+            if topic not in kind_cls.topics:
+                raise ConfigError(
+                    f"entity kind {name!r} forwards topic {topic!r}, which it does not declare; "
+                    f"add it to {kind_cls.__qualname__}.topics"
+                )
+            if target not in self.kinds:
+                raise ConfigError(
+                    f"entity kind {name!r} forwards {topic!r} to {target!r}: register {target!r} "
+                    f"first; registered: {sorted(self.kinds)}"
+                )
+
+    def sync_kinds(self) -> None:
+        """Merge each kind's shard snapshots and hand the result back (no barrier): calls to
+        an actor run in order, so each snapshot reflects every batch sent before it."""
+        for k in self.kinds.values():
+            if k.cls.snapshot_scope == "shard":
+                continue  # each shard's own state: nothing to share
+            blobs = [b for b in resolve([s.snapshot_kind() for s in k.shards]) if b is not None]
+            merged = k.cls(None).merge_snapshots(blobs) if len(blobs) > 1 else None
+            if merged is not None:
+                resolve([s.restore_kind(merged) for s in k.shards])
+
+    # -- where everything runs ----------------------------------------------------------------
+    def placement(self) -> list[dict[str, Any]]:
+        """Every runtime actor with the node it runs on, as Ray reports it (not as intended)."""
+        if self.config.mode == "local":
+            return [
+                {
+                    "actor": name,
+                    "kind": spec.kind,
+                    "role": "hybrid",
+                    "site": "local",
+                    "node_id": "local",
+                }
+                for name, (spec, _, _, _) in self.placed.items()
+            ]
+        wait_ready([h for _, _, _, h in self.placed.values()])
+        where = actor_nodes()
+        info = {n["node_id"]: n for n in nodes()}
+        out = []
+        for name, (spec, _, _, _) in self.placed.items():
+            node = info.get(where.get(name, ""), {})
+            out.append(
+                {
+                    "actor": name,
+                    "kind": spec.kind,
+                    "role": node.get("role", ""),
+                    "site": node.get("site", ""),
+                    "node_id": where.get(name, ""),
+                }
+            )
+        return out
+
+    def shard_status(self, elapsed: float) -> list[dict[str, Any]]:
+        """Per shard: rows sent, batches in flight (its queue) and rows/s over ``elapsed``."""
+        return [
+            {
+                "actor": s.name,
+                "rows": rows,
+                "rows_per_s": round(rows / elapsed, 1),
+                "queue_depth": len(queue),
+            }
+            for k in self.kinds.values()
+            for s, queue, rows in zip(k.shards, k.router.inflight, k.router.rows_sent, strict=True)
+        ]
+
+    def hosted_topic_shards(self) -> dict[str, list[str]]:
+        """Topic -> the shards hosting its partitions, in partition order."""
+        return {
+            t: [s.name for s in self.kinds[k].shards]
+            for k in self.kinds
+            for t in self.hosted_topics(k)
+        }
+
+
+def default_shards(config: RuntimeConfig) -> int:
+    """Shards per kind: as configured, else one per CPU."""
+    return config.shards or max(1, os.cpu_count() or 1)

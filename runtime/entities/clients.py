@@ -1,0 +1,77 @@
+"""The typed client of a shard actor (see :mod:`runtime.cluster.clients`).
+
+>>> import tempfile, pyarrow as pa
+>>> from runtime.cluster.handles import resolve, spawn
+>>> from runtime.entities.shard import Shard
+>>> from runtime.state.keys import hash_keys
+>>> from runtime.testing import Tally
+>>> shard = ShardClient(spawn(Shard, Tally, None, 0, 1, tempfile.mkdtemp(), name="s", mode="local"))
+>>> events = pa.table({"key": ["a"], "_key_hash": hash_keys(pa.array(["a"]))})
+>>> _ = resolve([shard.apply(events)])
+>>> resolve([shard.get("a")])[0]["n"]
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from runtime.cluster.clients import ActorClient
+from runtime.entities.shard import Shard
+
+
+class ShardClient(ActorClient):
+    """Calls on one shard: batches in, state and snapshots out, its topic partitions."""
+
+    __slots__ = ()
+
+    # -- the hot path ------------------------------------------------------------------------
+    def apply(self, events: pa.Table) -> Any:
+        """Apply a batch (with ``_key_hash``); its stats when done."""
+        return self._call(Shard.apply, self._pack(events))
+
+    def advance(self, watermark: int, channel: str = "source") -> Any:
+        return self._call(Shard.advance, watermark, channel)
+
+    def set_inputs(self, channels: list[str]) -> Any:
+        return self._call(Shard.set_inputs, channels)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def drain(self) -> Any:
+        """A :class:`~runtime.entities.shard.Drained` cut of the shard."""
+        return self._call(Shard.drain)
+
+    def snapshot_kind(self) -> Any:
+        return self._call(Shard.snapshot_kind)
+
+    def restore_kind(self, blob: bytes) -> Any:
+        return self._call(Shard.restore_kind, blob)
+
+    # -- single entities -----------------------------------------------------------------------
+    def get(self, key: str) -> Any:
+        return self._call(Shard.get, key)
+
+    def call(self, key: str, handler_name: str, args: tuple[Any, ...]) -> Any:
+        return self._call(Shard.call, key, handler_name, args)
+
+    def lookup(self, keys: pa.Array) -> Any:
+        return self._call(Shard.lookup, keys)
+
+    # -- topic partitions hosted here (runtime.topics.colocated) -----------------------------
+    def outlet(self, topic: str, method: str | Callable[..., Any], *args: Any) -> Any:
+        """Call ``method`` (a :class:`~runtime.topics.topic.Topic` method) on this shard's
+        partition of ``topic``."""
+        name = method if isinstance(method, str) else method.__name__
+        if name == "publish":
+            args = (self._pack(args[0]),)
+        return self._call(Shard.outlet, topic, name, *args)
+
+    # -- health --------------------------------------------------------------------------------
+    def stats(self) -> Any:
+        return self._call(Shard.stats)
+
+    def ping(self) -> Any:
+        return self._call(Shard.ping)
