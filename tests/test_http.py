@@ -31,7 +31,7 @@ def events(tmp_path):
 def total_applied(lv: Live) -> int:
     lv.gate.cut()
     lv.gate.resume()
-    return sum(int(s.target.counters["rows"]) for s in lv.rt.shards_of("customers"))
+    return sum(int(s.handle.target.counters["rows"]) for s in lv.rt.shards_of("customers"))
 
 
 def test_events_in_counts_out_in_every_body_format(live, events):
