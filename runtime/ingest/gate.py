@@ -48,19 +48,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from runtime.cluster.handles import ready, resolve
-from runtime.dataflow.app import App, admit, check_site, new_counts
+from runtime.dataflow.app import App, new_counts
 from runtime.entities.router import Router
 from runtime.errors import EdgecoreError
 from runtime.eventtime.watermarks import Watermarks
+from runtime.ingest.groups import Logged, Submission, admit_group, log_records, merge, replay
 from runtime.ingest.wal import WriteAheadLog
 from runtime.state.index import SeenSet
 
@@ -81,46 +81,6 @@ class Backpressure(EdgecoreError):
 
 class Closed(EdgecoreError):
     """The gate takes nothing new: it is stopping, or its log failed."""
-
-
-@dataclass
-class _Submission:
-    ok: pa.Table
-    dead: pa.Table
-    n_input: int
-    source: str
-    position: int
-    future: Future
-
-
-@dataclass
-class _Logged:
-    """One group commit as the dispatcher sends it on."""
-
-    seq: int  # the seq of its last log record: the gate's position is past it once sent
-    events: pa.Table | None
-    dead: pa.Table | None
-    ids: np.ndarray
-    counts: dict[str, int]
-
-
-def _merge(items: list[_Logged]) -> _Logged:
-    """Consecutive logged groups as one (their events and dead letters in log order)."""
-    if len(items) == 1:
-        return items[0]
-    events = [i.events for i in items if i.events is not None and i.events.num_rows]
-    dead = [i.dead for i in items if i.dead is not None]
-    counts = new_counts()
-    for i in items:
-        for k, v in i.counts.items():
-            counts[k] += v
-    return _Logged(
-        items[-1].seq,
-        pa.concat_tables(events, promote_options="default") if events else None,
-        pa.concat_tables(dead) if dead else None,
-        np.concatenate([i.ids for i in items]),
-        counts,
-    )
 
 
 class Gate:
@@ -157,9 +117,9 @@ class Gate:
             et = app.event_time
             self.marks = Watermarks(et.out_of_orderness_ms, et.idle_ms)
         self._cond = threading.Condition()
-        self._queue: deque[_Submission] = deque()
+        self._queue: deque[Submission] = deque()
         self._queued_rows = 0
-        self._backlog: deque[_Logged] = deque()
+        self._backlog: deque[Logged] = deque()
         self._backlog_rows = 0
         self._paused = False
         self._pause_at: int | None = None  # a cut: send up to this seq, then pause
@@ -193,26 +153,12 @@ class Gate:
             return 0
         self.wal.skip_to(committed)
         n = 0
-        pending: dict[str, Any] = {}
-        for seq, meta, table in self.wal.replay(committed):
-            kind = meta.get("type")
-            if kind == "events":
-                pending = {"events": table, "counts": meta.get("counts", {}), "dead": None}
-                pending["ids"] = table.column(self.app.event_id).to_numpy()
-            elif kind == "dead":
-                pending["dead"] = table
-            elif kind == "ids":
-                pending["ids"] = table.column("event_id").to_numpy()
-            if meta.get("last"):
-                events = pending.get("events")
-                ids = np.asarray(pending.get("ids", np.zeros(0, np.int64)), dtype=np.int64)
-                self.seen.add(ids[~self.seen.contains(ids)])
-                counts = {**new_counts(), **pending.get("counts", {})}
-                self._log_ready(_Logged(seq, events, pending.get("dead"), ids, counts))
-                self._count(counts)
-                self._replayed += counts["input"]
-                n += 1
-                pending = {}
+        for item in replay(self.wal, committed, self.app.event_id):
+            self.seen.add(item.ids[~self.seen.contains(item.ids)])
+            self._log_ready(item)
+            self._count(item.counts)
+            self._replayed += item.counts["input"]
+            n += 1
         return n
 
     def start(self) -> Gate:
@@ -258,16 +204,16 @@ class Gate:
         self.commit()
         return future
 
-    def prepare(self, table: pa.Table, source: str = "submit") -> _Submission:
+    def prepare(self, table: pa.Table, source: str = "submit") -> Submission:
         """Validate ``table`` for :meth:`enqueue` (the costly half, in the caller's thread)."""
         first = self.reserve(table.num_rows)
         src = f"{source}:{self.name}:{self.started_ms}"
         ok, dead = self.app.schema.validate(
             table, source=src, first_position=first, per_record=True
         )
-        return _Submission(ok, dead, table.num_rows, src, first, Future())
+        return Submission(ok, dead, table.num_rows, src, first, Future())
 
-    def enqueue(self, sub: _Submission, wait_s: float = 0.0) -> Future:
+    def enqueue(self, sub: Submission, wait_s: float = 0.0) -> Future:
         """Queue a prepared submission for the next group commit (see :meth:`submit`)."""
         deadline = time.monotonic() + wait_s
         with self._cond:
@@ -343,58 +289,12 @@ class Gate:
                         self._cond.notify_all()
                 self._dispatch(logged)
 
-    def _commit(self, group: list[_Submission]) -> _Logged:
-        pending = SeenSet(capacity=1 << 40)  # ids new in this group, until it is durable
-
-        def dedup(ids: np.ndarray) -> np.ndarray:
-            ids = np.asarray(ids, dtype=np.int64)
-            fresh = ~self.seen.contains(ids)
-            fresh[fresh] = pending.add_new(ids[fresh])
-            return fresh
-
-        site_check = None
-        if self.app.kind.site_key and self.site:
-            site_check = self._site_check
-        accepted, dead, answers = [], [], []
-        counts = new_counts()
-        for sub in group:
-            try:
-                ok, refused, got = admit(
-                    self.app,
-                    sub.ok,
-                    sub.dead,
-                    sub.n_input,
-                    sub.source,
-                    sub.position,
-                    dedup,
-                    site_check,
-                )
-            except Exception as err:  # this submission's own problem, e.g. a step's bug
-                sub.future.set_exception(err)
-                continue
-            if ok.num_rows:
-                accepted.append(ok)
-            if refused.num_rows:
-                dead.append(refused)
-            for k, v in got.items():
-                counts[k] += v
-            if refused.num_rows:  # what a client most needs to fix
-                top = Counter(refused.column("reason").to_pylist()).most_common(5)
-                got = {**got, "reasons": dict(top)}
-            answers.append((sub.future, got))
-        ids = pending.ids()
-        events = pa.concat_tables(accepted, promote_options="default") if accepted else None
-        dead_rows = pa.concat_tables(dead) if dead else None
-        records: list[tuple[dict[str, Any], pa.Table]] = []
-        empty = pa.table({self.app.event_id: pa.array([], pa.int64())})
-        records.append(
-            ({"type": "events", "counts": counts}, events if events is not None else empty)
+    def _commit(self, group: list[Submission]) -> Logged:
+        site = self.site if self.app.kind.site_key else None
+        events, dead_rows, ids, counts, answers = admit_group(
+            self.app, group, self.seen, site, f"live:{self.name}"
         )
-        if self.app.steps:  # the steps may drop or rewrite ids: log the ones deduplicated
-            records.append(({"type": "ids"}, pa.table({"event_id": pa.array(ids, pa.int64())})))
-        if dead_rows is not None:
-            records.append(({"type": "dead"}, dead_rows))
-        records[-1][0]["last"] = True
+        records = log_records(self.app, events, ids, dead_rows, counts)
         if self.wal is not None:
             seqs = self.wal.append(records)
             self.wal.sync()
@@ -406,15 +306,9 @@ class Gate:
         self._count(counts)
         for future, got in answers:
             future.set_result(got)
-        return _Logged(last, events, dead_rows, ids, counts)
+        return Logged(last, events, dead_rows, ids, counts)
 
-    def _site_check(self, ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
-        assert self.site is not None
-        return check_site(
-            self.app, [self.site], ok, dead, f"live:{self.name}", -1, at_edge=self.site
-        )
-
-    def _dispatch(self, item: _Logged) -> None:
+    def _dispatch(self, item: Logged) -> None:
         """Send a logged group on: here and now if the dispatcher has nothing waiting and
         no shard is at its in-flight bound, else through the dispatcher thread."""
         with self._cond:
@@ -445,7 +339,7 @@ class Gate:
         with self._cond:
             self._shard_stats += finished
 
-    def _log_ready(self, item: _Logged) -> None:
+    def _log_ready(self, item: Logged) -> None:
         with self._cond:
             self._backlog.append(item)
             self._backlog_rows += item.events.num_rows if item.events is not None else 0
@@ -476,7 +370,7 @@ class Gate:
                     items.append(self._backlog.popleft())
                 self._busy = True
             try:
-                self._send(_merge(items))  # what waited goes on as one batch per shard
+                self._send(merge(items))  # what waited goes on as one batch per shard
                 finished = self.router.poll()
                 with self._cond:
                     self._shard_stats += finished
@@ -491,7 +385,7 @@ class Gate:
                     )
                     self._cond.notify_all()
 
-    def _send(self, item: _Logged) -> None:
+    def _send(self, item: Logged) -> None:
         if item.events is not None and item.events.num_rows:
             watermark = None
             if self.marks is not None and self.app.event_time is not None:

@@ -30,164 +30,30 @@ that restarts (``seek_committed``) is given again everything after its last comm
 >>> t.read(1).column("x").to_pylist()
 [2, 3]
 
-**Partitions.** A topic may have several partitions, each its own log with its own
-offsets (from 0), retention limits and order. With a ``partition_key`` the rows
-of one key always go to the same partition (a stable hash, the same in every
-process), so they stay in order; without one, each published batch goes whole to
-the next partition in turn. Rows of a partitioned topic carry ``_partition`` next
-to ``_offset``; a topic with one partition (the default) adds only ``_offset``,
-as it always did, so sinks and tables fed by it keep their columns.
-
->>> orders = Topic("orders", partitions=2, partition_key="customer")
->>> orders.publish(pa.table({"customer": ["b", "a", "b", "c"], "x": [1, 2, 3, 4]}))
-4
->>> orders.end_offsets()                       # rows of each partition
-{0: 3, 1: 1}
->>> orders.read(0, partition=0).select(["customer", "x", "_offset"]).to_pylist()
-[{'customer': 'b', 'x': 1, '_offset': 0}, {'customer': 'b', 'x': 3, '_offset': 1}, {'customer': 'c', 'x': 4, '_offset': 2}]
->>> got = orders.poll("billing", max_rows=2)   # fair: a share from each partition
->>> got.select(["_partition", "_offset", "x"]).to_pylist()
-[{'_partition': 0, '_offset': 0, 'x': 1}, {'_partition': 1, '_offset': 0, 'x': 2}]
->>> orders.commit("billing", next_offsets(got))
->>> orders.groups()["billing"]["lag"]           # rows not committed, over all partitions
-2
-
-**Durable offsets.** ``snapshot()`` is a JSON-able record of every partition's
-offsets and every group's committed offsets; ``restore()`` on a new, empty topic
-(after a restart) continues from there. The log itself lives in memory and is
-*not* in the snapshot: new rows get offsets after the old ones, and a group whose
-commit is before the new log start has those rows counted as ``skipped``.
-
->>> import json
->>> saved = json.loads(json.dumps(orders.snapshot()))
->>> again = Topic("orders", partitions=2, partition_key="customer")
->>> again.restore(saved)
->>> again.publish(pa.table({"customer": ["b"], "x": [5]}))
-5
->>> again.poll("billing").select(["_partition", "_offset", "x"]).to_pylist()
-[{'_partition': 0, '_offset': 3, 'x': 5}]
->>> again.groups()["billing"]["skipped"]        # offsets 1, 2 of partition 0 were lost
-2
+Partitions and durable offsets are shown in :mod:`runtime.topics`.
 """
 
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import ready, resolve
-from runtime.cluster.wire import pack, unpack
+from runtime.cluster.wire import unpack
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys, shard_of
+from runtime.topics.log import OFFSET, PARTITION, GroupCursor, PartitionLog, next_offsets
+from runtime.topics.push import MAX_PENDING, Pushes
 
 if TYPE_CHECKING:
     from runtime.topics.clients import SubscriberClient
 
-OFFSET = "_offset"
-PARTITION = "_partition"
-MAX_PENDING = 16
+__all__ = ["MAX_PENDING", "OFFSET", "PARTITION", "Topic", "next_offsets"]
+
 SNAPSHOT_VERSION = 1
-
-_RELEASED = pa.table({})  # stands in for a dropped batch until the list is compacted
-
-
-class _Log:
-    """One partition: its retained batches in offset order, and their accounting.
-
-    Batches live in parallel lists searched with ``bisect``; dropped ones are released
-    at once but their slots are only removed in bulk now and then, so dropping the
-    oldest batch stays O(1) however many batches are retained.
-    """
-
-    def __init__(self) -> None:
-        self.firsts: list[int] = []  # first offset of each batch
-        self.tables: list[pa.Table] = []
-        self.born: list[float] = []  # when each batch was published, for age retention
-        self.head = 0  # batches before this index were dropped
-        self.next = 0  # the offset the next row gets
-        self.rows = 0  # rows retained
-        self.bytes = 0  # bytes retained
-
-    def first(self) -> int:
-        """The oldest offset still retained (``next`` when nothing is)."""
-        return self.firsts[self.head] if self.head < len(self.firsts) else self.next
-
-    def batches(self) -> int:
-        return len(self.firsts) - self.head
-
-    def append(self, rows: pa.Table, born: float) -> int:
-        first = self.next
-        self.firsts.append(first)
-        self.tables.append(rows)
-        self.born.append(born)
-        self.next += rows.num_rows
-        self.rows += rows.num_rows
-        self.bytes += rows.nbytes
-        return first
-
-    def expire(self, max_rows: int, max_bytes: int | None, cutoff: float | None) -> None:
-        """Drop the oldest batches beyond the row, byte and age limits (never the newest)."""
-        while self.head < len(self.tables) - 1:
-            oldest = self.tables[self.head]
-            over_rows = self.rows - oldest.num_rows >= max_rows
-            over_bytes = max_bytes is not None and self.bytes > max_bytes
-            too_old = cutoff is not None and self.born[self.head] < cutoff
-            if not (over_rows or over_bytes or too_old):
-                break
-            self.rows -= oldest.num_rows
-            self.bytes -= oldest.nbytes
-            self.tables[self.head] = _RELEASED  # memory back now, not at the next compaction
-            self.head += 1
-        if self.head > 64 and 2 * self.head > len(self.firsts):  # amortised O(1) per drop
-            del self.firsts[: self.head], self.tables[: self.head], self.born[: self.head]
-            self.head = 0
-
-    def read(self, offset: int, max_rows: int) -> list[tuple[int, pa.Table]]:
-        """Up to ``max_rows`` rows from ``offset`` on (from the first retained if older),
-        as (first offset, rows) slices."""
-        out: list[tuple[int, pa.Table]] = []
-        if max_rows <= 0 or offset >= self.next:
-            return out
-        i = max(self.head, bisect_right(self.firsts, offset, self.head) - 1)
-        taken = 0
-        while i < len(self.tables) and taken < max_rows:
-            skip = max(0, offset - self.firsts[i])
-            part = self.tables[i].slice(skip, max_rows - taken)
-            if part.num_rows:
-                out.append((self.firsts[i] + skip, part))
-                taken += part.num_rows
-            i += 1
-        return out
-
-    def reset(self, next_offset: int) -> None:
-        """Start an empty log whose next row gets ``next_offset`` (after a restore)."""
-        self.firsts, self.tables, self.born = [], [], []
-        self.head = self.rows = self.bytes = 0
-        self.next = next_offset
-
-
-@dataclass
-class _Group:
-    """A consumer group's state, one entry per partition."""
-
-    position: list[int]  # next offset to hand out
-    #: every offset below was handed out or counted as skipped: a group that rewinds
-    #: (seek_committed) and finds its rows gone did see them, so they are not skipped again
-    delivered: list[int]
-    origin: list[int]  # where the group started: its commit until it commits
-    committed: list[int | None]  # first offset not processed, as the group said
-    skipped: list[int]  # rows retention dropped before the group was handed them
-    turn: int = 0  # rotates which partition gets the leftover of an uneven poll
-
-    def resume_at(self, p: int) -> int:
-        c = self.committed[p]
-        return self.origin[p] if c is None else c
 
 
 class Topic:
@@ -220,15 +86,10 @@ class Topic:
         self.partitions = partitions
         self.partition_key = partition_key
         self.label = label
-        self._logs = [_Log() for _ in range(partitions)]
+        self._logs = [PartitionLog() for _ in range(partitions)]
         self._rr = 0  # the partition the next key-less batch goes to
-        self._groups: dict[str, _Group] = {}
-        self._subscribers: dict[str, SubscriberClient] = {}
-        self._linger: dict[str, float] = {}
-        self._held: dict[str, list[pa.Table]] = {}
-        self._held_since: dict[str, float] = {}
-        self._pending: list[Any] = []
-        self.max_pending_seen = 0
+        self._groups: dict[str, GroupCursor] = {}
+        self._push = Pushes(clock)
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, rows: pa.Table) -> int:
@@ -246,20 +107,8 @@ class Topic:
         for log in self._logs:  # every partition: age limits apply to idle ones too
             log.expire(self.retention_rows, self.retention_bytes, cutoff)
         self._catch_up_all()
-        if self._subscribers:
-            batch = self._table(pieces)
-            packed = None
-            for name, sub in self._subscribers.items():
-                if name in self._linger:  # held back to be pushed with the next ones
-                    self._hold(name, batch, born)
-                    continue
-                if sub.remote:  # packed once for every subscriber across Ray
-                    packed = pack(batch) if packed is None else packed
-                self._pending.append(sub.on_batch(batch, packed))
-            self.max_pending_seen = max(self.max_pending_seen, len(self._pending))
-            if len(self._pending) > MAX_PENDING:  # a slow subscriber slows publishers
-                done, self._pending = ready(self._pending, len(self._pending) - MAX_PENDING)
-                resolve(done)
+        if self._push.subscribers:
+            self._push.deliver(self._table(pieces), born)
         return self.end_offset()
 
     def _split(self, rows: pa.Table) -> list[tuple[int, pa.Table]]:
@@ -309,7 +158,7 @@ class Topic:
             return pa.table({c: pa.array([], pa.int64()) for c in cols})
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
 
-    def _log(self, partition: int) -> _Log:
+    def _log(self, partition: int) -> PartitionLog:
         if not 0 <= partition < self.partitions:
             raise ConfigError(
                 f"topic {self.name!r} has partitions 0..{self.partitions - 1}, not {partition!r}"
@@ -340,18 +189,18 @@ class Topic:
         return self._table((partition, first, rows) for first, rows in got)
 
     # -- consumer groups (pull, at-least-once) ---------------------------------------------
-    def _group(self, group: str, start: str = "earliest") -> _Group:
+    def _group(self, group: str, start: str = "earliest") -> GroupCursor:
         if start not in ("earliest", "latest"):
             raise ConfigError(f"start must be 'earliest' or 'latest', not {start!r}")
         g = self._groups.get(group)
         if g is None:
             at = [log.first() if start == "earliest" else log.next for log in self._logs]
             n = self.partitions
-            g = _Group(list(at), list(at), list(at), [None] * n, [0] * n)
+            g = GroupCursor(list(at), list(at), list(at), [None] * n, [0] * n)
             self._groups[group] = g
         return g
 
-    def _catch_up(self, g: _Group, p: int) -> None:
+    def _catch_up(self, g: GroupCursor, p: int) -> None:
         """Move a group behind the log start to it, counting the rows it never got."""
         first = self._logs[p].first()
         if g.position[p] < first:
@@ -492,11 +341,8 @@ class Topic:
         waited that long (or at :meth:`flush` and :meth:`snapshot`): one call for many, for
         subscribers that do not need each row at once, like sinks writing tables.
         """
-        self._subscribers[name] = subscriber
-        if linger_s > 0:
-            self._linger[name] = linger_s
-            self._held.setdefault(name, [])
         if from_offset is None:
+            self._push.add(name, subscriber, linger_s, pa.table({}))
             return
         starts = (
             from_offset
@@ -508,32 +354,12 @@ class Topic:
             for p, offset in sorted(starts.items())
             for first, rows in self._log(p).read(offset, max(1, self._logs[p].next - offset))
         )
-        if backlog.num_rows:
-            self._pending.append(subscriber.on_batch(backlog))
-
-    def _hold(self, name: str, batch: pa.Table, now: float) -> None:
-        held = self._held[name]
-        if not held:
-            self._held_since[name] = now
-        held.append(batch)
-        if now - self._held_since[name] >= self._linger[name]:
-            self._release(name)
-
-    def _release(self, name: str) -> None:
-        held, self._held[name] = self._held.get(name, []), []
-        if held:
-            sub = self._subscribers[name]
-            rows = pa.concat_tables(held, promote_options="default")
-            self._pending.append(sub.on_batch(rows))
+        self._push.add(name, subscriber, linger_s, backlog)
 
     def flush(self) -> int:
         """Wait until subscribers took every batch, and ask them to flush; returns
         ``end_offset()``."""
-        for name in self._linger:
-            self._release(name)
-        pending, self._pending = self._pending, []  # a failure is reported once, not forever
-        resolve(pending)
-        resolve([s.flush() for s in self._subscribers.values()])
+        self._push.flush()
         return self.end_offset()
 
     def stats(self) -> dict[str, Any]:
@@ -553,7 +379,7 @@ class Topic:
             k: sum(v[k] for v in per.values())
             for k in ("end_offset", "first_offset", "retained_rows", "retained_bytes")
         }
-        out.update(pending=len(self._pending), max_pending_seen=self.max_pending_seen)
+        out.update(pending=self._push.pending, max_pending_seen=self._push.max_pending_seen)
         out["partitions"] = per
         return out
 
@@ -562,8 +388,7 @@ class Topic:
         """Offsets to carry over a restart, JSON-able: per partition the next and the first
         retained offset, per group its committed offsets (where it resumes) and skipped
         counts. The rows themselves are not in it. Held batches go out first."""
-        for name in self._linger:
-            self._release(name)
+        self._push.release_all()
         return {
             "version": SNAPSHOT_VERSION,
             "name": self.name,
@@ -617,24 +442,8 @@ class Topic:
             skipped += [0] * (self.partitions - len(skipped))
             # nothing after the commit is known to have been handed out: ``delivered``
             # starts there, so rows the new log no longer has count as skipped
-            g = _Group(list(committed), list(committed), list(committed), [*committed], skipped)
+            g = GroupCursor(
+                list(committed), list(committed), list(committed), [*committed], skipped
+            )
             self._groups[name] = g
         self._catch_up_all()
-
-
-def next_offsets(rows: pa.Table) -> dict[int, int]:
-    """What to ``commit`` after processing ``rows`` from ``poll``: per partition in them,
-    the offset after the last one (a table without ``_partition``: partition 0).
-
-    >>> next_offsets(pa.table({"_partition": [0, 1, 0], "_offset": [4, 9, 5]}))
-    {0: 6, 1: 10}
-    """
-    if rows.num_rows == 0:
-        return {}
-    offsets = rows.column(OFFSET).to_numpy()
-    if PARTITION not in rows.column_names:
-        return {0: int(offsets.max()) + 1}
-    parts = rows.column(PARTITION).to_numpy()
-    top = np.full(int(parts.max()) + 1, -1, dtype=np.int64)
-    np.maximum.at(top, parts, offsets)
-    return {int(p): int(top[p]) + 1 for p in np.flatnonzero(top >= 0)}

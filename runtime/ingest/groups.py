@@ -1,0 +1,154 @@
+"""What a gate logs: the submissions of one group commit, admitted together, and the
+write-ahead log records they become (and are read back from after a crash).
+
+A group commit admits every queued submission (dedup against what was applied or logged
+before and within the group, the app's steps, the site check), then logs one record of
+accepted events, one of the deduplicated ids when the app's steps may rewrite them, and
+one of dead letters; the last record of a group is marked, so a replay after a crash
+takes whole groups only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from runtime.dataflow.app import App, admit, check_site, new_counts
+from runtime.ingest.wal import WriteAheadLog
+from runtime.state.index import SeenSet
+
+
+@dataclass
+class Submission:
+    ok: pa.Table
+    dead: pa.Table
+    n_input: int
+    source: str
+    position: int
+    future: Future
+
+
+@dataclass
+class Logged:
+    """One group commit as the dispatcher sends it on."""
+
+    seq: int  # the seq of its last log record: the gate's position is past it once sent
+    events: pa.Table | None
+    dead: pa.Table | None
+    ids: np.ndarray
+    counts: dict[str, int]
+
+
+def merge(items: list[Logged]) -> Logged:
+    """Consecutive logged groups as one (their events and dead letters in log order)."""
+    if len(items) == 1:
+        return items[0]
+    events = [i.events for i in items if i.events is not None and i.events.num_rows]
+    dead = [i.dead for i in items if i.dead is not None]
+    counts = new_counts()
+    for i in items:
+        for k, v in i.counts.items():
+            counts[k] += v
+    return Logged(
+        items[-1].seq,
+        pa.concat_tables(events, promote_options="default") if events else None,
+        pa.concat_tables(dead) if dead else None,
+        np.concatenate([i.ids for i in items]),
+        counts,
+    )
+
+
+def admit_group(
+    app: App, group: list[Submission], seen: SeenSet, site: str | None, source: str
+) -> tuple[pa.Table | None, pa.Table | None, np.ndarray, dict[str, int], list[tuple[Future, Any]]]:
+    """Admit ``group`` as one: (accepted events, dead letters, new ids, counts, answers).
+    A submission whose own admission raises gets the error as its answer, alone."""
+    pending = SeenSet(capacity=1 << 40)  # ids new in this group, until it is durable
+
+    def dedup(ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        fresh = ~seen.contains(ids)
+        fresh[fresh] = pending.add_new(ids[fresh])
+        return fresh
+
+    site_check = None
+    if site:
+
+        def site_check(ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
+            return check_site(app, [site], ok, dead, source, -1, at_edge=site)
+
+    accepted, dead, answers = [], [], []
+    counts = new_counts()
+    for sub in group:
+        try:
+            ok, refused, got = admit(
+                app,
+                sub.ok,
+                sub.dead,
+                sub.n_input,
+                sub.source,
+                sub.position,
+                dedup,
+                site_check,
+            )
+        except Exception as err:  # this submission's own problem, e.g. a step's bug
+            sub.future.set_exception(err)
+            continue
+        if ok.num_rows:
+            accepted.append(ok)
+        if refused.num_rows:
+            dead.append(refused)
+        for k, v in got.items():
+            counts[k] += v
+        if refused.num_rows:  # what a client most needs to fix
+            top = Counter(refused.column("reason").to_pylist()).most_common(5)
+            got = {**got, "reasons": dict(top)}
+        answers.append((sub.future, got))
+    ids = pending.ids()
+    events = pa.concat_tables(accepted, promote_options="default") if accepted else None
+    dead_rows = pa.concat_tables(dead) if dead else None
+    return events, dead_rows, ids, counts, answers
+
+
+def log_records(
+    app: App,
+    events: pa.Table | None,
+    ids: np.ndarray,
+    dead_rows: pa.Table | None,
+    counts: dict[str, int],
+) -> list[tuple[dict[str, Any], pa.Table]]:
+    """The write-ahead log records of one admitted group (the last one marked)."""
+    records: list[tuple[dict[str, Any], pa.Table]] = []
+    empty = pa.table({app.event_id: pa.array([], pa.int64())})
+    records.append(({"type": "events", "counts": counts}, events if events is not None else empty))
+    if app.steps:  # the steps may drop or rewrite ids: log the ones deduplicated
+        records.append(({"type": "ids"}, pa.table({"event_id": pa.array(ids, pa.int64())})))
+    if dead_rows is not None:
+        records.append(({"type": "dead"}, dead_rows))
+    records[-1][0]["last"] = True
+    return records
+
+
+def replay(wal: WriteAheadLog, committed: int, event_id: str) -> Iterator[Logged]:
+    """The whole groups logged from ``committed`` on, in order."""
+    pending: dict[str, Any] = {}
+    for seq, meta, table in wal.replay(committed):
+        kind = meta.get("type")
+        if kind == "events":
+            pending = {"events": table, "counts": meta.get("counts", {}), "dead": None}
+            pending["ids"] = table.column(event_id).to_numpy()
+        elif kind == "dead":
+            pending["dead"] = table
+        elif kind == "ids":
+            pending["ids"] = table.column("event_id").to_numpy()
+        if meta.get("last"):
+            ids = np.asarray(pending.get("ids", np.zeros(0, np.int64)), dtype=np.int64)
+            counts = {**new_counts(), **pending.get("counts", {})}
+            yield Logged(seq, pending.get("events"), pending.get("dead"), ids, counts)
+            pending = {}
