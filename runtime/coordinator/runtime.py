@@ -466,6 +466,7 @@ class Runtime:
                             t: outlet(len(handles), retention, shares[t][len(handles)])
                             for t in colocated
                         },
+                        site=site,
                         spec=ActorSpec(name, "shard", kind_cls.name, site),
                     )
                 )
