@@ -28,7 +28,7 @@ import math
 import pickle
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,15 +153,23 @@ def split(events: pa.Table, sizes: tuple[int, ...] = SMALL_BATCHES) -> list[pa.T
 
 @contextmanager
 def running(
-    kind_cls: type[EntityKind], config: Any, data_dir: str, sites: list[str] | None
+    kind_cls: type[EntityKind], config: Any, data_dir: str | None, sites: list[str] | None
 ) -> Iterator[Runtime]:
-    """A local runtime hosting ``kind_cls``; stopped without a checkpoint of its own."""
-    rt = Runtime(data_dir=data_dir, mode="local", shards=SHARDS).start()
-    try:
-        rt.register(kind_cls, config, sites=sites if kind_cls.site_key else None)
-        yield rt
-    finally:
-        rt.stop(checkpoint=False)
+    """A local runtime hosting ``kind_cls`` in ``data_dir`` (None: a temporary folder,
+    removed after); stopped without a checkpoint of its own."""
+    with ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(scratch())
+        rt = Runtime(data_dir=data_dir, mode="local", shards=SHARDS).start()
+        try:
+            rt.register(kind_cls, config, sites=sites if kind_cls.site_key else None)
+            yield rt
+        finally:
+            rt.stop(checkpoint=False)
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="edgecore-checks-", ignore_cleanup_errors=True)
 
 
 def feed(rt: Runtime, kind_cls: type[EntityKind], batches: list[pa.Table]) -> None:
@@ -226,7 +234,7 @@ class Case:
 
     def run(self, batches: list[pa.Table]) -> Seen:
         """Feed ``batches`` to a fresh runtime, then the final watermark; what it left."""
-        with running(self.kind_cls, self.config, tempfile.mkdtemp(), self.sites) as rt:
+        with running(self.kind_cls, self.config, None, self.sites) as rt:
             feed(rt, self.kind_cls, batches)
             self.finish(rt)
             return look(rt, self.kind_cls, self.config, self.keys, self.drop)
@@ -284,7 +292,7 @@ def _check_round_trip(case: Case, first: list[pa.Table], rest: list[pa.Table]) -
     restore that drops state shows here, not in a restart compared with a checkpoint.)"""
     runs = []
     for round_trip in (False, True):
-        with running(case.kind_cls, case.config, tempfile.mkdtemp(), case.sites) as rt:
+        with running(case.kind_cls, case.config, None, case.sites) as rt:
             feed(rt, case.kind_cls, first)
             shards = rt.shards_of(case.kind_cls.name)
             blobs = resolve([h.call("snapshot_kind") for h in shards])  # (both: side effects)
@@ -313,37 +321,38 @@ def check_restore(case: Case) -> None:
     kind_cls, n = case.kind_cls, case.events.num_rows
     first, rest = [case.events.slice(0, n // 2)], [case.events.slice(n // 2)]
     _check_round_trip(case, first, rest)
-    data_dir, known = tempfile.mkdtemp(), keys_of(kind_cls, first[0])
-    with running(kind_cls, case.config, data_dir, case.sites) as rt:
-        feed(rt, kind_cls, first)
-        rt.checkpoint()
-        before = look(rt, kind_cls, case.config, known, case.drop)  # as committed
-    with running(kind_cls, case.config, data_dir, case.sites) as rt:
-        after = look(rt, kind_cls, case.config, known, case.drop)
-        for key in known:
-            diff = first_difference(after.states.get(key), before.states.get(key))
-            if diff:
-                raise ContractError(
-                    f"{where(kind_cls)} fails check_restore: key {kind_cls.key}={key!r}, "
-                    f"field {diff} (after restart != before). Stored profiles are what "
-                    "export() returns: it may add columns but must not change state fields."
-                )
-        for i, (now, saved) in enumerate(
-            zip(after.snapshots, saved_snapshots(rt, kind_cls), strict=True)
-        ):
-            # snapshots are compared by what they do (below), not byte for byte: a pickle
-            # of equal state may differ (chunking of tables, a process clock)
-            if saved is not None and now is None:
-                raise ContractError(
-                    f"{where(kind_cls)} fails check_restore: the checkpoint saved a kind "
-                    f"snapshot, but after restore(blob) shard {i}'s snapshot() returns None"
-                )
-        feed(rt, kind_cls, rest)
-        case.finish(rt)
-        resumed = look(rt, kind_cls, case.config, case.keys, case.drop)
+    known = keys_of(kind_cls, first[0])
+    with scratch() as data_dir:
+        with running(kind_cls, case.config, data_dir, case.sites) as rt:
+            feed(rt, kind_cls, first)
+            rt.checkpoint()
+            before = look(rt, kind_cls, case.config, known, case.drop)  # as committed
+        with running(kind_cls, case.config, data_dir, case.sites) as rt:
+            after = look(rt, kind_cls, case.config, known, case.drop)
+            for key in known:
+                diff = first_difference(after.states.get(key), before.states.get(key))
+                if diff:
+                    raise ContractError(
+                        f"{where(kind_cls)} fails check_restore: key {kind_cls.key}={key!r}, "
+                        f"field {diff} (after restart != before). Stored profiles are what "
+                        "export() returns: it may add columns but must not change state fields."
+                    )
+            for i, (now, saved) in enumerate(
+                zip(after.snapshots, saved_snapshots(rt, kind_cls), strict=True)
+            ):
+                # snapshots are compared by what they do (below), not byte for byte: a pickle
+                # of equal state may differ (chunking of tables, a process clock)
+                if saved is not None and now is None:
+                    raise ContractError(
+                        f"{where(kind_cls)} fails check_restore: the checkpoint saved a kind "
+                        f"snapshot, but after restore(blob) shard {i}'s snapshot() returns None"
+                    )
+            feed(rt, kind_cls, rest)
+            case.finish(rt)
+            resumed = look(rt, kind_cls, case.config, case.keys, case.drop)
     # the same cut without a restart; the restarted topics start empty (their rows are not
     # kept over a restart), so compare only what the second half emitted
-    with running(kind_cls, case.config, tempfile.mkdtemp(), case.sites) as rt:
+    with running(kind_cls, case.config, None, case.sites) as rt:
         feed(rt, kind_cls, first)
         rt.checkpoint()
         halfway = look(rt, kind_cls, case.config, case.keys, case.drop)
@@ -406,7 +415,7 @@ def check_handlers(case: Case) -> None:
     """Every handler takes ``(self, state, ...)``; those with no further required argument
     run on an entity and return something picklable (Ray carries it back)."""
     kind_cls = case.kind_cls
-    with running(kind_cls, case.config, tempfile.mkdtemp(), case.sites) as rt:
+    with running(kind_cls, case.config, None, case.sites) as rt:
         feed(rt, kind_cls, [case.events])
         for name, fn in sorted(kind_cls.handlers().items()):
             params = list(inspect.signature(fn).parameters.values())[2:]
