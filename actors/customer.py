@@ -88,6 +88,8 @@ class Customer(EntityKind):
     name = "customers"
     key = "customer_id"
     topics = ("alerts", "predictions")
+    #: when the alert was raised (wall clock): differs between two runs of the same events
+    volatile_columns = ("detected_at",)
     state = {
         "txn_count": "int64",
         "amount_sum": "float64",

@@ -263,6 +263,9 @@ class CategoryAverage(EntityKind):
     key = "category"
     state: ClassVar[dict[str, str]] = {"total": "float64", "auctions": "int64"}
     topics = ("q4",)
+    #: an upsert stream: a category's average is re-emitted once per batch that changes
+    #: it, so the number of rows depends on batching; the last one per category does not
+    changelog_topics: ClassVar[dict[str, tuple[str, ...]]] = {"q4": ("category",)}
 
     def apply(self, batch: Batch) -> None:
         st = batch.state

@@ -58,3 +58,9 @@ class ActorFailedError(EdgecoreError, RuntimeError):
 
 class StoreError(EdgecoreError, RuntimeError):
     """LanceDB could not be read or written; names the table and the data folder."""
+
+
+class ContractError(EdgecoreError, AssertionError):
+    """A kind, source or sink breaks a contract of :mod:`runtime.testing.checks`; names it,
+    the field or column that broke and the fix. An ``AssertionError`` too, so a failed
+    check reads as a failed test."""

@@ -127,10 +127,10 @@ def test_demo_json(ray_session, tmp_path):
     assert again["resumed_from"] == 20_000 and again["duplicates"] == 0  # the stream goes on
 
 
-@pytest.mark.parametrize("block", range(4))
+@pytest.mark.parametrize("block", range(5))
 def test_readme_python_examples_run(ray_session, block):
     code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert len(code) == 4
+    assert len(code) == 5
     exec(
         compile(code[block], f"README.md[python {block}]", "exec"), {"__name__": f"readme_{block}"}
     )

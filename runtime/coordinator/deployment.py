@@ -278,6 +278,7 @@ class Deployment:
                     forwards=forwards,
                     channel=shard_name,
                     outlets={t: outlet(j, self.config.retention, shares[t][j]) for t in hosted},
+                    site=site,
                     spec=ActorSpec(shard_name, "shard", name, site),
                 )
                 shards.append(ShardClient(handle))

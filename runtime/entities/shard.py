@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from runtime.cluster.handles import ready, resolve
 from runtime.cluster.wire import unpack
@@ -148,8 +149,12 @@ class Shard:
         forwards: dict[str, tuple[type[EntityKind], list[ShardClient], int]] | None = None,
         channel: str | None = None,
         outlets: dict[str, dict[str, Any]] | None = None,
+        site: str | None = None,
     ) -> None:
         self._lock = threading.RLock()
+        #: the site this shard serves, for a site-partitioned kind: its stored profiles
+        #: carry the site, so a restart loads each entity at its own site only
+        self.site = site if kind_cls.site_key else None
         self.kind_cls = kind_cls
         self.kind = kind_cls(kind_config)
         self.name = kind_cls.name
@@ -198,11 +203,22 @@ class Shard:
     # -- activation ------------------------------------------------------------------------
     def _warm_start(self) -> None:
         """Learn which keys have stored profiles; load them now if they fit the budget."""
+        self._tag_site = self.site is not None
         if not self.store.exists(self.name):
             return
         stored = self.store.read(self.name)
         hashes = stored.column("_key_hash").to_numpy().view(np.uint64)
-        mine = np.flatnonzero(shard_of(hashes, self.n_shards) == self.shard_id)
+        ours = shard_of(hashes, self.n_shards) == self.shard_id
+        site_key = self.kind_cls.site_key
+        if self.site is not None and site_key in stored.column_names:
+            # the same shard index of every other site routes these hashes too: without
+            # this, each site would hold a stale copy of the others' entities after a
+            # restart, and a get or a handler call could reach it (no site: as before)
+            here = pc.fill_null(pc.equal(stored.column(site_key), self.site), True)
+            ours &= here.to_numpy(zero_copy_only=False)
+        # profiles get the site column unless a table stored without one is there already
+        self._tag_site = self.site is not None and site_key in stored.column_names
+        mine = np.flatnonzero(ours)
         self._stored = np.sort(hashes[mine])
         if 0 < len(mine) <= self.max_active:
             self._activate_from(stored.take(pa.array(mine)))
@@ -467,6 +483,9 @@ class Shard:
             new = table.column("_key_hash").to_numpy().view(np.uint64)
             self._stored = np.union1d(self._stored, new)
             table = self.kind.export(table)
+            if self._tag_site and self.kind_cls.site_key not in table.column_names:
+                site = pa.array([self.site] * table.num_rows, pa.string())
+                table = table.append_column(self.kind_cls.site_key, site)
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
         return Drained(table, self.kind.snapshot(), fwd, outlets)
 

@@ -2,6 +2,13 @@
 small kinds (``fixtures``), and the contracts every kind, source and sink must meet
 (``checks``)."""
 
+from runtime.testing.checks import (
+    check_kind,
+    check_sink,
+    check_source,
+    check_subscriber,
+    yield_checks,
+)
 from runtime.testing.fixtures import (
     EchoTally,
     FakeClock,
@@ -21,5 +28,10 @@ __all__ = [
     "SiteTally",
     "SlowSink",
     "Tally",
+    "check_kind",
+    "check_sink",
+    "check_source",
+    "check_subscriber",
     "tally_app",
+    "yield_checks",
 ]
