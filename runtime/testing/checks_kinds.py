@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.cluster.handles import resolve
-from runtime.coordinator.runtime import SNAPSHOTS, Runtime
+from runtime.coordinator.checkpoint import SNAPSHOTS
+from runtime.coordinator.runtime import Runtime
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError, ContractError, UnknownEntityError
 
@@ -203,7 +204,7 @@ def look(
                 seen.states[k] = rt.entity_state(kind_cls.name, k)
             except UnknownEntityError:  # a difference when the other run knows it
                 seen.states[k] = None
-    seen.snapshots = resolve([h.call("snapshot_kind") for h in rt.shards_of(kind_cls.name)])
+    seen.snapshots = resolve([h.snapshot_kind() for h in rt.shards_of(kind_cls.name)])
     changelog = dict(getattr(kind_cls, "changelog_topics", {}))
     for topic in kind_cls(config).active_topics():
         rows = rt.read_topic(topic)
@@ -242,8 +243,8 @@ class Case:
     def finish(self, rt: Runtime) -> None:
         """Event time to the end: operators fire what they still hold."""
         if self.watermark is not None:
-            rt.advance(self.kind_cls.name, self.watermark)
-            rt.drain_inflight()
+            rt.routing.advance(self.kind_cls.name, self.watermark)
+            rt.routing.drain()
 
     def compare(self, got: Seen, want: Seen, check: str, how: str, fix: str) -> None:
         """Raise naming the first entity field or emitted row that differs."""
@@ -295,10 +296,10 @@ def _check_round_trip(case: Case, first: list[pa.Table], rest: list[pa.Table]) -
         with running(case.kind_cls, case.config, None, case.sites) as rt:
             feed(rt, case.kind_cls, first)
             shards = rt.shards_of(case.kind_cls.name)
-            blobs = resolve([h.call("snapshot_kind") for h in shards])  # (both: side effects)
+            blobs = resolve([h.snapshot_kind() for h in shards])  # (both: side effects)
             if round_trip:
                 resolve(
-                    [h.call("restore_kind", b) for h, b in zip(shards, blobs, strict=True) if b]
+                    [h.restore_kind(b) for h, b in zip(shards, blobs, strict=True) if b]
                 )
             feed(rt, case.kind_cls, rest)
             case.finish(rt)
