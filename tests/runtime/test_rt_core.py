@@ -197,7 +197,7 @@ def test_idle_clock_stays_small_on_a_busy_shard(tmp_path):
     for _ in range(2_000):  # 2,000 batches over 100 s
         shard.apply(t)
         clock.advance(0.05)
-    assert len(shard._clock_seq) <= 32
+    assert len(shard.res._clock_seq) <= 32
     shard.apply(pa.table({"user_id": ["b"], "_key_hash": pa.array(hash_keys(pa.array(["b"])))}))
     clock.advance(31)
     shard.apply(pa.table({"user_id": ["c"], "_key_hash": pa.array(hash_keys(pa.array(["c"])))}))
