@@ -1,6 +1,6 @@
 """The NEXMark queries Q0-Q5, Q7, Q8 as pipelines on the runtime.
 
-Every query reads the one NEXMark stream (:func:`actors.nexmark.union`: persons,
+Every query reads the one NEXMark stream (:func:`actors.nexmark.generator.union`: persons,
 auctions and bids in event order, ``type`` telling them apart), validates it, and runs
 its own steps; what a query emits lands on the topic named after it (``q0`` ...). The
 windowed and join queries use the runtime's event-time operators, checkpointed per
