@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.errors import ConfigError
 
@@ -136,12 +137,8 @@ class Device(EntityKind):
         cfg: DeviceConfig = self.config
         ev, st = batch.events, batch.state
         order, gstart = batch.order, batch.starts  # grouped by device, arrival order kept
-        s = batch.slots[order]
+        s, gsize, grp, rank, gslot = by_entity(batch)
         n = len(s)
-        gsize = np.diff(np.append(gstart, n))
-        grp = np.repeat(np.arange(len(gstart)), gsize)
-        rank = np.arange(n) - gstart[grp]
-        gslot = s[gstart]
         c = st.cols
         t = ev.column("ts").cast(pa.int64()).to_numpy()[order]
         x = np.column_stack([ev.column(m).to_numpy()[order] for m in METRICS])

@@ -38,6 +38,7 @@ from actors.fraud.features import (
     haversine_km,
 )
 from actors.fraud.model import OnlineModel
+from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
 
@@ -117,16 +118,12 @@ class Customer(EntityKind):
         cfg: FraudConfig = self.config
         ev, st = batch.events, batch.state
         order, gstart = batch.order, batch.starts  # grouped by customer, arrival order kept
-        s = batch.slots[order]
+        s, gsize, grp, rank, gslot = by_entity(batch)
+        n = len(s)
         num = lambda name: ev.column(name).to_numpy()[order]  # noqa: E731
         t = ev.column("ts").cast(pa.int64()).to_numpy()[order]
         amt, lat, lon = num("amount"), num("lat"), num("lon")
         dev = hash_keys(ev.column("device_id")).view(np.int64)[order]
-        n = len(s)
-        gsize = np.diff(np.append(gstart, n))
-        grp = np.repeat(np.arange(len(gstart)), gsize)
-        rank = np.arange(n) - gstart[grp]
-        gslot = s[gstart]
         c = st.cols
 
         def before(values: np.ndarray, base: np.ndarray) -> np.ndarray:

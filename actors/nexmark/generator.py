@@ -64,6 +64,7 @@ Times (``date_time``, ``expires``) are int64 milliseconds since the epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,19 @@ def _hot(rng: np.random.Generator, ratio: int, n: int) -> np.ndarray:
     return rng.integers(0, ratio, n) > 0
 
 
+def _hot_or_next(
+    cfg: NexmarkConfig,
+    rng: np.random.Generator,
+    event_id: np.ndarray,
+    ratio: int,
+    hot: np.ndarray,
+    next_id: Callable[[NexmarkConfig, np.random.Generator, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The ``hot`` id with probability ``1 - 1/ratio``, else ``next_id``'s draw (the hot
+    choice is drawn first, as the reference does)."""
+    return np.where(_hot(rng, ratio, len(event_id)), hot, next_id(cfg, rng, event_id))
+
+
 def _next_price(rng: np.random.Generator, n: int) -> np.ndarray:
     """PriceGenerator.nextPrice: ``Math.round(10^(u*6) * 100)``, log-uniform 100..1e8."""
     return np.floor(10.0 ** (rng.random(n) * 6.0) * 100.0 + 0.5).astype(np.int64)
@@ -266,10 +280,9 @@ def _auctions(
 ) -> pa.Table:
     n = len(event_id)
     last_person = _last_base0_person_id(cfg, event_id)
-    seller = np.where(
-        _hot(rng, cfg.hot_sellers_ratio, n),
-        last_person // HOT_SELLER_RATIO * HOT_SELLER_RATIO,
-        _next_base0_person_id(cfg, rng, event_id),
+    hot_seller = last_person // HOT_SELLER_RATIO * HOT_SELLER_RATIO
+    seller = _hot_or_next(
+        cfg, rng, event_id, cfg.hot_sellers_ratio, hot_seller, _next_base0_person_id
     )
     category = FIRST_CATEGORY_ID + rng.integers(0, NUM_CATEGORIES, n)
     initial_bid = _next_price(rng, n)
@@ -305,16 +318,14 @@ def _bids(
 ) -> pa.Table:
     n = len(event_id)
     last_auction = _last_base0_auction_id(cfg, event_id)
-    auction = np.where(
-        _hot(rng, cfg.hot_auction_ratio, n),
-        last_auction // HOT_AUCTION_RATIO * HOT_AUCTION_RATIO,
-        _next_base0_auction_id(cfg, rng, event_id),
+    hot_auction = last_auction // HOT_AUCTION_RATIO * HOT_AUCTION_RATIO
+    auction = _hot_or_next(
+        cfg, rng, event_id, cfg.hot_auction_ratio, hot_auction, _next_base0_auction_id
     )
     last_person = _last_base0_person_id(cfg, event_id)
-    bidder = np.where(
-        _hot(rng, cfg.hot_bidders_ratio, n),
-        last_person // HOT_BIDDER_RATIO * HOT_BIDDER_RATIO + 1,
-        _next_base0_person_id(cfg, rng, event_id),
+    hot_bidder = last_person // HOT_BIDDER_RATIO * HOT_BIDDER_RATIO + 1
+    bidder = _hot_or_next(
+        cfg, rng, event_id, cfg.hot_bidders_ratio, hot_bidder, _next_base0_person_id
     )
     price = _next_price(rng, n)
     channels, urls = channel_table(cfg)
