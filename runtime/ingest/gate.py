@@ -57,7 +57,8 @@ import pyarrow as pa
 
 from runtime.cluster.handles import Handle, ready, resolve
 from runtime.cluster.wire import pack_for
-from runtime.dataflow.app import App, admit, check_site, new_counts
+from runtime.dataflow.app import App, new_counts
+from runtime.dataflow.screen import admit, check_site
 from runtime.entities.router import Router
 from runtime.errors import EdgecoreError
 from runtime.eventtime.watermarks import Watermarks
