@@ -1,10 +1,10 @@
 """Single-process, vectorized numpy baseline of the card-fraud app (the yardstick for the runtime).
 
-An independent re-implementation of what ``actors.fraud.make_app`` + ``Customer.apply`` do,
+An independent re-implementation of what ``actors.fraud.app.make_app`` + ``Customer.apply`` do,
 without shards, Ray or LanceDB: one global set of numpy arrays holds every customer's
 profile, indexed by a dense customer number. Per batch it
 
-1. validates the rows (``actors.fraud.TRANSACTIONS.validate``) and drops redelivered
+1. validates the rows (``actors.fraud.app.TRANSACTIONS.validate``) and drops redelivered
    ``event_id``s (a sorted array of seen ids; the first occurrence wins);
 2. groups the events by customer, arrival order kept, and computes each event's features
    against the profile *as it was just before that event*: the stored profile plus prefix
@@ -16,8 +16,8 @@ profile, indexed by a dense customer number. Per batch it
    share of non-frauds as ``Customer.apply``, weighted back up);
 5. folds the batch into the profiles.
 
-Only the model (``actors.model.OnlineModel``) and the feature scaling
-(``actors.customer.features``) are shared with the runtime, so both score the same
+Only the model (``actors.fraud.model.OnlineModel``) and the feature scaling
+(``actors.fraud.features.features``) are shared with the runtime, so both score the same
 feature vectors. There is **one model for the whole stream** (no replicas), trained batch
 by batch. The runtime keeps one replica per shard, each learning from its shard's share
 of the labels, and averages them at checkpoints, so its model scores differ slightly:
@@ -57,9 +57,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.customer import FraudConfig, features
-from actors.fraud import TRANSACTIONS
-from actors.model import OnlineModel
+from actors.fraud.app import TRANSACTIONS
+from actors.fraud.customer import FraudConfig
+from actors.fraud.features import features
+from actors.fraud.model import OnlineModel
 from runtime.state.keys import hash_keys
 
 NO_TS = -(2**62)  # empty slot of the recent-timestamps ring

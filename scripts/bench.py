@@ -122,7 +122,7 @@ def generate(path: Path, events: int, customers: int) -> float:
     t0 = time.perf_counter()
     code = (
         "import sys\n"
-        "from actors.generator import TxnGeneratorConfig, write_transactions\n"
+        "from actors.fraud.generator import TxnGeneratorConfig, write_transactions\n"
         "write_transactions(sys.argv[1], int(sys.argv[2]), TxnGeneratorConfig(n_customers=int(sys.argv[3])))\n"
     )
     subprocess.run([sys.executable, "-c", code, str(path), str(events), str(customers)], check=True)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.device import demo_source, device_app
+from actors.devices.app import demo_source, device_app
 from runtime import Runtime
 from runtime.cluster.local import LocalCluster
 from runtime.cluster.placement import DefaultPolicy, Placement

@@ -54,7 +54,7 @@ def payloads(rate: int, seconds: float, fmt: str, id_base: int) -> list[tuple[np
     """Pre-encoded batches (event ids, body), so the sender only sends."""
     import pyarrow as pa
 
-    from actors.generator import TxnGenerator, TxnGeneratorConfig
+    from actors.fraud.generator import TxnGenerator, TxnGeneratorConfig
 
     per_batch = max(1, rate * BATCH_MS // 1000)
     gen = TxnGenerator(TxnGeneratorConfig(n_customers=20_000, fraud_rate=0.01))

@@ -1,8 +1,8 @@
 """NEXMark on the runtime: events/s per query, side by side with Flink's published figures.
 
-Generates the standard NEXMark stream (``actors.nexmark``), writes it to
+Generates the standard NEXMark stream (``actors.nexmark.generator``), writes it to
 ``OUT/person.parquet``, ``OUT/auction.parquet``, ``OUT/bid.parquet``, then runs each
-query (``actors.nexmark_queries``) on an embedded Ray with one shard per core and
+query (``actors.nexmark.queries``) on an embedded Ray with one shard per core and
 writes its answer to ``OUT/qN.parquet``. Events/s counts every event of the stream
 (persons, auctions and bids), as the nexmark/nexmark benchmark does, from the first
 batch in to the last result published; starting the actors is timed apart.
@@ -26,8 +26,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from actors.nexmark import NexmarkConfig, generate, union, write
-from actors.nexmark_queries import QUERIES, answer
+from actors.nexmark.config import NexmarkConfig
+from actors.nexmark.generator import generate, union, write
+from actors.nexmark.queries import QUERIES, answer
 from runtime import Runtime
 from runtime.cluster.handles import init_ray
 from runtime.dataflow.app import run, setup

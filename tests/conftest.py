@@ -26,7 +26,7 @@ def ray_session():
 
 
 def make_transactions(path: Path, n: int, customers: int, seed: int = 7) -> Path:
-    from actors.generator import TxnGeneratorConfig, write_transactions
+    from actors.fraud.generator import TxnGeneratorConfig, write_transactions
 
     return write_transactions(path, n, TxnGeneratorConfig(n_customers=customers, seed=seed))
 

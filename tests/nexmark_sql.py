@@ -1,7 +1,7 @@
 """NEXMark reference queries in DuckDB SQL, the oracle for the runtime's implementations.
 
 Follows the Flink SQL of ``nexmark/nexmark`` (``nexmark-flink/src/main/resources/queries/
-q*.sql``) over the tables of :func:`actors.nexmark.generate`, registered as views
+q*.sql``) over the tables of :func:`actors.nexmark.generator.generate`, registered as views
 ``person``, ``auction``, ``bid``. Times are int64 ms since the epoch, so Flink's
 ``TUMBLE``/``HOP`` table functions are spelled out as arithmetic:
 
@@ -129,7 +129,7 @@ def reference(
     """The result of NEXMark query ``q`` (q0, q1, q2, q3, q4, q5, q7, q8) as Arrow.
 
     ``con_or_tables`` is a DuckDB connection that already has views ``person``,
-    ``auction``, ``bid`` (with ``event_id``), or the dict :func:`actors.nexmark.generate`
+    ``auction``, ``bid`` (with ``event_id``), or the dict :func:`actors.nexmark.generator.generate`
     returns. Columns:
 
     * q0: auction, bidder, price, date_time, extra -- every bid, by event_id

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pytest
 
 import runtime
-from actors.customer import FraudConfig
-from actors.fraud import make_app
-from actors.generator import TRANSACTION_SCHEMA, TxnGenerator, TxnGeneratorConfig
+from actors.fraud.app import make_app
+from actors.fraud.customer import FraudConfig
+from actors.fraud.generator import TRANSACTION_SCHEMA, TxnGenerator, TxnGeneratorConfig
 from runtime.state.store import Store
 
 _PATH = Path(__file__).resolve().parents[1] / "scripts" / "baseline_fraud.py"
@@ -176,7 +176,7 @@ def test_one_shard_learns_the_same_model(tmp_path: Path, events: pa.Table) -> No
 
 def test_model_score_is_predict_proba():
     """The direct sigmoid in OnlineModel.score is scikit-learn's predict_proba, to rounding."""
-    from actors.model import N_FEATURES, OnlineModel
+    from actors.fraud.model import N_FEATURES, OnlineModel
 
     rng = np.random.default_rng(4)
     m = OnlineModel()

@@ -16,12 +16,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from actors import nexmark_queries as nq
-from actors.customer import Customer, FraudConfig
-from actors.device import Device
-from actors.generator import GeneratorSource, TxnGeneratorConfig
-from actors.nexmark import NexmarkConfig, generate, union
-from actors.telemetry import TelemetryConfig, TelemetrySource
+from actors.devices.kind import Device
+from actors.devices.telemetry import TelemetryConfig, TelemetrySource
+from actors.fraud.customer import Customer, FraudConfig
+from actors.fraud.generator import GeneratorSource, TxnGeneratorConfig
+from actors.nexmark import queries as nq
+from actors.nexmark.config import NexmarkConfig
+from actors.nexmark.generator import generate, union
 from runtime.entities.kind import EntityKind
 from runtime.errors import ContractError
 from runtime.eventtime.windows import WindowSpec

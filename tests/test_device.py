@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from actors.device import SITES, TELEMETRY, Device, DeviceConfig, device_app
-from actors.telemetry import (
+from actors.devices.app import SITES, TELEMETRY, device_app
+from actors.devices.kind import Device, DeviceConfig
+from actors.devices.telemetry import (
     TELEMETRY_SCHEMA,
     TelemetryConfig,
     TelemetryGenerator,

@@ -74,7 +74,7 @@ def test_run_command_counts_filtered_and_failed_steps(tmp_path):
 
 
 def test_fraud_app_is_built_with_the_pipeline_api(tmp_path):
-    from actors.fraud import fraud_app, fraud_pipeline
+    from actors.fraud.app import fraud_app, fraud_pipeline
     from runtime.testing import MemorySource
 
     assert fraud_app.kind.name == "customers" and fraud_app.sinks == {

@@ -40,8 +40,8 @@ def test_replay_profiles_equal_sql(ray_session, txns, tmp_path, mode):
 
 def test_profiles_do_not_depend_on_batching(ray_session, txns, tmp_path):
     """Point-in-time features in arrival order: the same alerts whatever the batch size."""
-    from actors.customer import FraudConfig
-    from actors.fraud import make_app
+    from actors.fraud.app import make_app
+    from actors.fraud.customer import FraudConfig
 
     app = make_app(FraudConfig(learn=False))  # the model learns per batch; rules alone are exact
     alert_sets = []

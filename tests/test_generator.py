@@ -13,8 +13,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
-import actors.generator as generator_module
-from actors.generator import (
+import actors.fraud.generator as generator_module
+from actors.fraud.generator import (
     TRANSACTION_SCHEMA,
     TxnGenerator,
     TxnGeneratorConfig,

@@ -176,7 +176,7 @@ def test_messages_sent_while_serve_is_dead_arrive_once_it_is_back(broker, rows, 
 def test_each_site_takes_its_own_devices_messages(broker, tmp_path):
     """A site-partitioned app on two sites: one ingest actor per site, each subscribed to
     its own topic ({site} in the filter), each applying only its site's readings."""
-    from actors.telemetry import TelemetryConfig, TelemetrySource
+    from actors.devices.telemetry import TelemetryConfig, TelemetrySource
 
     readings = pa_rows(TelemetrySource(TelemetryConfig(n_devices=40), 1_200).batches())
     data = tmp_path / "d"

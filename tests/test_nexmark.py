@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from actors.nexmark import NexmarkConfig, generate, union
-from actors.nexmark_queries import QUERIES, answer
+from actors.nexmark.config import NexmarkConfig
+from actors.nexmark.generator import generate, union
+from actors.nexmark.queries import QUERIES, answer
 from runtime import Runtime
 from runtime.dataflow.app import run
 from runtime.testing import MemorySource

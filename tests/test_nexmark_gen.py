@@ -1,4 +1,4 @@
-"""The vectorized NEXMark generator (actors/nexmark.py) against the reference's rules,
+"""The vectorized NEXMark generator (actors/nexmark/generator.py) against the reference's rules,
 and the DuckDB reference queries (tests/nexmark_sql.py) on its output."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from nexmark_sql import QUERIES, connect, reference
 
-from actors.nexmark import (
+from actors.nexmark.config import (
     BASE_TIME_MS,
     FIRST_NAMES,
     HOT_CHANNELS,
@@ -22,10 +22,8 @@ from actors.nexmark import (
     US_CITIES,
     US_STATES,
     NexmarkConfig,
-    generate,
-    union,
-    write,
 )
+from actors.nexmark.generator import generate, union, write
 from runtime.errors import ConfigError
 
 N = 50_000

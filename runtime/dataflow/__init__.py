@@ -1,3 +1,3 @@
-"""Applications: what an app is (``app``), the pipeline builder (``builder``), the one
-driver loop that feeds, checkpoints and restarts (``driver``), and finding apps by name
-(``apps``)."""
+"""Applications: what an app is (``app``), screening batches for it (``screen``), the
+pipeline builder (``builder``), the one driver loop that feeds, checkpoints and restarts
+(``driver``), and finding apps by name (``apps``)."""

@@ -55,7 +55,8 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.coordinator.runtime import Runtime, sum_stats
-from runtime.dataflow.app import App, RunStats, ingest, new_counts, setup
+from runtime.dataflow.app import App, RunStats, new_counts, setup
+from runtime.dataflow.screen import ingest
 from runtime.entities.router import END_OF_TIME
 from runtime.errors import ActorFailedError
 from runtime.streams.sources import Source

@@ -46,6 +46,8 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.errors import ConfigError
+from runtime.eventtime.firing import Firing
+from runtime.eventtime.sessions import SessionWindows
 from runtime.eventtime.watermarks import event_times
 from runtime.state.index import HashIndex
 from runtime.state.keys import hash_keys
@@ -139,8 +141,12 @@ class Fired:
     late: pa.Table  # the input rows that were too late
 
 
-class Windows:
-    """Window state for many keys; a plain class, checkpointed with :meth:`snapshot`."""
+class Windows(SessionWindows, Firing):
+    """Window state for many keys; a plain class, checkpointed with :meth:`snapshot`.
+
+    Fixed windows and the state are here; sessions come from
+    :class:`~runtime.eventtime.sessions.SessionWindows`, the rows it emits from
+    :class:`~runtime.eventtime.firing.Firing`."""
 
     #: windows past their retention are purged in bulk, once more than this many (and a
     #: quarter of all) are: compacting copies every array and rebuilds the indexes
@@ -225,92 +231,6 @@ class Windows:
             self._index.insert(uniq[new], slots[new])
         self._add(batch, slots[inv], rows, v)
         return late
-
-    def _sessions(
-        self, batch: pa.Table, t: np.ndarray, kh: np.ndarray, v: np.ndarray
-    ) -> np.ndarray:
-        s = self._s
-        ukh, kc = np.unique(kh, return_inverse=True)  # kc: key code of each event
-        cand = np.flatnonzero((s["count"] > 0) & np.isin(s["kh"], ukh))  # sessions of these keys
-        ck = np.searchsorted(ukh, s["kh"][cand])
-        order = np.lexsort((s["start"][cand], ck))
-        cand, ck = cand[order], ck[order]
-        late = self._late_for_sessions(t, kc, ck, s["start"][cand], s["end"][cand])
-        acc = np.flatnonzero(~late)
-        if len(acc):
-            acc = acc[np.lexsort((t[acc], kc[acc]))]
-            self._add(batch, self._session_slots(batch, acc, t, kc, kh, cand, ck), acc, v)
-        return late
-
-    def _late_for_sessions(
-        self, t: np.ndarray, kc: np.ndarray, ck: np.ndarray, cs: np.ndarray, ce: np.ndarray
-    ) -> np.ndarray:
-        """Late: the event's own session [t, t + gap) would be closed past its lateness, or it
-        would touch (come within a gap of) a session that is: accepting it would reopen a
-        result that was final for good. (ck, cs, ce): key code, start, end of the sessions
-        kept for the batch's keys, sorted by key and start."""
-        gap, lateness, wm = self.spec.gap_ms or 0, self.spec.allowed_lateness_ms, self.watermark
-        late = t + gap + lateness <= wm
-        if len(ck):
-            # Sessions of a key are a gap apart, so an event touches at most the last one
-            # that starts before t + gap and the one before that.
-            j1 = _last_le(ck, cs, kc, t + gap - 1)
-            for j in (j1, j1 - 1):
-                jj = np.maximum(j, 0)
-                touch = (j >= 0) & (ck[jj] == kc) & (ce[jj] > t)
-                late |= touch & (ce[jj] + lateness <= wm)
-        return late
-
-    def _session_slots(
-        self,
-        batch: pa.Table,
-        acc: np.ndarray,
-        t: np.ndarray,
-        kc: np.ndarray,
-        kh: np.ndarray,
-        cand: np.ndarray,
-        ck: np.ndarray,
-    ) -> np.ndarray:
-        """The session slot of each accepted event (``acc``, sorted by key and time): merges
-        the batch's sessions with the open ones of the same keys, creating and folding."""
-        s, gap = self._s, self.spec.gap_ms or 0
-        # the batch's own sessions: split where the key changes or a gap opens
-        ta, ka = t[acc], kc[acc]
-        split = np.r_[True, (ka[1:] != ka[:-1]) | (np.diff(ta) >= gap)]
-        b_of = np.cumsum(split) - 1  # batch session of each accepted event
-        bfirst = np.flatnonzero(split)
-        blast = ta[np.r_[bfirst[1:], len(ta)] - 1]
-        # With the open sessions, as intervals sorted by (key, start): one joins the one
-        # before when it starts within a gap of the latest event so far (of its key).
-        live = s["end"][cand] + self.spec.allowed_lateness_ms > self.watermark
-        ik = np.r_[ck[live], ka[bfirst]]
-        i0 = np.r_[s["start"][cand[live]], ta[bfirst]]
-        tag = np.r_[cand[live], -1 - np.arange(len(bfirst))]  # slot, or -1 - batch session
-        o = np.lexsort((i0, ik))
-        ik, i0, tag = ik[o], i0[o], tag[o]
-        reach = _group_cummax(ik, np.r_[s["end"][cand[live]] - gap, blast][o])
-        new = np.r_[True, (ik[1:] != ik[:-1]) | (i0[1:] - reach[:-1] >= gap)]
-        g = np.cumsum(new) - 1
-        gfirst = np.flatnonzero(new)
-        g0, g1 = i0[gfirst], reach[np.r_[gfirst[1:], len(ik)] - 1] + gap
-        # a merged session keeps the slot of its earliest open session; the others fold in
-        old = tag >= 0
-        target = np.full(len(gfirst), -1, np.int64)
-        with_old, firsts = np.unique(g[old], return_index=True)
-        target[with_old] = tag[old][firsts]
-        folded = old & (tag != target[g])
-        if folded.any():
-            self._fold(tag[folded], target[g[folded]])
-        kept = target >= 0
-        ts = target[kept]
-        self._retract(ts[s["shown"][ts] & (g0[kept] < s["start"][ts])])  # moved back
-        s["start"][ts], s["end"][ts] = g0[kept], g1[kept]
-        if not kept.all():
-            rows = acc[bfirst[-1 - tag[gfirst[~kept]]]]  # all members are the batch's
-            target[~kept] = self._new_slots(batch, rows, kh[rows], g0[~kept], g1[~kept])
-        group_of_b = np.empty(len(bfirst), np.int64)
-        group_of_b[-1 - tag[~old]] = g[~old]
-        return target[group_of_b[b_of]]
 
     # -- state ---------------------------------------------------------------------------
 
@@ -399,85 +319,6 @@ class Windows:
         if self.top_k:
             self._remap_items(to)
 
-    # -- output --------------------------------------------------------------------------
-
-    def _emit(self) -> pa.Table:
-        """Retractions, then windows the watermark passed (first time: final; again: update),
-        then early firings if due; purge the windows past their retention, in bulk."""
-        s, spec = self._s, self.spec
-        parts = [self._retracted()] if self._retracts else []
-        due = np.flatnonzero((s["end"] <= self.watermark) & s["dirty"])
-        parts.append(self._rows(due, np.where(s["fired"][due], "update", "final")))
-        s["fired"][due] = True
-        s["dirty"][due] = s["fresh"][due] = False
-        now = self.clock()
-        if spec.early_fire_ms and (now - self._last_early) * 1000 >= spec.early_fire_ms:
-            self._last_early = now
-            early = np.flatnonzero(s["fresh"] & ~s["fired"])
-            parts.append(self._rows(early, np.full(len(early), "early")))
-            s["fresh"][early] = False
-        gone = (s["end"] + spec.retention_ms <= self.watermark) | (s["count"] == 0)
-        if gone.sum() > max(self.purge_after, len(gone) // 4):
-            self._compact(~gone)
-        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-
-    def _schema(self) -> pa.Schema:
-        fields = [(self.key, pa.string()), ("window_start", pa.int64()), ("window_end", pa.int64())]
-        fields += [("count", pa.int64())] + [
-            (c, pa.float64()) for c in ("sum", "min", "max", "mean")
-        ]
-        fields += [("emit", pa.string())]
-        if self.top_k:
-            item = pa.struct([("item", self._item_type), ("count", pa.int64())])
-            fields += [("top_items", pa.list_(item))]
-        return pa.schema(fields)
-
-    def _rows(self, idx: np.ndarray, emit: np.ndarray) -> pa.Table:
-        s = self._s
-        s["shown"][idx] = True
-        s["shown_start"][idx], s["shown_end"][idx] = s["start"][idx], s["end"][idx]
-        count = s["count"][idx]
-        cols = [pa.array(s["key"][idx], pa.string()), s["start"][idx], s["end"][idx], count]
-        cols += [s["sum"][idx], s["min"][idx], s["max"][idx], s["sum"][idx] / np.maximum(count, 1)]
-        cols += [pa.array(emit, pa.string())] + ([self._top(idx)] if self.top_k else [])
-        return pa.Table.from_arrays(cols, schema=self._schema())
-
-    def _retract(self, slots: np.ndarray) -> None:
-        s = self._s
-        if not len(slots):
-            return
-        self._retracts.append((s["key"][slots], s["shown_start"][slots], s["shown_end"][slots]))
-        s["shown"][slots] = False
-
-    def _retracted(self) -> pa.Table:
-        """Rows that take back what a session emitted under a start it no longer has."""
-        keys, starts, ends = (np.concatenate(c) for c in zip(*self._retracts, strict=True))
-        self._retracts = []
-        schema, n = self._schema(), len(keys)
-        cols = [pa.array(keys, pa.string()), pa.array(starts), pa.array(ends)]
-        cols += [pa.nulls(n, schema.field(c).type) for c in ("count", "sum", "min", "max", "mean")]
-        cols += [pa.array(["retract"] * n, pa.string())]
-        cols += [pa.nulls(n, schema.field("top_items").type)] if self.top_k else []
-        return pa.Table.from_arrays(cols, schema=schema)
-
-    def _top(self, idx: np.ndarray) -> pa.Array:
-        """For each window of ``idx``: its top_k items by count (ties: smaller item first)."""
-        it = self._items
-        pos = np.full(len(self._s["start"]), -1, np.int64)
-        pos[idx] = np.arange(len(idx))
-        sel = np.flatnonzero(pos[it["slot"]] >= 0)
-        g, count, item = pos[it["slot"][sel]], it["count"][sel], it["item"][sel]
-        rank = np.unique(item, return_inverse=True)[1] if len(item) else np.zeros(0, np.int64)
-        o = np.lexsort((rank, -count, g))
-        g, count, item = g[o], count[o], item[o]
-        keep = np.arange(len(g)) - np.searchsorted(g, g) < (self.top_k or 0)  # place in window
-        g, count, item = g[keep], count[keep], item[keep]
-        offsets = pa.array(np.searchsorted(g, np.arange(len(idx) + 1)).astype(np.int32))
-        values = pa.StructArray.from_arrays(
-            [pa.array(item, self._item_type), pa.array(count, pa.int64())], names=["item", "count"]
-        )
-        return pa.ListArray.from_arrays(offsets, values)
-
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> pa.Table:
@@ -501,28 +342,6 @@ class Windows:
         w.__dict__.update(pickle.loads(blob))
         w.clock, w._last_early = clock, clock()
         return w
-
-
-def _last_le(keys: np.ndarray, pos: np.ndarray, qkeys: np.ndarray, qpos: np.ndarray) -> np.ndarray:
-    """For each query (qkey, qpos), the index of the last entry of the (keys, pos)-sorted
-    entries that is <= it, or -1: a searchsorted over two columns, by one merged sort."""
-    n = len(keys)
-    kind = np.r_[np.zeros(n, np.int8), np.ones(len(qpos), np.int8)]  # entries before queries
-    order = np.lexsort((kind, np.r_[pos, qpos], np.r_[keys, qkeys]))
-    last = np.maximum.accumulate(np.where(order < n, order, -1))
-    out = np.empty(len(qpos), np.int64)
-    out[order[order >= n] - n] = last[order >= n]
-    return out
-
-
-def _group_cummax(group: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Running max of ``x`` restarting at each group (``group``: sorted small ints): one
-    accumulate over ranks offset per group, which never carry across groups."""
-    order = np.argsort(x, kind="stable")
-    rank = np.empty(len(x), np.int64)
-    rank[order] = np.arange(len(x))
-    offset = group.astype(np.int64) * len(x)
-    return x[order[np.maximum.accumulate(offset + rank) - offset]]
 
 
 def _item_ids(slots: np.ndarray, item_hashes: np.ndarray) -> np.ndarray:

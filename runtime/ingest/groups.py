@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from runtime.dataflow.app import App, admit, check_site, new_counts
+from runtime.dataflow.app import App, new_counts
+from runtime.dataflow.screen import admit, check_site
 from runtime.ingest.wal import WriteAheadLog
 from runtime.state.index import SeenSet
 

@@ -31,8 +31,9 @@ from runtime.cluster import names
 from runtime.cluster.clients import ActorClient
 from runtime.cluster.handles import resolve
 from runtime.coordinator.runtime import Runtime
-from runtime.dataflow.app import App, RunStats, check_site, new_counts, screen
+from runtime.dataflow.app import App, RunStats, new_counts
 from runtime.dataflow.driver import Cut, Tick, drive
+from runtime.dataflow.screen import check_site, screen
 from runtime.entities.router import Router
 from runtime.eventtime.watermarks import Watermarks
 from runtime.state.index import SeenSet

@@ -298,9 +298,7 @@ def _check_round_trip(case: Case, first: list[pa.Table], rest: list[pa.Table]) -
             shards = rt.shards_of(case.kind_cls.name)
             blobs = resolve([h.snapshot_kind() for h in shards])  # (both: side effects)
             if round_trip:
-                resolve(
-                    [h.restore_kind(b) for h, b in zip(shards, blobs, strict=True) if b]
-                )
+                resolve([h.restore_kind(b) for h, b in zip(shards, blobs, strict=True) if b])
             feed(rt, case.kind_cls, rest)
             case.finish(rt)
             runs.append(look(rt, case.kind_cls, case.config, case.keys, case.drop))

@@ -13,8 +13,8 @@ import pytest
 
 import runtime.entities.shard as shard_module
 from runtime.cluster.handles import spawn
-from runtime.entities.kind import Batch, EntityKind, handler
 from runtime.entities.grouping import group_rows
+from runtime.entities.kind import Batch, EntityKind, handler
 from runtime.entities.shard import Shard
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of

@@ -1,7 +1,7 @@
 """Card-fraud detection: transactions in, customer profiles and alerts out.
 
 The app validates each transaction (bad rows go to ``dead_letters`` with a reason),
-drops redelivered ``event_id``s, routes the rest to :class:`~actors.customer.Customer`
+drops redelivered ``event_id``s, routes the rest to :class:`~actors.fraud.customer.Customer`
 shards, and persists the ``alerts`` topic to the ``alerts`` table (an idempotent
 upsert by ``event_id``, so a replay after a crash leaves one alert per event).
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from actors.customer import Customer, FraudConfig
-from actors.generator import GeneratorSource, TxnGeneratorConfig
+from actors.fraud.customer import Customer, FraudConfig
+from actors.fraud.generator import GeneratorSource, TxnGeneratorConfig
 from runtime import App, Column, EventSchema, Paced, Source
 from runtime.dataflow.builder import Pipeline
 

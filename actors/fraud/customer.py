@@ -10,7 +10,7 @@ numpy operations.
 
 >>> import pyarrow as pa, tempfile
 >>> from runtime import Runtime
->>> from actors.generator import TxnGenerator, TxnGeneratorConfig
+>>> from actors.fraud.generator import TxnGenerator, TxnGeneratorConfig
 >>> events = pa.Table.from_batches(TxnGenerator(TxnGeneratorConfig(n_customers=50)).batches(2000))
 >>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local", shards=1) as rt:
 ...     rt.register(Customer)
@@ -29,14 +29,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.model import OnlineModel
+from actors.fraud.features import (
+    DEVICES,
+    NO_TS,
+    RECENT,
+    devices_one_by_one,
+    features,
+    haversine_km,
+)
+from actors.fraud.model import OnlineModel
+from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
-
-NO_TS = -(2**62)  # "no timestamp yet" in the recent-timestamps ring
-RECENT = 4  # timestamps kept per customer for the burst rule
-DEVICES = 8  # device ids remembered per customer
-EARTH_KM = 6371.0
 
 ALERT_SCHEMA = pa.schema(
     [
@@ -116,16 +120,12 @@ class Customer(EntityKind):
         cfg: FraudConfig = self.config
         ev, st = batch.events, batch.state
         order, gstart = batch.order, batch.starts  # grouped by customer, arrival order kept
-        s = batch.slots[order]
+        s, gsize, grp, rank, gslot = by_entity(batch)
+        n = len(s)
         num = lambda name: ev.column(name).to_numpy()[order]  # noqa: E731
         t = ev.column("ts").cast(pa.int64()).to_numpy()[order]
         amt, lat, lon = num("amount"), num("lat"), num("lon")
         dev = hash_keys(ev.column("device_id")).view(np.int64)[order]
-        n = len(s)
-        gsize = np.diff(np.append(gstart, n))
-        grp = np.repeat(np.arange(len(gstart)), gsize)
-        rank = np.arange(n) - gstart[grp]
-        gslot = s[gstart]
         c = st.cols
 
         def before(values: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -149,7 +149,7 @@ class Customer(EntityKind):
         # so only its first purchase counts as far
         dist = np.where(
             has,
-            np.minimum(_haversine_km(lat, lon, clat, clon), _haversine_km(lat, lon, plat, plon)),
+            np.minimum(haversine_km(lat, lon, clat, clon), haversine_km(lat, lon, plat, plon)),
             0.0,
         )
 
@@ -173,7 +173,7 @@ class Customer(EntityKind):
             po = cand[np.lexsort((rank[cand], dev[cand], grp[cand]))]
             repeat = (grp[po[1:]] == grp[po[:-1]]) & (dev[po[1:]] == dev[po[:-1]])
             unseen[po[1:][repeat]] = False  # an earlier event of the batch brought it
-        sequential = _devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
+        sequential = devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
         new_device = unseen & has
 
         # -- score: rules and model, then learn from labels (test-then-train) -----------------
@@ -352,71 +352,3 @@ class Customer(EntityKind):
             "device_count": state["device_count"],
             "alert_count": state["alert_count"],
         }
-
-
-def features(
-    amt: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    burst: np.ndarray,
-    dist: np.ndarray,
-    new_device: np.ndarray,
-    since: np.ndarray,
-    n_prev: np.ndarray,
-) -> np.ndarray:
-    """The model's feature matrix (see :data:`actors.model.FEATURES`), each roughly unit scale."""
-    has = n_prev >= 3
-    z = np.where(has, (amt - mean) / np.maximum(std, 1.0 + 0.1 * mean), 0.0)
-    return np.column_stack(
-        [
-            np.log1p(amt) / 5.0,
-            np.where(has, np.log1p(amt / (mean + 1.0)), 0.0),
-            np.clip(z, -5.0, 10.0) / 5.0,
-            burst / RECENT,
-            np.log1p(dist) / 8.0,
-            new_device.astype(np.float64),
-            np.log1p(np.minimum(since, 1e6)) / 14.0,
-            has.astype(np.float64),
-        ]
-    )
-
-
-def _devices_one_by_one(
-    devices: np.ndarray,
-    unseen: np.ndarray,
-    grp: np.ndarray,
-    gstart: np.ndarray,
-    gsize: np.ndarray,
-    s: np.ndarray,
-    dev: np.ndarray,
-) -> np.ndarray:
-    """Redo device novelty event by event where the vectorized check could be wrong.
-
-    The vectorized check compares against the device list as it was before the
-    batch. That is exact unless the batch pushes so many new devices that one
-    falls off the end of the list and comes back later in the same batch: only
-    customers with more than ``DEVICES`` devices in all. Those few are replayed
-    one event at a time, and their lists are updated here. Returns their groups.
-    """
-    pushes = np.bincount(grp[unseen], minlength=len(gstart))
-    filled = (devices[s[gstart]] != 0).sum(axis=1)
-    risky = np.flatnonzero(filled + pushes > DEVICES)
-    for g in risky.tolist():
-        slot = int(s[gstart[g]])
-        ring = devices[slot].tolist()
-        for i in range(int(gstart[g]), int(gstart[g] + gsize[g])):
-            d = int(dev[i])
-            unseen[i] = d not in ring
-            if unseen[i]:
-                ring = [d, *ring[:-1]]
-        devices[slot] = ring
-    return risky
-
-
-def _haversine_km(
-    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
-) -> np.ndarray:
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(lon2 - lon1)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))

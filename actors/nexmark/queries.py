@@ -1,6 +1,6 @@
 """The NEXMark queries Q0-Q5, Q7, Q8 as pipelines on the runtime.
 
-Every query reads the one NEXMark stream (:func:`actors.nexmark.union`: persons,
+Every query reads the one NEXMark stream (:func:`actors.nexmark.generator.union`: persons,
 auctions and bids in event order, ``type`` telling them apart), validates it, and runs
 its own steps; what a query emits lands on the topic named after it (``q0`` ...). The
 windowed and join queries use the runtime's event-time operators, checkpointed per
@@ -82,11 +82,16 @@ def _of(kind: str) -> Callable[[pa.Table], Any]:
     return lambda t: pc.equal(t["type"], kind)
 
 
-def _bids(name: str, source: Source | None) -> Pipeline:
+def _stream(name: str, source: Source | None) -> Pipeline:
+    """A query's pipeline up to the validated NEXMark stream (from ``source``, if given)."""
     p = Pipeline(name)
     if source is not None:
         p = p.source(source)
-    return p.validate(NEXMARK).filter("bids", _of("bid"))
+    return p.validate(NEXMARK)
+
+
+def _bids(name: str, source: Source | None) -> Pipeline:
+    return _stream(name, source).filter("bids", _of("bid"))
 
 
 def _euros(t: pa.Table) -> pa.Table:
@@ -143,11 +148,8 @@ def _q3_rows(t: pa.Table) -> pa.Table:
 
 
 def q3(source: Source | None = None) -> Pipeline:
-    p = Pipeline("q3")
-    if source is not None:
-        p = p.source(source)
     return (
-        p.validate(NEXMARK)
+        _stream("q3", source)
         .flat_map("sellers_and_items", _q3_rows)
         .key_by("jk")
         .join(
@@ -290,11 +292,8 @@ def _auction_key(t: pa.Table) -> pa.Table:
 
 
 def q4(source: Source | None = None) -> Pipeline:
-    p = Pipeline("q4")
-    if source is not None:
-        p = p.source(source)
     return (
-        p.validate(NEXMARK)
+        _stream("q4", source)
         .event_time("date_time")
         .filter("auctions_and_bids", lambda t: pc.not_equal(t["type"], "person"))
         .map("auction_key", _auction_key)
@@ -325,11 +324,8 @@ def q7(source: Source | None = None) -> Pipeline:
 
 
 def q8(source: Source | None = None) -> Pipeline:
-    p = Pipeline("q8")
-    if source is not None:
-        p = p.source(source)
     return (
-        p.validate(NEXMARK)
+        _stream("q8", source)
         .event_time("date_time")
         .filter("persons_and_auctions", lambda t: pc.not_equal(t["type"], "bid"))
         .map("join_key", lambda t: _join_key(t).select(["jk", "type", "date_time", "name"]))

@@ -26,7 +26,8 @@ stream runs alone at its edge or the whole fleet's at once).
 
 >>> import pyarrow as pa, tempfile
 >>> from runtime import Runtime, run
->>> from actors.telemetry import TelemetryConfig, TelemetrySource
+>>> from actors.devices.app import device_app
+>>> from actors.devices.telemetry import TelemetryConfig, TelemetrySource
 >>> src = TelemetrySource(TelemetryConfig(n_devices=20), n_events=2_000, batch_size=700)
 >>> with Runtime(data_dir=tempfile.mkdtemp(), mode="local", shards=1) as rt:
 ...     stats = run(rt, device_app(), src)
@@ -40,32 +41,16 @@ stream runs alone at its edge or the whole fleet's at once).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from actors.telemetry import TelemetryConfig, TelemetrySource
-from runtime import App, Batch, Column, EntityKind, EventSchema, Paced, Source, handler
+from actors.grouped import by_entity
+from runtime import Batch, EntityKind, handler
 from runtime.errors import ConfigError
 
-MAX_ID_LEN = 128
 METRICS = ("temperature", "vibration")
-
-TELEMETRY = EventSchema(
-    "telemetry",
-    [
-        Column("event_id", "int64", min=0),
-        Column("ts", "timestamp"),
-        Column("device_id", "string", max_len=MAX_ID_LEN),
-        Column("site", "string", max_len=MAX_ID_LEN),
-        Column("temperature", "float64", min=-50.0, max=200.0),
-        Column("vibration", "float64", min=0.0, max=100.0),
-        Column("pressure", "float64", min=0.0, max=1000.0),
-        Column("failure", "bool", required=False),
-    ],
-)
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -93,9 +78,6 @@ MAINTENANCE_SCHEMA = pa.schema(
     ]
 )
 _METRIC_NAMES = pa.array([METRICS[0], METRICS[1], "+".join(METRICS)], pa.string())
-
-
-SITES = TelemetryConfig().sites  # the sites of the default synthetic fleet
 
 
 @dataclass(frozen=True)
@@ -155,12 +137,8 @@ class Device(EntityKind):
         cfg: DeviceConfig = self.config
         ev, st = batch.events, batch.state
         order, gstart = batch.order, batch.starts  # grouped by device, arrival order kept
-        s = batch.slots[order]
+        s, gsize, grp, rank, gslot = by_entity(batch)
         n = len(s)
-        gsize = np.diff(np.append(gstart, n))
-        grp = np.repeat(np.arange(len(gstart)), gsize)
-        rank = np.arange(n) - gstart[grp]
-        gslot = s[gstart]
         c = st.cols
         t = ev.column("ts").cast(pa.int64()).to_numpy()[order]
         x = np.column_stack([ev.column(m).to_numpy()[order] for m in METRICS])
@@ -411,66 +389,3 @@ def _segmented_cummax(
     for a, m in zip(gstart.tolist(), gsize.tolist(), strict=True):
         out[a : a + m] = np.maximum.accumulate(w[a : a + m])
     return out
-
-
-def summarize(counters: dict[str, float]) -> dict[str, Any]:
-    """What crossed edge -> core (summaries, maintenance alerts) against shipping raw readings."""
-    raw_rows = int(counters.get("raw_rows", 0))
-    raw_bytes = int(counters.get("raw_bytes", 0))
-    summaries = int(counters.get("summary_rows", 0))
-    alerts = int(counters.get("maintenance_rows", 0))
-    crossed_rows = summaries + alerts
-    crossed_bytes = int(counters.get("summary_bytes", 0) + counters.get("maintenance_bytes", 0))
-    out: dict[str, Any] = {
-        "raw_rows": raw_rows,
-        "raw_bytes": raw_bytes,
-        "summary_rows": summaries,
-        "maintenance_rows": alerts,
-        "crossed_rows": crossed_rows,
-        "crossed_bytes": crossed_bytes,
-        "reduction_rows": round(raw_rows / crossed_rows, 2) if crossed_rows else None,
-        "reduction_bytes": round(raw_bytes / crossed_bytes, 2) if crossed_bytes else None,
-        # readings still in open windows: summarised when their device's next window begins
-        "open_rows": raw_rows - int(counters.get("summarized_rows", 0)),
-    }
-    if counters.get("labelled_rows"):
-        out["labelled_rows"] = int(counters["labelled_rows"])
-        # share of alerts raised in the hour before a failure
-        out["alert_precision"] = (
-            round(counters.get("anomalies_labelled", 0) / alerts, 4) if alerts else None
-        )
-    return out
-
-
-def demo_source(
-    n_events: int,
-    rate: float | None = None,
-    devices: int = 2_000,
-    sites: tuple[str, ...] = SITES,
-    site: str | None = None,
-) -> Source:
-    """Synthetic fleet telemetry, paced to ``rate`` events/s if given; with ``site`` only
-    that site's readings (what its edge sees). A second demo in the same data folder
-    continues the stream."""
-    source = TelemetrySource(TelemetryConfig(n_devices=devices, sites=sites), n_events, site=site)
-    return Paced(source, rate) if rate else source
-
-
-def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITES) -> App:
-    """The device app: telemetry in, device state, window summaries and maintenance alerts out."""
-    return App(
-        "devices",
-        TELEMETRY,
-        Device,
-        config,
-        sinks={
-            "device_summaries": ("device_health", None),
-            "maintenance": ("maintenance", "event_id"),
-        },
-        summarize=summarize,
-        demo=demo_source,  # takes sites= for site-partitioned apps
-        sites=tuple(sites),
-    )
-
-
-devices_app = device_app()  # what the `edgecore.apps` entry point names

@@ -1,0 +1,87 @@
+"""The fraud features of one event against its customer's profile, vectorized over a batch.
+
+:func:`features` scales what :class:`~actors.fraud.customer.Customer` computes into the
+model's feature matrix; :func:`devices_one_by_one` and :func:`haversine_km` are the two
+helpers its ``apply`` needs for device novelty and distance.
+
+>>> import numpy as np
+>>> round(float(haversine_km(np.array([0.0]), np.array([0.0]), np.array([0.0]), np.array([1.0]))[0]), 1)
+111.2
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NO_TS = -(2**62)  # "no timestamp yet" in the recent-timestamps ring
+RECENT = 4  # timestamps kept per customer for the burst rule
+DEVICES = 8  # device ids remembered per customer
+EARTH_KM = 6371.0
+
+
+def features(
+    amt: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    burst: np.ndarray,
+    dist: np.ndarray,
+    new_device: np.ndarray,
+    since: np.ndarray,
+    n_prev: np.ndarray,
+) -> np.ndarray:
+    """The model's feature matrix (see :data:`actors.fraud.model.FEATURES`), each roughly unit scale."""
+    has = n_prev >= 3
+    z = np.where(has, (amt - mean) / np.maximum(std, 1.0 + 0.1 * mean), 0.0)
+    return np.column_stack(
+        [
+            np.log1p(amt) / 5.0,
+            np.where(has, np.log1p(amt / (mean + 1.0)), 0.0),
+            np.clip(z, -5.0, 10.0) / 5.0,
+            burst / RECENT,
+            np.log1p(dist) / 8.0,
+            new_device.astype(np.float64),
+            np.log1p(np.minimum(since, 1e6)) / 14.0,
+            has.astype(np.float64),
+        ]
+    )
+
+
+def devices_one_by_one(
+    devices: np.ndarray,
+    unseen: np.ndarray,
+    grp: np.ndarray,
+    gstart: np.ndarray,
+    gsize: np.ndarray,
+    s: np.ndarray,
+    dev: np.ndarray,
+) -> np.ndarray:
+    """Redo device novelty event by event where the vectorized check could be wrong.
+
+    The vectorized check compares against the device list as it was before the
+    batch. That is exact unless the batch pushes so many new devices that one
+    falls off the end of the list and comes back later in the same batch: only
+    customers with more than ``DEVICES`` devices in all. Those few are replayed
+    one event at a time, and their lists are updated here. Returns their groups.
+    """
+    pushes = np.bincount(grp[unseen], minlength=len(gstart))
+    filled = (devices[s[gstart]] != 0).sum(axis=1)
+    risky = np.flatnonzero(filled + pushes > DEVICES)
+    for g in risky.tolist():
+        slot = int(s[gstart[g]])
+        ring = devices[slot].tolist()
+        for i in range(int(gstart[g]), int(gstart[g] + gsize[g])):
+            d = int(dev[i])
+            unseen[i] = d not in ring
+            if unseen[i]:
+                ring = [d, *ring[:-1]]
+        devices[slot] = ring
+    return risky
+
+
+def haversine_km(
+    lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray
+) -> np.ndarray:
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(lon2 - lon1)
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
