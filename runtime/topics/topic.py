@@ -45,7 +45,8 @@ import pyarrow as pa
 from runtime.cluster.wire import unpack
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys, shard_of
-from runtime.topics.log import OFFSET, PARTITION, GroupCursor, PartitionLog, next_offsets
+from runtime.topics.groups import ConsumerGroups
+from runtime.topics.log import OFFSET, PARTITION, PartitionLog, next_offsets
 from runtime.topics.push import MAX_PENDING, Pushes
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Topic:
         self.label = label
         self._logs = [PartitionLog() for _ in range(partitions)]
         self._rr = 0  # the partition the next key-less batch goes to
-        self._groups: dict[str, GroupCursor] = {}
+        self._consumers = ConsumerGroups(self._logs, self._log)
         self._push = Pushes(clock)
 
     # -- publishing ------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class Topic:
         cutoff = born - self.retention_seconds if self.retention_seconds else None
         for log in self._logs:  # every partition: age limits apply to idle ones too
             log.expire(self.retention_rows, self.retention_bytes, cutoff)
-        self._catch_up_all()
+        self._consumers.catch_up_all()
         if self._push.subscribers:
             self._push.deliver(self._table(pieces), born)
         return self.end_offset()
@@ -188,40 +189,7 @@ class Topic:
         got = self._log(partition).read(offset, max_rows)
         return self._table((partition, first, rows) for first, rows in got)
 
-    # -- consumer groups (pull, at-least-once) ---------------------------------------------
-    def _group(self, group: str, start: str = "earliest") -> GroupCursor:
-        if start not in ("earliest", "latest"):
-            raise ConfigError(f"start must be 'earliest' or 'latest', not {start!r}")
-        g = self._groups.get(group)
-        if g is None:
-            at = [log.first() if start == "earliest" else log.next for log in self._logs]
-            n = self.partitions
-            g = GroupCursor(list(at), list(at), list(at), [None] * n, [0] * n)
-            self._groups[group] = g
-        return g
-
-    def _catch_up(self, g: GroupCursor, p: int) -> None:
-        """Move a group behind the log start to it, counting the rows it never got."""
-        first = self._logs[p].first()
-        if g.position[p] < first:
-            g.skipped[p] += max(0, first - g.delivered[p])
-            g.position[p] = first
-            g.delivered[p] = max(g.delivered[p], first)
-
-    def _catch_up_all(self) -> None:
-        # at expiry time, so ``groups()`` shows a group falling behind when it happens
-        for g in self._groups.values():
-            for p in range(self.partitions):
-                self._catch_up(g, p)
-
-    def _chosen(self, partitions: Iterable[int] | None) -> list[int]:
-        if partitions is None:
-            return list(range(self.partitions))
-        chosen = sorted({int(p) for p in partitions})
-        for p in chosen:
-            self._log(p)  # validates
-        return chosen
-
+    # -- consumer groups (pull, at-least-once; see runtime.topics.groups) --------------------
     def poll(
         self,
         group: str,
@@ -231,100 +199,25 @@ class Topic:
     ) -> pa.Table:
         """The next rows for ``group`` from every partition (or ``partitions``), with the
         offset columns; a new group starts at the ``earliest`` retained offset or the
-        ``latest`` (only what comes next).
-
-        ``max_rows`` is shared fairly: each partition gets an equal share, what one
-        cannot use goes to the others, and the partition that gets the remainder of an
-        uneven split rotates from call to call. Rows come partition by partition, each
-        in offset order.
-        """
-        chosen = self._chosen(partitions)  # validated before a group is made
-        g = self._group(group, start)
-        k = len(chosen)
-        turn = g.turn % k if k else 0
-        g.turn += 1
-        active = chosen[turn:] + chosen[:turn]
-        got: dict[int, list[tuple[int, pa.Table]]] = {p: [] for p in chosen}
-        budget = max(0, max_rows)
-        for p in active:
-            self._catch_up(g, p)
-        # rounds of equal shares; a partition that returns less than its share is done,
-        # so there are at most k rounds
-        while budget > 0 and active:
-            share, extra = divmod(budget, len(active))
-            still = []
-            for i, p in enumerate(active):
-                want = share + (1 if i < extra else 0)
-                if want == 0:
-                    still.append(p)
-                    continue
-                part = self._logs[p].read(g.position[p], want)
-                n = sum(rows.num_rows for _, rows in part)
-                if n:
-                    got[p] += part
-                    g.position[p] = part[-1][0] + part[-1][1].num_rows
-                    g.delivered[p] = max(g.delivered[p], g.position[p])
-                    budget -= n
-                if n == want:
-                    still.append(p)
-            active = still
-        return self._table((p, first, rows) for p in chosen for first, rows in got[p])
+        ``latest``. ``max_rows`` is shared fairly between partitions."""
+        return self._table(self._consumers.poll(group, max_rows, start, partitions))
 
     def commit(self, group: str, offsets: dict[int, int] | int) -> None:
         """``group`` processed everything before ``offsets[p]`` in each partition ``p``
         (an int: partition 0). Commits only move forward."""
-        items = offsets if isinstance(offsets, dict) else {0: offsets}
-        for p in items:
-            self._log(int(p))  # validates
-        new = group not in self._groups
-        g = self._group(group)
-        for p, offset in items.items():
-            p, offset = int(p), int(offset)
-            if new:  # a group that commits before it polls resumes at its commit
-                g.position[p] = g.delivered[p] = g.origin[p] = offset
-            c = g.committed[p]
-            g.committed[p] = offset if c is None else max(c, offset)
+        self._consumers.commit(group, offsets)
 
     def committed(self, group: str, partition: int = 0) -> int | None:
         """What ``group`` committed for ``partition`` (None: nothing yet)."""
-        g = self._groups.get(group)
-        return None if g is None else g.committed[partition]
+        return self._consumers.committed(group, partition)
 
     def seek_committed(self, group: str) -> int:
-        """Rewind ``group`` to its last commit in every partition: what it polled since is
-        delivered again. Returns the sum of its positions (for one partition: its position);
-        ``groups()`` has them per partition.
-
-        Where retention has dropped rows after the commit, the group resumes at the log
-        start; rows it was handed before are not counted as skipped again (it got them
-        once), rows it never got are."""
-        g = self._group(group)
-        for p in range(self.partitions):
-            g.position[p] = g.resume_at(p)
-            self._catch_up(g, p)
-        return sum(g.position)
+        """Rewind ``group`` to its last commit in every partition; the sum of its positions."""
+        return self._consumers.seek_committed(group)
 
     def groups(self) -> dict[str, dict[str, Any]]:
-        """Per group: position, committed offset, lag (rows not yet committed) and skipped
-        (rows retention dropped before the group got them), summed over partitions, and
-        the same under ``partitions`` for each partition."""
-        out: dict[str, dict[str, Any]] = {}
-        for name, g in self._groups.items():
-            per = {
-                p: {
-                    "position": g.position[p],
-                    "committed": g.resume_at(p),
-                    "lag": log.next - g.resume_at(p),
-                    "skipped": g.skipped[p],
-                }
-                for p, log in enumerate(self._logs)
-            }
-            out[name] = {
-                k: sum(v[k] for v in per.values())
-                for k in ("position", "committed", "lag", "skipped")
-            }
-            out[name]["partitions"] = per
-        return out
+        """Per group: position, committed, lag and skipped, summed and per partition."""
+        return self._consumers.describe()
 
     # -- push subscribers ------------------------------------------------------------------
     def subscribe(
@@ -394,13 +287,7 @@ class Topic:
             "name": self.name,
             "round_robin": self._rr,
             "partitions": [{"next": log.next, "first": log.first()} for log in self._logs],
-            "groups": {
-                name: {
-                    "committed": [g.resume_at(p) for p in range(self.partitions)],
-                    "skipped": list(g.skipped),
-                }
-                for name, g in self._groups.items()
-            },
+            "groups": self._consumers.snapshot(),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -431,19 +318,4 @@ class Topic:
         for log, part in zip(self._logs, saved, strict=False):
             log.reset(int(part["next"]))
         self._rr = int(snapshot.get("round_robin", 0)) % self.partitions
-        ends = [log.next for log in self._logs]
-        self._groups = {}
-        for name, saved_group in snapshot["groups"].items():
-            committed = [
-                min(int(c), end) for c, end in zip(saved_group["committed"], ends, strict=False)
-            ]
-            committed += [0] * (self.partitions - len(committed))  # new partitions: from 0
-            skipped = [int(s) for s in saved_group.get("skipped", [])]
-            skipped += [0] * (self.partitions - len(skipped))
-            # nothing after the commit is known to have been handed out: ``delivered``
-            # starts there, so rows the new log no longer has count as skipped
-            g = GroupCursor(
-                list(committed), list(committed), list(committed), [*committed], skipped
-            )
-            self._groups[name] = g
-        self._catch_up_all()
+        self._consumers.restore(snapshot["groups"])
