@@ -55,12 +55,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import ready, resolve
 from runtime.dataflow.app import App, new_counts
 from runtime.entities.router import Router
 from runtime.errors import EdgecoreError
 from runtime.eventtime.watermarks import Watermarks
-from runtime.ingest.groups import Logged, Submission, admit_group, log_records, merge, replay
+from runtime.ingest.dispatch import Closed, Dispatching
+from runtime.ingest.groups import (
+    Handover,
+    Logged,
+    Submission,
+    admit_group,
+    log_records,
+    replay,
+)
 from runtime.ingest.wal import WriteAheadLog
 from runtime.state.index import SeenSet
 
@@ -72,18 +79,13 @@ if TYPE_CHECKING:
 GROUP_ROWS = 200_000
 #: rows accepted but not yet sent to the shards before new submissions are refused
 MAX_PENDING_ROWS = 200_000
-MAX_TOPIC_PENDING = 8
 
 
 class Backpressure(EdgecoreError):
     """The gate has too much waiting for the shards; the caller should retry shortly."""
 
 
-class Closed(EdgecoreError):
-    """The gate takes nothing new: it is stopping, or its log failed."""
-
-
-class Gate:
+class Gate(Dispatching):
     """Validate, log, acknowledge, dispatch; see the module docstring."""
 
     def __init__(
@@ -108,7 +110,6 @@ class Gate:
         self.seen = SeenSet(dedup_capacity)
         if applied is not None and len(applied):
             self.seen.add(np.unique(applied))
-        self.dead_topic = dead_topic
         self.max_pending_rows = max_pending_rows
         self.marks: Watermarks | None = None
         if watermarks is not None:
@@ -132,9 +133,7 @@ class Gate:
         self._next_seq = 0  # seq numbering when there is no log
         self.position = 0  # the first log record not sent on yet
         # handed over at the next cut
-        self._ids: list[np.ndarray] = []
-        self._dead: list[pa.Table] = []
-        self._topic_pending: list[Any] = []
+        self._handover = Handover(dead_topic)
         self._shard_stats: list[dict[str, float]] = []
         # counts since the last tick, and since the gate started
         self._counts = new_counts()
@@ -308,159 +307,11 @@ class Gate:
             future.set_result(got)
         return Logged(last, events, dead_rows, ids, counts)
 
-    def _dispatch(self, item: Logged) -> None:
-        """Send a logged group on: here and now if the dispatcher has nothing waiting and
-        no shard is at its in-flight bound, else through the dispatcher thread."""
-        with self._cond:
-            fast = (
-                not self._backlog
-                and not self._busy
-                and not self._paused
-                and self._pause_at is None
-                and not self.router.saturated()
-                and self.failed is None
-            )
-            if fast:
-                self._busy = True
-        if not fast:
-            self._log_ready(item)
-            return
-        try:
-            self._send(item)
-            finished = self.router.poll()
-        except BaseException as err:  # a shard died: the driver restarts the runtime
-            with self._cond:
-                self.failed = err
-            return
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-        with self._cond:
-            self._shard_stats += finished
-
-    def _log_ready(self, item: Logged) -> None:
-        with self._cond:
-            self._backlog.append(item)
-            self._backlog_rows += item.events.num_rows if item.events is not None else 0
-            self._cond.notify_all()
-
     def _count(self, counts: dict[str, int]) -> None:
         with self._cond:
             for k, v in counts.items():
                 self._counts[k] += v
                 self.totals[k] += v
-
-    # -- the dispatcher --------------------------------------------------------------------
-    def _sendable(self) -> bool:
-        """Is there a logged group the dispatcher may send now?"""
-        if not self._backlog or self._paused:
-            return False
-        return self._pause_at is None or self._backlog[0].seq <= self._pause_at
-
-    def _dispatcher(self) -> None:
-        while True:
-            with self._cond:
-                while not self._sendable() and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                items = []
-                while self._sendable():
-                    items.append(self._backlog.popleft())
-                self._busy = True
-            try:
-                self._send(merge(items))  # what waited goes on as one batch per shard
-                finished = self.router.poll()
-                with self._cond:
-                    self._shard_stats += finished
-            except BaseException as err:  # a shard died: the driver restarts the runtime
-                with self._cond:
-                    self.failed = err
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._backlog_rows -= sum(
-                        i.events.num_rows for i in items if i.events is not None
-                    )
-                    self._cond.notify_all()
-
-    def _send(self, item: Logged) -> None:
-        if item.events is not None and item.events.num_rows:
-            watermark = None
-            if self.marks is not None and self.app.event_time is not None:
-                et = self.app.event_time
-                self.marks.observe_table(item.events, et.column, et.partition, self.name)
-                watermark = self.marks.current()
-            self.router.send(item.events, watermark)
-        if item.dead is not None:
-            self._dead.append(item.dead)
-            if self.dead_topic is not None:  # on the topic now; in the table at the checkpoint
-                self._topic_pending.append(self.dead_topic.publish(item.dead))
-                if len(self._topic_pending) > MAX_TOPIC_PENDING:
-                    done, self._topic_pending = ready(
-                        self._topic_pending, len(self._topic_pending) - MAX_TOPIC_PENDING
-                    )
-                    resolve(done)
-        self._ids.append(item.ids)
-        self.position = item.seq + 1
-
-    # -- checkpoints -----------------------------------------------------------------------
-    def cut(self, barrier: bool = False) -> dict[str, Any]:
-        """Send on everything logged so far, then mark the cut for the checkpoint:
-
-        * pausing (default): the dispatcher stops and this waits until what it sent is
-          applied; what is logged meanwhile waits for :meth:`resume`;
-        * ``barrier``: a ``drain`` call goes to each shard right behind the last batch, in
-          the same order (Ray keeps one caller's calls in order), and the dispatcher goes
-          on at once; the coordinator takes the shards' state from those calls (``drains``).
-          Exact only where this gate is its shards' one input, so the feeder chooses.
-        """
-        with self._cond:
-            self._pause_at = self._backlog[-1].seq if self._backlog else -1
-            self._cond.notify_all()
-            while (self._busy or self._sendable()) and self.failed is None:
-                self._cond.wait()
-            if self.failed is None:
-                self._paused, self._busy = True, barrier  # barrier: keep the router to us
-            self._pause_at = None
-        if self.failed is not None:
-            raise Closed(self._why_closed())
-        drains: dict[str, Any] = {}
-        try:
-            if barrier:
-                drains = {h.name: h.drain() for h in self.router.shards}
-                shard_stats = self.router.poll()
-            else:
-                shard_stats = self.router.drain()
-            with self._cond:
-                shard_stats, self._shard_stats = self._shard_stats + shard_stats, []
-            resolve(self._topic_pending)
-            self._topic_pending = []
-            ids, self._ids = self._ids, []
-            dead, self._dead = self._dead, []
-            marks = {}
-            if self.marks is not None:
-                marks[f"{self.app.kind.name}@{self.name}"] = self.marks.snapshot()
-            position = self.position
-        finally:
-            if barrier:
-                with self._cond:
-                    self._paused = self._busy = False
-                    self._cond.notify_all()
-        return {
-            "positions": {self.id: position},
-            "ids": ids,
-            "dead": dead,
-            "shard_stats": shard_stats,
-            "watermarks": marks,
-            "drains": drains,
-        }
-
-    def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
 
     def committed(self, position: int) -> None:
         """A checkpoint covers every record before ``position``: drop the segments it covers."""

@@ -14,15 +14,19 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from runtime.cluster.handles import ready, resolve
 from runtime.dataflow.app import App, new_counts
 from runtime.dataflow.screen import admit, check_site
 from runtime.ingest.wal import WriteAheadLog
 from runtime.state.index import SeenSet
+
+if TYPE_CHECKING:
+    from runtime.topics.clients import TopicClient
 
 
 @dataclass
@@ -63,6 +67,37 @@ def merge(items: list[Logged]) -> Logged:
         np.concatenate([i.ids for i in items]),
         counts,
     )
+
+
+class Handover:
+    """What a gate sent on to its shards since the last cut: the applied ids and the dead
+    letters, for the checkpoint; dead letters are on the dead letters' topic at once."""
+
+    def __init__(self, dead_topic: TopicClient | None, max_pending: int = 8) -> None:
+        self.dead_topic, self.max_pending = dead_topic, max_pending
+        self.ids: list[np.ndarray] = []
+        self.dead: list[pa.Table] = []
+        self._pending: list[Any] = []
+
+    def sent(self, item: Logged) -> None:
+        if item.dead is not None:
+            self.dead.append(item.dead)
+            if self.dead_topic is not None:  # on the topic now; in the table at the checkpoint
+                self._pending.append(self.dead_topic.publish(item.dead))
+                if len(self._pending) > self.max_pending:  # bounded: a flood waits for the topic
+                    done, self._pending = ready(
+                        self._pending, len(self._pending) - self.max_pending
+                    )
+                    resolve(done)
+        self.ids.append(item.ids)
+
+    def take(self) -> tuple[list[np.ndarray], list[pa.Table]]:
+        """(ids, dead letters) sent since the last take; the topic has the dead letters."""
+        resolve(self._pending)
+        self._pending = []
+        ids, self.ids = self.ids, []
+        dead, self.dead = self.dead, []
+        return ids, dead
 
 
 def admit_group(
