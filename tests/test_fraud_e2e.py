@@ -172,7 +172,7 @@ def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
         data_dir=str(tmp_path), mode="local", shards=2, sync_rows=10_000, checkpoint_rows=10**9
     ) as rt:
         run(rt, fraud_app, FileSource(txns, batch_size=5_000))
-        rt.sync_kinds()
+        rt.deployment.sync_kinds()
         shards = rt.shards_of("customers")
         models = [pickle.loads(b) for b in resolve([s.snapshot_kind() for s in shards])]
     assert models[0].fitted and models[0].version >= 5

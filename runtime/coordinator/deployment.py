@@ -135,6 +135,14 @@ class Deployment:
             with contextlib.suppress(Exception):  # already gone with its node
                 entry[3].kill()
 
+    def recipe(self) -> tuple[list[tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+        """What a restart starts again: (kind class, config, shards per site, sites,
+        forwards) per kind, in registration order, and every subscription."""
+        kinds = [
+            (k.cls, k.config, k.per_site, k.sites() or None, k.forward) for k in self.kinds.values()
+        ]
+        return kinds, dict(self.subscriptions)
+
     def kill_all(self) -> None:
         for name in list(self.placed):
             self.stop_actor(name)

@@ -40,8 +40,8 @@ from runtime.state.store import Checkpoint, Store
 from runtime.streams.sinks import TableSink
 from runtime.topics.clients import AnyTopic, SubscriberClient, read_all
 
-__all__ = ["PreparedCheckpoint", "Runtime", "RuntimeConfig", "sum_stats"]  # noqa: RUF022
 SINK_LINGER_S = 0.2
+NOT_STARTED = "the runtime is not started: use `with Runtime(...) as rt:` or rt.start()"
 
 
 class Runtime:
@@ -97,10 +97,7 @@ class Runtime:
         the same kinds, topics and subscribers again where the policy puts them now.
         The caller replays its source from the committed position."""
         d = self.deployment
-        kinds = [
-            (k.cls, k.config, k.per_site, k.sites() or None, k.forward) for k in d.kinds.values()
-        ]
-        subs = dict(d.subscriptions)
+        kinds, subs = d.recipe()
         d.kill_all()
         self.routing.reset()
         self.checkpoints.load()
@@ -121,9 +118,7 @@ class Runtime:
     def checkpoints(self) -> Checkpointer:
         """The checkpoint coordinator: the last commit, dedup, dead letters, event time."""
         if self._checkpoints is None or self.store is None:
-            raise NotStartedError(
-                "the runtime is not started: use `with Runtime(...) as rt:` or rt.start()"
-            )
+            raise NotStartedError(NOT_STARTED)
         return self._checkpoints
 
     @property
@@ -158,10 +153,8 @@ class Runtime:
     ) -> SubscriberClient:
         """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``);
         pushed at most every 0.2 s: a table is written in large batches anyway."""
-        path = str(self.checkpoints.store.path)
-        return self.subscribe(
-            topic, TableSink, path, table, key, name=f"{topic}->{table}", linger_s=SINK_LINGER_S
-        )
+        path, name = str(self.checkpoints.store.path), f"{topic}->{table}"
+        return self.subscribe(topic, TableSink, path, table, key, name=name, linger_s=SINK_LINGER_S)
 
     def read_topic(self, topic: str, offset: int = 0, max_rows: int = 100_000) -> pa.Table:
         """Rows retained from ``offset`` on, in every partition (partition by partition)."""
@@ -215,9 +208,8 @@ class Runtime:
     ) -> Any:
         """Start a pipeline-stage actor placed by the policy (e.g. ingest at a site's edge);
         ``kwargs`` go to ``cls`` (``max_concurrency`` to Ray, for a threaded actor)."""
-        return self.deployment.spawn(
-            cls, *args, spec=ActorSpec(name, "stage", stage, site), **kwargs
-        )
+        spec = ActorSpec(name, "stage", stage, site)
+        return self.deployment.spawn(cls, *args, spec=spec, **kwargs)
 
     def stop_stage(self, name: str) -> None:
         self.deployment.stop_actor(name)
@@ -261,11 +253,6 @@ class Runtime:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
         return self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
 
-    def sync_kinds(self) -> None:
-        """Merge each kind's shard snapshots and hand the result back (no barrier): calls to
-        an actor run in order, so each snapshot reflects every batch sent before it."""
-        self.deployment.sync_kinds()
-
     # -- single entities ----------------------------------------------------------------------
     def lookup(self, kind: str, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
         """The current state of the ``kind`` entities named by ``keys``, row for row (null
@@ -293,9 +280,9 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         """Per shard: rows sent, batches in flight (its queue) and rows/s since start."""
-        stages = self.deployment.shard_status(max(time.time() - self._started_at, 1e-9))
+        d, elapsed = self.deployment, max(time.time() - self._started_at, 1e-9)
         # topics whose partitions live in shards are listed for `edgecore tail`
-        hosted = self.deployment.hosted_topic_shards()
+        hosted, stages = d.hosted_topic_shards(), d.shard_status(elapsed)
         return {
             "stages": stages,
             "restarts": self.restarts,

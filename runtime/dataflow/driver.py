@@ -54,7 +54,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from runtime.coordinator.runtime import Runtime, sum_stats
+from runtime.coordinator.routing import sum_stats
+from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, RunStats, new_counts, setup
 from runtime.dataflow.screen import ingest
 from runtime.entities.router import END_OF_TIME
@@ -298,7 +299,7 @@ def _loop(
                 active.remove(f)
         absorb({}, rt.routing.poll())
         if rows_since_sync >= rt.config.sync_rows:
-            rt.sync_kinds()  # no cut needed: one shard call at a time either way
+            rt.deployment.sync_kinds()  # no cut needed: one shard call at a time either way
             rows_since_sync = 0
         now = time.perf_counter()
         if (
