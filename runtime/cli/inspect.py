@@ -9,7 +9,8 @@ from rich.table import Table
 
 from runtime.cli.common import (
     DATA_HELP,
-    app,
+    cell,
+    command,
     dumps,
     emit,
     err,
@@ -20,7 +21,7 @@ from runtime.cli.common import (
 )
 
 
-@app.command()
+@command()
 @user_errors
 def entity(
     kind: str = typer.Argument(
@@ -42,7 +43,7 @@ def entity(
     emit(state, as_json, f"{kind} {key}")
 
 
-@app.command()
+@command()
 @user_errors
 def sql(
     query: str = typer.Argument(
@@ -64,13 +65,13 @@ def sql(
         return
     table = Table(*result.column_names)
     for r in rows[:limit]:
-        table.add_row(*[str(v) for v in r.values()])
+        table.add_row(*[cell(v, grouping=False) for v in r.values()])
     out.print(table)
     if len(rows) > limit:
         err.print(f"({len(rows):,} rows, {limit} shown; use --limit or --json)")
 
 
-@app.command()
+@command()
 @user_errors
 def status(
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
@@ -126,7 +127,7 @@ def status(
     out.print(f"last checkpoint: epoch {cp['epoch']}, positions {cp['positions']}")
 
 
-@app.command()
+@command()
 @user_errors
 def tail(
     topic: str = typer.Argument(

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from runtime.cli.common import (
     ADDRESS_HELP,
     DATA_HELP,
-    app,
+    command,
     emit,
     err,
     fail,
@@ -66,7 +66,7 @@ def _summary(stats: Any, data: Path) -> dict[str, Any]:
     }
 
 
-@app.command()
+@command()
 @user_errors
 def demo(
     events: int = typer.Option(
@@ -204,7 +204,7 @@ def _demo_edges(
     )
 
 
-@app.command()
+@command()
 @user_errors
 def replay(
     file: Path = typer.Argument(..., help="Recorded events: .parquet, .csv or .jsonl/.ndjson."),
@@ -272,7 +272,7 @@ def replay(
     emit(_summary(stats, data), as_json, f"edgecore replay: {file.name}")
 
 
-@app.command("run")
+@command("run")
 @user_errors
 def run_pipeline(
     target: str = typer.Argument(

@@ -10,7 +10,7 @@ import typer
 from runtime.cli.common import (
     ADDRESS_HELP,
     DATA_HELP,
-    app,
+    command,
     dumps,
     err,
     fail,
@@ -28,7 +28,7 @@ def serve_shards() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-@app.command()
+@command()
 @user_errors
 def serve(
     app_name: str = typer.Option(
