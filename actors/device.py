@@ -35,6 +35,8 @@ stream runs alone at its edge or the whole fleet's at once).
 (2000, 100, 'eu-1')
 >>> stats.app["raw_rows"], stats.app["summary_rows"] > 0, stats.app["reduction_rows"] > 5
 (2000, True, True)
+>>> report(stats)["edge_to_core"]["raw_rows"]  # what `edgecore` prints about the run
+2000
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.telemetry import TelemetryConfig, TelemetrySource
-from runtime import App, Batch, Column, EntityKind, EventSchema, Paced, Source, handler
+from runtime import App, Batch, Column, EntityKind, EventSchema, Paced, RunStats, Source, handler
 from runtime.errors import ConfigError
 
 MAX_ID_LEN = 128
@@ -442,6 +444,24 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def report(stats: RunStats) -> dict[str, Any]:
+    """What `edgecore` prints about a run: the maintenance alerts and what crossed edge ->
+    core against shipping the raw readings."""
+    a = stats.app
+    return {
+        "maintenance_alerts": a.get("maintenance_rows", 0),
+        "edge_to_core": {
+            "rows": a.get("crossed_rows", 0),
+            "bytes": a.get("crossed_bytes", 0),
+            "raw_rows": a.get("raw_rows", 0),
+            "raw_bytes": a.get("raw_bytes", 0),
+        },
+        "reduction_rows": a.get("reduction_rows"),
+        "reduction_bytes": a.get("reduction_bytes"),
+        **{k: a[k] for k in ("labelled_rows", "alert_precision") if k in a},
+    }
+
+
 def demo_source(
     n_events: int,
     rate: float | None = None,
@@ -468,6 +488,7 @@ def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITE
             "maintenance": ("maintenance", "event_id"),
         },
         summarize=summarize,
+        report=report,
         demo=demo_source,  # takes sites= for site-partitioned apps
         sites=tuple(sites),
     )

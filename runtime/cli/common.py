@@ -137,6 +137,8 @@ def cell(v: Any, grouping: bool = True) -> str:
     ('34.0978', '34.0', '1,234,567.25', '1.234e-05', '7,000,000')
     >>> cell(-2.5, grouping=False), cell(12345, grouping=False), cell(None), cell(True)
     ('-2.5', '12345', 'None', 'True')
+    >>> cell(["eu-1", "eu-2"])
+    'eu-1, eu-2'
     """
     if isinstance(v, float):
         if not math.isfinite(v) or (v and not 1e-4 <= abs(v) < 1e15):
@@ -145,6 +147,8 @@ def cell(v: Any, grouping: bool = True) -> str:
         return text.rstrip("0") + ("0" if text.rstrip("0").endswith(".") else "")
     if isinstance(v, int) and not isinstance(v, bool) and grouping:
         return f"{v:,}"
+    if isinstance(v, (list, tuple)) and not any(isinstance(x, (dict, list)) for x in v):
+        return ", ".join(cell(x, grouping) for x in v)
     return str(v)
 
 

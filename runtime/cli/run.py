@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from runtime.cli.common import (
     ADDRESS_HELP,
     DATA_HELP,
+    cell,
     command,
     emit,
     err,
@@ -31,19 +32,21 @@ def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool)
         BarColumn(),
         TextColumn("{task.completed:,} events"),
         TextColumn("{task.fields[rate]:,.0f} ev/s"),
-        TextColumn("alerts {task.fields[alerts]:,}"),
+        TextColumn("{task.fields[headline]}"),
         TimeElapsedColumn(),
         console=err,
         transient=False,
     ) as bar:
-        task = bar.add_task(the_app.name, total=total, rate=0.0, alerts=0)
+        task = bar.add_task(the_app.name, total=total, rate=0.0, headline="")
 
         def progress(stats: Any) -> None:
+            # the app's first summary field (the fraud app's: alerts), whatever it is
+            first = next(iter(stats.app.items()), None)
             bar.update(
                 task,
                 completed=stats.input,
                 rate=stats.events_per_s,
-                alerts=stats.app.get("alerts", 0),
+                headline=f"{first[0]} {cell(first[1])}" if first else "",
             )
 
         stats = run(rt, the_app, source, progress=progress)
@@ -51,14 +54,19 @@ def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool)
         return stats
 
 
-def _summary(stats: Any, data: Path) -> dict[str, Any]:
+def app_report(the_app: Any, stats: Any) -> dict[str, Any]:
+    """What the app reports about a run (its ``report`` hook), else its summary."""
+    return dict(the_app.report(stats)) if the_app.report is not None else dict(stats.app)
+
+
+def _summary(stats: Any, data: Path, the_app: Any) -> dict[str, Any]:
     return {
         "input": stats.input,
         "accepted": stats.accepted,
         "dead_lettered": stats.dead_lettered,
         "duplicates": stats.duplicates,
         **({"filtered": stats.filtered} if stats.filtered else {}),
-        **stats.app,
+        **app_report(the_app, stats),
         "seconds": round(stats.seconds, 3),
         "events_per_s": round(stats.events_per_s, 1),
         "resumed_from": stats.resumed_from,
@@ -90,11 +98,19 @@ def demo(
     edges: int = typer.Option(
         0,
         "--edges",
-        help="Simulate a cluster on this machine: a core head node plus N edge nodes (sites eu-1..eu-N), "
-        "with device telemetry handled at the edges alongside the transactions.",
+        help="Simulate a cluster on this machine: a core head node plus N edge nodes (sites "
+        "eu-1..eu-N), with --edge-app's stream handled at the edges alongside --app's.",
     ),
-    device_events: int = typer.Option(
-        0, "--device-events", help="Telemetry readings with --edges (0: a fifth of --events)."
+    edge_app_name: str = typer.Option(
+        "devices",
+        "--edge-app",
+        help="With --edges: the site-partitioned app whose demo runs at the edges.",
+    ),
+    edge_events: int = typer.Option(
+        0,
+        "--edge-events",
+        "--device-events",
+        help="Events of --edge-app with --edges (0: a fifth of --events).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
@@ -123,7 +139,8 @@ def demo(
             data,
             shards,
             edges,
-            device_events or events // 5,
+            edge_app_name,
+            edge_events or events // 5,
             as_json,
         )
         return
@@ -133,7 +150,7 @@ def demo(
     emit(
         {
             "events": stats.input,
-            **_summary(stats, data),
+            **_summary(stats, data, the_app),
             "profiles": str((data / the_app.kind.name).resolve()) + ".lance",
             **({"placement": where} if as_json else {}),
         },
@@ -151,56 +168,53 @@ def _demo_edges(
     data: Path,
     shards: int,
     edges: int,
-    device_events: int,
+    edge_app_name: str,
+    edge_events: int,
     as_json: bool,
 ) -> None:
-    """The demo across a simulated core + N edge cluster: telemetry at the edges, fraud at the core."""
+    """The demo across a simulated core + N edge cluster: ``edge_app_name``'s stream at the
+    edges (one ingest stage per site), ``the_app``'s at the core."""
     import dataclasses
 
     from runtime.cluster.local import LocalCluster
     from runtime.dataflow.apps import load_app
     from runtime.ingest.sites import run_sites
 
+    edge_app = load_app(edge_app_name)
+    if not edge_app.kind.site_key or edge_app.demo is None:
+        fail(f"--edge-app {edge_app_name!r} must be partitioned by site and have a demo source")
     with LocalCluster(edges) as cluster:
-        devices = dataclasses.replace(load_app("devices"), sites=tuple(cluster.sites))
-        per_site = max(1, device_events // edges)
-        telemetry = {
-            s: devices.demo(
-                per_site, rate / edges if rate else None, 500 * edges, sites=devices.sites, site=s
+        edge_app = dataclasses.replace(edge_app, sites=tuple(cluster.sites))
+        per_site = max(1, edge_events // edges)
+        sources = {
+            s: edge_app.demo(
+                per_site, rate / edges if rate else None, 500 * edges, sites=edge_app.sites, site=s
             )
-            for s in devices.sites
+            for s in edge_app.sites
         }
         with open_runtime(data, cluster.address, shards or 1, policy=policy_file) as rt:
             if not as_json:
-                err.print(
-                    f"telemetry: ingest, validation and device state at the edge of {', '.join(devices.sites)}"
-                )
-            dev_stats = run_sites(rt, devices, telemetry)
+                err.print(f"{edge_app.name}: at the edge of {', '.join(edge_app.sites)}")
+            edge_stats = run_sites(rt, edge_app, sources)
             stats = _drive(rt, the_app, source, events, as_json)
             placement = rt.placement()
-    crossed = dev_stats.app
     summary = {
         "events": stats.input,
-        **_summary(stats, data),
-        "device_events": dev_stats.input,
-        "device_events_per_s": round(dev_stats.events_per_s, 1),
-        "maintenance_alerts": crossed.get("maintenance_rows", 0),
-        "edge_to_core": {
-            "rows": crossed.get("crossed_rows", 0),
-            "bytes": crossed.get("crossed_bytes", 0),
-            "raw_rows": crossed.get("raw_rows", 0),
-            "raw_bytes": crossed.get("raw_bytes", 0),
+        **_summary(stats, data, the_app),
+        edge_app.name: {
+            "sites": list(edge_app.sites),
+            "events": edge_stats.input,
+            "events_per_s": round(edge_stats.events_per_s, 1),
+            **app_report(edge_app, edge_stats),
         },
         "placement": placement,
     }
     if not as_json:
         summary["placement"] = ", ".join(f"{p['actor']}@{p['role']}/{p['site']}" for p in placement)
-        summary["edge_to_core"] = (
-            f"{summary['edge_to_core']['rows']:,} rows / {summary['edge_to_core']['bytes']:,} B "
-            f"(raw: {summary['edge_to_core']['raw_rows']:,} rows / {summary['edge_to_core']['raw_bytes']:,} B)"
-        )
     emit(
-        summary, as_json, f"edgecore demo: {the_app.name} + devices on 1 core + {edges} edge nodes"
+        summary,
+        as_json,
+        f"edgecore demo: {the_app.name} + {edge_app.name} on 1 core + {edges} edge nodes",
     )
 
 
@@ -269,7 +283,7 @@ def replay(
     paced = Paced(source, rate) if rate else source
     with open_runtime(data, address, shards or None, local, **settings) as rt:
         stats = _drive(rt, the_app, paced, total, as_json)
-    emit(_summary(stats, data), as_json, f"edgecore replay: {file.name}")
+    emit(_summary(stats, data, the_app), as_json, f"edgecore replay: {file.name}")
 
 
 @command("run")
@@ -284,15 +298,13 @@ def run_pipeline(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Run a pipeline written with runtime.dataflow.builder.Pipeline, embedded or attached to a cluster."""
-    import importlib
-
+    from runtime.dataflow.apps import import_target
     from runtime.dataflow.builder import Pipeline
 
-    module, _, attr = target.partition(":")
-    if not attr:
+    if not target.partition(":")[2]:
         fail(f"give the pipeline as module:attribute, not {target!r}")
     try:
-        obj = getattr(importlib.import_module(module), attr)
+        obj = import_target(target)
     except (ImportError, AttributeError) as e:
         fail(f"cannot load {target!r}: {e}")
     flow = obj() if callable(obj) and not isinstance(obj, Pipeline) else obj
@@ -303,4 +315,4 @@ def run_pipeline(
         fail(f"pipeline {flow.name!r} has no .source(...)")
     with open_runtime(data, address, None, local) as rt:
         stats = _drive(rt, the_app, flow.input, None, as_json)
-    emit(_summary(stats, data), as_json, f"edgecore run: {flow.name}")
+    emit(_summary(stats, data, the_app), as_json, f"edgecore run: {flow.name}")
