@@ -130,9 +130,7 @@ def status(
 @command()
 @user_errors
 def tail(
-    topic: str = typer.Argument(
-        ..., help="Topic name, e.g. alerts, maintenance, device_summaries."
-    ),
+    topic: str = typer.Argument(..., help="Topic name, e.g. alerts, dead_letters, late_events."),
     address: str = typer.Option("auto", "--address", help="The Ray cluster the runtime runs on."),
     from_beginning: bool = typer.Option(
         False, "--from-beginning", help="Start at the oldest retained row."

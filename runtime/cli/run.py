@@ -84,7 +84,7 @@ def demo(
         0, "--rate", help="Pace the stream to this many events/s (0: as fast as it goes)."
     ),
     customers: int = typer.Option(
-        50_000, "--customers", help="Size of the synthetic customer base."
+        50_000, "--customers", help="Entities in the synthetic stream (fraud: customers)."
     ),
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
     shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
@@ -114,11 +114,11 @@ def demo(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """Run the card-fraud demo on a synthetic stream, on an embedded local Ray.
+    """Run an app's demo on its synthetic stream, on an embedded local Ray.
 
-    Generates customers with home locations and spending habits, devices,
-    merchants and a small share of injected fraud; runs the fraud pipeline and
-    reports throughput, alerts, and precision/recall against the injected labels.
+    The default, fraud, generates customers with home locations and spending habits,
+    devices, merchants and a small share of injected fraud, and reports throughput,
+    alerts, and precision/recall against the injected labels: each app reports its own.
     Running it again into the same data folder continues the stream.
     """
     from runtime.dataflow.apps import load_app
