@@ -1,9 +1,13 @@
-"""The `edgecore` CLI through typer's CliRunner, the README's Python examples, cluster.yaml."""
+"""The `edgecore` CLI through typer's CliRunner and as users run it (a subprocess), the
+README's Python examples, cluster.yaml."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,8 @@ from conftest import make_transactions, sql_profiles
 from typer.testing import CliRunner
 
 from runtime.cli import app
+from runtime.cli.common import cell
+from runtime.streams.schema import DEAD_LETTER_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -204,3 +210,114 @@ def test_tail_follows_a_topic(ray_session, tmp_path):
         assert [r["event_id"] for r in rows] == [1, 2] and rows[0]["_offset"] == 0
         result = runner.invoke(app, ["tail", "nope", "--address", "auto"])
         assert result.exit_code == 1 and "alerts" in result.output
+
+
+# -- what a new user trips on, as they run it: `python -m runtime.cli` in a subprocess ---------
+
+
+def edgecore(*args: str, cwd: Path | None = None, columns: int = 80) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_dead_letters_is_queryable_before_the_first_dead_letter(replayed):
+    data, _, out = replayed
+    assert out["dead_lettered"] == 0 and not (data / "dead_letters.lance").exists()
+    done = edgecore("sql", "SELECT count(*) AS n FROM dead_letters", "--data", str(data), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == [{"n": 0}]
+    done = edgecore("sql", "SELECT * FROM dead_letters", "--data", str(data), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["columns"] == DEAD_LETTER_SCHEMA.names
+
+
+def test_tables_show_floats_unrounded(replayed):
+    data, _, _ = replayed
+    profile = json.loads(edgecore("entity", "customer", "c7", "--data", str(data), "--json").stdout)
+    floats = {k: v for k, v in profile.items() if isinstance(v, float) and v != int(v)}
+    assert "last_lat" in floats
+    done = edgecore("entity", "customer", "c7", "--data", str(data), columns=200)
+    assert done.returncode == 0, done.stderr
+    for k, v in floats.items():
+        shown = re.search(rf"│ {k} +│ (\S+)", done.stdout).group(1)
+        assert shown == cell(v) and abs(float(shown.replace(",", "")) - v) < 1e-6 * max(1, abs(v))
+    lat = profile["last_lat"]
+    done = edgecore(
+        "sql", "SELECT last_lat FROM customers WHERE customer_id = 'c7'", "--data", str(data)
+    )
+    assert f"{lat:.6f}".rstrip("0") in done.stdout, done.stdout
+
+
+def test_run_finds_a_module_in_the_current_folder(tmp_path):
+    """As the installed `edgecore` script runs (its folder on sys.path, not the user's)."""
+    proj, bin_dir = tmp_path / "proj", tmp_path / "bin"
+    proj.mkdir()
+    bin_dir.mkdir()
+    flow = (ROOT / "tests" / "flows_example.py").read_text()
+    (proj / "my_cwd_flow.py").write_text(flow + "\napp = pipeline.build()\n")
+    (tmp_path / "rows.jsonl").write_text('{"event_id": 1, "key": "a", "value": 1.0}\n')
+    script = bin_dir / "edgecore"
+    script.write_text("import sys\nfrom runtime.cli import main\nsys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # edgecore itself, not the project folder
+    for i, args in enumerate(
+        (
+            ["run", "my_cwd_flow:pipeline"],  # `edgecore run`
+            ["replay", str(tmp_path / "rows.jsonl"), "--app", "my_cwd_flow:app"],  # --app m:a
+        )
+    ):
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                *args,
+                "--local",
+                "--data",
+                str(tmp_path / f"d{i}"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=proj,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["input"] >= 1
+
+
+def test_help_shows_flags_as_flags():
+    for command in ([], ["sql"], ["replay"], ["serve"], ["tail"], ["demo"]):
+        done = edgecore(*command, "--help", columns=120)
+        assert done.returncode == 0, done.stderr
+        assert "--help" in done.stdout and "<bool>" not in done.stdout, done.stdout
+    assert re.search(r"--json +Print", edgecore("sql", "--help", columns=120).stdout)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["entity"],  # a usage error (click's)
+        ["replay", "x.csv", "--rate", "fast"],
+        ["replay", "nope.parquet"],
+        ["replay", "x.txt", "--app", "no-such-app-with-a-rather-long-name-to-pass-eighty-columns"],
+        ["sql", "SELEC nope FROM nowhere WHERE the_error_message_is_long = 1"],  # DuckDB's caret
+        ["entity", "customer", "no-such-customer-whose-key-is-long-enough-to-wrap"],
+        ["serve", "--http", "bad"],
+    ],
+    ids=lambda a: " ".join(a)[:30],
+)
+def test_errors_are_one_line_at_80_columns(replayed, tmp_path, args):
+    data, _, _ = replayed
+    (tmp_path / "x.txt").write_text("x")
+    if args[0] in ("sql", "entity") and len(args) > 1:
+        args = [*args, "--data", str(data)]
+    done = edgecore(*args, cwd=tmp_path)
+    assert done.returncode in (1, 2)  # edgecore's errors 1, usage errors click's 2
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr

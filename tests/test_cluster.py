@@ -229,3 +229,47 @@ def test_backpressure_across_nodes(cluster, tmp_path):
         where = {p["actor"]: p["site"] for p in rt.placement()}
     assert where["shard:echo_tallies:0"] == "eu-1" and where["sub:echo:slowsink"] == "core"
     assert "topic:echo" not in where  # the topic lives in its shards
+
+
+def test_entity_of_a_site_partitioned_kind_is_read_live_at_its_site(cluster, tmp_path):
+    """`edgecore entity devices ID --address` as users run it: the shards are per site
+    (shard:devices:eu-1:0 ...), the key lives at one site; no stored profile is read."""
+    import json
+    import subprocess
+    import sys
+
+    from actors.device import demo_source, device_app
+
+    from runtime.dataflow.app import setup
+
+    c, _ = cluster
+    app = device_app(sites=("eu-1", "eu-2"))
+
+    def edgecore(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "entity", "devices", *args]
+            + ["--address", c.address, "--data", str(tmp_path / "nothing-stored")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with Runtime(data_dir=str(tmp_path), address=c.address, shards=2) as rt:
+        setup(rt, app)
+        run(rt, app, demo_source(600, None, 12, sites=app.sites))
+        assert {p["actor"] for p in rt.placement()} >= {
+            "shard:devices:eu-1:1",
+            "shard:devices:eu-2:1",
+        }
+        for device in ("d-eu-1-00000", "d-eu-2-00001"):
+            expected = rt.entity_state("devices", device)
+            done = edgecore(device, "--json")
+            assert done.returncode == 0, done.stderr
+            live = json.loads(done.stdout)
+            assert live["device_id"] == device and live["site"] == device[2:6]
+            assert live["count"] == expected["count"] > 0
+        done = edgecore("d-eu-1-00000")  # the table a user reads
+        assert done.returncode == 0 and "d-eu-1-00000" in done.stdout, done.stderr
+        done = edgecore("d-nowhere")
+        assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
+        assert "'d-nowhere' is not known" in done.stderr and "eu-1, eu-2" in done.stderr

@@ -15,7 +15,7 @@ MODULES = sorted(
     m.name
     for pkg in (runtime, actors)
     for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")
-    if m.name not in ("runtime.cli.main", "runtime.cli.__main__")
+    if m.name != "runtime.cli.__main__"  # it runs the command line on import
 )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from actors.devices.kind import Device, DeviceConfig
 from actors.devices.telemetry import TelemetryConfig, TelemetrySource
-from runtime import App, Column, EventSchema, Paced, Source
+from runtime import App, Column, EventSchema, Paced, RunStats, Source
 
 MAX_ID_LEN = 128
 
@@ -65,6 +65,24 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def report(stats: RunStats) -> dict[str, Any]:
+    """What `edgecore` prints about a run: the maintenance alerts and what crossed edge ->
+    core against shipping the raw readings."""
+    a = stats.app
+    return {
+        "maintenance_alerts": a.get("maintenance_rows", 0),
+        "edge_to_core": {
+            "rows": a.get("crossed_rows", 0),
+            "bytes": a.get("crossed_bytes", 0),
+            "raw_rows": a.get("raw_rows", 0),
+            "raw_bytes": a.get("raw_bytes", 0),
+        },
+        "reduction_rows": a.get("reduction_rows"),
+        "reduction_bytes": a.get("reduction_bytes"),
+        **{k: a[k] for k in ("labelled_rows", "alert_precision") if k in a},
+    }
+
+
 def demo_source(
     n_events: int,
     rate: float | None = None,
@@ -91,6 +109,7 @@ def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITE
             "maintenance": ("maintenance", "event_id"),
         },
         summarize=summarize,
+        report=report,
         demo=demo_source,  # takes sites= for site-partitioned apps
         sites=tuple(sites),
     )

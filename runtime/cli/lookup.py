@@ -42,14 +42,35 @@ def stored_entity(data_dir: str | Path, kind: str, key: str) -> dict[str, Any]:
 
 
 def live_entity(address: str, kind: str, key: str) -> dict[str, Any] | None:
-    """Ask the shard hosting ``key`` in a running runtime; None if no runtime hosts ``kind``."""
+    """Ask the shard hosting ``key`` in a running runtime; None if no runtime hosts ``kind``.
+
+    A site-partitioned kind has a set of shards per site (``shard:{kind}:{site}:{i}``) and
+    the key lives at one site: the shard its hash picks is asked at every site at once,
+    and the one that knows it answers (the others raise UnknownEntityError: not here).
+    """
     attach(address, hard=True)
     for name in (kind, f"{kind}s"):
-        shards = named_actors(names.shards_of(name))
-        if shards:
-            n = len(shards)
-            i = int(shard_of(hash_keys(pa.array([key])), n)[0])
-            return resolve([ShardClient(shards[names.shard(name, i)]).get(key)])[0]
+        by_site: dict[str | None, dict[int, ShardClient]] = {}
+        for actor, handle in named_actors(names.shards_of(name)).items():
+            shard = names.parse_shard(actor)
+            by_site.setdefault(shard.site, {})[shard.index] = ShardClient(handle)
+        if not by_site:
+            continue
+        h = hash_keys(pa.array([key]))
+        asked = {
+            site: shards[int(shard_of(h, len(shards))[0])].get(key)
+            for site, shards in sorted(by_site.items(), key=lambda kv: kv[0] or "")
+        }
+        if None in asked:  # not partitioned by site: its one shard knows, or raises
+            return resolve([asked[None]])[0]
+        for future in asked.values():
+            try:
+                return resolve([future])[0]
+            except UnknownEntityError:
+                continue  # not at this site
+        err = UnknownEntityError(name, key)
+        err.args = (f"{err.args[0]} at any of its sites ({', '.join(map(str, asked))})",)
+        raise err
     return None
 
 

@@ -23,13 +23,12 @@ from runtime.coordinator.config import RuntimeConfig
 from runtime.eventtime.watermarks import Watermarks
 from runtime.state.index import SeenSet
 from runtime.state.store import Checkpoint, Store
-from runtime.streams.schema import DEAD_LETTER_SCHEMA
+from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
 
 if TYPE_CHECKING:
     from runtime.coordinator.deployment import Deployment
     from runtime.topics.clients import AnyTopic
 
-DEAD_LETTERS = "dead_letters"
 SEEN = "_seen"
 SNAPSHOTS = "_snapshots"
 

@@ -29,6 +29,7 @@ from runtime.entities.router import Router
 from runtime.entities.shard import Shard
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of
+from runtime.streams.schema import DEAD_LETTERS
 from runtime.streams.sinks import TableSink
 from runtime.topics.clients import AnyTopic, SubscriberClient, TopicClient
 from runtime.topics.colocated import ColocatedTopic, as_standalone, outlet, split_snapshot
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from runtime.coordinator.checkpoint import Checkpointer
 
 #: topics every step may write to: never hosted by one kind's shards
-SHARED_TOPICS = frozenset({"dead_letters", "late_events"})
+SHARED_TOPICS = frozenset({DEAD_LETTERS, "late_events"})
 
 
 @dataclass

@@ -115,6 +115,9 @@ class App:
     event_time: EventTime | None = None
     #: kinds after the first, each fed by the one before it (see :class:`Stage`)
     stages: tuple[Stage, ...] = ()
+    #: what commands print about a run of the app, after the counts every run has
+    #: (input, accepted, ...): RunStats -> fields, nested dicts allowed. None: the summary
+    report: Callable[[RunStats], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

@@ -45,6 +45,7 @@ from runtime.errors import ActorFailedError, EdgecoreError
 from runtime.ingest.gate import Gate
 from runtime.ingest.http import HttpListener, HttpOptions
 from runtime.ingest.mqtt import MqttListener, MqttOptions
+from runtime.streams.schema import DEAD_LETTERS
 
 if TYPE_CHECKING:
     from runtime.entities.clients import ShardClient
@@ -208,7 +209,7 @@ class LiveFeeder:
         self.rt, self.app = rt, app
         scope = app.kind.name
         by_site = rt.shards_by_site(scope) if app.kind.site_key else {}
-        dead_topic = rt.topic("dead_letters")
+        dead_topic = rt.topic(DEAD_LETTERS)
         applied = rt.checkpoints.applied_ids(scope)
         self.gates = {}
         for site in self.sites:

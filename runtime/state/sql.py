@@ -6,6 +6,11 @@
 >>> Store(d).upsert("people", pa.table({"id": ["a", "b"], "n": [1, 2]}), key="id")
 >>> query(d, "SELECT count(*) AS n, max(n) AS top FROM people").to_pylist()
 [{'n': 2, 'top': 2}]
+
+The runtime's own tables are there before their first row, empty and with their schema:
+
+>>> query(d, "SELECT count(*) AS n FROM dead_letters").to_pylist()
+[{'n': 0}]
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ import pyarrow as pa
 
 from runtime.errors import ConfigError
 from runtime.state.store import Store
+from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
+
+#: tables the runtime writes only once they have a row (``dead_letters``: see
+#: ``runtime.coordinator.runtime.DEAD_LETTERS``), queryable before that as empty views
+RUNTIME_TABLES = {DEAD_LETTERS: DEAD_LETTER_SCHEMA}
 
 
 def connect(data_dir: str | Path) -> duckdb.DuckDBPyConnection:
@@ -33,6 +43,10 @@ def connect(data_dir: str | Path) -> duckdb.DuckDBPyConnection:
         data = store.read(name)
         con.register(f"__{name}", data)
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "__{name}"')
+    for name, schema in RUNTIME_TABLES.items():
+        if not store.exists(name):
+            con.register(f"__{name}", schema.empty_table())
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM "__{name}"')
     return con
 
 
@@ -44,6 +58,8 @@ def query(data_dir: str | Path, sql: str) -> pa.Table:
     except duckdb.Error as err:
         views = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
         tables = [r[0] for r in views if not r[0].startswith("__")]
-        raise ConfigError(f"SQL failed: {err}\ntables in {data_dir}: {sorted(tables)}") from err
+        # one line: DuckDB's message comes with a caret diagram under the query
+        why = " ".join(str(err).splitlines()[0].split())
+        raise ConfigError(f"SQL failed: {why}; tables in {data_dir}: {sorted(tables)}") from err
     finally:
         con.close()

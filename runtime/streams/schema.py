@@ -36,6 +36,8 @@ _TYPES = {
     "timestamp": pa.timestamp("ms"),
 }
 
+#: the table and topic refused rows go to, with one schema for every step
+DEAD_LETTERS = "dead_letters"
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         ("dead_letter_id", pa.string()),

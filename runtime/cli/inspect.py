@@ -1,0 +1,205 @@
+"""Commands that read: one ``entity``, ``sql`` over the data folder, ``status``, ``tail``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from runtime.cli.common import (
+    DATA_HELP,
+    cell,
+    command,
+    dumps,
+    emit,
+    err,
+    fail,
+    out,
+    plain,
+    user_errors,
+)
+
+
+@command()
+@user_errors
+def entity(
+    kind: str = typer.Argument(
+        ..., help="Entity kind, e.g. 'customer' (or the table name 'customers')."
+    ),
+    key: str = typer.Argument(..., help="The entity's key, e.g. c42."),
+    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    address: str = typer.Option(
+        None, "--address", help="Read live state from a runtime running on this Ray cluster."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show one entity's profile: live from a running runtime with --address, else from LanceDB."""
+    from runtime.cli.lookup import live_entity, stored_entity
+
+    state = live_entity(address, kind, key) if address else None
+    if state is None:
+        state = stored_entity(data, kind, key)
+    emit(state, as_json, f"{kind} {key}")
+
+
+@command()
+@user_errors
+def sql(
+    query: str = typer.Argument(
+        ..., help="DuckDB SQL; tables are named as in the data folder (customers, alerts, ...)."
+    ),
+    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print rows as a JSON object {columns, rows}."
+    ),
+    limit: int = typer.Option(50, "--limit", help="Rows to print in table mode."),
+) -> None:
+    """Run SQL over the data folder's tables with DuckDB."""
+    from runtime.state.sql import query as run_query
+
+    result = run_query(data, query)
+    rows = result.to_pylist()
+    if as_json:
+        typer.echo(dumps({"columns": result.column_names, "rows": rows}))
+        return
+    table = Table(*result.column_names)
+    for r in rows[:limit]:
+        table.add_row(*[cell(v, grouping=False) for v in r.values()])
+    out.print(table)
+    if len(rows) > limit:
+        err.print(f"({len(rows):,} rows, {limit} shown; use --limit or --json)")
+
+
+@command()
+@user_errors
+def status(
+    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Report on the runtime running on this Ray cluster: nodes, placement, stages.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Without --address: the data folder's tables, row counts, versions and last checkpoint.
+
+    With --address: every node with its role, site and liveness; every runtime actor
+    with the node Ray says it runs on; per-shard throughput and batches in flight.
+    """
+    if address:
+        from runtime.cluster.status import cluster_status
+
+        info = cluster_status(address)
+        if as_json:
+            typer.echo(dumps(info))
+            return
+        nodes = Table("node", "role", "site", "alive", "address", title="nodes")
+        for n in info["nodes"]:
+            nodes.add_row(n["node_id"][:12], n["role"], n["site"], str(n["alive"]), n["address"])
+        out.print(nodes)
+        actors = Table(
+            "actor", "kind", "role", "site", "node", title="placement (as Ray reports it)"
+        )
+        for p in info["placement"]:
+            actors.add_row(p["actor"], p["kind"], p["role"], p["site"], p["node_id"][:12])
+        out.print(actors)
+        stages = Table("stage", "rows", "rows/s", "queue depth", title="stages")
+        for st in info["stages"]:
+            stages.add_row(
+                st["actor"], f"{st['rows']:,}", f"{st['rows_per_s']:,.0f}", str(st["queue_depth"])
+            )
+        out.print(stages)
+        for name, summary in info["apps"].items():
+            emit(summary, False, f"app {name}")
+        return
+    from runtime.cli.lookup import folder_status
+
+    info = folder_status(data)
+    if as_json:
+        typer.echo(dumps(info))
+        return
+    table = Table("table", "rows", "versions")
+    for t in info["tables"]:
+        table.add_row(t["name"], f"{t['rows']:,}", str(t["versions"]))
+    out.print(table)
+    cp = info["checkpoint"]
+    out.print(f"last checkpoint: epoch {cp['epoch']}, positions {cp['positions']}")
+
+
+@command()
+@user_errors
+def tail(
+    topic: str = typer.Argument(..., help="Topic name, e.g. alerts, dead_letters, late_events."),
+    address: str = typer.Option("auto", "--address", help="The Ray cluster the runtime runs on."),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="Start at the oldest retained row."
+    ),
+    limit: int = typer.Option(
+        0, "--limit", help="Stop after this many rows (0: follow until Ctrl-C)."
+    ),
+    idle_timeout: float = typer.Option(
+        0, "--idle-timeout", help="Stop after this many seconds without rows (0: never)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per row (JSON lines)."),
+) -> None:
+    """Follow a topic of a running runtime live (as its own consumer group)."""
+    import time
+    import uuid
+
+    from runtime.cluster import names as actor_names
+    from runtime.cluster.handles import attach, named_actors, resolve
+
+    attach(address, hard=True)
+    topics = named_actors(actor_names.TOPIC_PREFIX)
+    handle = topics.get(actor_names.topic(topic))
+    hosted = _hosted_topics()  # a kind's outputs live in its shards
+    from runtime.topics.clients import TopicClient
+
+    handle = TopicClient(handle) if handle is not None else None
+    if handle is None and topic in hosted:
+        from runtime.entities.clients import ShardClient
+        from runtime.topics.colocated import ColocatedTopic
+
+        shards = named_actors(actor_names.SHARD_PREFIX)
+        hosts = [ShardClient(shards[n]) for n in hosted[topic] if n in shards]
+        handle = ColocatedTopic(topic, hosts)
+    if handle is None:
+        known = sorted({*(t.removeprefix(actor_names.TOPIC_PREFIX) for t in topics), *hosted})
+        fail(f"no topic {topic!r} in the runtime at {address}; topics: {known}")
+    from runtime.topics.topic import next_offsets
+
+    group = f"tail-{uuid.uuid4().hex[:8]}"
+    start = "earliest" if from_beginning else "latest"
+    shown, last = 0, time.monotonic()
+    try:
+        while not limit or shown < limit:
+            rows = resolve(
+                [handle.poll(group, min(1_000, limit - shown) if limit else 1_000, start)]
+            )[0]
+            if rows.num_rows == 0:
+                if idle_timeout and time.monotonic() - last > idle_timeout:
+                    break
+                time.sleep(0.2)
+                continue
+            last = time.monotonic()
+            for row in rows.to_pylist():
+                typer.echo(
+                    dumps(row)
+                    if as_json
+                    else "  ".join(
+                        f"{k}={plain(v) if not isinstance(v, (int, float, str)) else v}"
+                        for k, v in row.items()
+                    )
+                )
+            shown += rows.num_rows
+            resolve([handle.commit(group, next_offsets(rows))])
+    except KeyboardInterrupt:
+        pass
+
+
+def _hosted_topics() -> dict[str, list[str]]:
+    """Topics whose partitions live in shards, as the running runtime's board lists them."""
+    from runtime.cluster.status import read_board
+
+    return read_board().get("topics", {})
