@@ -272,8 +272,8 @@ class Driven:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.opened.wait(60)
-        handle = next(iter(self.feeder.gates.values()))
-        self.ingest = handle.target
+        client = next(iter(self.feeder.gates.values()))
+        self.ingest = client.handle.target  # the LiveIngest object itself (local mode)
         self.gate = self.ingest.gate
         self.port = self.feeder.opened["local"].get("http_port")
         if mqtt:

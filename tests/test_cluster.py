@@ -238,7 +238,7 @@ def test_entity_of_a_site_partitioned_kind_is_read_live_at_its_site(cluster, tmp
     import subprocess
     import sys
 
-    from actors.device import demo_source, device_app
+    from actors.devices.app import demo_source, device_app
 
     from runtime.dataflow.app import setup
 
