@@ -20,6 +20,15 @@ from runtime.cli.common import (
     user_errors,
 )
 
+#: options the commands that run an app share (typer reads these defaults; never mutated)
+SHARDS_OPTION = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU).")
+ADDRESS_OPTION = typer.Option(None, "--address", help=ADDRESS_HELP)
+PLACEMENT_OPTION = typer.Option(
+    None,
+    "--placement",
+    help="Placement overrides (JSON or TOML): edge_kinds, edge_stages, overrides.",
+)
+
 
 def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool) -> Any:
     from runtime.dataflow.app import run, setup
@@ -87,13 +96,9 @@ def demo(
         50_000, "--customers", help="Entities in the synthetic stream (fraud: customers)."
     ),
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
-    shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
-    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
-    placement: Path = typer.Option(
-        None,
-        "--placement",
-        help="Placement overrides (JSON or TOML): edge_kinds, edge_stages, overrides.",
-    ),
+    shards: int = SHARDS_OPTION,
+    address: str = ADDRESS_OPTION,
+    placement: Path = PLACEMENT_OPTION,
     app_name: str = typer.Option("fraud", "--app", help="Which installed app to demo."),
     edges: int = typer.Option(
         0,
@@ -229,13 +234,9 @@ def replay(
     batch_size: int = typer.Option(
         100_000, "--batch-size", help="Rows per batch read from the file."
     ),
-    shards: int = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU)."),
-    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
-    placement: Path = typer.Option(
-        None,
-        "--placement",
-        help="Placement overrides (JSON or TOML): edge_kinds, edge_stages, overrides.",
-    ),
+    shards: int = SHARDS_OPTION,
+    address: str = ADDRESS_OPTION,
+    placement: Path = PLACEMENT_OPTION,
     local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
     checkpoint_every: int = typer.Option(
         2_000_000,
