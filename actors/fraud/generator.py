@@ -11,6 +11,20 @@ Injected fraud (``is_fraud=True``, about ``fraud_rate`` of the events) mixes thr
 (a) 8-30x the customer's typical amount on a never-seen device ``dx{event_id}``;
 (b) a location in a city more than 1500 km from home, on a new device;
 (c) a burst of 3-5 events of one customer within 60 s on one new device ``dx{first id}``.
+
+Concept drift (``drift_at``: the event id where it starts; ``None``, the default, leaves
+the stream exactly as without drift, and events before ``drift_at`` are always those of
+the stream without drift):
+
+* ``drift="new_pattern"``: a new fraud pattern that the old signals barely show, at
+  ``NEW_PATTERN_RATE`` of ``fraud_rate``: 1.5-3x the customer's typical amount at one of
+  five compromised merchants (:attr:`TxnGenerator.compromised_merchants`), on the
+  customer's own device, at home. The old patterns become rarer: only ``OLD_KEPT`` of
+  them remain (the others are the customer's normal events).
+* ``drift="habits"``: legitimate habits shift: normal amounts scale by 1.8, 6% of normal
+  events are travel to a far city (own device), and every customer has a new phone
+  ``dn{customer}`` used for 40% of their normal events. Fraud stays as it was; a model
+  trained before raises false alarms.
 """
 
 from __future__ import annotations
@@ -59,6 +73,9 @@ CATEGORIES = (
 _CHUNK = 1 << 16  # internal generation unit; fixes the RNG streams independently of batch_size
 _FAR_KM = 1500.0  # pattern (b) cities are at least this far from the customer's home city
 _BURST_WINDOW_MS = 60_000
+DRIFTS = ("new_pattern", "habits")
+NEW_PATTERN_RATE = 0.8  # new-pattern fraud events per fraud_rate, after drift_at
+OLD_KEPT = 0.35  # share of the old patterns' fraud events left after drift_at
 
 
 def _haversine_km(
@@ -93,8 +110,12 @@ class TxnGeneratorConfig:
     customer_interval_ms: float = 2 * 3600 * 1000
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     seed: int = 7
+    drift_at: int | None = None  # event id where concept drift starts; None: no drift
+    drift: str = "new_pattern"  # one of DRIFTS, see the module docstring
 
     def __post_init__(self) -> None:
+        if self.drift not in DRIFTS:
+            raise ConfigError(f"drift must be one of {DRIFTS}, got {self.drift!r}")
         if self.n_customers < 1 or self.n_merchants < 1:
             raise ConfigError("n_customers and n_merchants must be at least 1")
         if not 0.0 <= self.fraud_rate <= 1.0:
@@ -146,6 +167,14 @@ class TxnGenerator:
         self._customer_ids = _ids("c", np.arange(n))
         self._merchant_ids = _ids("m", np.arange(cfg.n_merchants))
         self._categories = pa.array(CATEGORIES, pa.string())
+        # drift: a world of its own, drawn from its own RNG so the stream before it is unchanged
+        drng = np.random.default_rng([cfg.seed, 3])
+        self._compromised = drng.choice(cfg.n_merchants, min(5, cfg.n_merchants), replace=False)
+
+    @property
+    def compromised_merchants(self) -> list[str]:
+        """Merchant ids of the ``"new_pattern"`` drift's fraud."""
+        return self._merchant_ids.take(pa.array(self._compromised)).to_pylist()
 
     def batches(
         self, n_events: int, batch_size: int = 50_000, first_event_id: int = 0
@@ -200,6 +229,10 @@ class TxnGenerator:
         amount = self._typical[cust] * rng.lognormal(0.0, 0.5, n)
         lat = self._home_lat[cust] + rng.normal(0, 0.01, n)
         lon = self._home_lon[cust] + rng.normal(0, 0.01, n)
+        drifting = cfg.drift_at is not None and first_id + n > cfg.drift_at
+        if drifting:
+            normal = {"dev": dev.copy(), "cat": cat.copy(), "amount": amount.copy()}
+            normal |= {"lat": lat.copy(), "lon": lon.copy(), "merchant": merchant.copy()}
         # (a) big amount, any category; (b) far city, somewhat raised amount
         amount[a] = self._typical[cust[a]] * rng.uniform(8.0, 30.0, len(a))
         cat[a] = rng.integers(0, len(CATEGORIES), len(a))
@@ -214,6 +247,11 @@ class TxnGenerator:
         devices = pa.concat_arrays([self._device_ids, _ids("dx", first_id + fraud_src)])
         is_fraud = np.zeros(n, bool)
         is_fraud[fraud_pos] = True
+        if drifting:
+            out = {"dev": dev, "cat": cat, "amount": amount, "lat": lat, "lon": lon}
+            out |= {"merchant": merchant, "is_fraud": is_fraud}
+            new_devices = self._drift(first_id, cust, normal, out, len(devices))
+            devices = pa.concat_arrays([devices, new_devices])
         arrays = [
             pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
             pa.array(ts, pa.timestamp("ms")),
@@ -227,6 +265,52 @@ class TxnGenerator:
             pa.array(is_fraud),
         ]
         return pa.RecordBatch.from_arrays(arrays, schema=TRANSACTION_SCHEMA), float(t[-1])
+
+    def _drift(
+        self,
+        first_id: int,
+        cust: np.ndarray,
+        normal: dict[str, np.ndarray],
+        out: dict[str, np.ndarray],
+        n_dev: int,
+    ) -> pa.Array:
+        """Drift the events from ``drift_at`` on: change ``out`` in place, return new devices.
+
+        ``normal`` holds the events' normal behaviour (before fraud injection), ``out`` the
+        columns as emitted (and ``is_fraud``). Draws come from an RNG of their own, seeded
+        by the chunk's first event id, so nothing before ``drift_at`` changes.
+        """
+        cfg, n = self.config, len(cust)
+        assert cfg.drift_at is not None
+        rng = np.random.default_rng([cfg.seed, 2, first_id])
+        after = np.arange(first_id, first_id + n) >= cfg.drift_at
+        is_fraud = out["is_fraud"]
+        if cfg.drift == "new_pattern":
+            # the old patterns become rarer: dropped events are the customer's normal ones
+            # (decided per event: a burst may lose some of its events)
+            old = np.flatnonzero(after & is_fraud)
+            dropped = old[rng.random(len(old)) >= OLD_KEPT]
+            for key, values in normal.items():
+                out[key][dropped] = values[dropped]
+            is_fraud[dropped] = False
+            # the new pattern: moderate amounts at a compromised merchant, own device, home
+            cand = np.flatnonzero(after & ~is_fraud)
+            k = min(len(cand), rng.binomial(int(after.sum()), cfg.fraud_rate * NEW_PATTERN_RATE))
+            new = rng.choice(cand, k, replace=False)
+            out["merchant"][new] = self._compromised[rng.integers(0, len(self._compromised), k)]
+            out["amount"][new] = self._typical[cust[new]] * rng.uniform(1.5, 3.0, k)
+            is_fraud[new] = True
+            return pa.array([], pa.string())
+        legit = np.flatnonzero(after & ~is_fraud)
+        out["amount"][legit] *= 1.8
+        trip = legit[rng.random(len(legit)) < 0.06]
+        far = self._far[self._home_city[cust[trip]]]
+        city = (rng.random((len(trip), len(_CITIES))) * far).argmax(1)
+        out["lat"][trip] = _CITIES[city, 0] + rng.normal(0, 0.05, len(trip))
+        out["lon"][trip] = _CITIES[city, 1] + rng.normal(0, 0.05, len(trip))
+        phone = legit[rng.random(len(legit)) < 0.4]
+        out["dev"][phone] = n_dev + np.arange(len(phone))
+        return _ids("dn", cust[phone])
 
     @staticmethod
     def _bursts(
@@ -340,6 +424,8 @@ class GeneratorSource:
         self.n_events = n_events
         self.batch_size = batch_size
         self.id = f"generator:seed={config.seed}:customers={config.n_customers}"
+        if config.drift_at is not None:
+            self.id += f":drift={config.drift}@{config.drift_at}"
 
     def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
         gen = TxnGenerator(self.config)
