@@ -9,15 +9,16 @@ profile, indexed by a dense customer number. Per batch it
 2. groups the events by customer, arrival order kept, and computes each event's features
    against the profile *as it was just before that event*: the stored profile plus prefix
    sums over the customer's earlier events of the same batch;
-3. applies the rules (``high_amount``, ``burst``, ``far_location``,
-   ``new_device_high_amount``, combined as ``1 - prod(1 - w)``), scores with the online
-   model, takes ``max(rule score, model prob)`` and alerts at ``threshold``;
+3. computes the rule signals (``high_amount``, ``burst``, ``far_location``,
+   ``new_device_high_amount``) as features, scores with the online model (the rules'
+   combined evidence before it has learned) and alerts at the live-calibrated threshold
+   (``actors.fraud.scoring.Scorer``, shared with the app);
 4. learns from the labels (test-then-train, every fraud plus the same event-id-chosen
    share of non-frauds as ``Customer.apply``, weighted back up);
 5. folds the batch into the profiles.
 
-Only the model (``actors.fraud.model.OnlineModel``) and the feature scaling
-(``actors.fraud.features.features``) are shared with the runtime, so both score the same
+Only the scoring (``actors.fraud.scoring.Scorer``: model and threshold) and the feature
+scaling (``actors.fraud.features.features``) are shared with the runtime, so both score the same
 feature vectors. There is **one model for the whole stream** (no replicas), trained batch
 by batch. The runtime keeps one replica per shard, each learning from its shard's share
 of the labels, and averages them at checkpoints, so its model scores differ slightly:
@@ -59,8 +60,14 @@ import pyarrow.parquet as pq
 
 from actors.fraud.app import TRANSACTIONS
 from actors.fraud.customer import FraudConfig
-from actors.fraud.features import features
-from actors.fraud.model import OnlineModel
+from actors.fraud.features import (
+    YOUNG_DEVICE_MS,
+    category_bits,
+    features,
+    latest_before,
+    repeats,
+)
+from actors.fraud.scoring import Scorer, rule_hits
 from runtime.state.keys import hash_keys
 
 NO_TS = -(2**62)  # empty slot of the recent-timestamps ring
@@ -85,6 +92,9 @@ class Profiles:
         "lon_sum": (np.float64, 0.0),
         "device_count": (np.int64, 0),
         "alert_count": (np.int64, 0),
+        "categories": (np.int64, 0),
+        "last_new_device": (np.int64, 0),
+        "last_new_device_ts": (np.int64, NO_TS),
     }
 
     def __init__(self, capacity: int = 1 << 14) -> None:
@@ -177,7 +187,8 @@ class Baseline:
         self.cfg = config or FraudConfig()
         self.p = Profiles()
         self.seen = SeenIds()
-        self.model = OnlineModel()
+        self.scorer = Scorer(self.cfg)  # the app's model and threshold calibration
+        self.model = self.scorer.model
         self.counts = dict.fromkeys(
             ["events", "accepted", "dead_lettered", "duplicates", "labelled", "tp", "fp", "fn"], 0
         )
@@ -261,20 +272,39 @@ class Baseline:
         # new device: not in the ring of the last DEVICES new devices just before the event
         new_dev = self._new_devices(c, dev, grp, starts, sizes, gc)
         new_device = new_dev & has
+        j = latest_before(new_device, starts[grp])
+        last_dev = np.where(j >= 0, dev[np.maximum(j, 0)], P.last_new_device[c])
+        last_ts = np.where(j >= 0, t[np.maximum(j, 0)], P.last_new_device_ts[c])
+        young_device = (
+            has
+            & ~new_device
+            & (dev == last_dev)
+            & (last_ts != NO_TS)
+            & (t - last_ts <= YOUNG_DEVICE_MS)
+        )
+        bits = category_bits(ev.column("category"))[order]
+        cat_new = (P.categories[c] & bits) == 0
+        cand_cat = np.flatnonzero(cat_new)
+        cat_new[cand_cat[repeats(grp, bits, rank, cand_cat)]] = False
+        category_new = cat_new & (n_prev >= 3)
 
-        # -- rules, model, alert ------------------------------------------------------------
-        rules = {
-            "high_amount": (n_prev >= 5) & (amt > mean + 5 * std) & (amt > 5 * mean),
-            "burst": burst >= cfg.burst_count,
-            "far_location": (n_prev >= 3) & (dist > cfg.far_km),
-            "new_device_high_amount": new_device & (n_prev >= 3) & (amt > 3 * mean),
-        }
-        miss = np.ones(n)
-        for name, hit in rules.items():
-            miss[hit] *= 1.0 - cfg.weights[name]
-        X = features(amt, mean, std, burst, dist, new_device, since, n_prev)
-        prob = self.model.score(X)
-        alert = np.maximum(1.0 - miss, prob) >= cfg.threshold
+        # -- rules as features, model, calibrated alert (the app's Scorer) -----------------
+        rules = rule_hits(cfg, n_prev, amt, mean, std, burst, dist, new_device)
+        X = features(
+            amt,
+            mean,
+            std,
+            burst,
+            dist,
+            new_device,
+            since,
+            n_prev,
+            rules,
+            category_new,
+            young_device,
+        )
+        d = self.scorer.decide(X, rules)
+        alert = d.alert
         self.alert_ids.append(eid[alert])
 
         lab = ev.column("is_fraud")
@@ -293,6 +323,7 @@ class Baseline:
             use = np.flatnonzero(known & (y | sampled))
             weight = np.where(y[use], 1.0, 1.0 / cfg.negative_sample)
             self.model.learn(X[use], y[use], weight)
+        self.scorer.observe(d, y, known)
 
         # -- fold the batch into the profiles -----------------------------------------------
         last = starts + sizes - 1
@@ -309,6 +340,11 @@ class Baseline:
         P.lon_sum[gc] += np.add.reduceat(lon, starts)
         P.last_lat[gc], P.last_lon[gc] = lat[last], lon[last]
         P.alert_count[gc] += np.add.reduceat(alert.astype(np.int64), starts)
+        P.categories[gc] |= np.bitwise_or.reduceat(bits, starts)
+        newest = np.maximum.accumulate(np.where(new_device, idx, -1))[last]
+        got_new = newest >= starts
+        P.last_new_device[gc[got_new]] = dev[newest[got_new]]
+        P.last_new_device_ts[gc[got_new]] = t[newest[got_new]]
         # recent timestamps, newest first: the group's last events, then the old ring
         old = P.recent_ts[gc]
         g = np.arange(len(gc))

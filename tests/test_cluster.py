@@ -239,7 +239,6 @@ def test_entity_of_a_site_partitioned_kind_is_read_live_at_its_site(cluster, tmp
     import sys
 
     from actors.devices.app import demo_source, device_app
-
     from runtime.dataflow.app import setup
 
     c, _ = cluster

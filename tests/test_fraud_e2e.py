@@ -166,7 +166,7 @@ def test_passivation_keeps_profiles_exact(ray_session, txns, tmp_path):
 
 def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
     """Shards learn from their own labels; every sync_rows the replicas are averaged."""
-    import pickle
+    from actors.fraud.model import OnlineModel, unpack_arrays
 
     with Runtime(
         data_dir=str(tmp_path), mode="local", shards=2, sync_rows=10_000, checkpoint_rows=10**9
@@ -174,7 +174,8 @@ def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
         run(rt, fraud_app, FileSource(txns, batch_size=5_000))
         rt.deployment.sync_kinds()
         shards = rt.shards_of("customers")
-        models = [pickle.loads(b) for b in resolve([s.snapshot_kind() for s in shards])]
+        blobs = resolve([s.snapshot_kind() for s in shards])
+        models = [OnlineModel.from_arrays(unpack_arrays(b)) for b in blobs]
     assert models[0].fitted and models[0].version >= 5
     np.testing.assert_array_equal(models[0].clf.coef_, models[1].clf.coef_)
     assert models[0].learned_total > 0

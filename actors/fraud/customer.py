@@ -33,11 +33,16 @@ from actors.fraud.features import (
     DEVICES,
     NO_TS,
     RECENT,
+    YOUNG_DEVICE_MS,
+    category_bits,
     devices_one_by_one,
     features,
     haversine_km,
+    latest_before,
+    repeats,
 )
-from actors.fraud.model import OnlineModel
+from actors.fraud.model import FEATURES
+from actors.fraud.scoring import Decision, Scorer, rule_hits
 from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
@@ -47,7 +52,9 @@ ALERT_SCHEMA = pa.schema(
         ("event_id", pa.int64()),
         ("customer_id", pa.string()),
         ("score", pa.float64()),
-        ("reason", pa.string()),
+        # the features that pushed the score up most (a list: GROUP BY over its items works)
+        ("reason", pa.list_(pa.string())),
+        ("threshold", pa.float64()),
         ("ts", pa.timestamp("ms")),
         ("amount", pa.float64()),
         ("model_version", pa.int64()),
@@ -61,6 +68,9 @@ PREDICTION_SCHEMA = pa.schema(
         ("event_id", pa.int64()),
         ("customer_id", pa.string()),
         ("score", pa.float64()),
+        ("alert", pa.bool_()),
+        ("threshold", pa.float64()),
+        ("model_version", pa.int64()),
         ("ts", pa.timestamp("ms")),
     ]
 )
@@ -68,11 +78,20 @@ PREDICTION_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class FraudConfig:
-    """Scoring settings. Rule weights combine as independent evidence: 1 - Π(1 - w)."""
+    """Scoring settings: the alert threshold is calibrated live (see actors.fraud.threshold)
+    to meet ``target_precision`` once enough frauds are labelled, and keeps within
+    ``alert_budget`` alerts per 10,000 events until then. A fixed ``threshold`` overrides both.
+    The rule ``weights`` score only until the model has learned (1 - prod(1 - w))."""
 
-    threshold: float = 0.5
+    threshold: float | None = None
+    target_precision: float | None = 0.8
+    alert_budget: float = 50.0
+    #: events after which old score evidence counts half in the threshold's calibration
+    calibration_half_life: float = 400_000.0
     learn: bool = True
     predictions: bool = False  # also publish every event's score to the `predictions` topic
+    #: with predictions: the model's feature columns too (x_<feature>), for offline yardsticks
+    prediction_features: bool = False
     burst_window_ms: int = 60_000
     burst_count: int = 2  # prior transactions within the window that make a burst
     far_km: float = 500.0
@@ -109,11 +128,14 @@ class Customer(EntityKind):
         "devices": ("int64", 0, DEVICES),
         "recent_ts": ("int64", NO_TS, RECENT),
         "alert_count": "int64",
+        "categories": "int64",  # a bit per category bought in (features.category_bits)
+        "last_new_device": "int64",  # the latest device new to the profile, and when
+        "last_new_device_ts": ("int64", NO_TS),
     }
 
     def __init__(self, config: FraudConfig | None = None) -> None:
         super().__init__(config or FraudConfig())
-        self.model = OnlineModel()
+        self.scorer = Scorer(self.config)
 
     # -- the hot path ----------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
@@ -175,24 +197,44 @@ class Customer(EntityKind):
             unseen[po[1:][repeat]] = False  # an earlier event of the batch brought it
         sequential = devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
         new_device = unseen & has
+        # a young device: the one that was new to the profile most recently, within the hour
+        # (an incident's follow-ups on the device it brought)
+        j = latest_before(new_device, gstart[grp])
+        last_dev = np.where(j >= 0, dev[np.maximum(j, 0)], c["last_new_device"][s])
+        last_ts = np.where(j >= 0, t[np.maximum(j, 0)], c["last_new_device_ts"][s])
+        young_device = (
+            has
+            & ~new_device
+            & (dev == last_dev)
+            & (last_ts != NO_TS)
+            & (t - last_ts <= YOUNG_DEVICE_MS)
+        )
+        # a category the customer never bought in, before this event
+        bits = category_bits(ev.column("category"))[order]
+        cat_new = (c["categories"][s] & bits) == 0
+        cand_cat = np.flatnonzero(cat_new)
+        cat_new[cand_cat[repeats(grp, bits, rank, cand_cat)]] = False
+        category_new = cat_new & (n_prev >= 3)
 
-        # -- score: rules and model, then learn from labels (test-then-train) -----------------
-        rules = {
-            "high_amount": (n_prev >= 5) & (amt > mean + 5 * std) & (amt > 5 * mean),
-            "burst": burst >= cfg.burst_count,
-            "far_location": (n_prev >= 3) & (dist > cfg.far_km),
-            "new_device_high_amount": new_device & (n_prev >= 3) & (amt > 3 * mean),
-        }
-        keep = np.ones(n)
-        for name, hit in rules.items():
-            keep *= np.where(hit, 1.0 - cfg.weights[name], 1.0)
-        rule_score = 1.0 - keep
-        X = features(amt, mean, std, burst, dist, new_device, since, n_prev)
-        p = self.model.score(X)
-        score = np.maximum(rule_score, p)
-        alert = score >= cfg.threshold
+        # -- score: the rules are features, the model decides, then it learns ----------------
+        rules = rule_hits(cfg, n_prev, amt, mean, std, burst, dist, new_device)
+        X = features(
+            amt,
+            mean,
+            std,
+            burst,
+            dist,
+            new_device,
+            since,
+            n_prev,
+            rules,
+            category_new,
+            young_device,
+        )
+        d = self.scorer.decide(X, rules)
+        alert = d.alert
 
-        labels = None
+        labels = known = None
         if "is_fraud" in ev.column_names:
             lab = ev.column("is_fraud")
             known = ~lab.is_null().to_numpy(zero_copy_only=False)[order]
@@ -200,30 +242,18 @@ class Customer(EntityKind):
             if known.any():
                 batch.count("labelled", int(known.sum()))
                 batch.count("true_positives", int((alert & labels & known).sum()))
-                batch.count("false_positives", int((alert & ~labels & known).sum()))
+                batch.count("false_positives", int((~labels & alert & known).sum()))
                 batch.count("false_negatives", int((~alert & labels & known).sum()))
                 for name, hit in rules.items():
                     batch.count(f"rule:{name}:fraud", int((hit & labels & known).sum()))
-                batch.count(
-                    "model_alerts:fraud", int(((p >= cfg.threshold) & labels & known).sum())
-                )
                 if cfg.learn:
-                    # all frauds, and a fixed, id-chosen share of the rest, weighted back up:
-                    # the model sees the same evidence at a fraction of the partial_fit cost
-                    ids = ev.column("event_id").to_numpy()[order]
-                    with np.errstate(over="ignore"):
-                        mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-                    keep_neg = (mixed >> np.uint64(40)) % np.uint64(
-                        1000
-                    ) < cfg.negative_sample * 1000
-                    use = known & (labels | keep_neg)
-                    weight = np.where(labels[use], 1.0, 1.0 / cfg.negative_sample)
-                    self.model.learn(X[use], labels[use], weight)
+                    self._learn(ev, order, X, labels, known, cfg)
+        self.scorer.observe(d, labels, known)
         batch.count("alerts", int(alert.sum()))
-        batch.count("model_alerts", int((p >= cfg.threshold).sum()))
+        batch.count("model_scored", len(alert) if d.model_scored else 0)
         for name, hit in rules.items():
             batch.count(f"rule:{name}", int(hit.sum()))
-        self._emit(batch, order, alert, score, p, rules, amt, cfg)
+        self._emit(batch, order, d, X, rules, amt, cfg)
 
         # -- fold the batch into the profiles ------------------------------------------------
         gend = gstart + gsize - 1
@@ -243,6 +273,11 @@ class Customer(EntityKind):
         c["last_lat"][gslot] = lat[gend]
         c["last_lon"][gslot] = lon[gend]
         c["alert_count"][gslot] += np.add.reduceat(alert.astype(np.int64), gstart)
+        c["categories"][gslot] |= np.bitwise_or.reduceat(bits, gstart)
+        newest = np.maximum.accumulate(np.where(new_device, np.arange(n), -1))[gend]
+        got_new = newest >= gstart
+        c["last_new_device"][gslot[got_new]] = dev[newest[got_new]]
+        c["last_new_device_ts"][gslot[got_new]] = t[newest[got_new]]
         # recent timestamps: the group's last events, then what the ring held before
         old = c["recent_ts"][gslot].copy()
         for m in range(RECENT):
@@ -264,27 +299,39 @@ class Customer(EntityKind):
                 rows = c["devices"][s[sel]]
                 c["devices"][s[sel]] = np.column_stack([dev[sel], rows[:, :-1]])
 
+    def _learn(
+        self,
+        ev: pa.Table,
+        order: np.ndarray,
+        X: np.ndarray,
+        labels: np.ndarray,
+        known: np.ndarray,
+        cfg: FraudConfig,
+    ) -> None:
+        # all frauds, and a fixed, id-chosen share of the rest, weighted back up: the
+        # model sees the same evidence at a fraction of the partial_fit cost
+        ids = ev.column("event_id").to_numpy()[order]
+        with np.errstate(over="ignore"):
+            mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        keep_neg = (mixed >> np.uint64(40)) % np.uint64(1000) < cfg.negative_sample * 1000
+        use = known & (labels | keep_neg)
+        weight = np.where(labels[use], 1.0, 1.0 / cfg.negative_sample)
+        self.scorer.model.learn(X[use], labels[use], weight)
+
     def _emit(
         self,
         batch: Batch,
         order: np.ndarray,
-        alert: np.ndarray,
-        score: np.ndarray,
-        p: np.ndarray,
+        d: Decision,
+        X: np.ndarray,
         rules: dict[str, np.ndarray],
         amt: np.ndarray,
         cfg: FraudConfig,
     ) -> None:
         ev = batch.events
-        if alert.any():
-            rows = np.flatnonzero(alert)
-            reasons = [
-                "+".join(
-                    [name for name, hit in rules.items() if hit[i]]
-                    + ([f"model:{p[i]:.2f}"] if p[i] >= cfg.threshold else [])
-                )
-                for i in rows.tolist()
-            ]
+        version = self.scorer.model.version
+        if d.alert.any():
+            rows = np.flatnonzero(d.alert)
             src = pa.array(order[rows])
             batch.emit(
                 "alerts",
@@ -292,11 +339,14 @@ class Customer(EntityKind):
                     {
                         "event_id": ev.column("event_id").take(src),
                         "customer_id": ev.column("customer_id").take(src),
-                        "score": score[rows],
-                        "reason": reasons,
+                        "score": d.score[rows],
+                        "reason": pa.array(
+                            self.scorer.reasons(X, rules, rows, d), pa.list_(pa.string())
+                        ),
+                        "threshold": np.full(len(rows), d.threshold),
                         "ts": ev.column("ts").take(src),
                         "amount": amt[rows],
-                        "model_version": np.full(len(rows), self.model.version, dtype=np.int64),
+                        "model_version": np.full(len(rows), version, dtype=np.int64),
                         "detected_at": pa.array(
                             np.full(len(rows), int(time.time() * 1000), dtype=np.int64)
                         ).cast(pa.timestamp("ms")),
@@ -306,18 +356,22 @@ class Customer(EntityKind):
             )
         if cfg.predictions:
             src = pa.array(order)
-            batch.emit(
-                "predictions",
-                pa.table(
-                    {
-                        "event_id": ev.column("event_id").take(src),
-                        "customer_id": ev.column("customer_id").take(src),
-                        "score": score,
-                        "ts": ev.column("ts").take(src),
-                    },
-                    schema=PREDICTION_SCHEMA,
-                ),
+            table = pa.table(
+                {
+                    "event_id": ev.column("event_id").take(src),
+                    "customer_id": ev.column("customer_id").take(src),
+                    "score": d.score,
+                    "alert": d.alert,
+                    "threshold": np.full(len(order), d.threshold),
+                    "model_version": np.full(len(order), version, dtype=np.int64),
+                    "ts": ev.column("ts").take(src),
+                },
+                schema=PREDICTION_SCHEMA,
             )
+            if cfg.prediction_features:
+                for j, name in enumerate(FEATURES):
+                    table = table.append_column(f"x_{name}", pa.array(X[:, j]))
+            batch.emit("predictions", table)
 
     # -- profile export, model sync ------------------------------------------------------------
     def active_topics(self) -> tuple[str, ...]:
@@ -332,15 +386,23 @@ class Customer(EntityKind):
         return table.append_column("amount_mean", mean).append_column("amount_std", pc.sqrt(var))
 
     def snapshot(self) -> bytes:
-        return self.model.snapshot()
+        return self.scorer.to_bytes()
 
     def restore(self, blob: bytes) -> None:
-        import pickle
+        """Model and calibration from arrays and JSON; a snapshot in another format (an
+        older pickle) is ignored, never unpickled: the model starts over."""
+        try:
+            self.scorer.load(blob)
+        except (ValueError, OSError, KeyError) as err:
+            import warnings
 
-        self.model = pickle.loads(blob)
+            warnings.warn(
+                f"customers: saved model state not readable ({err}); starting a new model",
+                stacklevel=2,
+            )
 
     def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
-        return OnlineModel.average(blobs) if blobs else None
+        return Scorer.merge(blobs, self.config.calibration_half_life) if blobs else None
 
     @handler
     def summary(self, state: dict) -> dict:

@@ -12,11 +12,47 @@ helpers its ``apply`` needs for device novelty and distance.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+
+from runtime.state.keys import hash_keys
 
 NO_TS = -(2**62)  # "no timestamp yet" in the recent-timestamps ring
 RECENT = 4  # timestamps kept per customer for the burst rule
 DEVICES = 8  # device ids remembered per customer
 EARTH_KM = 6371.0
+YOUNG_DEVICE_MS = 3_600_000  # a device first used within the hour is still "young"
+
+
+def category_bits(categories: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """One bit of a 63-bit mask per category (by a stable hash): a profile remembers the
+    categories a customer bought in as one int64."""
+    h = hash_keys(categories).astype(np.uint64) % np.uint64(63)
+    return (np.int64(1) << h.astype(np.int64)).astype(np.int64)
+
+
+def repeats(grp: np.ndarray, key: np.ndarray, rank: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` have an earlier row of the same group with the same ``key``."""
+    if not len(rows):
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((rank[rows], key[rows], grp[rows]))
+    po = rows[order]
+    rep = np.zeros(len(po), dtype=bool)
+    rep[1:] = (grp[po[1:]] == grp[po[:-1]]) & (key[po[1:]] == key[po[:-1]])
+    out = np.zeros(len(rows), dtype=bool)
+    out[order] = rep
+    return out
+
+
+def latest_before(flag: np.ndarray, group_first: np.ndarray) -> np.ndarray:
+    """For each row (rows grouped, arrival order within), the latest earlier row of its
+    group with ``flag`` set, or -1.
+
+    >>> latest_before(np.array([True, False, True, False]), np.array([0, 0, 2, 2])).tolist()
+    [-1, 0, -1, 2]
+    """
+    idx = np.maximum.accumulate(np.where(flag, np.arange(len(flag)), -1))
+    prev = np.r_[-1, idx[:-1]] if len(idx) else idx
+    return np.where(prev >= group_first, prev, -1)
 
 
 def features(
@@ -28,20 +64,39 @@ def features(
     new_device: np.ndarray,
     since: np.ndarray,
     n_prev: np.ndarray,
+    rules: dict[str, np.ndarray],
+    category_new: np.ndarray,
+    young_device: np.ndarray,
 ) -> np.ndarray:
-    """The model's feature matrix (see :data:`actors.fraud.model.FEATURES`), each roughly unit scale."""
+    """The model's feature matrix (see :data:`actors.fraud.model.FEATURES`), each roughly
+    unit scale: the event against its customer's profile, the rule signals, and a few
+    interactions of them."""
     has = n_prev >= 3
     z = np.where(has, (amt - mean) / np.maximum(std, 1.0 + 0.1 * mean), 0.0)
+    ratio = np.where(has, np.log1p(amt / (mean + 1.0)), 0.0)
+    distance = np.log1p(dist) / 8.0
+    nd = new_device.astype(np.float64)
+    b = burst / RECENT
     return np.column_stack(
         [
             np.log1p(amt) / 5.0,
-            np.where(has, np.log1p(amt / (mean + 1.0)), 0.0),
+            ratio,
             np.clip(z, -5.0, 10.0) / 5.0,
-            burst / RECENT,
-            np.log1p(dist) / 8.0,
-            new_device.astype(np.float64),
+            b,
+            distance,
+            nd,
             np.log1p(np.minimum(since, 1e6)) / 14.0,
             has.astype(np.float64),
+            rules["high_amount"].astype(np.float64),
+            rules["burst"].astype(np.float64),
+            rules["far_location"].astype(np.float64),
+            rules["new_device_high_amount"].astype(np.float64),
+            nd * ratio,
+            nd * distance,
+            b * nd,
+            category_new.astype(np.float64),
+            young_device.astype(np.float64),
+            category_new * ratio,
         ]
     )
 

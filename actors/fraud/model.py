@@ -22,7 +22,8 @@ True
 
 from __future__ import annotations
 
-import pickle
+import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,19 @@ FEATURES = (
     "new_device",
     "since_last",
     "has_history",
+    # the rule signals are features: the model weighs them, no fixed weights OR them in
+    "rule_high_amount",
+    "rule_burst",
+    "rule_far_location",
+    "rule_new_device_high_amount",
+    # interactions a linear model cannot form by itself
+    "new_device_x_amount_ratio",
+    "new_device_x_distance",
+    "burst_x_new_device",
+    # novelty: a category the customer never bought in; a device first used within the hour
+    "category_new",
+    "young_device",
+    "category_new_x_amount_ratio",
 )
 N_FEATURES = len(FEATURES)
 
@@ -103,20 +117,58 @@ class OnlineModel:
         self.learned_since_sync += len(X)
         self.learned_total += len(X)
 
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_pending", [])  # snapshots from before learning was gathered
-        state.setdefault("_pending_rows", 0)
-        state.setdefault("learn_rows", 2048)
-        self.__dict__.update(state)
+    def explain(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
+        """Per row, the features that pushed its score up most (coefficient x value > 0)."""
+        if not self.fitted or len(X) == 0:
+            return [[] for _ in range(len(X))]
+        contrib = X * self.clf.coef_[0]
+        best = np.argsort(-contrib, axis=1)[:, :top]
+        return [
+            [FEATURES[j] for j in row if contrib[i, j] > 0] for i, row in enumerate(best.tolist())
+        ]
 
-    def snapshot(self) -> bytes:
+    # -- a safe format: arrays and JSON, never a pickle ------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The model as plain arrays (``meta`` is JSON), after fitting what is gathered."""
         self.flush()
-        return pickle.dumps(self)
+        meta = {
+            "features": list(FEATURES),
+            "eta0": self.eta0,
+            "alpha": self.alpha,
+            "fraud_weight": self.fraud_weight,
+            "learn_rows": self.learn_rows,
+            "fitted": self.fitted,
+            "version": self.version,
+            "learned_since_sync": self.learned_since_sync,
+            "learned_total": self.learned_total,
+            "t": float(getattr(self.clf, "t_", 1.0)),
+        }
+        out = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        if self.fitted:
+            out["coef"] = self.clf.coef_
+            out["intercept"] = self.clf.intercept_
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> OnlineModel:
+        meta = json.loads(bytes(arrays["meta"]).decode())
+        if list(meta["features"]) != list(FEATURES):
+            raise ValueError(f"model features {meta['features']} are not {list(FEATURES)}")
+        m = cls(meta["eta0"], meta["alpha"], meta["fraud_weight"], meta["learn_rows"])
+        m.version, m.fitted = int(meta["version"]), bool(meta["fitted"])
+        m.learned_since_sync, m.learned_total = meta["learned_since_sync"], meta["learned_total"]
+        if m.fitted:  # what partial_fit needs to go on exactly where it was
+            m.clf.classes_ = np.array([0, 1])
+            m.clf.coef_ = np.array(arrays["coef"], dtype=np.float64).reshape(1, -1)
+            m.clf.intercept_ = np.array(arrays["intercept"], dtype=np.float64).reshape(1)
+            m.clf.t_ = float(meta["t"])
+            m.clf.n_features_in_ = N_FEATURES
+        return m
 
     @staticmethod
-    def average(blobs: list[bytes]) -> bytes:
+    def average_arrays(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Average fitted replicas, weighted by what each learned since the last sync."""
-        models: list[OnlineModel] = [pickle.loads(b) for b in blobs]
+        models = [OnlineModel.from_arrays(p) for p in parts]
         fitted = [m for m in models if m.fitted]
         base = max(models, key=lambda m: m.version)
         if fitted:
@@ -131,4 +183,16 @@ class OnlineModel:
             base.learned_total = sum(m.learned_total for m in models)
             base.version = max(m.version for m in models) + 1
         base.learned_since_sync = 0
-        return pickle.dumps(base)
+        return base.arrays()
+
+
+def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """Arrays as one ``.npz`` blob (read back with pickles refused)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

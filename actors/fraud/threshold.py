@@ -1,0 +1,104 @@
+"""Alert thresholds chosen from the live score distribution, not fixed by hand.
+
+A fixed threshold tuned on one stream is wrong on the next: the score distribution
+moves with the fraud rate, the customers and the model itself. :class:`Calibrator`
+keeps decayed histograms of scores (in logit space, so the high end, where alerts
+are decided, has resolution): of every scored event, and of labelled frauds and
+labelled non-frauds. From them it picks the lowest threshold whose estimated
+precision meets the target (most recall for the precision asked), and while too few
+labels are known, the threshold that keeps alerts within a budget per 10,000 events.
+
+Shards each keep a calibrator; the runtime merges them like the model replicas: a
+shared ``base`` (what the last merge agreed on) plus each shard's ``delta`` since.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> cal = Calibrator()
+>>> y = rng.random(200_000) < 0.01
+>>> score = np.where(y, rng.beta(8, 2, y.size), rng.beta(1, 30, y.size))
+>>> cal.observe(score, y, np.ones(y.size, dtype=bool))
+>>> th = cal.threshold(target_precision=0.9, budget_per_10k=50)
+>>> alert = score >= th
+>>> bool((y & alert).sum() / alert.sum() >= 0.88), bool((y & alert).sum() / y.sum() > 0.5)
+(True, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Z_LO, Z_HI, BINS = -14.0, 14.0, 560
+WIDTH = (Z_HI - Z_LO) / BINS
+ALL, POS, NEG = 0, 1, 2
+
+
+def bins_of(score: np.ndarray) -> np.ndarray:
+    """The histogram bin of each score (logit scale, clipped to the range)."""
+    p = np.clip(score, 1e-12, 1.0 - 1e-12)
+    z = np.log(p) - np.log1p(-p)
+    return np.clip(((z - Z_LO) / WIDTH).astype(np.int64), 0, BINS - 1)
+
+
+def score_at(k: int) -> float:
+    """The lowest score that falls in bin ``k``: alerting at it alerts bins >= k."""
+    return float(1.0 / (1.0 + np.exp(-(Z_LO + k * WIDTH)))) if k > 0 else 0.0
+
+
+class Calibrator:
+    """Decayed score histograms (all, fraud, not fraud) and the threshold they imply."""
+
+    def __init__(self, half_life: float = 400_000.0, min_support: int = 30) -> None:
+        #: events after which old evidence counts half (tracks drift without forgetting)
+        self.half_life = half_life
+        #: labelled frauds above a threshold needed before its precision is trusted
+        self.min_support = min_support
+        self.base = np.zeros((3, BINS))
+        self.delta = np.zeros((3, BINS))
+
+    def observe(
+        self, score: np.ndarray, labels: np.ndarray | None, known: np.ndarray | None
+    ) -> None:
+        """Scores of a batch (all of them), and the labels known for some."""
+        b = bins_of(score)
+        self.delta[ALL] += np.bincount(b, minlength=BINS)
+        if labels is not None and known is not None and known.any():
+            self.delta[POS] += np.bincount(b[known & labels], minlength=BINS)
+            self.delta[NEG] += np.bincount(b[known & ~labels], minlength=BINS)
+
+    def threshold(self, target_precision: float | None, budget_per_10k: float) -> float:
+        """The lowest threshold meeting ``target_precision`` once enough frauds are labelled;
+        else the one that alerts about ``budget_per_10k`` of every 10,000 events; 0.5 before
+        anything was seen."""
+        h = self.base + self.delta
+        tail = np.cumsum(h[:, ::-1], axis=1)[:, ::-1]  # counts at or above each bin
+        if target_precision is not None and tail[POS, 0] >= self.min_support:
+            flagged = tail[POS] + tail[NEG]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                precision = np.where(flagged > 0, tail[POS] / flagged, 0.0)
+            ok = np.flatnonzero((precision >= target_precision) & (tail[POS] >= self.min_support))
+            if len(ok):
+                return score_at(int(ok[0]))
+        total = tail[ALL, 0]
+        if total < 1_000:
+            return 0.5
+        within = np.flatnonzero(tail[ALL] <= total * budget_per_10k / 10_000)
+        return score_at(int(within[0])) if len(within) else 1.0
+
+    # -- merging shard replicas ----------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"cal_base": self.base, "cal_delta": self.delta}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self.base = np.array(arrays["cal_base"], dtype=np.float64)
+        self.delta = np.array(arrays["cal_delta"], dtype=np.float64)
+
+    @classmethod
+    def merged(cls, parts: list[dict[str, np.ndarray]], half_life: float) -> dict[str, np.ndarray]:
+        """One base from replicas that share the last base: it decays by the events seen
+        since (in half-lives), and every replica's delta is added."""
+        base = np.array(parts[0]["cal_base"], dtype=np.float64)
+        new = sum(np.asarray(p["cal_delta"], dtype=np.float64) for p in parts)
+        seen_all, seen_labelled = new[ALL].sum(), new[POS].sum() + new[NEG].sum()
+        base[ALL] *= 0.5 ** (seen_all / half_life)
+        base[POS:] *= 0.5 ** (seen_labelled / half_life)
+        return {"cal_base": base + new, "cal_delta": np.zeros_like(base)}
