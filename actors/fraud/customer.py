@@ -87,7 +87,7 @@ class FraudConfig:
     target_precision: float | None = 0.8
     alert_budget: float = 50.0
     #: events after which old score evidence counts half in the threshold's calibration
-    calibration_half_life: float = 400_000.0
+    calibration_half_life: float = 200_000.0
     learn: bool = True
     predictions: bool = False  # also publish every event's score to the `predictions` topic
     #: with predictions: the model's feature columns too (x_<feature>), for offline yardsticks
@@ -402,7 +402,7 @@ class Customer(EntityKind):
             )
 
     def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
-        return Scorer.merge(blobs, self.config.calibration_half_life) if blobs else None
+        return Scorer.merge(blobs) if blobs else None
 
     @handler
     def summary(self, state: dict) -> dict:

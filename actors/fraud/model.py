@@ -63,6 +63,8 @@ class OnlineModel:
     #: labelled rows gathered before one partial_fit: scikit-learn's per-call checks cost
     #: ~3 ms, more than the SGD itself on the few hundred rows a live batch brings
     learn_rows: int = 2048
+    #: samples after which the step size stops shrinking (eta0 / sqrt(max_t) at least)
+    max_t: float = 200_000.0
 
     def __post_init__(self) -> None:
         self.clf = SGDClassifier(
@@ -113,6 +115,9 @@ class OnlineModel:
             return
         self._pending, self._pending_rows = [], 0
         self.clf.partial_fit(X, y, classes=np.array([0, 1]), sample_weight=w)
+        # the step size eta0 / t**0.5 would shrink for ever and freeze the model: a floor
+        # keeps it learning what drifts (habits change, new fraud patterns appear)
+        self.clf.t_ = min(self.clf.t_, self.max_t)
         self.fitted = True
         self.learned_since_sync += len(X)
         self.learned_total += len(X)
@@ -137,6 +142,7 @@ class OnlineModel:
             "alpha": self.alpha,
             "fraud_weight": self.fraud_weight,
             "learn_rows": self.learn_rows,
+            "max_t": self.max_t,
             "fitted": self.fitted,
             "version": self.version,
             "learned_since_sync": self.learned_since_sync,
@@ -154,7 +160,9 @@ class OnlineModel:
         meta = json.loads(bytes(arrays["meta"]).decode())
         if list(meta["features"]) != list(FEATURES):
             raise ValueError(f"model features {meta['features']} are not {list(FEATURES)}")
-        m = cls(meta["eta0"], meta["alpha"], meta["fraud_weight"], meta["learn_rows"])
+        m = cls(
+            meta["eta0"], meta["alpha"], meta["fraud_weight"], meta["learn_rows"], meta["max_t"]
+        )
         m.version, m.fitted = int(meta["version"]), bool(meta["fitted"])
         m.learned_since_sync, m.learned_total = meta["learned_since_sync"], meta["learned_total"]
         if m.fitted:  # what partial_fit needs to go on exactly where it was

@@ -103,8 +103,6 @@ class Scorer:
         self.calibrator.load(arrays)
 
     @staticmethod
-    def merge(blobs: list[bytes], half_life: float) -> bytes:
+    def merge(blobs: list[bytes]) -> bytes:
         parts = [unpack_arrays(b) for b in blobs]
-        return pack_arrays(
-            {**OnlineModel.average_arrays(parts), **Calibrator.merged(parts, half_life)}
-        )
+        return pack_arrays({**OnlineModel.average_arrays(parts), **Calibrator.merged(parts)})

@@ -47,7 +47,7 @@ def score_at(k: int) -> float:
 class Calibrator:
     """Decayed score histograms (all, fraud, not fraud) and the threshold they imply."""
 
-    def __init__(self, half_life: float = 400_000.0, min_support: int = 30) -> None:
+    def __init__(self, half_life: float = 200_000.0, min_support: int = 30) -> None:
         #: events after which old evidence counts half (tracks drift without forgetting)
         self.half_life = half_life
         #: labelled frauds above a threshold needed before its precision is trusted
@@ -60,6 +60,10 @@ class Calibrator:
     ) -> None:
         """Scores of a batch (all of them), and the labels known for some."""
         b = bins_of(score)
+        # old evidence fades as events come (a drifting stream moves the threshold)
+        fade = 0.5 ** (len(score) / self.half_life)
+        self.base *= fade
+        self.delta *= fade
         self.delta[ALL] += np.bincount(b, minlength=BINS)
         if labels is not None and known is not None and known.any():
             self.delta[POS] += np.bincount(b[known & labels], minlength=BINS)
@@ -93,12 +97,9 @@ class Calibrator:
         self.delta = np.array(arrays["cal_delta"], dtype=np.float64)
 
     @classmethod
-    def merged(cls, parts: list[dict[str, np.ndarray]], half_life: float) -> dict[str, np.ndarray]:
-        """One base from replicas that share the last base: it decays by the events seen
-        since (in half-lives), and every replica's delta is added."""
-        base = np.array(parts[0]["cal_base"], dtype=np.float64)
+    def merged(cls, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """One calibration from replicas that started from the same base: each faded it by
+        the events it saw, so the bases are averaged; every replica's delta is added."""
+        base = sum(np.asarray(p["cal_base"], dtype=np.float64) for p in parts) / len(parts)
         new = sum(np.asarray(p["cal_delta"], dtype=np.float64) for p in parts)
-        seen_all, seen_labelled = new[ALL].sum(), new[POS].sum() + new[NEG].sum()
-        base[ALL] *= 0.5 ** (seen_all / half_life)
-        base[POS:] *= 0.5 ** (seen_labelled / half_life)
         return {"cal_base": base + new, "cal_delta": np.zeros_like(base)}
