@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.fraud.customer import Customer, FraudConfig
 from actors.fraud.generator import GeneratorSource, TxnGeneratorConfig
+from actors.fraud.threshold import auc_of
 from runtime import App, Column, EventSchema, Paced, Source
 from runtime.dataflow.builder import Pipeline
 
@@ -49,6 +50,9 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
         out["labelled"] = int(counters["labelled"])
         out["precision"] = round(tp / (tp + fp), 4) if tp + fp else None
         out["recall"] = round(tp / (tp + fn), 4) if tp + fn else None
+        auc = auc_of(counters)
+        if auc is not None:  # prequential, over what the model scored
+            out["auc"] = round(auc, 4)
     return out
 
 
@@ -70,7 +74,13 @@ def fraud_pipeline(source: Source | None = None, config: FraudConfig | None = No
 
 def make_app(config: FraudConfig | None = None) -> App:
     """The fraud app with custom scoring settings."""
-    return dataclasses.replace(fraud_pipeline(config=config).build(), demo=demo_source)
+
+    def with_predictions() -> App:
+        return make_app(dataclasses.replace(config or FraudConfig(), predictions=True))
+
+    return dataclasses.replace(
+        fraud_pipeline(config=config).build(), demo=demo_source, with_predictions=with_predictions
+    )
 
 
 def demo_source(n_events: int, rate: float | None = None, customers: int = 50_000) -> Source:

@@ -43,6 +43,7 @@ from actors.fraud.features import (
 )
 from actors.fraud.model import FEATURES
 from actors.fraud.scoring import Decision, Scorer, rule_hits
+from actors.fraud.threshold import auc_counters
 from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
@@ -246,6 +247,9 @@ class Customer(EntityKind):
                 batch.count("false_negatives", int((~alert & labels & known).sum()))
                 for name, hit in rules.items():
                     batch.count(f"rule:{name}:fraud", int((hit & labels & known).sum()))
+                if d.model_scored:  # the run's prequential AUC (see threshold.auc_of)
+                    for key, v in auc_counters(d.score, labels, known).items():
+                        batch.count(key, v)
                 if cfg.learn:
                     self._learn(ev, order, X, labels, known, cfg)
         self.scorer.observe(d, labels, known)

@@ -44,6 +44,45 @@ def score_at(k: int) -> float:
     return float(1.0 / (1.0 + np.exp(-(Z_LO + k * WIDTH)))) if k > 0 else 0.0
 
 
+#: coarse score bins (logit 0.1 wide) for a run's prequential AUC, summed as counters
+AUC_BINS, AUC_LO, AUC_HI = 200, -10.0, 10.0
+
+
+def auc_counters(score: np.ndarray, labels: np.ndarray, known: np.ndarray) -> dict[str, int]:
+    """A batch's labelled scores as sparse bin counters (``auc+:k``, ``auc-:k``): summed over
+    batches and shards, :func:`auc_of` turns them into the run's AUC."""
+    p = np.clip(score, 1e-12, 1.0 - 1e-12)
+    z = np.log(p) - np.log1p(-p)
+    b = np.clip(((z - AUC_LO) / (AUC_HI - AUC_LO) * AUC_BINS).astype(np.int64), 0, AUC_BINS - 1)
+    out: dict[str, int] = {}
+    for sign, mask in (("+", known & labels), ("-", known & ~labels)):
+        counts = np.bincount(b[mask], minlength=AUC_BINS)
+        for k in np.flatnonzero(counts).tolist():
+            out[f"auc{sign}:{k}"] = int(counts[k])
+    return out
+
+
+def auc_of(counters: dict[str, float]) -> float | None:
+    """ROC AUC from :func:`auc_counters` sums (ties within a bin count half); None without
+    both classes.
+
+    >>> import numpy as np
+    >>> s = np.array([0.1, 0.2, 0.8, 0.9]); y = np.array([False, False, True, True])
+    >>> auc_of(auc_counters(s, y, np.ones(4, dtype=bool)))
+    1.0
+    """
+    pos, neg = np.zeros(AUC_BINS), np.zeros(AUC_BINS)
+    for key, v in counters.items():
+        if key.startswith("auc+:"):
+            pos[int(key[5:])] += v
+        elif key.startswith("auc-:"):
+            neg[int(key[5:])] += v
+    if not pos.sum() or not neg.sum():
+        return None
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    return float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+
+
 class Calibrator:
     """Decayed score histograms (all, fraud, not fraud) and the threshold they imply."""
 

@@ -254,6 +254,11 @@ def replay(
     rate: float = typer.Option(
         0, "--rate", help="Pace the replay to this many events/s (0: as fast as it goes)."
     ),
+    predictions: bool = typer.Option(
+        False,
+        "--predictions",
+        help="Also persist every event's score to the predictions table (apps that score).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a recorded stream through an app and update the data folder.
@@ -265,6 +270,10 @@ def replay(
     from runtime.streams.sources import FileSource, Paced
 
     the_app = load_app(app_name)
+    if predictions:
+        if the_app.with_predictions is None:
+            fail(f"app {the_app.name!r} makes no predictions: drop --predictions")
+        the_app = the_app.with_predictions()
     source = FileSource(file, batch_size=batch_size)
     if rate < 0:
         fail("--rate must be >= 0")

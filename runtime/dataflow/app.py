@@ -118,6 +118,9 @@ class App:
     #: what commands print about a run of the app, after the counts every run has
     #: (input, accepted, ...): RunStats -> fields, nested dicts allowed. None: the summary
     report: Callable[[RunStats], dict[str, Any]] | None = None
+    #: the same app that also publishes every event's prediction and persists it to a
+    #: ``predictions`` table (``edgecore replay --predictions``); None: it has none
+    with_predictions: Callable[[], App] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]

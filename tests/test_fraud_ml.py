@@ -1,0 +1,155 @@
+"""The fraud model's production behaviour: calibrated alerts, structured reasons, a safe
+model format, and what `edgecore replay` reports about it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from actors.fraud.customer import Customer, FraudConfig
+from actors.fraud.generator import TxnGeneratorConfig, write_transactions
+from actors.fraud.scoring import Scorer
+from actors.fraud.threshold import Calibrator, auc_counters, auc_of
+from runtime.state.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ml") / "txns.parquet"
+    return write_transactions(path, 300_000, TxnGeneratorConfig(seed=21, n_customers=5_000))
+
+
+def test_replay_reports_auc_and_persists_predictions(stream, tmp_path):
+    data = tmp_path / "data"
+    got = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", str(stream), "--data", str(data)]
+        + ["--predictions", "--json", "--shards", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert got.returncode == 0, got.stderr[-2000:]
+    out = json.loads(got.stdout)
+    assert out["auc"] > 0.9 and out["precision"] > 0.5 and out["recall"] > 0.5
+    store = Store(data)
+    preds = store.read("predictions")
+    assert preds.num_rows == 300_000
+    assert {"score", "alert", "threshold", "model_version"} <= set(preds.column_names)
+    alerts = store.read("alerts")
+    assert pa.types.is_list(alerts.schema.field("reason").type)
+    reasons = {r for row in alerts.column("reason").to_pylist() for r in row}
+    assert reasons and reasons <= set(_reason_names())
+    # every alert is a prediction above its own threshold
+    flagged = preds.filter(preds.column("alert"))
+    assert flagged.num_rows == alerts.num_rows
+    assert np.all(flagged.column("score").to_numpy() >= flagged.column("threshold").to_numpy())
+
+
+def _reason_names() -> list[str]:
+    from actors.fraud.model import FEATURES
+
+    return [
+        *FEATURES,
+        "rule_high_amount",
+        "rule_burst",
+        "rule_far_location",
+        "rule_new_device_high_amount",
+    ]
+
+
+def test_an_app_without_predictions_refuses_the_flag(stream, tmp_path):
+    got = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "replay", str(stream), "--data", str(tmp_path)]
+        + ["--app", "devices", "--predictions"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 1
+    assert got.stderr.strip().count("\n") == 0 and "makes no predictions" in got.stderr
+
+
+def test_threshold_meets_a_precision_target_it_was_not_tuned_for():
+    rng = np.random.default_rng(5)
+    for rate, target in ((0.002, 0.7), (0.02, 0.9)):
+        cal = Calibrator()
+        y = rng.random(400_000) < rate
+        score = np.where(y, rng.beta(6, 2, y.size), rng.beta(1, 25, y.size))
+        cal.observe(score, y, np.ones(y.size, dtype=bool))
+        th = cal.threshold(target_precision=target, budget_per_10k=50)
+        alert = score >= th
+        precision = (alert & y).sum() / alert.sum()
+        assert precision >= target - 0.03, (rate, target, precision)
+
+
+def test_threshold_keeps_to_the_budget_before_labels():
+    cal = Calibrator()
+    score = np.random.default_rng(1).random(100_000)
+    cal.observe(score, None, None)
+    th = cal.threshold(target_precision=0.8, budget_per_10k=50)
+    assert 0.003 <= (score >= th).mean() <= 0.007
+
+
+def test_calibration_merges_without_double_counting():
+    a, b = Calibrator(half_life=1e12), Calibrator(half_life=1e12)
+    a.observe(np.full(100, 0.9), np.ones(100, bool), np.ones(100, bool))
+    b.observe(np.full(50, 0.1), np.zeros(50, bool), np.ones(50, bool))
+    merged = Calibrator.merged([a.arrays(), b.arrays()])
+    again = Calibrator.merged([merged, {**merged, "cal_delta": np.zeros_like(merged["cal_delta"])}])
+    total = (merged["cal_base"] + merged["cal_delta"]).sum(axis=1)
+    assert total.tolist() == [150.0, 100.0, 50.0]
+    assert (again["cal_base"] + again["cal_delta"]).sum(axis=1).tolist() == total.tolist()
+
+
+def test_binned_auc_matches_the_exact_one():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(50_000) < 0.05
+    s = 1 / (1 + np.exp(-(rng.normal(size=y.size) + 2.5 * y)))
+    exact = roc_auc_score(y, s)
+    assert abs(auc_of(auc_counters(s, y, np.ones(y.size, bool))) - exact) < 0.002
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Exploit.marker}",))
+
+
+def test_a_pickled_snapshot_is_never_unpickled(tmp_path):
+    _Exploit.marker = str(tmp_path / "pwned")
+    blob = pickle.dumps(_Exploit())
+    kind = Customer(FraudConfig())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind.restore(blob)
+    assert not (tmp_path / "pwned").exists()
+    assert any("starting a new model" in str(w.message) for w in caught)
+    assert not kind.scorer.model.fitted
+
+
+def test_the_model_round_trips_as_arrays():
+    scorer = Scorer(FraudConfig())
+    from actors.fraud.model import N_FEATURES
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(5_000, N_FEATURES))
+    y = X[:, 0] > 1.2
+    scorer.model.learn(X, y)
+    scorer.calibrator.observe(scorer.model.score(X), y, np.ones(len(y), bool))
+    again = Scorer(FraudConfig())
+    again.load(scorer.to_bytes())
+    np.testing.assert_array_equal(again.model.score(X), scorer.model.score(X))
+    assert again.threshold() == scorer.threshold()
