@@ -1,0 +1,1 @@
+"""Streaming model monitoring: plain numpy detectors, no Ray and no I/O."""
