@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from runtime.ml.drift import PSI, DriftMonitor, PageHinkley
+from runtime.ml.drift import PSI, PageHinkley
+from runtime.ml.monitor import DriftMonitor
 
 N = 1_000_000
 BATCH = 10_000
