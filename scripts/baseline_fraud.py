@@ -322,7 +322,7 @@ class Baseline:
             # the order of a runtime shard, so with one shard both train the same model
             use = np.flatnonzero(known & (y | sampled))
             weight = np.where(y[use], 1.0, 1.0 / cfg.negative_sample)
-            self.model.learn(X[use], y[use], weight)
+            self.scorer.learn(X[use], y[use], weight)
         self.scorer.observe(d, y, known)
 
         # -- fold the batch into the profiles -----------------------------------------------

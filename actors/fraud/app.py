@@ -46,6 +46,8 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
     fp = counters.get("false_positives", 0)
     fn = counters.get("false_negatives", 0)
     out: dict[str, Any] = {"alerts": int(counters.get("alerts", 0))}
+    if counters.get("drift_events"):
+        out["drift_events"] = int(counters["drift_events"])
     if counters.get("labelled"):
         out["labelled"] = int(counters["labelled"])
         out["precision"] = round(tp / (tp + fp), 4) if tp + fp else None
@@ -65,6 +67,7 @@ def fraud_pipeline(source: Source | None = None, config: FraudConfig | None = No
         .key_by("customer_id")
         .to_entity("profile", Customer, config)
         .sink("alerts", "alerts", key="event_id")
+        .sink("drift", "drift")
         .summarize(summarize)
     )
     if config is not None and config.predictions:

@@ -64,6 +64,17 @@ ALERT_SCHEMA = pa.schema(
         ("detected_at", pa.timestamp("ms")),
     ]
 )
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("detector", pa.string()),  # psi, page_hinkley
+        ("signal", pa.string()),  # score, feature:<name>, error
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("at", pa.int64()),  # events the shard's model had scored
+        ("model_version", pa.int64()),
+        ("detected_at", pa.timestamp("ms")),
+    ]
+)
 PREDICTION_SCHEMA = pa.schema(
     [
         ("event_id", pa.int64()),
@@ -111,7 +122,7 @@ class FraudConfig:
 class Customer(EntityKind):
     name = "customers"
     key = "customer_id"
-    topics = ("alerts", "predictions")
+    topics = ("alerts", "predictions", "drift")
     #: when the alert was raised (wall clock): differs between two runs of the same events
     volatile_columns = ("detected_at",)
     state = {
@@ -320,7 +331,7 @@ class Customer(EntityKind):
         keep_neg = (mixed >> np.uint64(40)) % np.uint64(1000) < cfg.negative_sample * 1000
         use = known & (labels | keep_neg)
         weight = np.where(labels[use], 1.0, 1.0 / cfg.negative_sample)
-        self.scorer.model.learn(X[use], labels[use], weight)
+        self.scorer.learn(X[use], labels[use], weight)
 
     def _emit(
         self,
@@ -334,6 +345,26 @@ class Customer(EntityKind):
     ) -> None:
         ev = batch.events
         version = self.scorer.model.version
+        if self.scorer.drifts:  # what the drift monitor found (a challenger now trains)
+            found, self.scorer.drifts = self.scorer.drifts, []
+            batch.count("drift_events", len(found))
+            now = int(time.time() * 1000)
+            batch.emit(
+                "drift",
+                pa.Table.from_pylist(
+                    [
+                        {
+                            **f,
+                            "value": float(f["value"]),
+                            "threshold": float(f["threshold"]),
+                            "model_version": version,
+                            "detected_at": now,
+                        }
+                        for f in found
+                    ],
+                    schema=DRIFT_SCHEMA,
+                ),
+            )
         if d.alert.any():
             rows = np.flatnonzero(d.alert)
             src = pa.array(order[rows])
@@ -379,7 +410,9 @@ class Customer(EntityKind):
 
     # -- profile export, model sync ------------------------------------------------------------
     def active_topics(self) -> tuple[str, ...]:
-        return ("alerts", "predictions") if self.config.predictions else ("alerts",)
+        return (
+            ("alerts", "predictions", "drift") if self.config.predictions else ("alerts", "drift")
+        )
 
     def export(self, table: pa.Table) -> pa.Table:
         n = pc.max_element_wise(table["txn_count"], 1).cast(pa.float64())

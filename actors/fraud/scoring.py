@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actors.fraud.challenger import WARM_UP, Shadow, monitor_arrays, monitor_from, new_monitor
 from actors.fraud.model import OnlineModel, pack_arrays, unpack_arrays
 from actors.fraud.threshold import Calibrator
 
@@ -50,6 +51,7 @@ class Decision:
     alert: np.ndarray
     threshold: float
     model_scored: bool  # False: the model had not learned yet, the rules scored
+    shadow: np.ndarray | None = None  # the challenger's scores of the same events
 
 
 class Scorer:
@@ -59,6 +61,11 @@ class Scorer:
         self.cfg = cfg
         self.model = OnlineModel()
         self.calibrator = Calibrator(half_life=cfg.calibration_half_life)  # type: ignore[attr-defined]
+        self.monitor = new_monitor()
+        self.shadow = Shadow()
+        self.scored = 0  # events the model scored (drift is watched after a warm-up)
+        #: drift events not published yet (the kind emits them on the ``drift`` topic)
+        self.drifts: list[dict] = []
 
     def threshold(self) -> float:
         cfg = self.cfg
@@ -71,7 +78,9 @@ class Scorer:
         th = self.threshold()
         if self.model.fitted:
             score = self.model.score(X)
-            return Decision(score, score >= th, th, True)
+            ch = self.shadow.model
+            shadow = ch.score(X) if ch is not None and ch.fitted else None
+            return Decision(score, score >= th, th, True, shadow)
         keep = np.ones(len(X))  # cold start: the rules' evidence, 1 - prod(1 - w)
         for name, hit in rules.items():
             keep *= np.where(hit, 1.0 - self.cfg.weights[name], 1.0)  # type: ignore[attr-defined]
@@ -82,8 +91,28 @@ class Scorer:
     def observe(self, d: Decision, labels: np.ndarray | None, known: np.ndarray | None) -> None:
         """What the calibrator learns from a scored batch: model scores only (a rule score
         is on another scale), and the labels known (prequential: after deciding)."""
-        if d.model_scored:
-            self.calibrator.observe(d.score, labels, known)
+        if not d.model_scored:
+            return
+        self.calibrator.observe(d.score, labels, known)
+        if d.shadow is not None and labels is not None and known is not None:
+            self.shadow.observe(d.score, d.shadow, labels, known)
+        self.scored += len(d.score)
+        if self.scored <= WARM_UP:
+            return
+        errors = None
+        if labels is not None and known is not None and known.any():
+            errors = (d.alert[known] != labels[known]).astype(np.float64)
+        found = self.monitor.update(d.score, None, errors, at=self.scored)
+        if found:
+            self.drifts += found
+            if self.shadow.model is None:  # a drift starts a challenger on what comes next
+                self.shadow.start()
+
+    def learn(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> None:
+        """The champion and the challenger (if any) learn from the same labels."""
+        self.model.learn(X, y, weight)
+        if self.shadow.model is not None:
+            self.shadow.model.learn(X, y, weight)
 
     def reasons(
         self, X: np.ndarray, rules: dict[str, np.ndarray], rows: np.ndarray, d: Decision
@@ -95,14 +124,44 @@ class Scorer:
 
     # -- state: arrays and JSON -----------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        return pack_arrays({**self.model.arrays(), **self.calibrator.arrays()})
+        return pack_arrays(
+            {
+                **self.model.arrays(),
+                **self.calibrator.arrays(),
+                **self.shadow.arrays(),
+                **monitor_arrays(self.monitor),
+                "scored": np.asarray(self.scored),
+            }
+        )
 
     def load(self, blob: bytes) -> None:
         arrays = unpack_arrays(blob)
         self.model = OnlineModel.from_arrays(arrays)
         self.calibrator.load(arrays)
+        self.shadow.load(arrays)
+        self.monitor = monitor_from(arrays) or new_monitor()
+        self.scored = int(arrays.get("scored", np.asarray(0)))
 
     @staticmethod
     def merge(blobs: list[bytes]) -> bytes:
+        """Replicas as one: models averaged, calibration and comparisons summed, the first
+        replica's drift monitor kept; a challenger that beat the champion is promoted."""
         parts = [unpack_arrays(b) for b in blobs]
-        return pack_arrays({**OnlineModel.average_arrays(parts), **Calibrator.merged(parts)})
+        merged = {
+            **parts[0],
+            **OnlineModel.average_arrays(parts),
+            **Calibrator.merged(parts),
+            **Shadow.merged(parts),
+            "scored": np.asarray(max(int(p.get("scored", np.asarray(0))) for p in parts)),
+        }
+        shadow = Shadow()
+        shadow.load(merged)
+        if shadow.better() and shadow.model is not None:
+            champion = OnlineModel.from_arrays(merged)
+            shadow.model.version = champion.version + 1
+            shadow.model.learned_total += champion.learned_total
+            merged.update(shadow.model.arrays())  # the challenger serves from now on
+            merged = {k: v for k, v in merged.items() if not k.startswith("sh_")}
+            empty = Calibrator()  # its threshold is learned again, on the new scores
+            merged.update(empty.arrays())
+        return pack_arrays(merged)

@@ -1,0 +1,123 @@
+"""Drift, and a challenger that answers it: a model trained only on what came after.
+
+The scorer's :class:`~runtime.ml.monitor.DriftMonitor` watches the score distribution
+and two key features (PSI against a reference window) and the prequential error
+(Page-Hinkley). A detected drift is published on the ``drift`` topic and starts a
+challenger: a fresh model that learns from the same labels as the champion from then on
+and scores every event in shadow. Both are ranked on the labels that arrive afterwards
+(binned AUC, the same events for both); when the challenger is better by a margin over
+enough frauds, the next merge of the replicas promotes it (the model version goes up,
+the threshold's calibration starts over on the new scores).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from actors.fraud.model import OnlineModel
+from actors.fraud.threshold import AUC_BINS, auc_counters, auc_of
+from runtime.ml.monitor import DriftMonitor
+
+#: events a model scores before drift is watched: a young model's scores still move
+WARM_UP = 200_000
+MIN_FRAUDS = 100  # labelled frauds both models scored before a promotion is considered
+MARGIN = 0.002  # AUC the challenger must gain
+
+
+def new_monitor() -> DriftMonitor:
+    # 0/1 errors at a base rate of a few per thousand: a small delta, a matching threshold
+    return DriftMonitor(
+        psi_threshold=0.25,
+        cooldown=200_000,
+        psi={"reference_size": 50_000, "half_life": 20_000},
+        page_hinkley={"delta": 0.001, "threshold": 25.0},
+    )
+
+
+def monitor_arrays(m: DriftMonitor) -> dict[str, np.ndarray]:
+    return {f"dm:{k}": np.asarray(v) for k, v in m.state().items()}
+
+
+def monitor_from(arrays: dict[str, np.ndarray]) -> DriftMonitor | None:
+    state = {k[3:]: v for k, v in arrays.items() if k.startswith("dm:")}
+    if not state:
+        return None
+    return DriftMonitor.from_state({k: v.item() if v.ndim == 0 else v for k, v in state.items()})
+
+
+class Shadow:
+    """The challenger and the two models' binned AUC on the labels since it started."""
+
+    def __init__(self) -> None:
+        self.model: OnlineModel | None = None
+        self.base = np.zeros((4, AUC_BINS))  # champion +, champion -, challenger +, challenger -
+        self.delta = np.zeros((4, AUC_BINS))
+
+    def start(self) -> None:
+        self.model = OnlineModel()
+        self.base[:] = 0
+        self.delta[:] = 0
+
+    def observe(
+        self, champion: np.ndarray, challenger: np.ndarray, labels: np.ndarray, known: np.ndarray
+    ) -> None:
+        """Both models' scores of the same labelled events (prequential)."""
+        if not known.any():
+            return
+        for row, scores in ((0, champion), (2, challenger)):
+            for key, v in auc_counters(scores, labels, known).items():
+                self.delta[row + (key[3] == "-"), int(key[5:])] += v
+
+    def aucs(self) -> tuple[float | None, float | None, int]:
+        h = self.base + self.delta
+        as_counters = lambda pos, neg: {  # noqa: E731
+            **{f"auc+:{k}": v for k, v in enumerate(pos) if v},
+            **{f"auc-:{k}": v for k, v in enumerate(neg) if v},
+        }
+        return auc_of(as_counters(h[0], h[1])), auc_of(as_counters(h[2], h[3])), int(h[2].sum())
+
+    def better(self) -> bool:
+        champ, chall, frauds = self.aucs()
+        return (
+            self.model is not None
+            and champ is not None
+            and chall is not None
+            and frauds >= MIN_FRAUDS
+            and chall > champ + MARGIN
+        )
+
+    # -- state -------------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, Any] = {"sh_base": self.base, "sh_delta": self.delta}
+        if self.model is not None:
+            out.update({f"sh_{k}": v for k, v in self.model.arrays().items()})
+        return out
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        self.base = np.array(arrays.get("sh_base", np.zeros((4, AUC_BINS))), dtype=np.float64)
+        self.delta = np.array(arrays.get("sh_delta", np.zeros((4, AUC_BINS))), dtype=np.float64)
+        model = {
+            k[3:]: v
+            for k, v in arrays.items()
+            if k.startswith("sh_") and k[3:] in ("meta", "coef", "intercept")
+        }
+        self.model = OnlineModel.from_arrays(model) if model else None
+
+    @staticmethod
+    def merged(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Challengers averaged (those replicas that have one), comparisons summed."""
+        with_model = [p for p in parts if "sh_meta" in p]
+        base = np.asarray(parts[0].get("sh_base", np.zeros((4, AUC_BINS))), dtype=np.float64)
+        new = sum(
+            np.asarray(p.get("sh_delta", np.zeros((4, AUC_BINS))), dtype=np.float64) for p in parts
+        )
+        out: dict[str, Any] = {"sh_base": base + new, "sh_delta": np.zeros_like(base)}
+        if with_model:
+            models = [
+                {k[3:]: v for k, v in p.items() if k[3:] in ("meta", "coef", "intercept")}
+                for p in with_model
+            ]
+            out.update({f"sh_{k}": v for k, v in OnlineModel.average_arrays(models).items()})
+        return out
