@@ -451,3 +451,24 @@ class Customer(EntityKind):
             "device_count": state["device_count"],
             "alert_count": state["alert_count"],
         }
+
+    def model_card(self, snapshot: bytes) -> dict:
+        """What the model registry records of a snapshot: read from its JSON meta (the npz
+        is opened with pickles refused); ValueError for anything that is not one."""
+        import json
+
+        from actors.fraud.model import unpack_arrays
+
+        try:
+            meta = json.loads(bytes(unpack_arrays(snapshot)["meta"]).decode())
+            version, total = int(meta["version"]), int(meta["learned_total"])
+        except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
+            raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
+        params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")
+        return {
+            "version": version,
+            "parent": None,
+            "training_rows": total,
+            "metrics": {"fitted": bool(meta.get("fitted")), "sgd_steps": meta.get("t")},
+            "parameters": {k: meta[k] for k in params if k in meta},
+        }

@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 from runtime.cluster.handles import resolve
 from runtime.coordinator.config import RuntimeConfig
 from runtime.eventtime.watermarks import Watermarks
+from runtime.ml.registry import ModelRegistry
 from runtime.state.index import SeenSet
 from runtime.state.store import Checkpoint, Store
 from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
 
 if TYPE_CHECKING:
     from runtime.coordinator.deployment import Deployment
+    from runtime.entities.kind import EntityKind
     from runtime.topics.clients import AnyTopic
 
 SEEN = "_seen"
@@ -41,6 +43,8 @@ class PreparedCheckpoint:
     #: (kind, key column, changed profiles)
     states: list[tuple[str, str, pa.Table]] = field(default_factory=list)
     snapshots: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (kind, snapshot, model card) of the snapshots that are models (registered at commit)
+    models: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
     dead: list[pa.Table] = field(default_factory=list)
     seen: list[tuple[str, np.ndarray]] = field(default_factory=list)
     topics: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +65,9 @@ class Checkpointer:
         self._new_seen: list[tuple[str, np.ndarray]] = []
         self._dead: list[pa.Table] = []
         self._dead_pending: list[Any] = []
+        self.models = ModelRegistry(store)
+        #: kinds started from a champion an operator pinned (unpinned at their next commit)
+        self._from_pinned: set[str] = set()
 
     def load(self) -> None:
         """Bring the data folder back to its last commit and load what lives in memory."""
@@ -69,6 +76,7 @@ class Checkpointer:
         self.committed = store.recover(sorted({DEAD_LETTERS, SEEN, SNAPSHOTS, *cp.versions}))
         self.seen, self.watermarks = {}, {}
         self._new_seen, self._dead, self._dead_pending = [], [], []
+        self._from_pinned = set()
         for scope, snap in self.committed.meta.get("watermarks", {}).items():
             self.watermarks[scope] = Watermarks.restore(base64.b64decode(snap))
         if store.exists(SEEN):
@@ -88,7 +96,13 @@ class Checkpointer:
     def saved_topic(self, name: str) -> dict[str, Any] | None:
         return self.committed.meta.get("topics", {}).get(name)
 
-    def kind_snapshot(self, kind: str) -> bytes | None:
+    def kind_snapshot(self, kind: str, kind_cls: type[EntityKind] | None = None) -> bytes | None:
+        """What ``kind`` starts from: the champion model an operator promoted or rolled back
+        to since (see runtime.ml.registry), else the last commit's snapshot."""
+        pinned = self.models.start_from(kind, kind_cls)
+        if pinned is not None:
+            self._from_pinned.add(kind)
+            return pinned
         if not self.store.exists(SNAPSHOTS):
             return None
         rows = self.store.read(SNAPSHOTS).to_pylist()
@@ -185,9 +199,13 @@ class Checkpointer:
                 ]
                 continue
             blobs = [d.snapshot for d in drained if d.snapshot is not None]
-            merged = k.cls(None).merge_snapshots(blobs) if blobs else None
+            kind = k.cls(None)
+            merged = kind.merge_snapshots(blobs) if blobs else None
             if merged is not None:
                 prepared.snapshots.append((name, merged))
+                card = kind.model_card(merged)
+                if card is not None:
+                    prepared.models.append((name, merged, card))
                 resolve([h.restore_kind(merged) for h in k.shards])
         prepared.dead, self._dead = self._dead, []
         prepared.seen, self._new_seen = self._new_seen, []
@@ -239,6 +257,11 @@ class Checkpointer:
         )
         store.commit(cp)
         self.committed = cp
+        for name, blob, card in prepared.models:  # after the commit: only committed models
+            self.models.committed(name, blob, card)
+            if name in self._from_pinned:  # grown from the pinned champion: start from it now
+                self.models.unpin(name)
+                self._from_pinned.discard(name)
         self.n_checkpoints += 1
         if self.n_checkpoints % self.config.compact_every == 0:
             self._trim_seen(cp.epoch)

@@ -252,7 +252,7 @@ class Deployment:
                     f"{total} shards; start it with the same shards and sites"
                 )
         else:
-            snapshots = [saved.kind_snapshot(name)] * total
+            snapshots = [saved.kind_snapshot(name, kind_cls)] * total
         emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
         hosted = [
             t

@@ -182,6 +182,13 @@ class EntityKind:
         """Hook: combine the snapshots of all shards into one (e.g. average model weights)."""
         return blobs[0] if blobs else None
 
+    def model_card(self, snapshot: bytes) -> dict[str, Any] | None:
+        """Hook: if the kind's snapshot is a model, what the model registry records of it:
+        ``{"version", "parent", "training_rows", "metrics", "parameters"}`` (``version`` an
+        int that grows as it learns; ``parent`` may be None). None: not a model. Raise
+        ``ValueError`` for a snapshot the kind cannot read; never run code from it."""
+        return None
+
     # -- addressing ----------------------------------------------------------------------
     @classmethod
     def ref(cls, key: str, runtime: Runtime | None = None) -> EntityRef:

@@ -1,1 +1,2 @@
-"""Streaming model monitoring: plain numpy detectors, no Ray and no I/O."""
+"""Machine learning primitives for apps: drift detectors (``drift``), a drift monitor for a
+scoring stage (``monitor``) and the model registry of a data folder (``registry``)."""
