@@ -6,7 +6,7 @@ shards, and persists the ``alerts`` topic to the ``alerts`` table (an idempotent
 upsert by ``event_id``, so a replay after a crash leaves one alert per event).
 
 >>> fraud_app.kind.name, sorted(fraud_app.sinks)
-('customers', ['alerts'])
+('customers', ['alerts', 'drift'])
 """
 
 from __future__ import annotations
