@@ -22,7 +22,6 @@ True
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,50 +41,16 @@ from actors.fraud.features import (
     repeats,
 )
 from actors.fraud.model import FEATURES
+from actors.fraud.outputs import (
+    alert_rows,
+    drift_rows,
+    prediction_rows,
+)
 from actors.fraud.scoring import Decision, Scorer, rule_hits
 from actors.fraud.threshold import auc_counters
 from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
-
-ALERT_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.int64()),
-        ("customer_id", pa.string()),
-        ("score", pa.float64()),
-        # the features that pushed the score up most (a list: GROUP BY over its items works)
-        ("reason", pa.list_(pa.string())),
-        ("threshold", pa.float64()),
-        ("ts", pa.timestamp("ms")),
-        ("amount", pa.float64()),
-        ("model_version", pa.int64()),
-        # wall-clock time the runtime produced the alert: detected_at - ts is how late it
-        # came after the event, measured from the alerts table alone
-        ("detected_at", pa.timestamp("ms")),
-    ]
-)
-DRIFT_SCHEMA = pa.schema(
-    [
-        ("detector", pa.string()),  # psi, page_hinkley
-        ("signal", pa.string()),  # score, feature:<name>, error
-        ("value", pa.float64()),
-        ("threshold", pa.float64()),
-        ("at", pa.int64()),  # events the shard's model had scored
-        ("model_version", pa.int64()),
-        ("detected_at", pa.timestamp("ms")),
-    ]
-)
-PREDICTION_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.int64()),
-        ("customer_id", pa.string()),
-        ("score", pa.float64()),
-        ("alert", pa.bool_()),
-        ("threshold", pa.float64()),
-        ("model_version", pa.int64()),
-        ("ts", pa.timestamp("ms")),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -343,66 +308,17 @@ class Customer(EntityKind):
         amt: np.ndarray,
         cfg: FraudConfig,
     ) -> None:
-        ev = batch.events
         version = self.scorer.model.version
         if self.scorer.drifts:  # what the drift monitor found (a challenger now trains)
             found, self.scorer.drifts = self.scorer.drifts, []
             batch.count("drift_events", len(found))
-            now = int(time.time() * 1000)
-            batch.emit(
-                "drift",
-                pa.Table.from_pylist(
-                    [
-                        {
-                            **f,
-                            "value": float(f["value"]),
-                            "threshold": float(f["threshold"]),
-                            "model_version": version,
-                            "detected_at": now,
-                        }
-                        for f in found
-                    ],
-                    schema=DRIFT_SCHEMA,
-                ),
-            )
+            batch.emit("drift", drift_rows(found, version))
         if d.alert.any():
             rows = np.flatnonzero(d.alert)
-            src = pa.array(order[rows])
-            batch.emit(
-                "alerts",
-                pa.table(
-                    {
-                        "event_id": ev.column("event_id").take(src),
-                        "customer_id": ev.column("customer_id").take(src),
-                        "score": d.score[rows],
-                        "reason": pa.array(
-                            self.scorer.reasons(X, rules, rows, d), pa.list_(pa.string())
-                        ),
-                        "threshold": np.full(len(rows), d.threshold),
-                        "ts": ev.column("ts").take(src),
-                        "amount": amt[rows],
-                        "model_version": np.full(len(rows), version, dtype=np.int64),
-                        "detected_at": pa.array(
-                            np.full(len(rows), int(time.time() * 1000), dtype=np.int64)
-                        ).cast(pa.timestamp("ms")),
-                    },
-                    schema=ALERT_SCHEMA,
-                ),
-            )
+            why = self.scorer.reasons(X, rules, rows, d)
+            batch.emit("alerts", alert_rows(batch.events, order, rows, d, why, amt, version))
         if cfg.predictions:
-            src = pa.array(order)
-            table = pa.table(
-                {
-                    "event_id": ev.column("event_id").take(src),
-                    "customer_id": ev.column("customer_id").take(src),
-                    "score": d.score,
-                    "alert": d.alert,
-                    "threshold": np.full(len(order), d.threshold),
-                    "model_version": np.full(len(order), version, dtype=np.int64),
-                    "ts": ev.column("ts").take(src),
-                },
-                schema=PREDICTION_SCHEMA,
-            )
+            table = prediction_rows(batch.events, order, d, version)
             if cfg.prediction_features:
                 for j, name in enumerate(FEATURES):
                     table = table.append_column(f"x_{name}", pa.array(X[:, j]))

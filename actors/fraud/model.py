@@ -188,7 +188,9 @@ class OnlineModel:
                 wi * m.clf.intercept_ for wi, m in zip(w, fitted, strict=True)
             )
             base.clf.t_ = max(m.clf.t_ for m in fitted)
-            base.learned_total = sum(m.learned_total for m in models)
+            # each replica's total is the last synced total plus what it learned since
+            synced = max(m.learned_total - m.learned_since_sync for m in models)
+            base.learned_total = synced + sum(m.learned_since_sync for m in models)
             base.version = max(m.version for m in models) + 1
         base.learned_since_sync = 0
         return base.arrays()
