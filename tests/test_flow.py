@@ -78,6 +78,7 @@ def test_fraud_app_is_built_with_the_pipeline_api(tmp_path):
     from runtime.testing import MemorySource
 
     assert fraud_app.kind.name == "customers" and fraud_app.sinks == {
-        "alerts": ("alerts", "event_id")
+        "alerts": ("alerts", "event_id"),
+        "drift": ("drift", None),
     }
     assert fraud_pipeline(MemorySource([])).input is not None

@@ -74,7 +74,7 @@ from actors.fraud.alt_world import (
     _unit,
 )
 from actors.fraud.alt_world import _km as _km  # noqa: F401 (tests use it)
-from actors.fraud.txn_stream import TRANSACTION_SCHEMA
+from actors.fraud.txn_stream import TRANSACTION_SCHEMA, transactions
 from runtime.errors import ConfigError
 
 __all__ = [
@@ -225,19 +225,16 @@ class AltGenerator(AltWorld):
         lon[rows] = _CITIES[fcity, 1] + rng.normal(0, 0.05, m)
         local = ~self._m_online[merchant]
         lat[local], lon[local] = self._m_lat[merchant[local]], self._m_lon[merchant[local]]
-        arrays = [
-            pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-            pa.array(ts, pa.timestamp("ms")),
-            self._customer_ids.take(pa.array(cust)),
-            devices.take(pa.array(dev)),
-            self._merchant_ids.take(pa.array(merchant)),
-            self._categories.take(pa.array(cat)),
-            pa.array(np.clip(np.round(amount, 2), 0.01, 25_000.0)),
-            pa.array(np.round(lat, 6)),
-            pa.array(np.round(lon, 6)),
-            pa.array((label >= _CT) & (label <= _SLOW)),
-        ]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=TRANSACTION_SCHEMA)
+        batch = transactions(
+            first_id,
+            ts,
+            (self._customer_ids, devices, self._merchant_ids, self._categories),
+            (cust, dev, merchant, cat),
+            np.clip(np.round(amount, 2), 0.01, 25_000.0),
+            lat,
+            lon,
+            (label >= _CT) & (label <= _SLOW),
+        )
         return batch, label, float(u[-1])
 
 

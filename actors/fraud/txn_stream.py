@@ -250,19 +250,10 @@ class TxnGenerator:
             out |= {"merchant": merchant, "is_fraud": is_fraud}
             new_devices = self._drift(first_id, cust, normal, out, len(devices))
             devices = pa.concat_arrays([devices, new_devices])
-        arrays = [
-            pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
-            pa.array(ts, pa.timestamp("ms")),
-            self._customer_ids.take(pa.array(cust)),
-            devices.take(pa.array(dev)),
-            self._merchant_ids.take(pa.array(merchant)),
-            self._categories.take(pa.array(cat)),
-            pa.array(np.maximum(np.round(amount, 2), 0.01)),
-            pa.array(np.round(lat, 6)),
-            pa.array(np.round(lon, 6)),
-            pa.array(is_fraud),
-        ]
-        return pa.RecordBatch.from_arrays(arrays, schema=TRANSACTION_SCHEMA), float(t[-1])
+        ids = (self._customer_ids, devices, self._merchant_ids, self._categories)
+        picks = (cust, dev, merchant, cat)
+        amount = np.maximum(np.round(amount, 2), 0.01)
+        return transactions(first_id, ts, ids, picks, amount, lat, lon, is_fraud), float(t[-1])
 
     def _drift(
         self,
@@ -332,3 +323,27 @@ class TxnGenerator:
         ok &= ~(member & (counts[pc_] > 1)).any(axis=1)
         member &= ok[:, None]
         return pc_[member], np.broadcast_to(starts[:, None], p.shape)[member]
+
+
+def transactions(
+    first_id: int,
+    ts: np.ndarray,
+    names: tuple[pa.Array, pa.Array, pa.Array, pa.Array],
+    picks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    amount: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    is_fraud: np.ndarray,
+) -> pa.RecordBatch:
+    """A batch in :data:`TRANSACTION_SCHEMA`: consecutive event ids from ``first_id``, the
+    customer, device, merchant and category names picked by index, places to 6 decimals."""
+    arrays = [
+        pa.array(np.arange(first_id, first_id + len(ts), dtype=np.int64)),
+        pa.array(ts, pa.timestamp("ms")),
+        *(pool.take(pa.array(idx)) for pool, idx in zip(names, picks, strict=True)),
+        pa.array(amount),
+        pa.array(np.round(lat, 6)),
+        pa.array(np.round(lon, 6)),
+        pa.array(is_fraud),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=TRANSACTION_SCHEMA)

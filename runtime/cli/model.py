@@ -23,6 +23,10 @@ app.add_typer(model_app, name="model")
 
 KIND_HELP = "The kind whose models to use (default: the only kind with models)."
 JSON_HELP = "Print one JSON object."
+#: the options every model command takes (typer reads these defaults; never mutated)
+DATA_OPTION = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP)
+KIND_OPTION = typer.Option(None, "--kind", help=KIND_HELP)
+JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
 
 
 def _registry(data: Path, kind: str | None) -> tuple[Any, str]:
@@ -62,9 +66,9 @@ def _run(fn: Any, *args: Any) -> Any:
 
 @model_app.command("list", cls=Command)
 def list_models(
-    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
-    kind: str = typer.Option(None, "--kind", help=KIND_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    data: Path = DATA_OPTION,
+    kind: str = KIND_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Every version of the kind's model: status, parent, rows learned from, metrics."""
     reg, kind = _registry(data, kind)
@@ -88,9 +92,9 @@ def list_models(
 @model_app.command("show", cls=Command)
 def show(
     version: int = typer.Argument(..., help="The model version."),
-    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
-    kind: str = typer.Option(None, "--kind", help=KIND_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    data: Path = DATA_OPTION,
+    kind: str = KIND_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """One version's card: parent, rows learned from, metrics, parameters."""
     reg, kind = _registry(data, kind)
@@ -100,9 +104,9 @@ def show(
 @model_app.command("promote", cls=Command)
 def promote(
     version: int = typer.Argument(..., help="The version to serve."),
-    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
-    kind: str = typer.Option(None, "--kind", help=KIND_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    data: Path = DATA_OPTION,
+    kind: str = KIND_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Make a version the champion (the previous one retired); the next start serves it."""
     reg, kind = _registry(data, kind)
@@ -111,9 +115,9 @@ def promote(
 
 @model_app.command("rollback", cls=Command)
 def rollback(
-    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
-    kind: str = typer.Option(None, "--kind", help=KIND_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    data: Path = DATA_OPTION,
+    kind: str = KIND_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Bring back the previous champion (the current one retired); the next start serves it."""
     reg, kind = _registry(data, kind)
