@@ -29,7 +29,7 @@ MARGIN = 0.002  # AUC the challenger must gain
 def new_monitor() -> DriftMonitor:
     # 0/1 errors at a base rate of a few per thousand: a small delta, a matching threshold
     return DriftMonitor(
-        psi_threshold=0.25,
+        psi_threshold=0.3,
         cooldown=200_000,
         psi={"reference_size": 50_000, "half_life": 20_000},
         page_hinkley={"delta": 0.001, "threshold": 25.0},

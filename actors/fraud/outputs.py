@@ -36,7 +36,7 @@ DRIFT_SCHEMA = pa.schema(
         ("signal", pa.string()),  # score, feature:<name>, error
         ("value", pa.float64()),
         ("threshold", pa.float64()),
-        ("at", pa.int64()),  # events the shard's model had scored
+        ("position", pa.int64()),  # events the shard's model had scored when it fired
         ("model_version", pa.int64()),
         ("detected_at", pa.timestamp("ms")),
     ]
@@ -108,7 +108,9 @@ def drift_rows(found: list[dict[str, Any]], version: int) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {
-                **f,
+                "detector": f["detector"],
+                "signal": f["signal"],
+                "position": int(f["at"]),
                 "value": float(f["value"]),
                 "threshold": float(f["threshold"]),
                 "model_version": version,

@@ -22,6 +22,7 @@ import numpy as np
 from actors.fraud.challenger import WARM_UP, Shadow, monitor_arrays, monitor_from, new_monitor
 from actors.fraud.model import OnlineModel, pack_arrays, unpack_arrays
 from actors.fraud.threshold import Calibrator
+from runtime.ml.drift import PSI
 
 
 def rule_hits(
@@ -131,6 +132,7 @@ class Scorer:
                 **self.shadow.arrays(),
                 **monitor_arrays(self.monitor),
                 "scored": np.asarray(self.scored),
+                "watched_version": np.asarray(self.model.version),
             }
         )
 
@@ -141,6 +143,11 @@ class Scorer:
         self.shadow.load(arrays)
         self.monitor = monitor_from(arrays) or new_monitor()
         self.scored = int(arrays.get("scored", np.asarray(0)))
+        watched = int(arrays.get("watched_version", np.asarray(self.model.version)))
+        if watched != self.model.version:
+            # a new model scores on its own scale: its scores are compared with its own
+            # (the error test goes on: a better model only lowers the error)
+            self.monitor.score = PSI(edges=None, **self.monitor.psi_kwargs)
 
     @staticmethod
     def merge(blobs: list[bytes]) -> bytes:
