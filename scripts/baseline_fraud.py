@@ -61,11 +61,9 @@ import pyarrow.parquet as pq
 from actors.fraud.app import TRANSACTIONS
 from actors.fraud.customer import FraudConfig
 from actors.fraud.features import (
-    YOUNG_DEVICE_MS,
     category_bits,
     features,
-    latest_before,
-    repeats,
+    novelty,
 )
 from actors.fraud.scoring import Scorer, rule_hits
 from runtime.state.keys import hash_keys
@@ -272,21 +270,11 @@ class Baseline:
         # new device: not in the ring of the last DEVICES new devices just before the event
         new_dev = self._new_devices(c, dev, grp, starts, sizes, gc)
         new_device = new_dev & has
-        j = latest_before(new_device, starts[grp])
-        last_dev = np.where(j >= 0, dev[np.maximum(j, 0)], P.last_new_device[c])
-        last_ts = np.where(j >= 0, t[np.maximum(j, 0)], P.last_new_device_ts[c])
-        young_device = (
-            has
-            & ~new_device
-            & (dev == last_dev)
-            & (last_ts != NO_TS)
-            & (t - last_ts <= YOUNG_DEVICE_MS)
-        )
         bits = category_bits(ev.column("category"))[order]
-        cat_new = (P.categories[c] & bits) == 0
-        cand_cat = np.flatnonzero(cat_new)
-        cat_new[cand_cat[repeats(grp, bits, rank, cand_cat)]] = False
-        category_new = cat_new & (n_prev >= 3)
+        stored = (P.last_new_device[c], P.last_new_device_ts[c], P.categories[c])
+        young_device, category_new = novelty(
+            t, dev, bits, new_device, n_prev, grp, rank, starts[grp], stored
+        )
 
         # -- rules as features, model, calibrated alert (the app's Scorer) -----------------
         rules = rule_hits(cfg, n_prev, amt, mean, std, burst, dist, new_device)

@@ -32,13 +32,11 @@ from actors.fraud.features import (
     DEVICES,
     NO_TS,
     RECENT,
-    YOUNG_DEVICE_MS,
     category_bits,
     devices_one_by_one,
     features,
     haversine_km,
-    latest_before,
-    repeats,
+    novelty,
 )
 from actors.fraud.model import FEATURES
 from actors.fraud.outputs import (
@@ -174,24 +172,11 @@ class Customer(EntityKind):
             unseen[po[1:][repeat]] = False  # an earlier event of the batch brought it
         sequential = devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
         new_device = unseen & has
-        # a young device: the one that was new to the profile most recently, within the hour
-        # (an incident's follow-ups on the device it brought)
-        j = latest_before(new_device, gstart[grp])
-        last_dev = np.where(j >= 0, dev[np.maximum(j, 0)], c["last_new_device"][s])
-        last_ts = np.where(j >= 0, t[np.maximum(j, 0)], c["last_new_device_ts"][s])
-        young_device = (
-            has
-            & ~new_device
-            & (dev == last_dev)
-            & (last_ts != NO_TS)
-            & (t - last_ts <= YOUNG_DEVICE_MS)
-        )
-        # a category the customer never bought in, before this event
         bits = category_bits(ev.column("category"))[order]
-        cat_new = (c["categories"][s] & bits) == 0
-        cand_cat = np.flatnonzero(cat_new)
-        cat_new[cand_cat[repeats(grp, bits, rank, cand_cat)]] = False
-        category_new = cat_new & (n_prev >= 3)
+        stored = (c["last_new_device"][s], c["last_new_device_ts"][s], c["categories"][s])
+        young_device, category_new = novelty(
+            t, dev, bits, new_device, n_prev, grp, rank, gstart[grp], stored
+        )
 
         # -- score: the rules are features, the model decides, then it learns ----------------
         rules = rule_hits(cfg, n_prev, amt, mean, std, burst, dist, new_device)

@@ -43,6 +43,42 @@ def repeats(grp: np.ndarray, key: np.ndarray, rank: np.ndarray, rows: np.ndarray
     return out
 
 
+def novelty(
+    t: np.ndarray,
+    dev: np.ndarray,
+    bits: np.ndarray,
+    new_device: np.ndarray,
+    n_prev: np.ndarray,
+    grp: np.ndarray,
+    rank: np.ndarray,
+    group_first: np.ndarray,
+    stored: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per event (rows grouped by customer, arrival order within): (young device, category
+    never bought in), against the profile's ``stored`` (last new device, when it came, the
+    category mask) and the customer's earlier events of the batch.
+
+    A young device is the one that was new to the profile most recently, within the hour
+    (an incident's follow-ups on the device it brought); a new category counts once the
+    customer has some history.
+    """
+    last_new_device, last_new_ts, categories = stored
+    j = latest_before(new_device, group_first)
+    last_dev = np.where(j >= 0, dev[np.maximum(j, 0)], last_new_device)
+    last_ts = np.where(j >= 0, t[np.maximum(j, 0)], last_new_ts)
+    young = (
+        (n_prev > 0)
+        & ~new_device
+        & (dev == last_dev)
+        & (last_ts != NO_TS)
+        & (t - last_ts <= YOUNG_DEVICE_MS)
+    )
+    cat_new = (categories & bits) == 0
+    cand = np.flatnonzero(cat_new)
+    cat_new[cand[repeats(grp, bits, rank, cand)]] = False
+    return young, cat_new & (n_prev >= 3)
+
+
 def latest_before(flag: np.ndarray, group_first: np.ndarray) -> np.ndarray:
     """For each row (rows grouped, arrival order within), the latest earlier row of its
     group with ``flag`` set, or -1.

@@ -130,11 +130,14 @@ class GeneratorSource:
         self.n_events = n_events
         self.batch_size = batch_size
         self.id = f"generator:seed={config.seed}:customers={config.n_customers}"
-        if config.drift_at is not None:
+        if getattr(config, "drift_at", None) is not None:
             self.id += f":drift={config.drift}@{config.drift_at}"
 
+    def _generator(self) -> TxnGenerator:
+        return TxnGenerator(self.config)
+
     def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
-        gen = TxnGenerator(self.config)
+        gen = self._generator()
         pos = start
         for rb in gen.batches(self.n_events, self.batch_size, first_event_id=start):
             pos += rb.num_rows

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +73,7 @@ from actors.fraud.alt_world import (
     _unit,
 )
 from actors.fraud.alt_world import _km as _km  # noqa: F401 (tests use it)
+from actors.fraud.generator import GeneratorSource
 from actors.fraud.txn_stream import TRANSACTION_SCHEMA, transactions
 from runtime.errors import ConfigError
 
@@ -257,7 +257,7 @@ def write_alt_transactions(
     return path
 
 
-class AltGeneratorSource:
+class AltGeneratorSource(GeneratorSource):
     """The alt generator as a resumable source: position p continues the stream at event p.
 
     >>> src = AltGeneratorSource(AltConfig(n_customers=100), n_events=1000, batch_size=600)
@@ -265,27 +265,14 @@ class AltGeneratorSource:
     [(600, 800), (400, 1200)]
     """
 
-    #: as :class:`actors.fraud.generator.GeneratorSource`: ``n_events`` counts from the
-    #: resume position
-    contract_exempt: ClassVar[dict[str, str]] = {
-        "check_resume": "n_events counts from the resume position, so the stream resumed "
-        "at p is longer than the tail"
-    }
-
     def __init__(
         self,
         config: AltConfig = AltConfig(),  # noqa: B008 (frozen)
         n_events: int = 1_000_000,
         batch_size: int = 50_000,
     ) -> None:
-        self.config = config
-        self.n_events = n_events
-        self.batch_size = batch_size
+        super().__init__(config, n_events, batch_size)  # type: ignore[arg-type]
         self.id = f"alt_generator:seed={config.seed}:customers={config.n_customers}"
 
-    def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
-        pos = start
-        gen = AltGenerator(self.config)
-        for rb in gen.batches(self.n_events, self.batch_size, first_event_id=start):
-            pos += rb.num_rows
-            yield pa.Table.from_batches([rb]), pos
+    def _generator(self) -> AltGenerator:  # type: ignore[override]
+        return AltGenerator(self.config)  # type: ignore[arg-type]
