@@ -361,8 +361,13 @@ class Customer(EntityKind):
         from actors.fraud.model import unpack_arrays
 
         try:
-            meta = json.loads(bytes(unpack_arrays(snapshot)["meta"]).decode())
+            arrays = unpack_arrays(snapshot)
+            meta = json.loads(bytes(arrays["meta"]).decode())
             version, total = int(meta["version"]), int(meta["learned_total"])
+            scorer = Scorer(self.config)
+            scorer.calibrator.load(arrays)
+            # the live estimate: decayed labelled scores, at the threshold the model alerts at
+            quality = scorer.calibrator.metrics(scorer.threshold())
         except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
             raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
         params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")
@@ -370,6 +375,10 @@ class Customer(EntityKind):
             "version": version,
             "parent": None,
             "training_rows": total,
-            "metrics": {"fitted": bool(meta.get("fitted")), "sgd_steps": meta.get("t")},
+            "metrics": {
+                "fitted": bool(meta.get("fitted")),
+                "threshold": round(scorer.threshold(), 4),
+                **quality,
+            },
             "parameters": {k: meta[k] for k in params if k in meta},
         }

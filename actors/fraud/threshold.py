@@ -127,6 +127,29 @@ class Calibrator:
         within = np.flatnonzero(tail[ALL] <= total * budget_per_10k / 10_000)
         return score_at(int(within[0])) if len(within) else 1.0
 
+    def metrics(self, threshold: float) -> dict[str, float | None]:
+        """What the (decayed) labelled scores say of the model: ROC AUC, and precision and
+        recall at ``threshold``; None where too few frauds are labelled to tell."""
+        h = self.base + self.delta
+        pos, neg = h[POS], h[NEG]
+        if pos.sum() < self.min_support or neg.sum() == 0:
+            return {
+                "auc": None,
+                "precision": None,
+                "recall": None,
+                "labelled_frauds": float(pos.sum()),
+            }
+        below = np.cumsum(neg) - neg
+        auc = float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+        k = int(bins_of(np.array([threshold]))[0])
+        tp, fp = pos[k:].sum(), neg[k:].sum()
+        return {
+            "auc": round(auc, 4),
+            "precision": round(float(tp / (tp + fp)), 4) if tp + fp else None,
+            "recall": round(float(tp / pos.sum()), 4),
+            "labelled_frauds": round(float(pos.sum()), 1),
+        }
+
     # -- merging shard replicas ----------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         return {"cal_base": self.base, "cal_delta": self.delta}
