@@ -45,6 +45,7 @@ it logged, so everything acknowledged is either before the cut or in the log's t
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -203,10 +204,10 @@ def drive(
         try:
             _loop(rt, app, feeders, state, committed, progress, max_events, t0, end_of_stream, stop)
             break
-        except ActorFailedError:
+        except ActorFailedError as err:
             for f in feeders:
                 f.close()
-            restarts = restart_after_failure(rt, app, restarts)
+            restarts = restart_after_failure(rt, app, restarts, err)
         finally:
             for f in feeders:
                 f.close()
@@ -330,13 +331,23 @@ def _loop(
     rt.flush_topics()
 
 
-def restart_after_failure(rt: Runtime, app: App, restarts: int) -> int:
+def restart_after_failure(
+    rt: Runtime, app: App, restarts: int, cause: BaseException | None = None
+) -> int:
     """An actor died: restart from the last commit (re-placed actors), or give up after
-    ``max_restarts``; the caller resumes its feeders from the committed positions."""
+    ``max_restarts``; the caller resumes its feeders from the committed positions. Each
+    restart says why on stderr, and giving up names the last cause (one line each)."""
+    why = (str(cause).strip().splitlines() or [type(cause).__name__])[0] if cause else "unknown"
     if restarts >= rt.config.max_restarts:
         raise ActorFailedError(
-            f"app {app.name!r}: actors kept failing after {restarts} restarts; giving up"
+            f"app {app.name!r}: actors kept failing after {restarts} restarts; giving up "
+            f"(last: {why[:300]})"
         )
+    print(
+        f"edgecore: app {app.name!r}: {why[:300]}; restarting from the last checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
     rt.restart()
     setup(rt, app)
     return restarts + 1
