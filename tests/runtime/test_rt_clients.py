@@ -43,3 +43,12 @@ def test_colocated_topic_answers_what_a_topic_client_answers():
     public = {n for n in vars(TopicClient) if not n.startswith("_")} - {"restore"}
     missing = sorted(n for n in public if not callable(getattr(ColocatedTopic, n, None)))
     assert missing == []
+
+
+def test_a_client_whose_parameters_drifted_is_caught():
+    class Drifted(ActorClient):
+        def poll(self, group, limit):  # Topic.poll takes max_rows
+            return self._call(Topic.poll, group, limit)
+
+    with pytest.raises(AssertionError, match="does not match"):
+        check_client(Drifted, Topic)
