@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from actors.fraud.model import OnlineModel
-from actors.fraud.threshold import AUC_BINS, auc_counters, auc_of
+from actors.fraud.threshold import AUC_BINS, auc_counters, auc_from
 from runtime.ml.monitor import DriftMonitor
 
 #: events a model scores before drift is watched: a young model's scores still move
@@ -72,11 +72,7 @@ class Shadow:
 
     def aucs(self) -> tuple[float | None, float | None, int]:
         h = self.base + self.delta
-        as_counters = lambda pos, neg: {  # noqa: E731
-            **{f"auc+:{k}": v for k, v in enumerate(pos) if v},
-            **{f"auc-:{k}": v for k, v in enumerate(neg) if v},
-        }
-        return auc_of(as_counters(h[0], h[1])), auc_of(as_counters(h[2], h[3])), int(h[2].sum())
+        return auc_from(h[0], h[1]), auc_from(h[2], h[3]), int(h[2].sum())
 
     def better(self) -> bool:
         champ, chall, frauds = self.aucs()

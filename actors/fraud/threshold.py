@@ -77,6 +77,11 @@ def auc_of(counters: dict[str, float]) -> float | None:
             pos[int(key[5:])] += v
         elif key.startswith("auc-:"):
             neg[int(key[5:])] += v
+    return auc_from(pos, neg)
+
+
+def auc_from(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """ROC AUC of score histograms over the same bins (ties within a bin count half)."""
     if not pos.sum() or not neg.sum():
         return None
     below = np.cumsum(neg) - neg  # negatives in lower bins
@@ -139,8 +144,7 @@ class Calibrator:
                 "recall": None,
                 "labelled_frauds": float(pos.sum()),
             }
-        below = np.cumsum(neg) - neg
-        auc = float((pos * (below + 0.5 * neg)).sum() / (pos.sum() * neg.sum()))
+        auc = auc_from(pos, neg) or 0.0
         k = int(bins_of(np.array([threshold]))[0])
         tp, fp = pos[k:].sum(), neg[k:].sum()
         return {
