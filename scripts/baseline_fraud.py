@@ -311,7 +311,10 @@ class Baseline:
             use = np.flatnonzero(known & (y | sampled))
             weight = np.where(y[use], 1.0, 1.0 / cfg.negative_sample)
             self.scorer.learn(X[use], y[use], weight)
-        self.scorer.observe(d, y, known)
+        self.scorer.observe_scores(d)
+        if d.model_scored and known.any():
+            shadow = d.shadow[known] if d.shadow is not None else np.full(int(known.sum()), np.nan)
+            self.scorer.observe_labels(d.score[known], shadow, d.alert[known], y[known])
 
         # -- fold the batch into the profiles -----------------------------------------------
         last = starts + sizes - 1

@@ -55,6 +55,25 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
         auc = auc_of(counters)
         if auc is not None:  # prequential, over what the model scored
             out["auc"] = round(auc, 4)
+        if counters.get("label_delay_ms_sum"):
+            out["label_delay_s"] = round(
+                counters["label_delay_ms_sum"] / counters["labelled"] / 1000, 1
+            )
+    labels = {  # labels that came apart from their events (feedback) and what became of them
+        k: int(counters[c])
+        for k, c in (
+            ("received", "feedback_accepted"),
+            ("dead_lettered", "feedback_dead_lettered"),
+            ("duplicate", "labels_duplicate"),
+            ("unmatched", "labels_unmatched"),
+            ("expired", "labels_expired"),
+            ("waiting_for_event", "labels_waiting_for_event"),
+            ("held_back", "labels_held"),  # --label-delay: not due yet when the run ended
+        )
+        if counters.get(c)
+    }
+    if labels:
+        out["labels"] = labels
     return out
 
 
@@ -81,8 +100,14 @@ def make_app(config: FraudConfig | None = None) -> App:
     def with_predictions() -> App:
         return make_app(dataclasses.replace(config or FraudConfig(), predictions=True))
 
+    def with_label_delay(delay_ms: int) -> App:
+        return make_app(dataclasses.replace(config or FraudConfig(), label_delay_ms=delay_ms))
+
     return dataclasses.replace(
-        fraud_pipeline(config=config).build(), demo=demo_source, with_predictions=with_predictions
+        fraud_pipeline(config=config).build(),
+        demo=demo_source,
+        with_predictions=with_predictions,
+        with_label_delay=with_label_delay,
     )
 
 

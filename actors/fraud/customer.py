@@ -38,6 +38,7 @@ from actors.fraud.features import (
     haversine_km,
     novelty,
 )
+from actors.fraud.labels import LABELS, LabelDesk
 from actors.fraud.model import FEATURES
 from actors.fraud.outputs import (
     alert_rows,
@@ -45,7 +46,6 @@ from actors.fraud.outputs import (
     prediction_rows,
 )
 from actors.fraud.scoring import Decision, Scorer, rule_hits
-from actors.fraud.threshold import auc_counters
 from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
@@ -64,6 +64,10 @@ class FraudConfig:
     #: events after which old score evidence counts half in the threshold's calibration
     calibration_half_life: float = 200_000.0
     learn: bool = True
+    #: replay labelled events as if each label came this long (event time) after it
+    label_delay_ms: int | None = None
+    feature_log_rows: int = 200_000  # per shard: scored events kept for their labels
+    label_retention_ms: int = 30 * 24 * 3600 * 1000  # a label later than this finds nothing
     predictions: bool = False  # also publish every event's score to the `predictions` topic
     #: with predictions: the model's feature columns too (x_<feature>), for offline yardsticks
     prediction_features: bool = False
@@ -86,6 +90,7 @@ class Customer(EntityKind):
     name = "customers"
     key = "customer_id"
     topics = ("alerts", "predictions", "drift")
+    feedback = LABELS  # labels that come after their events (see actors.fraud.labels)
     #: when the alert was raised (wall clock): differs between two runs of the same events
     volatile_columns = ("detected_at",)
     state = {
@@ -111,6 +116,7 @@ class Customer(EntityKind):
     def __init__(self, config: FraudConfig | None = None) -> None:
         super().__init__(config or FraudConfig())
         self.scorer = Scorer(self.config)
+        self.desk = LabelDesk(self.config, self.scorer)  # labels now, or when they come
 
     # -- the hot path ----------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:
@@ -196,28 +202,12 @@ class Customer(EntityKind):
         d = self.scorer.decide(X, rules)
         alert = d.alert
 
-        labels = known = None
-        if "is_fraud" in ev.column_names:
-            lab = ev.column("is_fraud")
-            known = ~lab.is_null().to_numpy(zero_copy_only=False)[order]
-            labels = lab.fill_null(False).to_numpy(zero_copy_only=False)[order].astype(bool)
-            if known.any():
-                batch.count("labelled", int(known.sum()))
-                batch.count("true_positives", int((alert & labels & known).sum()))
-                batch.count("false_positives", int((~labels & alert & known).sum()))
-                batch.count("false_negatives", int((~alert & labels & known).sum()))
-                for name, hit in rules.items():
-                    batch.count(f"rule:{name}:fraud", int((hit & labels & known).sum()))
-                if d.model_scored:  # the run's prequential AUC (see threshold.auc_of)
-                    for key, v in auc_counters(d.score, labels, known).items():
-                        batch.count(key, v)
-                if cfg.learn:
-                    self._learn(ev, order, X, labels, known, cfg)
-        self.scorer.observe(d, labels, known)
         batch.count("alerts", int(alert.sum()))
         batch.count("model_scored", len(alert) if d.model_scored else 0)
         for name, hit in rules.items():
             batch.count(f"rule:{name}", int(hit.sum()))
+        self.scorer.observe_scores(d)
+        self.desk.on_events(batch, ev, order, t, X, d)
         self._emit(batch, order, d, X, rules, amt, cfg)
 
         # -- fold the batch into the profiles ------------------------------------------------
@@ -264,24 +254,10 @@ class Customer(EntityKind):
                 rows = c["devices"][s[sel]]
                 c["devices"][s[sel]] = np.column_stack([dev[sel], rows[:, :-1]])
 
-    def _learn(
-        self,
-        ev: pa.Table,
-        order: np.ndarray,
-        X: np.ndarray,
-        labels: np.ndarray,
-        known: np.ndarray,
-        cfg: FraudConfig,
-    ) -> None:
-        # all frauds, and a fixed, id-chosen share of the rest, weighted back up: the
-        # model sees the same evidence at a fraction of the partial_fit cost
-        ids = ev.column("event_id").to_numpy()[order]
-        with np.errstate(over="ignore"):
-            mixed = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        keep_neg = (mixed >> np.uint64(40)) % np.uint64(1000) < cfg.negative_sample * 1000
-        use = known & (labels | keep_neg)
-        weight = np.where(labels[use], 1.0, 1.0 / cfg.negative_sample)
-        self.scorer.learn(X[use], labels[use], weight)
+    def on_feedback(self, batch: Batch) -> None:
+        """Labels that came on their own (see actors.fraud.labels)."""
+        self.desk.on_labels(batch)
+        self._emit_drift(batch)
 
     def _emit(
         self,
@@ -294,10 +270,7 @@ class Customer(EntityKind):
         cfg: FraudConfig,
     ) -> None:
         version = self.scorer.model.version
-        if self.scorer.drifts:  # what the drift monitor found (a challenger now trains)
-            found, self.scorer.drifts = self.scorer.drifts, []
-            batch.count("drift_events", len(found))
-            batch.emit("drift", drift_rows(found, version))
+        self._emit_drift(batch)
         if d.alert.any():
             rows = np.flatnonzero(d.alert)
             why = self.scorer.reasons(X, rules, rows, d)
@@ -308,6 +281,12 @@ class Customer(EntityKind):
                 for j, name in enumerate(FEATURES):
                     table = table.append_column(f"x_{name}", pa.array(X[:, j]))
             batch.emit("predictions", table)
+
+    def _emit_drift(self, batch: Batch) -> None:
+        if self.scorer.drifts:  # what the drift monitor found (a challenger now trains)
+            found, self.scorer.drifts = self.scorer.drifts, []
+            batch.count("drift_events", len(found))
+            batch.emit("drift", drift_rows(found, self.scorer.model.version))
 
     # -- profile export, model sync ------------------------------------------------------------
     def active_topics(self) -> tuple[str, ...]:
@@ -339,6 +318,12 @@ class Customer(EntityKind):
                 stacklevel=2,
             )
 
+    def shard_snapshot(self) -> bytes | None:
+        return self.desk.snapshot()  # this shard's scored events waiting for labels
+
+    def restore_shard(self, blob: bytes) -> None:
+        self.desk.restore(blob)
+
     def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
         return Scorer.merge(blobs) if blobs else None
 
@@ -354,31 +339,5 @@ class Customer(EntityKind):
         }
 
     def model_card(self, snapshot: bytes) -> dict:
-        """What the model registry records of a snapshot: read from its JSON meta (the npz
-        is opened with pickles refused); ValueError for anything that is not one."""
-        import json
-
-        from actors.fraud.model import unpack_arrays
-
-        try:
-            arrays = unpack_arrays(snapshot)
-            meta = json.loads(bytes(arrays["meta"]).decode())
-            version, total = int(meta["version"]), int(meta["learned_total"])
-            scorer = Scorer(self.config)
-            scorer.calibrator.load(arrays)
-            # the live estimate: decayed labelled scores, at the threshold the model alerts at
-            quality = scorer.calibrator.metrics(scorer.threshold())
-        except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
-            raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
-        params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")
-        return {
-            "version": version,
-            "parent": None,
-            "training_rows": total,
-            "metrics": {
-                "fitted": bool(meta.get("fitted")),
-                "threshold": round(scorer.threshold(), 4),
-                **quality,
-            },
-            "parameters": {k: meta[k] for k in params if k in meta},
-        }
+        """What the model registry records of a snapshot (see Scorer.card)."""
+        return Scorer.card(snapshot, self.config)

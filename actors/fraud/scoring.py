@@ -89,21 +89,30 @@ class Scorer:
         fixed = self.cfg.threshold  # type: ignore[attr-defined]
         return Decision(score, score >= (0.5 if fixed is None else fixed), th, False)
 
-    def observe(self, d: Decision, labels: np.ndarray | None, known: np.ndarray | None) -> None:
-        """What the calibrator learns from a scored batch: model scores only (a rule score
-        is on another scale), and the labels known (prequential: after deciding)."""
+    def observe_scores(self, d: Decision) -> None:
+        """What the calibrator and the score drift test learn from a scored batch: model
+        scores only (a rule score is on another scale)."""
         if not d.model_scored:
             return
-        self.calibrator.observe(d.score, labels, known)
-        if d.shadow is not None and labels is not None and known is not None:
-            self.shadow.observe(d.score, d.shadow, labels, known)
+        self.calibrator.observe(d.score, None, None)
         self.scored += len(d.score)
-        if self.scored <= WARM_UP:
-            return
-        errors = None
-        if labels is not None and known is not None and known.any():
-            errors = (d.alert[known] != labels[known]).astype(np.float64)
-        found = self.monitor.update(d.score, None, errors, at=self.scored)
+        if self.scored > WARM_UP:
+            self._drifted(self.monitor.update(d.score, None, None, at=self.scored))
+
+    def observe_labels(
+        self, score: np.ndarray, shadow: np.ndarray, alert: np.ndarray, labels: np.ndarray
+    ) -> None:
+        """Labels now known, with the scores, challenger scores (NaN: none) and alerts the
+        models gave their events when they scored them (prequential, whenever they come)."""
+        self.calibrator.observe_labels(score, labels)
+        both = ~np.isnan(shadow)
+        if both.any() and self.shadow.model is not None:
+            self.shadow.observe(score[both], shadow[both], labels[both], np.ones(both.sum(), bool))
+        if self.scored > WARM_UP:
+            errors = (alert != labels).astype(np.float64)
+            self._drifted(self.monitor.update(np.zeros(0), None, errors, at=self.scored))
+
+    def _drifted(self, found: list[dict]) -> None:
         if found:
             self.drifts += found
             if self.shadow.model is None:  # a drift starts a challenger on what comes next
@@ -172,3 +181,32 @@ class Scorer:
             empty = Calibrator()  # its threshold is learned again, on the new scores
             merged.update(empty.arrays())
         return pack_arrays(merged)
+
+    @staticmethod
+    def card(snapshot: bytes, cfg: object) -> dict:
+        """What the model registry records of a snapshot: read from its JSON meta (the npz
+        is opened with pickles refused); ValueError for anything that is not one."""
+        import json
+
+        try:
+            arrays = unpack_arrays(snapshot)
+            meta = json.loads(bytes(arrays["meta"]).decode())
+            version, total = int(meta["version"]), int(meta["learned_total"])
+            scorer = Scorer(cfg)
+            scorer.calibrator.load(arrays)
+            # the live estimate: decayed labelled scores, at the threshold the model alerts at
+            quality = scorer.calibrator.metrics(scorer.threshold())
+        except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
+            raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
+        params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")
+        return {
+            "version": version,
+            "parent": None,
+            "training_rows": total,
+            "metrics": {
+                "fitted": bool(meta.get("fitted")),
+                "threshold": round(scorer.threshold(), 4),
+                **quality,
+            },
+            "parameters": {k: meta[k] for k in params if k in meta},
+        }

@@ -110,8 +110,13 @@ class Calibrator:
         self.delta *= fade
         self.delta[ALL] += np.bincount(b, minlength=BINS)
         if labels is not None and known is not None and known.any():
-            self.delta[POS] += np.bincount(b[known & labels], minlength=BINS)
-            self.delta[NEG] += np.bincount(b[known & ~labels], minlength=BINS)
+            self.observe_labels(score[known], labels[known])
+
+    def observe_labels(self, score: np.ndarray, labels: np.ndarray) -> None:
+        """Labels known now, with the scores their events got (whenever they were scored)."""
+        b = bins_of(score)
+        self.delta[POS] += np.bincount(b[labels], minlength=BINS)
+        self.delta[NEG] += np.bincount(b[~labels], minlength=BINS)
 
     def threshold(self, target_precision: float | None, budget_per_10k: float) -> float:
         """The lowest threshold meeting ``target_precision`` once enough frauds are labelled;

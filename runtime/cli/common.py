@@ -189,3 +189,21 @@ def open_runtime(
 
         settings["policy"] = DefaultPolicy.from_file(settings["policy"])
     return Runtime(data_dir=str(data), address=address, shards=shards, mode=mode, **settings)
+
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """``500ms``, ``90s``, ``30m``, ``2h``, ``1d`` (or a plain number of seconds) in ms;
+    a one-line user error for anything else.
+
+    >>> parse_duration("2h", "--x"), parse_duration("1.5d", "--x"), parse_duration("45", "--x")
+    (7200000, 129600000, 45000)
+    """
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text or "")
+    if m is None:
+        fail(f"{option} {text!r}: give a duration such as 500ms, 90s, 30m, 2h or 1d")
+    return int(round(float(m.group(1)) * _UNITS_MS[m.group(2) or "s"]))

@@ -17,6 +17,7 @@ from runtime.cli.common import (
     err,
     fail,
     open_runtime,
+    parse_duration,
     user_errors,
 )
 
@@ -30,12 +31,14 @@ PLACEMENT_OPTION = typer.Option(
 )
 
 
-def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool) -> Any:
+def _drive(
+    rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool, feedback: Any = None
+) -> Any:
     from runtime.dataflow.app import run, setup
 
     setup(rt, the_app)
     if as_json:
-        return run(rt, the_app, source)
+        return run(rt, the_app, source, feedback=feedback)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -58,7 +61,7 @@ def _drive(rt: Any, the_app: Any, source: Any, total: int | None, as_json: bool)
                 headline=f"{first[0]} {cell(first[1])}" if first else "",
             )
 
-        stats = run(rt, the_app, source, progress=progress)
+        stats = run(rt, the_app, source, progress=progress, feedback=feedback)
         progress(stats)
         return stats
 
@@ -259,6 +262,18 @@ def replay(
         "--predictions",
         help="Also persist every event's score to the predictions table (apps that score).",
     ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        help="Labels that come apart from the events (event_id, customer_id, is_fraud, "
+        "label_ts), read beside them; apps that learn.",
+    ),
+    label_delay: str | None = typer.Option(
+        None,
+        "--label-delay",
+        help="Learn from each event's own label only this long (event time) after the "
+        "event, e.g. 30m, 2h, 1d: simulates late labels on a labelled file.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a recorded stream through an app and update the data folder.
@@ -274,7 +289,14 @@ def replay(
         if the_app.with_predictions is None:
             fail(f"app {the_app.name!r} makes no predictions: drop --predictions")
         the_app = the_app.with_predictions()
+    if label_delay is not None:
+        if the_app.with_label_delay is None:
+            fail(f"app {the_app.name!r} learns from no labels: drop --label-delay")
+        the_app = the_app.with_label_delay(parse_duration(label_delay, "--label-delay"))
+    if labels is not None and the_app.kind.feedback is None:
+        fail(f"app {the_app.name!r} takes no labels: drop --labels")
     source = FileSource(file, batch_size=batch_size)
+    feedback = FileSource(labels, batch_size=batch_size) if labels is not None else None
     if rate < 0:
         fail("--rate must be >= 0")
     total = None
@@ -292,7 +314,7 @@ def replay(
     }
     paced = Paced(source, rate) if rate else source
     with open_runtime(data, address, shards or None, local, **settings) as rt:
-        stats = _drive(rt, the_app, paced, total, as_json)
+        stats = _drive(rt, the_app, paced, total, as_json, feedback)
     emit(_summary(stats, data, the_app), as_json, f"edgecore replay: {file.name}")
 
 

@@ -99,6 +99,7 @@ def serve(
     import signal
     import threading
 
+    from runtime.cli.run import app_report
     from runtime.dataflow.apps import load_app
     from runtime.dataflow.driver import drive
     from runtime.ingest.http import HttpOptions
@@ -182,6 +183,7 @@ def serve(
         "replayed": stats.replayed,
         "checkpoints": stats.checkpoints,
         "restarts": stats.restarts,
+        **app_report(the_app, stats),  # e.g. alerts, labels learned from, precision
         "data": str(data.resolve()),
     }
     if as_json:

@@ -11,6 +11,7 @@ positions it reflects: one ``_checkpoints`` row naming every table version.
 from __future__ import annotations
 
 import base64
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from runtime.cluster.handles import resolve
 from runtime.coordinator.config import RuntimeConfig
+from runtime.errors import ConfigError
 from runtime.eventtime.watermarks import Watermarks
 from runtime.ml.registry import ModelRegistry
 from runtime.state.index import SeenSet
@@ -108,6 +110,33 @@ class Checkpointer:
         rows = self.store.read(SNAPSHOTS).to_pylist()
         blobs = [r["blob"] for r in rows if r["kind"] == kind]
         return blobs[0] if blobs else None
+
+    def start_snapshots(
+        self, kind_cls: type[EntityKind], total: int
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """What each of ``total`` shards of ``kind_cls`` starts from: (its kind snapshot,
+        its own per-shard part)."""
+        name = kind_cls.name
+        if kind_cls.snapshot_scope == "shard":
+            if self.kind_snapshot(f"{name}#{total}") is not None:
+                raise ConfigError(
+                    f"entity kind {name!r} keeps state per shard and was saved with more than "
+                    f"{total} shards; start it with the same shards and sites"
+                )
+            return [self.kind_snapshot(f"{name}#{i}") for i in range(total)], [None] * total
+        own = [self.kind_snapshot(f"{name}#{i}") for i in range(total)]
+        if self.kind_snapshot(f"{name}#{total}") is not None or (
+            any(b is not None for b in own) and any(b is None for b in own)
+        ):
+            # a shard's own part belongs to the keys it hosted: another layout cannot take
+            # it over (what it held, e.g. scored events waiting for labels, is lost)
+            warnings.warn(
+                f"entity kind {name!r} was saved with another number of shards; its "
+                "per-shard state (e.g. scored events waiting for labels) starts empty",
+                stacklevel=2,
+            )
+            own = [None] * total
+        return [self.kind_snapshot(name, kind_cls)] * total, own
 
     def is_committed(self, table: str) -> bool:
         return table in self.committed.versions
@@ -198,6 +227,8 @@ class Checkpointer:
                     (f"{name}#{i}", d.snapshot) for i, d in enumerate(drained) if d.snapshot
                 ]
                 continue
+            # the kind's per-shard part (a log waiting for labels) beside the merged one
+            prepared.snapshots += [(f"{name}#{i}", d.own) for i, d in enumerate(drained) if d.own]
             blobs = [d.snapshot for d in drained if d.snapshot is not None]
             kind = k.cls(None)
             merged = kind.merge_snapshots(blobs) if blobs else None

@@ -244,15 +244,7 @@ class Deployment:
         name = kind_cls.name
         self._check_kind(kind_cls, sites, forward)
         total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
-        if kind_cls.snapshot_scope == "shard":
-            snapshots = [saved.kind_snapshot(f"{name}#{i}") for i in range(total)]
-            if saved.kind_snapshot(f"{name}#{total}") is not None:
-                raise ConfigError(
-                    f"entity kind {name!r} keeps state per shard and was saved with more than "
-                    f"{total} shards; start it with the same shards and sites"
-                )
-        else:
-            snapshots = [saved.kind_snapshot(name, kind_cls)] * total
+        snapshots, own = saved.start_snapshots(kind_cls, total)
         emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
         hosted = [
             t
@@ -288,6 +280,7 @@ class Deployment:
                     channel=shard_name,
                     outlets={t: outlet(j, self.config.retention, shares[t][j]) for t in hosted},
                     site=site,
+                    shard_snapshot=own[j],
                     spec=ActorSpec(shard_name, "shard", name, site),
                 )
                 shards.append(ShardClient(handle))

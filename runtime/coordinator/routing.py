@@ -32,6 +32,10 @@ class Routing:
         with the source's event-time ``watermark`` when the app tracks one."""
         self.deployment.kind(kind).router.send(events, watermark)
 
+    def feedback(self, kind: str, rows: pa.Table) -> None:
+        """Send rows of ``kind``'s feedback input (validated) to their shards, by key."""
+        self.deployment.kind(kind).router.send(rows, feedback=True)
+
     def advance(self, kind: str, watermark: int) -> None:
         """Event time reached ``watermark``: every shard of ``kind`` fires what is due, and
         passes it on down the stages it forwards to."""

@@ -35,9 +35,10 @@ from runtime.coordinator.deployment import Deployment, default_shards
 from runtime.coordinator.routing import Routing, sum_stats
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind, EntityRef, current_runtime
-from runtime.errors import NotStartedError
+from runtime.errors import ConfigError, NotStartedError
 from runtime.state.store import Checkpoint, Store
 from runtime.streams.sinks import TableSink
+from runtime.streams.sources import rows_to_table
 from runtime.topics.clients import AnyTopic, SubscriberClient, read_all
 
 SINK_LINGER_S = 0.2
@@ -222,8 +223,41 @@ class Runtime:
 
     def send(self, kind: str, events: pa.Table | list[dict[str, Any]]) -> dict[str, float]:
         """Apply ``events`` to their entities and wait; returns summed shard stats."""
-        self.dispatch(kind, pa.Table.from_pylist(events) if isinstance(events, list) else events)
+        self.dispatch(kind, rows_to_table(events) if isinstance(events, list) else events)
         return sum_stats(self.routing.drain())
+
+    def feedback(
+        self,
+        kind: str,
+        rows: pa.Table | list[dict[str, Any]],
+        *,
+        source: str = "feedback",
+        position: int = 0,
+        wait: bool = True,
+    ) -> dict[str, float]:
+        """Hand rows of ``kind``'s feedback input (e.g. labels that came late) to the shards
+        holding their entities; rows its feedback schema refuses are dead letters. Returns
+        the counts (``feedback_in``, ``feedback_accepted``, ``feedback_dead_lettered``) and,
+        with ``wait``, the shards' stats."""
+        cls = self.deployment.kind(kind).cls
+        if cls.feedback is None:
+            raise ConfigError(
+                f"entity kind {kind!r} takes no feedback input: {cls.__qualname__} declares "
+                "no feedback schema"
+            )
+        table = rows_to_table(rows) if isinstance(rows, list) else rows
+        ok, dead = cls.feedback.validate(
+            table, source=source, first_position=position, per_record=isinstance(rows, list)
+        )
+        self.dead_letter(dead)
+        if ok.num_rows:
+            self.routing.feedback(kind, ok)
+        counts = {
+            "feedback_in": table.num_rows,
+            "feedback_accepted": ok.num_rows,
+            "feedback_dead_lettered": dead.num_rows,
+        }
+        return sum_stats([counts, *self.routing.drain()]) if wait else counts
 
     # -- what a commit carries besides state (see Checkpointer) -------------------------------
     def dead_letter(self, rows: pa.Table, publish: bool = True) -> None:

@@ -121,6 +121,9 @@ class App:
     #: the same app that also publishes every event's prediction and persists it to a
     #: ``predictions`` table (``edgecore replay --predictions``); None: it has none
     with_predictions: Callable[[], App] | None = None
+    #: the same app learning from each event's label only ``delay`` ms (event time) after
+    #: the event (``edgecore replay --label-delay``); None: it learns from no labels
+    with_label_delay: Callable[[int], App] | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -205,8 +208,10 @@ def run(
     progress: Callable[[RunStats], None] | None = None,
     max_events: int | None = None,
     end_of_stream: bool = True,
+    feedback: Source | None = None,
 ) -> RunStats:
     """Drive ``source`` through ``app`` until it ends; resume where the last checkpoint left it.
+    ``feedback``: rows of the kind's feedback input (labels) read beside the events.
 
     With event time, the end of a bounded source moves the watermark to the end of time
     (``end_of_stream``), so every window fires; pass False for a stream that goes on later.
@@ -217,11 +222,15 @@ def run(
     :func:`runtime.dataflow.driver.drive`, shared by every feeder.
     """
     from runtime.dataflow.driver import SourceFeeder, drive
+    from runtime.dataflow.feedback import FeedbackFeeder
 
+    feeders: list[Any] = [SourceFeeder(source)]
+    if feedback is not None:
+        feeders.append(FeedbackFeeder(feedback))
     return drive(
         rt,
         app,
-        [SourceFeeder(source)],
+        feeders,
         progress=progress,
         max_events=max_events,
         end_of_stream=end_of_stream,

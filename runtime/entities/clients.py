@@ -33,6 +33,10 @@ class ShardClient(ActorClient):
         """Apply a batch (with ``_key_hash``); its stats when done."""
         return self._call(Shard.apply, self._pack(events))
 
+    def feedback(self, rows: pa.Table) -> Any:
+        """Hand rows of the kind's feedback input (labels) to the kind; its stats when done."""
+        return self._call(Shard.feedback, self._pack(rows))
+
     def advance(self, watermark: int, channel: str = "source") -> Any:
         return self._call(Shard.advance, watermark, channel)
 

@@ -42,6 +42,7 @@ from runtime.state.fields import NAME_RE, ColumnarState, StateSpec
 
 if TYPE_CHECKING:
     from runtime.coordinator.runtime import Runtime
+    from runtime.streams.schema import EventSchema
 
 _HANDLER_ATTR = "__edgecore_handler__"
 current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
@@ -100,6 +101,11 @@ class EntityKind:
     #: "kind": one snapshot for all shards, merged (a model's replicas); "shard": each
     #: shard keeps its own (the windows of the keys it hosts)
     snapshot_scope: ClassVar[str] = "kind"
+    #: a second input, keyed like the events, that arrives on its own (labels that come
+    #: hours after the events they label): its schema. Rows are validated against it,
+    #: routed by :attr:`key` to the shard holding the entity and handed to
+    #: :meth:`on_feedback`; no entity is loaded for them. None: the kind takes none
+    feedback: ClassVar[EventSchema | None] = None
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
@@ -127,6 +133,11 @@ class EntityKind:
             raise ConfigError(f"{where}: a stateless kind declares no state fields, got {names}")
         if cls.key in names:
             raise ConfigError(f"{where}: state field {cls.key!r} clashes with the key column")
+        if cls.feedback is not None:
+            if cls.key not in [c.name for c in cls.feedback.columns]:
+                raise ConfigError(f"{where}: its feedback schema needs the key column {cls.key!r}")
+            if cls.on_feedback is EntityKind.on_feedback:
+                raise ConfigError(f"{where}: declares feedback; define on_feedback(batch)")
         overridden = cls.apply is not EntityKind.apply or cls.on_event is not EntityKind.on_event
         if not overridden:
             raise ConfigError(f"{where}: define on_event(state, event) or apply(batch)")
@@ -163,6 +174,12 @@ class EntityKind:
 
         Emit through ``batch.emit``; ``batch.events`` is empty."""
 
+    def on_feedback(self, batch: Batch) -> None:
+        """Hook: rows of the :attr:`feedback` input (``batch.events``; ``slots`` unused),
+        with ``emit`` and ``count`` as in :meth:`apply`. A redelivered row must not count
+        twice: after a restart, feedback after the last checkpoint comes again."""
+        raise NotImplementedError
+
     def active_topics(self) -> tuple[str, ...]:
         """Hook: the declared topics this configuration publishes to (each costs an actor)."""
         return self.topics
@@ -177,6 +194,15 @@ class EntityKind:
 
     def restore(self, blob: bytes) -> None:
         """Hook: load what :meth:`snapshot` returned."""
+
+    def shard_snapshot(self) -> bytes | None:
+        """Hook: state of this shard's instance that is its own, not merged (e.g. the log
+        of what it scored, waiting for labels), saved per shard with every checkpoint.
+        Once it returned bytes, return bytes (an empty state) rather than None."""
+        return None
+
+    def restore_shard(self, blob: bytes) -> None:
+        """Hook: load what :meth:`shard_snapshot` returned (the same shard, after a restart)."""
 
     def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
         """Hook: combine the snapshots of all shards into one (e.g. average model weights)."""

@@ -74,11 +74,18 @@ class Router:
         self._done: list[dict[str, float]] = []
         self._wm_sent = [NO_WATERMARK] * len(shards)  # the watermark each shard was last given
 
-    def send(self, events: pa.Table, watermark: int | None = None, channel: str = "source") -> None:
+    def send(
+        self,
+        events: pa.Table,
+        watermark: int | None = None,
+        channel: str = "source",
+        feedback: bool = False,
+    ) -> None:
         """Route ``events`` to their shards without waiting (bounded in flight).
 
         With a ``watermark``, every shard hears of it: those that get rows with the rows,
         the others in a watermark-only call, so their windows fire without new data.
+        ``feedback``: the rows are the kind's feedback input (``Shard.feedback``).
         """
         if events.num_rows == 0:
             if watermark is not None:
@@ -106,7 +113,7 @@ class Router:
             if watermark is not None:
                 part = tag(part, watermark, channel)
                 self._wm_sent[i] = max(self._wm_sent[i], watermark)
-            self._call(i, self.shards[i].apply, part)
+            self._call(i, self.shards[i].feedback if feedback else self.shards[i].apply, part)
             self.rows_sent[i] += part.num_rows
         if watermark is not None:
             self.advance(watermark, channel)

@@ -43,6 +43,7 @@ from runtime.entities.router import NO_WATERMARK, Router, read_tag
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys
 from runtime.state.store import Store
+from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
 
 if TYPE_CHECKING:
@@ -50,24 +51,6 @@ if TYPE_CHECKING:
     from runtime.topics.clients import TopicClient
 
 MAX_PENDING_PUBLISHES = 8
-#: what a co-located topic partition answers through :meth:`Shard.outlet`
-OUTLET_CALLS = frozenset(
-    {
-        "publish",
-        "subscribe",
-        "flush",
-        "snapshot",
-        "end_offsets",
-        "first_offsets",
-        "read",
-        "poll",
-        "commit",
-        "committed",
-        "seek_committed",
-        "groups",
-        "stats",
-    }
-)
 
 
 class Drained(NamedTuple):
@@ -77,6 +60,8 @@ class Drained(NamedTuple):
     snapshot: bytes | None  # the kind's own state (a model replica, windows)
     stats: dict[str, float]  # counters of downstream calls
     outlets: dict[str, Any]  # topic -> snapshot of the partition hosted here
+    #: the kind's per-shard state beside a merged snapshot (EntityKind.shard_snapshot)
+    own: bytes | None = None
 
 
 def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,6 +93,7 @@ class Shard:
         channel: str | None = None,
         outlets: dict[str, dict[str, Any]] | None = None,
         site: str | None = None,
+        shard_snapshot: bytes | None = None,
     ) -> None:
         self._lock = threading.RLock()
         #: the site this shard serves, for a site-partitioned kind: its stored profiles
@@ -144,6 +130,8 @@ class Shard:
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
         if kind_snapshot is not None:
             self.kind.restore(kind_snapshot)
+        if shard_snapshot is not None:
+            self.kind.restore_shard(shard_snapshot)
         # which entities are in memory, which in LanceDB, and moving them between the two
         self.res = Residency(
             kind_cls, Store(data_dir), max_active, idle_seconds, clock, self.counters, self.site
@@ -170,13 +158,7 @@ class Shard:
     def advance(self, watermark: int, channel: str = "source") -> dict[str, float]:
         """Event time reached ``watermark`` on ``channel``: let the kind fire what is due."""
         self._heard(watermark, channel)
-        batch = Batch(
-            events=pa.table({}),
-            slots=np.zeros(0, dtype=np.int64),
-            state=self.state,
-            seq=self._seq,
-            watermark=self.watermark,
-        )
+        batch = self._whole(pa.table({}))
         if batch.watermark is not None and batch.watermark > self._wm_told:
             self.kind.on_watermark(batch)
             self._publish(batch.outputs)
@@ -246,15 +228,22 @@ class Shard:
             **self._forwarded(),
         }
 
+    @_serialized
+    def feedback(self, rows: pa.Table) -> dict[str, float]:
+        """Rows of the kind's feedback input (labels), routed here by key: no entity is
+        loaded, the kind joins them to what it keeps (EntityKind.on_feedback)."""
+        t0 = time.perf_counter()
+        rows = unpack(rows)
+        self._seq += 1
+        batch = self._whole(rows)
+        self.kind.on_feedback(batch)
+        self._publish(batch.outputs)
+        self.counters["busy_s"] += time.perf_counter() - t0
+        return {"feedback_rows": rows.num_rows, **batch.stats, **self._forwarded()}
+
     def _apply_operator(self, events: pa.Table, t0: float) -> dict[str, float]:
         """A stateless kind (window, join): the whole batch, no entity activation."""
-        batch = Batch(
-            events=events,
-            slots=np.zeros(0, dtype=np.int64),
-            state=self.state,
-            seq=self._seq,
-            watermark=self.watermark,
-        )
+        batch = self._whole(events)
         self.kind.apply(batch)
         self._publish(batch.outputs)
         self._tell_downstream()
@@ -262,6 +251,11 @@ class Shard:
         self.counters["batches"] += 1
         self.counters["busy_s"] += time.perf_counter() - t0
         return {"rows": events.num_rows, "outbox": 0, **batch.stats, **self._forwarded()}
+
+    def _whole(self, rows: pa.Table) -> Batch:
+        """A batch handed to the kind whole: no entity is activated for its rows."""
+        empty = np.zeros(0, dtype=np.int64)
+        return Batch(rows, empty, self.state, self._seq, watermark=self.watermark)
 
     def _publish(self, outputs: dict[str, list[pa.Table]]) -> None:
         for topic, tables in outputs.items():
@@ -307,7 +301,8 @@ class Shard:
         if table is not None:
             table = self.res.tag_site(self.kind.export(table))
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
-        return Drained(table, self.kind.snapshot(), fwd, outlets)
+        own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
+        return Drained(table, self.kind.snapshot(), fwd, outlets, own)
 
     @_serialized
     def outlet(self, topic: str, method: str, *args: Any) -> Any:

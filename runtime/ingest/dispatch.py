@@ -128,6 +128,8 @@ class Dispatching:
                 self.marks.observe_table(item.events, et.column, et.partition, self.name)
                 watermark = self.marks.current()
             self.router.send(item.events, watermark)
+        if item.labels is not None and item.labels.num_rows:
+            self.router.send(item.labels, feedback=True)
         self._handover.sent(item)
         self.position = item.seq + 1
 

@@ -81,6 +81,10 @@ GROUP_ROWS = 200_000
 MAX_PENDING_ROWS = 200_000
 
 
+class FeedbackRefused(EdgecoreError):
+    """Labels (feedback rows) sent to an app whose kind takes none."""
+
+
 class Backpressure(EdgecoreError):
     """The gate has too much waiting for the shards; the caller should retry shortly."""
 
@@ -155,7 +159,7 @@ class Gate(Dispatching):
         for item in replay(self.wal, committed, self.app.event_id):
             self.seen.add(item.ids[~self.seen.contains(item.ids)])
             self._log_ready(item)
-            self._count(item.counts)
+            self._count(item.counts, item.feedback_counts)
             self._replayed += item.counts["input"]
             n += 1
         return n
@@ -203,14 +207,18 @@ class Gate(Dispatching):
         self.commit()
         return future
 
-    def prepare(self, table: pa.Table, source: str = "submit") -> Submission:
-        """Validate ``table`` for :meth:`enqueue` (the costly half, in the caller's thread)."""
+    def prepare(
+        self, table: pa.Table, source: str = "submit", feedback: bool = False
+    ) -> Submission:
+        """Validate ``table`` for :meth:`enqueue` (the costly half, in the caller's thread);
+        ``feedback``: rows of the kind's feedback input (labels), not events."""
         first = self.reserve(table.num_rows)
         src = f"{source}:{self.name}:{self.started_ms}"
-        ok, dead = self.app.schema.validate(
-            table, source=src, first_position=first, per_record=True
-        )
-        return Submission(ok, dead, table.num_rows, src, first, Future())
+        schema = self.app.kind.feedback if feedback else self.app.schema
+        if schema is None:
+            raise FeedbackRefused(f"app {self.app.name!r} takes no labels or other feedback")
+        ok, dead = schema.validate(table, source=src, first_position=first, per_record=True)
+        return Submission(ok, dead, table.num_rows, src, first, Future(), feedback)
 
     def enqueue(self, sub: Submission, wait_s: float = 0.0) -> Future:
         """Queue a prepared submission for the next group commit (see :meth:`submit`)."""
@@ -290,10 +298,8 @@ class Gate(Dispatching):
 
     def _commit(self, group: list[Submission]) -> Logged:
         site = self.site if self.app.kind.site_key else None
-        events, dead_rows, ids, counts, answers = admit_group(
-            self.app, group, self.seen, site, f"live:{self.name}"
-        )
-        records = log_records(self.app, events, ids, dead_rows, counts)
+        a = admit_group(self.app, group, self.seen, site, f"live:{self.name}")
+        records = log_records(self.app, a)
         if self.wal is not None:
             seqs = self.wal.append(records)
             self.wal.sync()
@@ -301,17 +307,19 @@ class Gate(Dispatching):
         else:
             last = self._next_seq + len(records) - 1
             self._next_seq = last + 1
-        self.seen.add(ids)
-        self._count(counts)
-        for future, got in answers:
+        self.seen.add(a.ids)
+        self._count(a.counts, a.feedback_counts)
+        for future, got in a.answers:
             future.set_result(got)
-        return Logged(last, events, dead_rows, ids, counts)
+        return Logged(last, a.events, a.dead, a.ids, a.counts, a.labels, a.feedback_counts)
 
-    def _count(self, counts: dict[str, int]) -> None:
+    def _count(self, counts: dict[str, int], feedback: dict[str, int] | None = None) -> None:
         with self._cond:
             for k, v in counts.items():
                 self._counts[k] += v
                 self.totals[k] += v
+            if feedback:  # run counters, apart from the events' counts
+                self._shard_stats.append(dict(feedback))
 
     def committed(self, position: int) -> None:
         """A checkpoint covers every record before ``position``: drop the segments it covers."""

@@ -37,6 +37,8 @@ class Submission:
     source: str
     position: int
     future: Future
+    #: rows of the kind's feedback input (labels), validated against its feedback schema
+    feedback: bool = False
 
 
 @dataclass
@@ -48,6 +50,19 @@ class Logged:
     dead: pa.Table | None
     ids: np.ndarray
     counts: dict[str, int]
+    #: feedback rows (labels), sent to the shards after the events, and their counts
+    labels: pa.Table | None = None
+    feedback_counts: dict[str, int] | None = None
+
+
+def feedback_counts(n_input: int = 0, accepted: int = 0, dead: int = 0) -> dict[str, int]:
+    return {"feedback_in": n_input, "feedback_accepted": accepted, "feedback_dead_lettered": dead}
+
+
+def _add(a: dict[str, int] | None, b: dict[str, int] | None) -> dict[str, int] | None:
+    if a is None or b is None:
+        return a or b
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
 
 
 def merge(items: list[Logged]) -> Logged:
@@ -56,16 +71,23 @@ def merge(items: list[Logged]) -> Logged:
         return items[0]
     events = [i.events for i in items if i.events is not None and i.events.num_rows]
     dead = [i.dead for i in items if i.dead is not None]
+    labels = [i.labels for i in items if i.labels is not None and i.labels.num_rows]
     counts = new_counts()
+    fb: dict[str, int] | None = None
     for i in items:
         for k, v in i.counts.items():
             counts[k] += v
+        fb = _add(fb, i.feedback_counts)
+    # labels go after the events of all the groups: one whose event is in a later group
+    # would wait for it anyway (the kind keeps labels that come before their events)
     return Logged(
         items[-1].seq,
         pa.concat_tables(events, promote_options="default") if events else None,
-        pa.concat_tables(dead) if dead else None,
+        pa.concat_tables(dead, promote_options="default") if dead else None,
         np.concatenate([i.ids for i in items]),
         counts,
+        pa.concat_tables(labels, promote_options="default") if labels else None,
+        fb,
     )
 
 
@@ -100,11 +122,25 @@ class Handover:
         return ids, dead
 
 
+@dataclass
+class Admitted:
+    """One group, admitted: what is logged and what each submission is answered."""
+
+    events: pa.Table | None
+    dead: pa.Table | None
+    ids: np.ndarray
+    counts: dict[str, int]
+    answers: list[tuple[Future, Any]]
+    labels: pa.Table | None = None
+    feedback_counts: dict[str, int] | None = None
+
+
 def admit_group(
     app: App, group: list[Submission], seen: SeenSet, site: str | None, source: str
-) -> tuple[pa.Table | None, pa.Table | None, np.ndarray, dict[str, int], list[tuple[Future, Any]]]:
-    """Admit ``group`` as one: (accepted events, dead letters, new ids, counts, answers).
-    A submission whose own admission raises gets the error as its answer, alone."""
+) -> Admitted:
+    """Admit ``group`` as one. A submission whose own admission raises gets the error as
+    its answer, alone. Feedback submissions (labels) are not deduplicated by event id:
+    the id names the event they label, and the kind drops a label it already joined."""
     pending = SeenSet(capacity=1 << 40)  # ids new in this group, until it is durable
 
     def dedup(ids: np.ndarray) -> np.ndarray:
@@ -119,54 +155,60 @@ def admit_group(
         def site_check(ok: pa.Table, dead: pa.Table) -> tuple[pa.Table, pa.Table]:
             return check_site(app, [site], ok, dead, source, -1, at_edge=site)
 
-    accepted, dead, answers = [], [], []
+    accepted, dead, answers, labels = [], [], [], []
     counts = new_counts()
+    fb: dict[str, int] | None = None
     for sub in group:
-        try:
-            ok, refused, got = admit(
-                app,
-                sub.ok,
-                sub.dead,
-                sub.n_input,
-                sub.source,
-                sub.position,
-                dedup,
-                site_check,
-            )
-        except Exception as err:  # this submission's own problem, e.g. a step's bug
-            sub.future.set_exception(err)
-            continue
-        if ok.num_rows:
-            accepted.append(ok)
+        if sub.feedback:
+            fb = _add(fb, feedback_counts(sub.n_input, sub.ok.num_rows, sub.dead.num_rows))
+            got = {"input": sub.n_input, "accepted": sub.ok.num_rows}
+            got["dead_lettered"] = sub.dead.num_rows
+            if sub.ok.num_rows:
+                labels.append(sub.ok)
+            refused = sub.dead
+        else:
+            try:
+                ok, refused, got = admit(
+                    app, sub.ok, sub.dead, sub.n_input, sub.source, sub.position, dedup, site_check
+                )
+            except Exception as err:  # this submission's own problem, e.g. a step's bug
+                sub.future.set_exception(err)
+                continue
+            if ok.num_rows:
+                accepted.append(ok)
+            for k, v in got.items():
+                counts[k] += v
         if refused.num_rows:
             dead.append(refused)
-        for k, v in got.items():
-            counts[k] += v
-        if refused.num_rows:  # what a client most needs to fix
             top = Counter(refused.column("reason").to_pylist()).most_common(5)
-            got = {**got, "reasons": dict(top)}
+            got = {**got, "reasons": dict(top)}  # what a client most needs to fix
         answers.append((sub.future, got))
-    ids = pending.ids()
-    events = pa.concat_tables(accepted, promote_options="default") if accepted else None
-    dead_rows = pa.concat_tables(dead) if dead else None
-    return events, dead_rows, ids, counts, answers
+    return Admitted(
+        pa.concat_tables(accepted, promote_options="default") if accepted else None,
+        pa.concat_tables(dead, promote_options="default") if dead else None,
+        pending.ids(),
+        counts,
+        answers,
+        pa.concat_tables(labels, promote_options="default") if labels else None,
+        fb,
+    )
 
 
-def log_records(
-    app: App,
-    events: pa.Table | None,
-    ids: np.ndarray,
-    dead_rows: pa.Table | None,
-    counts: dict[str, int],
-) -> list[tuple[dict[str, Any], pa.Table]]:
+def log_records(app: App, a: Admitted) -> list[tuple[dict[str, Any], pa.Table]]:
     """The write-ahead log records of one admitted group (the last one marked)."""
     records: list[tuple[dict[str, Any], pa.Table]] = []
     empty = pa.table({app.event_id: pa.array([], pa.int64())})
-    records.append(({"type": "events", "counts": counts}, events if events is not None else empty))
+    events = a.events if a.events is not None else empty
+    records.append(({"type": "events", "counts": a.counts}, events))
     if app.steps:  # the steps may drop or rewrite ids: log the ones deduplicated
-        records.append(({"type": "ids"}, pa.table({"event_id": pa.array(ids, pa.int64())})))
-    if dead_rows is not None:
-        records.append(({"type": "dead"}, dead_rows))
+        records.append(({"type": "ids"}, pa.table({"event_id": pa.array(a.ids, pa.int64())})))
+    if a.labels is not None or a.feedback_counts is not None:
+        labels = (
+            a.labels if a.labels is not None else pa.table({"event_id": pa.array([], pa.int64())})
+        )
+        records.append(({"type": "labels", "counts": a.feedback_counts}, labels))
+    if a.dead is not None:
+        records.append(({"type": "dead"}, a.dead))
     records[-1][0]["last"] = True
     return records
 
@@ -183,8 +225,19 @@ def replay(wal: WriteAheadLog, committed: int, event_id: str) -> Iterator[Logged
             pending["dead"] = table
         elif kind == "ids":
             pending["ids"] = table.column("event_id").to_numpy()
+        elif kind == "labels":
+            pending["labels"] = table if table.num_rows else None
+            pending["feedback_counts"] = meta.get("counts")
         if meta.get("last"):
             ids = np.asarray(pending.get("ids", np.zeros(0, np.int64)), dtype=np.int64)
             counts = {**new_counts(), **pending.get("counts", {})}
-            yield Logged(seq, pending.get("events"), pending.get("dead"), ids, counts)
+            yield Logged(
+                seq,
+                pending.get("events"),
+                pending.get("dead"),
+                ids,
+                counts,
+                pending.get("labels"),
+                pending.get("feedback_counts"),
+            )
             pending = {}

@@ -109,7 +109,11 @@ class HttpListener:
         self.gate, self.options = gate, options
         self.port: int | None = None
         self.closing = False
-        self._schema = json_schema(gate.app.schema.arrow_schema)
+        feedback = gate.app.kind.feedback
+        self._schemas = {
+            False: json_schema(gate.app.schema.arrow_schema),
+            True: json_schema(feedback.arrow_schema) if feedback is not None else None,
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: Any = None
         self._thread: threading.Thread | None = None
@@ -168,6 +172,7 @@ class HttpListener:
 
         app = web.Application()
         app.router.add_post("/v1/events", self._events)
+        app.router.add_post("/v1/labels", self._labels)
         app.router.add_get("/healthz", self._health)
         self._runner = web.AppRunner(
             app,
@@ -214,6 +219,16 @@ class HttpListener:
         return _reply(200, body)
 
     async def _events(self, request: Any) -> Any:
+        return await self._ingest(request, feedback=False)
+
+    async def _labels(self, request: Any) -> Any:
+        """Labels of events scored before (or still to come): logged like events, then
+        joined to what the kind logged when it scored them."""
+        if self.gate.app.kind.feedback is None:
+            return _reply(404, {"error": f"app {self.gate.app.name!r} takes no labels"})
+        return await self._ingest(request, feedback=True)
+
+    async def _ingest(self, request: Any, feedback: bool) -> Any:
         if not self._authorized(request):
             return _reply(
                 401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"}
@@ -221,7 +236,7 @@ class HttpListener:
         if self.closing:
             return _reply(503, {"error": "ingest is stopping; retry shortly"}, RETRY, close=True)
         ctype = request.content_type
-        decoder = self._decoder(ctype)
+        decoder = self._decoder(ctype, feedback)
         if decoder is None:
             return _reply(
                 415,
@@ -258,7 +273,7 @@ class HttpListener:
             return _reply(400, {"error": str(err)})
         deadline = asyncio.get_running_loop().time() + self.options.wait_s
         try:
-            prepared = self.gate.prepare(table, "http")
+            prepared = self.gate.prepare(table, "http", feedback=feedback)
             while True:
                 try:
                     future = self.gate.enqueue(prepared)
@@ -286,14 +301,15 @@ class HttpListener:
         self._commit_scheduled = False
         self.gate.commit()
 
-    def _decoder(self, ctype: str) -> Callable[[bytes], Any] | None:
+    def _decoder(self, ctype: str, feedback: bool = False) -> Callable[[bytes], Any] | None:
         if ctype in (
             "application/x-ndjson",
             "application/ndjson",
             "application/jsonl",
             "application/x-jsonlines",
         ):
-            return lambda body: decode_json_records(body, ndjson=True, schema=self._schema)
+            schema = self._schemas[feedback]
+            return lambda body: decode_json_records(body, ndjson=True, schema=schema)
         if ctype in ("application/json", "", "application/octet-stream") or ctype.endswith("+json"):
             return lambda body: decode_json_records(body, ndjson=False)
         if ctype == ARROW:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from runtime.cluster import names
 from runtime.cluster.clients import ActorClient
@@ -46,6 +45,7 @@ from runtime.ingest.gate import Gate
 from runtime.ingest.http import HttpListener, HttpOptions
 from runtime.ingest.mqtt import MqttListener, MqttOptions
 from runtime.streams.schema import DEAD_LETTERS
+from runtime.streams.sources import rows_to_table
 
 if TYPE_CHECKING:
     from runtime.entities.clients import ShardClient
@@ -110,7 +110,7 @@ class LiveIngest:
 
     def submit_rows(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Rows from Python, through the same gate as a request (for tests and tools)."""
-        return self.gate.submit(pa.Table.from_pylist(rows), "python").result(timeout=60)
+        return self.gate.submit(rows_to_table(rows), "python").result(timeout=60)
 
     def tick(self) -> dict[str, Any]:
         return self.gate.tick()

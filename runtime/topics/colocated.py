@@ -45,6 +45,25 @@ from runtime.cluster.handles import LocalFuture, resolve
 from runtime.errors import ConfigError
 from runtime.topics.topic import Topic
 
+#: what a co-located topic partition answers through :meth:`runtime.entities.shard.Shard.outlet`
+OUTLET_CALLS = frozenset(
+    [
+        "publish",
+        "subscribe",
+        "flush",
+        "snapshot",
+        "end_offsets",
+        "first_offsets",
+        "read",
+        "poll",
+        "commit",
+        "committed",
+        "seek_committed",
+        "groups",
+        "stats",
+    ]
+)
+
 if TYPE_CHECKING:
     from runtime.entities.clients import ShardClient
     from runtime.topics.clients import SubscriberClient
