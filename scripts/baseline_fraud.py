@@ -65,6 +65,7 @@ from actors.fraud.features import (
     features,
     novelty,
 )
+from actors.fraud.merchants import buckets_of
 from actors.fraud.scoring import Scorer, rule_hits
 from runtime.state.keys import hash_keys
 
@@ -278,6 +279,7 @@ class Baseline:
 
         # -- rules as features, model, calibrated alert (the app's Scorer) -----------------
         rules = rule_hits(cfg, n_prev, amt, mean, std, burst, dist, new_device)
+        merchant = buckets_of(ev.column("merchant_id"))[order]
         X = features(
             amt,
             mean,
@@ -290,6 +292,7 @@ class Baseline:
             rules,
             category_new,
             young_device,
+            self.scorer.merchants.feature(merchant),
         )
         d = self.scorer.decide(X, rules)
         alert = d.alert
@@ -299,6 +302,7 @@ class Baseline:
         known = ~lab.is_null().to_numpy(zero_copy_only=False)[order]
         y = lab.fill_null(False).to_numpy(zero_copy_only=False)[order].astype(bool)
         self.counts["labelled"] += int(known.sum())
+        self.scorer.merchants.observe(merchant[known], y[known])
         self.counts["tp"] += int((alert & y & known).sum())
         self.counts["fp"] += int((alert & ~y & known).sum())
         self.counts["fn"] += int((~alert & y & known).sum())

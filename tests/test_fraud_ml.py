@@ -153,3 +153,28 @@ def test_the_model_round_trips_as_arrays():
     again.load(scorer.to_bytes())
     np.testing.assert_array_equal(again.model.score(X), scorer.model.score(X))
     assert again.threshold() == scorer.threshold()
+
+
+def test_a_challenger_is_promoted_only_when_its_auc_gain_is_significant():
+    from actors.fraud.challenger import MIN_FRAUDS, Shadow
+
+    rng = np.random.default_rng(3)
+
+    def compared(n: int, champion_sep: float, challenger_sep: float) -> Shadow:
+        shadow = Shadow()
+        shadow.start()
+        y = rng.random(n) < 0.01
+        noise = rng.normal(size=n)
+        champ = 1 / (1 + np.exp(-(noise + champion_sep * y)))
+        chall = 1 / (1 + np.exp(-(noise + challenger_sep * y)))
+        shadow.observe(champ, chall, y, np.ones(n, bool))
+        return shadow
+
+    same = compared(300_000, 2.0, 2.0)  # the same scores: no gain at all
+    assert same.comparison()["z"] == 0 and not same.better()
+    slight = compared(300_000, 2.0, 2.03)  # a gain within the noise of ~3,000 frauds
+    assert 0 < slight.comparison()["z"] < 1.645 and not slight.better()
+    clear = compared(300_000, 2.0, 3.0)
+    assert clear.comparison()["z"] > 3 and clear.better()
+    few = compared(5_000, 2.0, 4.0)  # much better, but on too few labelled frauds
+    assert few.comparison()["labelled_frauds"] < MIN_FRAUDS and not few.better()

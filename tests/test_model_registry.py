@@ -224,3 +224,32 @@ def test_a_hostile_models_row_is_never_run(data, tmp_path):
             assert started_version(data) == checkpointed
         assert any(f"version {v} is not a readable model" in str(w.message) for w in caught)
     assert not marker.exists()
+
+
+def test_every_checkpoint_adds_the_serving_models_live_metrics(trained):
+    """The model_metrics table: a row per checkpoint, as `edgecore model metrics` shows it."""
+    history = ModelRegistry(Store(trained)).history("customers")
+    commits = Store(trained).last_checkpoint().epoch  # one row per commit, at most
+    assert 3 <= len(history) <= commits + 1, (len(history), commits)
+    assert [r["at"] for r in history] == sorted(r["at"] for r in history)
+    versions = [r["version"] for r in history]
+    assert versions == sorted(versions)
+    last = history[-1]
+    assert last["auc"] is not None and 0.5 < last["auc"] <= 1.0
+    assert last["metrics"]["threshold"] == last["threshold"]
+    assert last["metrics"]["alerts_per_10k"] > 0
+    got = ok_json("metrics", "--data", str(trained), "--last", "2")
+    assert [r["version"] for r in got["metrics"]] == versions[-2:]
+    table = edgecore("metrics", "--data", str(trained))
+    assert table.returncode == 0 and "precision" in table.stdout
+    bad = edgecore("metrics", "--data", str(trained), "--last", "-1")
+    assert bad.returncode == 1 and "--last" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_status_shows_the_serving_models_version_and_metrics(tmp_path):
+    with Runtime(data_dir=str(tmp_path), mode="local", shards=2, checkpoint_rows=4_000) as rt:
+        run(rt, fraud_app, SOURCE)
+        models = rt.status()["models"]
+    card = models["customers"]
+    assert card["version"] >= 1 and card["training_rows"] > 0
+    assert {"auc", "precision", "recall", "threshold", "label_delay_s"} <= set(card["metrics"])

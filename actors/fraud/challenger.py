@@ -6,7 +6,7 @@ and two key features (PSI against a reference window) and the prequential error
 challenger: a fresh model that learns from the same labels as the champion from then on
 and scores every event in shadow. Both are ranked on the labels that arrive afterwards
 (binned AUC, the same events for both); when the challenger is better by a margin over
-enough frauds, the next merge of the replicas promotes it (the model version goes up,
+enough frauds (a one-sided test on the AUC difference, :func:`auc_se`), the next merge of the replicas promotes it (the model version goes up,
 the threshold's calibration starts over on the new scores).
 """
 
@@ -23,7 +23,20 @@ from runtime.ml.monitor import DriftMonitor
 #: events a model scores before drift is watched: a young model's scores still move
 WARM_UP = 200_000
 MIN_FRAUDS = 100  # labelled frauds both models scored before a promotion is considered
-MARGIN = 0.002  # AUC the challenger must gain
+#: one-sided z the challenger's AUC gain must reach (5 % significance), with the
+#: Hanley-McNeil standard errors taken as independent: conservative for paired scores
+Z_PROMOTE = 1.645
+
+
+def auc_se(auc: float, n_pos: float, n_neg: float) -> float:
+    """Hanley & McNeil's (1982) standard error of a ROC AUC from ``n_pos`` / ``n_neg`` cases.
+
+    >>> round(auc_se(0.9, 100, 10_000), 4)
+    0.0207
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)
+    return float(np.sqrt(max(var, 0.0) / max(n_pos * n_neg, 1.0)))
 
 
 def new_monitor() -> DriftMonitor:
@@ -74,14 +87,33 @@ class Shadow:
         h = self.base + self.delta
         return auc_from(h[0], h[1]), auc_from(h[2], h[3]), int(h[2].sum())
 
-    def better(self) -> bool:
+    def comparison(self) -> dict[str, float | None] | None:
+        """The two models on the same labels since the challenger started: their AUCs, the
+        labelled frauds, and the z of the challenger's gain; None without a challenger."""
+        if self.model is None:
+            return None
         champ, chall, frauds = self.aucs()
+        h = self.base + self.delta
+        z = None
+        if champ is not None and chall is not None:
+            n_pos, n_neg = h[2].sum(), h[3].sum()
+            se = np.hypot(auc_se(champ, n_pos, n_neg), auc_se(chall, n_pos, n_neg))
+            z = (chall - champ) / se if se > 0 else 0.0
+        return {
+            "champion_auc": None if champ is None else round(champ, 4),
+            "challenger_auc": None if chall is None else round(chall, 4),
+            "labelled_frauds": frauds,
+            "z": None if z is None else round(float(z), 2),
+        }
+
+    def better(self) -> bool:
+        """Promote: enough labelled frauds, and an AUC gain significant at 5 %."""
+        c = self.comparison()
         return (
-            self.model is not None
-            and champ is not None
-            and chall is not None
-            and frauds >= MIN_FRAUDS
-            and chall > champ + MARGIN
+            c is not None
+            and c["z"] is not None
+            and c["labelled_frauds"] >= MIN_FRAUDS  # type: ignore[operator]
+            and c["z"] >= Z_PROMOTE
         )
 
     # -- state -------------------------------------------------------------------------------

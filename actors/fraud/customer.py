@@ -39,6 +39,7 @@ from actors.fraud.features import (
     novelty,
 )
 from actors.fraud.labels import LABELS, LabelDesk
+from actors.fraud.merchants import buckets_of
 from actors.fraud.model import FEATURES
 from actors.fraud.outputs import (
     alert_rows,
@@ -179,6 +180,7 @@ class Customer(EntityKind):
         sequential = devices_one_by_one(c["devices"], unseen, grp, gstart, gsize, s, dev)
         new_device = unseen & has
         bits = category_bits(ev.column("category"))[order]
+        merchant = buckets_of(ev.column("merchant_id"))[order]
         stored = (c["last_new_device"][s], c["last_new_device_ts"][s], c["categories"][s])
         young_device, category_new = novelty(
             t, dev, bits, new_device, n_prev, grp, rank, gstart[grp], stored
@@ -198,6 +200,7 @@ class Customer(EntityKind):
             rules,
             category_new,
             young_device,
+            self.scorer.merchants.feature(merchant),
         )
         d = self.scorer.decide(X, rules)
         alert = d.alert
@@ -207,7 +210,7 @@ class Customer(EntityKind):
         for name, hit in rules.items():
             batch.count(f"rule:{name}", int(hit.sum()))
         self.scorer.observe_scores(d)
-        self.desk.on_events(batch, ev, order, t, X, d)
+        self.desk.on_events(batch, ev, order, t, X, d, merchant)
         self._emit(batch, order, d, X, rules, amt, cfg)
 
         # -- fold the batch into the profiles ------------------------------------------------

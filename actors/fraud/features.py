@@ -103,6 +103,7 @@ def features(
     rules: dict[str, np.ndarray],
     category_new: np.ndarray,
     young_device: np.ndarray,
+    merchant_risk: np.ndarray,
 ) -> np.ndarray:
     """The model's feature matrix (see :data:`actors.fraud.model.FEATURES`), each roughly
     unit scale: the event against its customer's profile, the rule signals, and a few
@@ -133,6 +134,7 @@ def features(
             category_new.astype(np.float64),
             young_device.astype(np.float64),
             category_new * ratio,
+            merchant_risk,  # actors.fraud.merchants: the merchant's labelled fraud rate
         ]
     )
 

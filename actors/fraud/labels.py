@@ -52,7 +52,13 @@ def new_log(cfg: object) -> FeatureLog:
 
 
 def on_the_event(
-    ids: np.ndarray, X: np.ndarray, d: object, version: int, labels: np.ndarray, known: np.ndarray
+    ids: np.ndarray,
+    X: np.ndarray,
+    d: object,
+    version: int,
+    labels: np.ndarray,
+    known: np.ndarray,
+    merchant: np.ndarray,
 ) -> Joined:
     """Labels that came with their events, as joined rows (nothing is logged)."""
     k = np.flatnonzero(known)
@@ -60,7 +66,7 @@ def on_the_event(
     v = version if d.model_scored else NOT_MODEL  # type: ignore[attr-defined]
     return Joined(
         ids[k], X[k], d.score[k], shadow, d.alert[k],  # type: ignore[attr-defined]
-        np.full(len(k), v, np.int32), labels[k], np.zeros(len(k), np.int64),
+        np.full(len(k), v, np.int32), labels[k], np.zeros(len(k), np.int64), merchant[k],
     )  # fmt: skip
 
 
@@ -69,6 +75,8 @@ def learn_from(batch: Batch, scorer: object, j: Joined, cfg: object) -> None:
     if not len(j):
         return
     y, alert = j.label, j.alert
+    if j.tag is not None:  # the merchant each labelled event was at
+        scorer.merchants.observe(j.tag, y)  # type: ignore[attr-defined]
     batch.count("labelled", len(j))
     batch.count("true_positives", int((alert & y).sum()))
     batch.count("false_positives", int((alert & ~y).sum()))
@@ -82,7 +90,7 @@ def learn_from(batch: Batch, scorer: object, j: Joined, cfg: object) -> None:
         for key, v in auc_counters(s, lab, np.ones(len(s), bool)).items():
             batch.count(key, v)
         sh = j.shadow[by_model]
-        scorer.observe_labels(s, sh, alert[by_model], lab)  # type: ignore[attr-defined]
+        scorer.observe_labels(s, sh, alert[by_model], lab, j.delay_ms[by_model])  # type: ignore[attr-defined]
     if cfg.learn:  # type: ignore[attr-defined]
         # all frauds, and a fixed, id-chosen share of the rest, weighted back up: the
         # model sees the same evidence at a fraction of the partial_fit cost
@@ -131,8 +139,9 @@ class LabelDesk:
         t: np.ndarray,
         X: np.ndarray,
         d: object,
+        merchant: np.ndarray,
     ) -> None:
-        """A scored batch (rows in ``order``): learn from the labels on it now, or log it
+        """A scored batch (rows in ``order``; ``merchant``: their merchants' buckets): learn from the labels on it now, or log it
         until its labels come (the feedback input, or held back ``label_delay_ms``)."""
         cfg = self.cfg
         ids = ev.column("event_id").to_numpy()[order]
@@ -144,7 +153,8 @@ class LabelDesk:
         version = self.scorer.model.version if d.model_scored else NOT_MODEL  # type: ignore[attr-defined]
         delay = cfg.label_delay_ms  # type: ignore[attr-defined]
         if known.any() and delay is None:
-            learn_from(batch, self.scorer, on_the_event(ids, X, d, version, labels, known), cfg)
+            now = on_the_event(ids, X, d, version, labels, known, merchant)
+            learn_from(batch, self.scorer, now, cfg)
         waiting = np.flatnonzero(np.ones(len(ids), bool) if delay is not None else ~known)
         if not len(waiting) or not cfg.learn:  # type: ignore[attr-defined]
             return
@@ -157,7 +167,7 @@ class LabelDesk:
         shadow = d.shadow[w] if d.shadow is not None else None  # type: ignore[attr-defined]
         x = X[w].astype(np.float32)
         score, alert = d.score[w], d.alert[w]  # type: ignore[attr-defined]
-        joined = log.add(ids[w], t[w], x, score, alert, version, shadow, held, due)
+        joined = log.add(ids[w], t[w], x, score, alert, version, shadow, held, due, merchant[w])
         learn_from(batch, self.scorer, joined, cfg)
         if delay is not None:
             learn_from(batch, self.scorer, log.release(), cfg)

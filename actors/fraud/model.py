@@ -51,6 +51,8 @@ FEATURES = (
     "category_new",
     "young_device",
     "category_new_x_amount_ratio",
+    # fraud that lives at merchants (a compromised terminal) rather than in a profile
+    "merchant_risk",
 )
 N_FEATURES = len(FEATURES)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.fraud.challenger import WARM_UP, Shadow, monitor_arrays, monitor_from, new_monitor
+from actors.fraud.merchants import MerchantRisk
 from actors.fraud.model import OnlineModel, pack_arrays, unpack_arrays
 from actors.fraud.threshold import Calibrator
 from runtime.ml.drift import PSI
@@ -64,6 +65,7 @@ class Scorer:
         self.calibrator = Calibrator(half_life=cfg.calibration_half_life)  # type: ignore[attr-defined]
         self.monitor = new_monitor()
         self.shadow = Shadow()
+        self.merchants = MerchantRisk()  # labelled fraud per merchant: a feature
         self.scored = 0  # events the model scored (drift is watched after a warm-up)
         #: drift events not published yet (the kind emits them on the ``drift`` topic)
         self.drifts: list[dict] = []
@@ -100,11 +102,16 @@ class Scorer:
             self._drifted(self.monitor.update(d.score, None, None, at=self.scored))
 
     def observe_labels(
-        self, score: np.ndarray, shadow: np.ndarray, alert: np.ndarray, labels: np.ndarray
+        self,
+        score: np.ndarray,
+        shadow: np.ndarray,
+        alert: np.ndarray,
+        labels: np.ndarray,
+        delay_ms: np.ndarray | None = None,
     ) -> None:
         """Labels now known, with the scores, challenger scores (NaN: none) and alerts the
         models gave their events when they scored them (prequential, whenever they come)."""
-        self.calibrator.observe_labels(score, labels)
+        self.calibrator.observe_labels(score, labels, delay_ms)
         both = ~np.isnan(shadow)
         if both.any() and self.shadow.model is not None:
             self.shadow.observe(score[both], shadow[both], labels[both], np.ones(both.sum(), bool))
@@ -139,6 +146,7 @@ class Scorer:
                 **self.model.arrays(),
                 **self.calibrator.arrays(),
                 **self.shadow.arrays(),
+                **self.merchants.arrays(),
                 **monitor_arrays(self.monitor),
                 "scored": np.asarray(self.scored),
                 "watched_version": np.asarray(self.model.version),
@@ -150,6 +158,7 @@ class Scorer:
         self.model = OnlineModel.from_arrays(arrays)
         self.calibrator.load(arrays)
         self.shadow.load(arrays)
+        self.merchants.load(arrays)
         self.monitor = monitor_from(arrays) or new_monitor()
         self.scored = int(arrays.get("scored", np.asarray(0)))
         watched = int(arrays.get("watched_version", np.asarray(self.model.version)))
@@ -168,6 +177,7 @@ class Scorer:
             **OnlineModel.average_arrays(parts),
             **Calibrator.merged(parts),
             **Shadow.merged(parts),
+            **MerchantRisk.merged(parts),
             "scored": np.asarray(max(int(p.get("scored", np.asarray(0))) for p in parts)),
         }
         shadow = Shadow()
@@ -194,8 +204,10 @@ class Scorer:
             version, total = int(meta["version"]), int(meta["learned_total"])
             scorer = Scorer(cfg)
             scorer.calibrator.load(arrays)
+            scorer.shadow.load(arrays)
             # the live estimate: decayed labelled scores, at the threshold the model alerts at
             quality = scorer.calibrator.metrics(scorer.threshold())
+            challenger = scorer.shadow.comparison()
         except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
             raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
         params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")
@@ -207,6 +219,7 @@ class Scorer:
                 "fitted": bool(meta.get("fitted")),
                 "threshold": round(scorer.threshold(), 4),
                 **quality,
+                **({"challenger": challenger} if challenger is not None else {}),
             },
             "parameters": {k: meta[k] for k in params if k in meta},
         }

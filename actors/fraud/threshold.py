@@ -98,6 +98,9 @@ class Calibrator:
         self.min_support = min_support
         self.base = np.zeros((3, BINS))
         self.delta = np.zeros((3, BINS))
+        # decayed label delay: [seconds summed, labels], shared like the histograms
+        self.delay_base = np.zeros(2)
+        self.delay_delta = np.zeros(2)
 
     def observe(
         self, score: np.ndarray, labels: np.ndarray | None, known: np.ndarray | None
@@ -108,15 +111,22 @@ class Calibrator:
         fade = 0.5 ** (len(score) / self.half_life)
         self.base *= fade
         self.delta *= fade
+        self.delay_base *= fade
+        self.delay_delta *= fade
         self.delta[ALL] += np.bincount(b, minlength=BINS)
         if labels is not None and known is not None and known.any():
             self.observe_labels(score[known], labels[known])
 
-    def observe_labels(self, score: np.ndarray, labels: np.ndarray) -> None:
-        """Labels known now, with the scores their events got (whenever they were scored)."""
+    def observe_labels(
+        self, score: np.ndarray, labels: np.ndarray, delay_ms: np.ndarray | None = None
+    ) -> None:
+        """Labels known now, with the scores their events got (whenever they were scored)
+        and how long after the event each label came."""
         b = bins_of(score)
         self.delta[POS] += np.bincount(b[labels], minlength=BINS)
         self.delta[NEG] += np.bincount(b[~labels], minlength=BINS)
+        if delay_ms is not None and len(delay_ms):
+            self.delay_delta += (float(np.sum(delay_ms)) / 1000.0, len(delay_ms))
 
     def threshold(self, target_precision: float | None, budget_per_10k: float) -> float:
         """The lowest threshold meeting ``target_precision`` once enough frauds are labelled;
@@ -148,6 +158,7 @@ class Calibrator:
                 "precision": None,
                 "recall": None,
                 "labelled_frauds": float(pos.sum()),
+                **self.rates(threshold),
             }
         auc = auc_from(pos, neg) or 0.0
         k = int(bins_of(np.array([threshold]))[0])
@@ -157,20 +168,45 @@ class Calibrator:
             "precision": round(float(tp / (tp + fp)), 4) if tp + fp else None,
             "recall": round(float(tp / pos.sum()), 4),
             "labelled_frauds": round(float(pos.sum()), 1),
+            **self.rates(threshold),
+        }
+
+    def rates(self, threshold: float) -> dict[str, float | None]:
+        """Alerts per 10,000 scored events at ``threshold``, and the mean label delay (s)."""
+        h = self.base + self.delta
+        k = int(bins_of(np.array([threshold]))[0])
+        total = h[ALL].sum()
+        seconds, n = self.delay_base + self.delay_delta
+        return {
+            "alerts_per_10k": round(float(h[ALL, k:].sum() / total * 10_000), 2) if total else None,
+            "label_delay_s": round(float(seconds / n), 1) if n >= 1 else None,
         }
 
     # -- merging shard replicas ----------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"cal_base": self.base, "cal_delta": self.delta}
+        return {
+            "cal_base": self.base,
+            "cal_delta": self.delta,
+            "cal_delay_base": self.delay_base,
+            "cal_delay_delta": self.delay_delta,
+        }
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         self.base = np.array(arrays["cal_base"], dtype=np.float64)
         self.delta = np.array(arrays["cal_delta"], dtype=np.float64)
+        self.delay_base = np.array(arrays.get("cal_delay_base", np.zeros(2)), dtype=np.float64)
+        self.delay_delta = np.array(arrays.get("cal_delay_delta", np.zeros(2)), dtype=np.float64)
 
     @classmethod
     def merged(cls, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """One calibration from replicas that started from the same base: each faded it by
         the events it saw, so the bases are averaged; every replica's delta is added."""
-        base = sum(np.asarray(p["cal_base"], dtype=np.float64) for p in parts) / len(parts)
-        new = sum(np.asarray(p["cal_delta"], dtype=np.float64) for p in parts)
-        return {"cal_base": base + new, "cal_delta": np.zeros_like(base)}
+        out = {}
+        for name, size in (("cal", (3, BINS)), ("cal_delay", (2,))):
+            got = [p for p in parts if f"{name}_base" in p]
+            if not got:
+                continue
+            base = sum(np.asarray(p[f"{name}_base"], np.float64) for p in got) / len(got)
+            new = sum(np.asarray(p.get(f"{name}_delta", np.zeros(size)), np.float64) for p in got)
+            out[f"{name}_base"], out[f"{name}_delta"] = base + new, np.zeros(size)
+        return out

@@ -112,6 +112,9 @@ def status(
         out.print(stages)
         for name, summary in info["apps"].items():
             emit(summary, False, f"app {name}")
+        for kind, model in info.get("models", {}).items():
+            metrics = {k: v for k, v in (model.get("metrics") or {}).items() if v is not None}
+            emit({"version": model.get("version"), **metrics}, False, f"model {kind}")
         return
     from runtime.cli.lookup import folder_status
 

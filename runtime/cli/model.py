@@ -1,7 +1,8 @@
 """``edgecore model``: the models a data folder's registry holds (runtime.ml.registry).
 
-``list``, ``show V``, ``promote V`` and ``rollback``; a promote or rollback takes effect
-at the runtime's next start, which serves the chosen champion.
+``list``, ``show V``, ``promote V``, ``rollback`` and ``metrics`` (the live metrics over
+time); a promote or rollback takes effect at the runtime's next start, which serves the
+chosen champion.
 """
 
 from __future__ import annotations
@@ -122,3 +123,30 @@ def rollback(
     """Bring back the previous champion (the current one retired); the next start serves it."""
     reg, kind = _registry(data, kind)
     emit(_run(reg.rollback, kind), as_json, f"{kind}: rolled back")
+
+
+@model_app.command("metrics", cls=Command)
+def metrics(
+    data: Path = DATA_OPTION,
+    kind: str = KIND_OPTION,
+    last: int = typer.Option(20, "--last", help="How many of the latest rows (0: all)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """How the serving model did over time: one row per checkpoint (the model_metrics
+    table) with its version, live AUC, precision and recall at its threshold."""
+    reg, kind = _registry(data, kind)
+    if last < 0:
+        fail("--last must be >= 0")
+    rows = _run(reg.history, kind, last or None)
+    if as_json:
+        typer.echo(dumps({"kind": kind, "metrics": rows}))
+        return
+    table = Table("at", "version", "training rows", "auc", "precision", "recall", "threshold")
+    for r in rows:
+        table.add_row(
+            str(r["at"])[:19],
+            str(r["version"]),
+            cell(r["training_rows"]),
+            *[cell(r[c]) for c in ("auc", "precision", "recall", "threshold")],
+        )
+    out.print(table)

@@ -79,5 +79,6 @@ def cluster_status(address: str) -> dict[str, Any]:
         "placement": placement,
         "stages": live.get("stages", []),
         "apps": live.get("apps", {}),
+        "models": live.get("models", {}),  # each model kind's version and live metrics
         "updated_at": live.get("updated_at"),
     }

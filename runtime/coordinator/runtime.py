@@ -56,6 +56,7 @@ class Runtime:
         self.restarts = 0
         self.routing = Routing(self.deployment)
         self._reports: dict[str, dict[str, Any]] = {}  # each app's latest summary
+        self._models: dict[str, dict[str, Any]] = {}  # each model kind's last committed card
         self._started_ray, self._token, self._board_at = False, None, 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -285,7 +286,10 @@ class Runtime:
         self, prepared: PreparedCheckpoint, positions: dict[str, int] | None = None
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
-        return self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
+        cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
+        for kind, _, card in prepared.models:  # the serving model's live metrics, for status
+            self._models[kind] = card
+        return cp
 
     # -- single entities ----------------------------------------------------------------------
     def lookup(self, kind: str, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -321,6 +325,14 @@ class Runtime:
             "stages": stages,
             "restarts": self.restarts,
             "apps": self._reports,
+            "models": {
+                k: {
+                    "version": c.get("version"),
+                    "training_rows": c.get("training_rows"),
+                    "metrics": c.get("metrics"),
+                }
+                for k, c in self._models.items()
+            },  # fmt: skip
             "topics": hosted,
         }
 

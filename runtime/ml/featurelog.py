@@ -50,6 +50,7 @@ class Joined:
     version: np.ndarray
     label: np.ndarray  # bool
     delay_ms: np.ndarray  # label time - event time
+    tag: np.ndarray | None = None  # what the caller kept with each row (int64), if anything
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -60,6 +61,7 @@ class Joined:
         return cls(
             np.zeros(0, np.int64), np.zeros((0, n_features), np.float32), z, z,
             np.zeros(0, bool), np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
         )  # fmt: skip
 
 
@@ -83,6 +85,7 @@ class FeatureLog:
         self.shadow = np.full(c, np.nan)
         self.alert = np.zeros(c, bool)
         self.version = np.zeros(c, np.int32)
+        self.tag = np.zeros(c, np.int64)  # an int the caller keeps with a row (a merchant's hash)
         self.held = np.full(c, NO_LABEL, np.int8)  # a label held back until ``due``
         self.due = np.full(c, NO_DUE, np.int64)
         self.live = np.zeros(c, bool)
@@ -111,6 +114,7 @@ class FeatureLog:
         shadow: np.ndarray | None = None,
         held: np.ndarray | None = None,
         due: np.ndarray | None = None,
+        tag: np.ndarray | None = None,
     ) -> Joined:
         """Log scored rows; ``held`` labels (0/1, -1 none) are released at ``due`` event
         time. Returns the rows that orphan labels were waiting for (joined now)."""
@@ -132,6 +136,7 @@ class FeatureLog:
             shadow = None if shadow is None else shadow[keep]
             held = None if held is None else held[keep]
             due = None if due is None else due[keep]
+            tag = None if tag is None else tag[keep]
             n = self.capacity
         slots = (self.head + np.arange(n)) % self.capacity
         self._evict(slots[self.live[slots]])
@@ -140,6 +145,7 @@ class FeatureLog:
         self.shadow[slots] = np.nan if shadow is None else shadow
         self.held[slots] = NO_LABEL if held is None else held
         self.due[slots] = NO_DUE if due is None else due
+        self.tag[slots] = 0 if tag is None else tag
         self.live[slots] = True
         self.head = int((self.head + n) % self.capacity)
         self.clock = max(self.clock, int(ts.max()))
@@ -222,6 +228,7 @@ class FeatureLog:
             self.event_id[at].copy(), self.x[at].copy(), self.score[at].copy(),
             self.shadow[at].copy(), self.alert[at].copy(), self.version[at].copy(),
             np.asarray(labels, bool), np.asarray(label_ts, np.int64) - self.ts[at],
+            self.tag[at].copy(),
         )  # fmt: skip
         self._drop(at)
         ring = (self.done_head + np.arange(len(at))) % self.capacity
@@ -246,6 +253,7 @@ class FeatureLog:
             "event_id": self.event_id[at], "ts": self.ts[at], "x": self.x[at],
             "score": self.score[at], "shadow": self.shadow[at], "alert": self.alert[at],
             "version": self.version[at], "held": self.held[at], "due": self.due[at],
+            "tag": self.tag[at],
             "o_id": self.o_id, "o_label": self.o_label, "o_ts": self.o_ts,
             "clock": np.asarray(self.clock),
             "done": np.roll(self.done, -self.done_head),
@@ -268,6 +276,7 @@ class FeatureLog:
             self.add(
                 a["event_id"][tail], a["ts"][tail], np.asarray(a["x"][tail], np.float32),
                 a["score"][tail], a["alert"][tail], 0, a["shadow"][tail], held, a["due"][tail],
+                a["tag"][tail] if "tag" in a else None,
             )  # fmt: skip
             self.version[:n] = a["version"][tail]
         self.o_id, self.o_label, self.o_ts = a["o_id"], a["o_label"].astype(bool), a["o_ts"]

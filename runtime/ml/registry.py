@@ -72,6 +72,19 @@ SCHEMA = pa.schema(
     ]
 )
 CARD_COLUMNS = [f.name for f in SCHEMA if f.name != "blob"]
+#: a row per model per checkpoint: how the serving version does over time
+METRICS = "model_metrics"
+METRIC_COLUMNS = ("auc", "precision", "recall", "threshold")
+METRICS_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("version", pa.int64()),
+        ("at", pa.timestamp("ms")),
+        ("training_rows", pa.int64()),
+        *[(c, pa.float64()) for c in METRIC_COLUMNS],
+        ("metrics", pa.string()),  # all of the card's metrics, as JSON
+    ]
+)
 
 
 class RegistryError(EdgecoreError, LookupError):
@@ -211,8 +224,36 @@ class ModelRegistry:
 
     # -- what the checkpointer calls ------------------------------------------------------------
     def committed(self, kind: str, blob: bytes, card: dict[str, Any]) -> None:
-        """A checkpoint committed ``blob`` as ``kind``'s snapshot: register its version."""
+        """A checkpoint committed ``blob`` as ``kind``'s snapshot: register its version and
+        add its live metrics to the ``model_metrics`` history."""
         self.register(kind, int(card["version"]), blob, card)
+        metrics = card.get("metrics") or {}
+
+        def number(key: str) -> float | None:
+            v = metrics.get(key)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        row = {
+            "kind": kind,
+            "version": int(card["version"]),
+            "at": _now_ms(),
+            "training_rows": card.get("training_rows"),
+            **{c: number(c) for c in METRIC_COLUMNS},
+            "metrics": json.dumps(metrics, default=str),
+        }
+        self.store.append(METRICS, pa.Table.from_pylist([row], schema=METRICS_SCHEMA))
+
+    def history(self, kind: str | None = None, last: int | None = None) -> list[dict[str, Any]]:
+        """The ``model_metrics`` rows (oldest first), of ``kind`` if given, the ``last`` ones."""
+        if not self.store.exists(METRICS):
+            return []
+        table = self.store.read(METRICS)
+        if kind is not None:
+            table = table.filter(pc.equal(table["kind"], kind))
+        rows = sorted(table.to_pylist(), key=lambda r: r["at"])
+        for r in rows:
+            r["metrics"] = _json(r["metrics"])
+        return rows[-last:] if last else rows
 
     def start_from(self, kind: str, kind_cls: type[EntityKind] | None) -> bytes | None:
         """The pinned champion's snapshot for ``kind`` to start from, if an operator chose one
