@@ -52,6 +52,9 @@ from actors.fraud.model import FEATURES  # noqa: E402
 from runtime import FileSource, Runtime, run  # noqa: E402
 
 STREAMS = ("repo", "alt", "drift", "habits")
+#: rows per batch read: a model learns from a batch after scoring all of it, so the
+#: batch bounds how fast it can follow a drift (live batches are smaller still)
+BATCH = 20_000
 
 
 def write_stream(kind: str, path: Path, n: int) -> Path:
@@ -79,7 +82,7 @@ def online(
         topic_retention_rows=4 * n,
         topic_retention_bytes=None,
     ) as rt:
-        stats = run(rt, make_app(config), FileSource(path, batch_size=100_000))
+        stats = run(rt, make_app(config), FileSource(path, batch_size=BATCH))
         preds = rt.read_topic("predictions", 0, 4 * n)
     return preds, {"seconds": round(time.perf_counter() - t0, 2), **stats.app}
 

@@ -178,3 +178,29 @@ def test_a_challenger_is_promoted_only_when_its_auc_gain_is_significant():
     assert clear.comparison()["z"] > 3 and clear.better()
     few = compared(5_000, 2.0, 4.0)  # much better, but on too few labelled frauds
     assert few.comparison()["labelled_frauds"] < MIN_FRAUDS and not few.better()
+
+
+def test_a_promoted_challenger_alerts_at_once_on_the_threshold_it_calibrated_in_shadow():
+    from actors.fraud.model import N_FEATURES
+    from actors.fraud.scoring import Decision
+
+    rng = np.random.default_rng(5)
+    scorer = Scorer(FraudConfig())
+    X = rng.normal(size=(6_000, N_FEATURES))
+    scorer.learn(X, X[:, 0] > 2, np.ones(len(X)))
+    scorer.model.flush()
+    scorer.shadow.start(scorer.model)
+    assert scorer.shadow.model.fitted and scorer.shadow.model.learned_total == 0
+    n = 200_000
+    y = rng.random(n) < 0.01
+    champion = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.0 * y)))  # a weak champion
+    challenger = 1 / (1 + np.exp(-(rng.normal(size=n) - 4 + 8.0 * y)))  # a sharp one
+    d = Decision(champion, champion > 0.9, 0.9, True, challenger)
+    scorer.observe_scores(d)
+    scorer.observe_labels(champion, challenger, d.alert, y)
+    merged = Scorer(FraudConfig())
+    merged.load(Scorer.merge([scorer.to_bytes()]))
+    assert merged.shadow.model is None and merged.model.learned_total >= 6_000  # promoted
+    th = merged.threshold()
+    alert = challenger >= th
+    assert th != 0.5 and (alert & y).sum() / alert.sum() >= 0.75  # its own calibration

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from actors.fraud.model import OnlineModel
-from actors.fraud.threshold import AUC_BINS, auc_counters, auc_from
+from actors.fraud.threshold import AUC_BINS, Calibrator, auc_counters, auc_from
 from runtime.ml.monitor import DriftMonitor
 
 #: events a model scores before drift is watched: a young model's scores still move
 WARM_UP = 200_000
 MIN_FRAUDS = 100  # labelled frauds both models scored before a promotion is considered
+#: the step-size clock a challenger restarts from (eta0 / sqrt(t): ~15x the champion's floor)
+RESTART_T = 1_000.0
 #: one-sided z the challenger's AUC gain must reach (5 % significance), with the
 #: Hanley-McNeil standard errors taken as independent: conservative for paired scores
 Z_PROMOTE = 1.645
@@ -60,6 +62,11 @@ def monitor_from(arrays: dict[str, np.ndarray]) -> DriftMonitor | None:
     return DriftMonitor.from_state({k: v.item() if v.ndim == 0 else v for k, v in state.items()})
 
 
+def _unprefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """``sh_cal_base`` -> ``cal_base``: the challenger's calibrator as a Calibrator reads it."""
+    return {k[3:]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 class Shadow:
     """The challenger and the two models' binned AUC on the labels since it started."""
 
@@ -67,11 +74,22 @@ class Shadow:
         self.model: OnlineModel | None = None
         self.base = np.zeros((4, AUC_BINS))  # champion +, champion -, challenger +, challenger -
         self.delta = np.zeros((4, AUC_BINS))
+        #: the challenger's own threshold calibration: promoted, it alerts well at once
+        self.calibrator = Calibrator()
 
-    def start(self) -> None:
-        self.model = OnlineModel()
+    def start(self, champion: OnlineModel | None = None) -> None:
+        """A challenger from the champion's weights with its step size large again (it
+        adapts to what changed in thousands of labels, not hundreds of thousands, and
+        keeps what did not change), or a fresh model if the champion has not learned."""
+        if champion is not None and champion.fitted:
+            self.model = OnlineModel.from_arrays(champion.arrays())
+            self.model.clf.t_ = RESTART_T
+            self.model.learned_total = self.model.learned_since_sync = 0
+        else:
+            self.model = OnlineModel()
         self.base[:] = 0
         self.delta[:] = 0
+        self.calibrator = Calibrator()
 
     def observe(
         self, champion: np.ndarray, challenger: np.ndarray, labels: np.ndarray, known: np.ndarray
@@ -79,6 +97,7 @@ class Shadow:
         """Both models' scores of the same labelled events (prequential)."""
         if not known.any():
             return
+        self.calibrator.observe_labels(challenger[known], labels[known])
         for row, scores in ((0, champion), (2, challenger)):
             for key, v in auc_counters(scores, labels, known).items():
                 self.delta[row + (key[3] == "-"), int(key[5:])] += v
@@ -119,6 +138,7 @@ class Shadow:
     # -- state -------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, Any] = {"sh_base": self.base, "sh_delta": self.delta}
+        out.update({f"sh_{k}": v for k, v in self.calibrator.arrays().items()})
         if self.model is not None:
             out.update({f"sh_{k}": v for k, v in self.model.arrays().items()})
         return out
@@ -126,6 +146,9 @@ class Shadow:
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         self.base = np.array(arrays.get("sh_base", np.zeros((4, AUC_BINS))), dtype=np.float64)
         self.delta = np.array(arrays.get("sh_delta", np.zeros((4, AUC_BINS))), dtype=np.float64)
+        self.calibrator = Calibrator()
+        if "sh_cal_base" in arrays:
+            self.calibrator.load(_unprefixed(arrays, "sh_cal"))
         model = {
             k[3:]: v
             for k, v in arrays.items()
@@ -142,6 +165,9 @@ class Shadow:
             np.asarray(p.get("sh_delta", np.zeros((4, AUC_BINS))), dtype=np.float64) for p in parts
         )
         out: dict[str, Any] = {"sh_base": base + new, "sh_delta": np.zeros_like(base)}
+        cals = [_unprefixed(p, "sh_cal") for p in parts if "sh_cal_base" in p]
+        if cals:
+            out.update({f"sh_{k}": v for k, v in Calibrator.merged(cals).items()})
         if with_model:
             models = [
                 {k[3:]: v for k, v in p.items() if k[3:] in ("meta", "coef", "intercept")}

@@ -31,7 +31,7 @@ from runtime.state.keys import hash_keys
 
 BUCKETS = 1 << 15
 PRIOR = 30.0  # labelled events a merchant needs before its own rate outweighs the overall
-SCALE = 4.0  # log-ratio units to about unit scale
+SCALE = 1.0  # log-ratio units: a merchant 10x the overall rate gives 2.3
 
 
 def buckets_of(merchant_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -47,7 +47,7 @@ class MerchantRisk:
         self.delta = np.zeros((2, BUCKETS))
 
     def feature(self, buckets: np.ndarray) -> np.ndarray:
-        """log(smoothed merchant fraud rate / overall rate) / SCALE, clipped to [-1, 1.5]."""
+        """log(smoothed merchant fraud rate / overall rate) / SCALE, clipped to [-2, 3]."""
         h = self.base + self.delta
         frauds, n = h[0], h[1]
         total = n.sum()
@@ -55,7 +55,7 @@ class MerchantRisk:
             return np.zeros(len(buckets))
         rate = frauds.sum() / total
         own = (frauds[buckets] + PRIOR * rate) / (n[buckets] + PRIOR)
-        return np.clip(np.log(own / rate) / SCALE, -1.0, 1.5)
+        return np.clip(np.log(own / rate) / SCALE, -2.0, 3.0)
 
     def observe(self, buckets: np.ndarray, labels: np.ndarray) -> None:
         """Labels now known, at these merchants' buckets."""

@@ -97,6 +97,8 @@ class Scorer:
         if not d.model_scored:
             return
         self.calibrator.observe(d.score, None, None)
+        if d.shadow is not None and self.shadow.model is not None:
+            self.shadow.calibrator.observe(d.shadow, None, None)
         self.scored += len(d.score)
         if self.scored > WARM_UP:
             self._drifted(self.monitor.update(d.score, None, None, at=self.scored))
@@ -123,7 +125,7 @@ class Scorer:
         if found:
             self.drifts += found
             if self.shadow.model is None:  # a drift starts a challenger on what comes next
-                self.shadow.start()
+                self.shadow.start(self.model)
 
     def learn(self, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -> None:
         """The champion and the challenger (if any) learn from the same labels."""
@@ -187,9 +189,9 @@ class Scorer:
             shadow.model.version = champion.version + 1
             shadow.model.learned_total += champion.learned_total
             merged.update(shadow.model.arrays())  # the challenger serves from now on
+            # its threshold is the one calibrated on its own scores in shadow
+            merged.update({k[3:]: v for k, v in merged.items() if k.startswith("sh_cal")})
             merged = {k: v for k, v in merged.items() if not k.startswith("sh_")}
-            empty = Calibrator()  # its threshold is learned again, on the new scores
-            merged.update(empty.arrays())
         return pack_arrays(merged)
 
     @staticmethod
