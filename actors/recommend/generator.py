@@ -174,8 +174,10 @@ class CommerceGenerator:
         # a theme pick: the candidate nearest the taste, with Gumbel noise (a softmax draw)
         pick = np.flatnonzero(~popular)
         cand = cat.sample_in_theme(theme[pick, None], rng.random((len(pick), _CANDIDATES)))
-        score = np.einsum("pkd,pd->pk", cat.embedding[cand], taste[who[pick]]) / _ITEM_TEMP
-        score += rng.gumbel(size=score.shape)
+        mine = taste[who[pick]] * np.float32(1 / _ITEM_TEMP)
+        score = rng.gumbel(size=cand.shape).astype(np.float32)
+        for j in range(_CANDIDATES):  # column by column: no (picks, candidates, dim) array
+            score[:, j] += np.einsum("pd,pd->p", cat.embedding[cand[:, j]], mine)
         product[pick] = cand[np.arange(len(pick)), score.argmax(1)]
         cart[pick] = (rng.random(len(pick)) < cfg.cart_rate) & (cat.stock[product[pick]] > 0)
         buy = cart & (rng.random(n) < cfg.buy_rate)
