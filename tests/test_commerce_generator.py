@@ -23,6 +23,7 @@ from actors.recommend.generator import (
     events_table,
     next_purchases,
     split,
+    write_catalog,
     write_events,
 )
 from runtime.testing.checks import check_source
@@ -221,6 +222,8 @@ def test_co_purchased_products_are_close(events: pa.Table, catalog: pa.Table) ->
 def test_write_events_parquet(tmp_path: Path) -> None:
     path = write_events(tmp_path / "e.parquet", 20_000, SMALL, batch_size=6_000)
     assert pq.read_table(path).equals(events_table(20_000, SMALL))
+    path = write_catalog(tmp_path / "c.parquet", SMALL)
+    assert pq.read_table(path).equals(catalog_table(SMALL))
 
 
 def test_taste_drifts_slowly() -> None:
