@@ -101,7 +101,7 @@ class VectorTable:
     ) -> None:
         """Index the vectors (unless the table is small, see ``BRUTE_FORCE_ROWS``) and the
         ``filters`` columns: BITMAP for strings and booleans, BTREE for the rest."""
-        from lancedb.index import IvfHnswSq, IvfPq
+        from lancedb.index import Bitmap, BTree, IvfHnswSq, IvfPq
 
         tbl = self._table()
         schema = tbl.schema
@@ -112,21 +112,20 @@ class VectorTable:
                 )
             t = schema.field(col).type
             kind = "BITMAP" if pa.types.is_string(t) or pa.types.is_boolean(t) else "BTREE"
-            self._lance(
-                lambda c=col, k=kind: tbl.create_scalar_index(c, index_type=k, replace=True)
-            )
+            config = BTree() if kind == "BTREE" else Bitmap()
+            self._lance(lambda c=col, cf=config: tbl.create_index(c, config=cf, replace=True))
         rows, dim = tbl.count_rows(), self.dim()
         if rows < BRUTE_FORCE_ROWS:
             return
         parts = num_partitions or max(1, round(math.sqrt(rows)))
         if index_type == "IVF_PQ":
             subs = num_sub_vectors or _sub_vectors(dim)
-            config: Any = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=subs)
+            vconfig: Any = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=subs)
         elif index_type == "IVF_HNSW_SQ":
-            config = IvfHnswSq(distance_type="cosine", num_partitions=parts)
+            vconfig = IvfHnswSq(distance_type="cosine", num_partitions=parts)
         else:
             raise ConfigError(f"index_type must be 'IVF_PQ' or 'IVF_HNSW_SQ', not {index_type!r}")
-        self._lance(lambda: tbl.create_index(self.vector, config=config, replace=True))
+        self._lance(lambda: tbl.create_index(self.vector, config=vconfig, replace=True))
 
     # -- reads -----------------------------------------------------------------------------
     def dim(self) -> int:
@@ -183,7 +182,10 @@ class VectorTable:
             .distance_type("cosine")
             .select(cols)
             .limit(k + extra)
-            .nprobes(self.nprobes)
+            # at least nprobes partitions, more (up to all) while fewer than k rows matched:
+            # .nprobes(n) would cap it too and a narrow filter would miss rows
+            .minimum_nprobes(self.nprobes)
+            .maximum_nprobes(0)
         )
         if self.refine_factor:
             builder = builder.refine_factor(self.refine_factor)
