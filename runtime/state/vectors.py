@@ -9,7 +9,9 @@ The index rule: below ``BRUTE_FORCE_ROWS`` rows no ANN index is built, as a flat
 exact and takes about a millisecond; above it an ``IVF_PQ`` index (cosine) with
 ``sqrt(rows)`` partitions and ``dim / 4`` sub-vectors is built, searched with ``nprobes``
 partitions and re-ranked on the exact vectors (``refine_factor``), which keeps recall@10
-above 0.9 (measured: ``scripts/bench_vectors.py``). Rows written after the index was built
+above 0.9 (``scripts/bench_vectors.py``, 1M x 64, 2 CPUs: build 92 s, recall@10 0.997 with
+``stock > 0``, p50 85 ms / p99 298 ms per query - the prefilter and the re-ranking dominate;
+at 100k IVF_HNSW_SQ built 3x faster but searched slower, recall 0.96). Rows written after the index was built
 are searched too (LanceDB scans its unindexed tail), so an upsert is visible at once;
 :meth:`VectorTable.build_index` again folds them in.
 
