@@ -80,3 +80,31 @@ def live(tmp_path):
     yield make
     for lv in created:
         lv.close()
+
+
+def kill_after_a_checkpoint(cmd: list[str], data: Path, settle_s: float = 0.5) -> None:
+    """Run ``cmd`` (a paced replay into ``data``) in its own process group and SIGKILL the
+    whole group ``settle_s`` after its first committed checkpoint: mid-stream, mid-work."""
+    import signal
+    import subprocess
+    import time
+
+    from runtime.state.store import Store
+
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+                )
+            if (data / "_checkpoints.lance").exists() and Store(data).last_checkpoint().positions:
+                break
+            time.sleep(0.2)
+        time.sleep(settle_s)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_profiles_match, make_transactions, sql_profiles
+from conftest import (
+    assert_profiles_match,
+    kill_after_a_checkpoint,
+    make_transactions,
+    sql_profiles,
+)
 
 from actors.fraud import fraud_app
 from runtime import FileSource, Runtime, run
@@ -85,23 +86,7 @@ def test_killed_replay_resumes_exactly(ray_session, txns, tmp_path):
         "--json",
     ]
     # paced so that the kill lands in the middle of the stream
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-                )
-            if (data / "_checkpoints.lance").exists() and Store(data).last_checkpoint().positions:
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_a_checkpoint(cmd, data)
     cp = Store(data).last_checkpoint()
     done = next(iter(cp.positions.values()))
     assert 0 < done < 60_000, "the kill should land in the middle of the stream"

@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_transactions
+from conftest import kill_after_a_checkpoint, make_transactions
 from live_helpers import Serve, ndjson, post
 
 from actors.fraud import fraud_app
@@ -145,23 +143,7 @@ def test_killed_replay_with_labels_apart_learns_each_label_exactly_once(files, t
     cmd = [sys.executable, "-m", "runtime.cli", "replay", str(files["events"])]
     cmd += ["--labels", str(files["labels"]), "--data", str(data), "--shards", "2"]
     cmd += ["--batch-size", "2000", "--checkpoint-every", "6000", "--rate", "8000", "--json"]
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"replay ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-                )
-            if (data / "_checkpoints.lance").exists() and Store(data).last_checkpoint().positions:
-                break
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_a_checkpoint(cmd, data, settle_s=1.0)
     positions = Store(data).last_checkpoint().positions
     events_at = next(v for k, v in positions.items() if k.startswith("file:events.parquet"))
     labels_at = next(v for k, v in positions.items() if k.startswith("feedback:file:labels"))

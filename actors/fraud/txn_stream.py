@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runtime.errors import ConfigError
+from runtime.streams.sources import rebatch
 
 TRANSACTION_SCHEMA = pa.schema(
     [
@@ -184,23 +185,17 @@ class TxnGenerator:
         """
         if n_events < 0 or batch_size < 1:
             raise ConfigError("n_events must be >= 0 and batch_size >= 1")
-        pending: list[pa.RecordBatch] = []
-        # a stream continued from first_event_id goes on later in time, with fresh draws
-        rows, carry = 0, first_event_id * self.config.mean_gap_ms
-        for idx, lo in enumerate(range(0, n_events, _CHUNK)):
-            rng = np.random.default_rng([self.config.seed, 1, idx, first_event_id])
-            chunk, carry = self._chunk(rng, min(_CHUNK, n_events - lo), carry, first_event_id + lo)
-            pending.append(chunk)
-            rows += chunk.num_rows
-            if rows < batch_size:
-                continue
-            merged = pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-            full = rows - rows % batch_size
-            for off in range(0, full, batch_size):
-                yield merged.slice(off, batch_size)
-            pending, rows = ([merged.slice(full)], rows - full) if rows > full else ([], 0)
-        if rows:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+        def chunks() -> Iterator[pa.RecordBatch]:
+            # a stream continued from first_event_id goes on later in time, with fresh draws
+            carry = first_event_id * self.config.mean_gap_ms
+            for idx, lo in enumerate(range(0, n_events, _CHUNK)):
+                rng = np.random.default_rng([self.config.seed, 1, idx, first_event_id])
+                n = min(_CHUNK, n_events - lo)
+                chunk, carry = self._chunk(rng, n, carry, first_event_id + lo)
+                yield chunk
+
+        yield from rebatch(chunks(), batch_size)
 
     def _chunk(
         self, rng: np.random.Generator, n: int, carry: float, first_id: int

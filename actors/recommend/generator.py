@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from actors.recommend.catalog import _CHUNK, CATEGORIES, Catalog, CommerceConfig, catalog_table, ids
 from runtime.errors import ConfigError
+from runtime.streams.sources import rebatch
 
 __all__ = [
     "CATEGORIES",
@@ -128,22 +129,13 @@ class CommerceGenerator:
         if n_events < 0 or batch_size < 1 or first_event_id < 0:
             raise ConfigError("n_events and first_event_id must be >= 0, batch_size >= 1")
         end = first_event_id + n_events
-        pending: list[pa.RecordBatch] = []
-        rows = 0
-        for k in range(first_event_id // _CHUNK, -(-end // _CHUNK)):
-            lo = max(first_event_id - k * _CHUNK, 0)
-            chunk = self._chunk(k).slice(lo, min(end - k * _CHUNK, _CHUNK) - lo)
-            pending.append(chunk)
-            rows += chunk.num_rows
-            if rows < batch_size:
-                continue
-            merged = pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-            full = rows - rows % batch_size
-            for off in range(0, full, batch_size):
-                yield merged.slice(off, batch_size)
-            pending, rows = ([merged.slice(full)], rows - full) if rows > full else ([], 0)
-        if rows:
-            yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+        def chunks() -> Iterator[pa.RecordBatch]:
+            for k in range(first_event_id // _CHUNK, -(-end // _CHUNK)):
+                lo = max(first_event_id - k * _CHUNK, 0)
+                yield self._chunk(k).slice(lo, min(end - k * _CHUNK, _CHUNK) - lo)
+
+        yield from rebatch(chunks(), batch_size)
 
     def _sessions(
         self, rng: np.random.Generator, n_sess: int, taste: np.ndarray

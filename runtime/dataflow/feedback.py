@@ -14,44 +14,38 @@ an event source's, and what came after the last checkpoint comes again after a r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from runtime.dataflow.driver import SourceFeeder, Tick
 from runtime.errors import ConfigError
 from runtime.streams.sources import Source
 
 if TYPE_CHECKING:
     from runtime.coordinator.runtime import Runtime
     from runtime.dataflow.app import App
-    from runtime.dataflow.driver import Tick
     from runtime.entities.kind import EntityKind
 
 
-class FeedbackFeeder:
-    """A feedback source (a labels file) read beside the events, for :func:`~runtime.dataflow.driver.drive`."""
+class FeedbackFeeder(SourceFeeder):
+    """A feedback source (a labels file) read beside the events, for
+    :func:`~runtime.dataflow.driver.drive`: a :class:`SourceFeeder` whose rows go to the
+    kind's feedback input instead of its events."""
 
     def __init__(self, source: Source, kind: type[EntityKind] | None = None) -> None:
-        self.source = source
+        super().__init__(source)
         self.kind = kind
         self.id = f"feedback:{source.id}"
-        self.position = 0
-        self._batches: Any = None
-        self._stopped = False
 
     def open(self, rt: Runtime, app: App) -> None:
-        self.rt = rt
         self.kind = self.kind or app.kind
         if self.kind.feedback is None:
             raise ConfigError(
                 f"app {app.name!r}: its kind {self.kind.name!r} takes no labels or other "
                 "feedback input; drop the feedback source"
             )
-        self.position = rt.checkpoints.position(self.id)
-        self._batches = iter(self.source.batches(self.position))
-        self._stopped = False
+        super().open(rt, app)
 
     def step(self, wait: float) -> Tick:
-        from runtime.dataflow.driver import Tick
-
         if self._stopped:
             return Tick(done=True)
         try:
@@ -64,20 +58,3 @@ class FeedbackFeeder:
         )
         self.position = end
         return Tick(shard_stats=[counts, *self.rt.routing.poll()])
-
-    def cut(self) -> Any:
-        from runtime.dataflow.driver import Cut
-
-        return Cut(positions={self.id: self.position})  # the runtime drains what it sent
-
-    def resume(self) -> None:
-        pass
-
-    def committed(self, positions: dict[str, int]) -> None:
-        pass
-
-    def stop_intake(self) -> None:
-        self._stopped = True
-
-    def close(self) -> None:
-        self._batches = None

@@ -224,6 +224,31 @@ def _as_text(v: object) -> str:
         return "<unprintable>"
 
 
+def rebatch(chunks: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of exactly ``batch_size`` rows (the last may be shorter) from chunks
+    of any size: generators draw fixed chunks (so their output does not depend on the
+    batch size asked for) and hand them out re-sliced.
+
+    >>> chunks = iter([pa.record_batch({"x": list(range(5))}), pa.record_batch({"x": [5, 6]})])
+    >>> [b.num_rows for b in rebatch(chunks, 3)]
+    [3, 3, 1]
+    """
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        rows += chunk.num_rows
+        if rows < batch_size:
+            continue
+        merged = pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+        full = rows - rows % batch_size
+        for off in range(0, full, batch_size):
+            yield merged.slice(off, batch_size)
+        pending, rows = ([merged.slice(full)], rows - full) if rows > full else ([], 0)
+    if rows:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
 class Paced:
     """Wrap a source so it yields no faster than ``rate`` rows per second.
 
