@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
-import pyarrow as pa
 
 from runtime.cluster import names
 from runtime.cluster.handles import Handle, actor_nodes, nodes, resolve, spawn, wait_ready
@@ -23,12 +19,12 @@ from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, Place
 from runtime.cluster.status import BoardClient, StatusBoard
 from runtime.cluster.wire import receiving
 from runtime.coordinator.config import RuntimeConfig
+from runtime.coordinator.deployed import DeployedKind
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind
 from runtime.entities.router import Router
 from runtime.entities.shard import Shard
-from runtime.errors import ConfigError, UnknownEntityError
-from runtime.state.keys import hash_keys, shard_of
+from runtime.errors import ConfigError
 from runtime.streams.schema import DEAD_LETTERS
 from runtime.streams.sinks import TableSink
 from runtime.topics.clients import AnyTopic, SubscriberClient, TopicClient
@@ -40,62 +36,6 @@ if TYPE_CHECKING:
 
 #: topics every step may write to: never hosted by one kind's shards
 SHARED_TOPICS = frozenset({DEAD_LETTERS, "late_events"})
-
-
-@dataclass
-class DeployedKind:
-    """A registered kind: its shards (in routing order) and the router in front of them."""
-
-    cls: type[EntityKind]
-    config: Any
-    shards: list[ShardClient]
-    router: Router
-    #: site-partitioned kinds: site -> indices into ``shards``; else {None: all}
-    by_site: dict[str | None, list[int]] = field(default_factory=dict)
-    per_site: int = 1
-    #: topic -> the kind its rows go on to, shard to shard
-    forward: dict[str, str] = field(default_factory=dict)
-
-    def sites(self) -> list[str]:
-        return [s for s in self.by_site if s is not None]
-
-    def shards_by_site(self) -> dict[str, list[ShardClient]]:
-        return {s: [self.shards[i] for i in idx] for s, idx in self.by_site.items() if s}
-
-    def shard_for(self, key: str) -> ShardClient:
-        """The shard hosting ``key``; for a site-partitioned kind, the one that knows it."""
-        i = int(shard_of(hash_keys(pa.array([key])), self.per_site)[0])
-        candidates = [self.shards[idx[i]] for idx in self.by_site.values()]
-        if len(candidates) == 1:
-            return candidates[0]
-        for shard in candidates:  # a key lives at one site; ask each site's shard
-            try:
-                resolve([shard.get(key)])
-                return shard
-            except UnknownEntityError:
-                continue
-        return candidates[0]
-
-    def lookup(self, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
-        """The state of the entities named by ``keys``, row for row: one call per shard."""
-        if self.cls.site_key:
-            raise ConfigError(
-                f"entity kind {self.cls.name!r} is partitioned by site: look its entities up "
-                "at their site"
-            )
-        if isinstance(keys, pa.ChunkedArray):
-            keys = keys.combine_chunks()
-        if not pa.types.is_string(keys.type):
-            keys = keys.cast(pa.string())
-        sid = shard_of(hash_keys(keys), len(self.shards))
-        asked = [(i, p) for i in range(len(self.shards)) if len(p := np.flatnonzero(sid == i))]
-        got = resolve([self.shards[i].lookup(keys.take(pa.array(p))) for i, p in asked])
-        if not got:
-            return resolve([self.shards[0].lookup(keys)])[0]
-        order = np.concatenate([p for _, p in asked])
-        back = np.empty(len(order), dtype=np.int64)
-        back[order] = np.arange(len(order))
-        return pa.concat_tables(got).take(pa.array(back))
 
 
 class Deployment:

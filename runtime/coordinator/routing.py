@@ -66,8 +66,9 @@ class Routing:
     def entity_state(self, kind: str, key: str) -> dict[str, Any]:
         return resolve([self.deployment.kind(kind).shard_for(key).get(key)])[0]
 
-    def call_entity(self, kind: str, key: str, handler: str, *args: Any) -> Any:
-        return resolve([self.deployment.kind(kind).shard_for(key).call(key, handler, args)])[0]
+    def call_entity(self, kind: str, key: str, handler: str, *args: Any, **kwargs: Any) -> Any:
+        shard = self.deployment.kind(kind).shard_for(key)
+        return resolve([shard.call(key, handler, args, kwargs)])[0]
 
     def shard_stats(self) -> dict[str, list[dict[str, float]]]:
         return {n: resolve([s.stats() for s in k.shards]) for n, k in self.deployment.kinds.items()}

@@ -300,8 +300,15 @@ class Runtime:
     def entity_state(self, kind: str, key: str) -> dict[str, Any]:
         return self.routing.entity_state(kind, key)
 
-    def call_entity(self, kind: str, key: str, handler: str, *args: Any) -> Any:
-        return self.routing.call_entity(kind, key, handler, *args)
+    def call_entity(self, kind: str, key: str, handler: str, *args: Any, **kwargs: Any) -> Any:
+        return self.routing.call_entity(kind, key, handler, *args, **kwargs)
+
+    def call_many(
+        self, kind: str, keys: list[str] | pa.Array, handler: str, *args: Any, **kwargs: Any
+    ) -> list[Any]:
+        """Handler ``handler`` on each of ``keys``, one call per shard (a batched handler
+        answers each shard's keys at once): one result per key, in order."""
+        return self.deployment.kind(kind).call_many(keys, handler, args, kwargs)
 
     def ref(self, kind: str, key: str) -> EntityRef:
         self.deployment.kind(kind)

@@ -58,8 +58,24 @@ class ShardClient(ActorClient):
     def get(self, key: str) -> Any:
         return self._call(Shard.get, key)
 
-    def call(self, key: str, handler_name: str, args: tuple[Any, ...]) -> Any:
-        return self._call(Shard.call, key, handler_name, args)
+    def call(
+        self,
+        key: str,
+        handler_name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return self._call(Shard.call, key, handler_name, args, kwargs)
+
+    def call_many(
+        self,
+        keys: pa.Array,
+        handler_name: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """One handler on many keys (one result per key, in order)."""
+        return self._call(Shard.call_many, keys, handler_name, args, kwargs)
 
     def lookup(self, keys: pa.Array) -> Any:
         return self._call(Shard.lookup, keys)

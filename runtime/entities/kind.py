@@ -50,10 +50,26 @@ current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar
 )
 
 
-def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Mark a method ``fn(self, state: dict, *args)`` as callable on one entity by key."""
-    setattr(fn, _HANDLER_ATTR, True)
-    return fn
+def handler(fn: Callable[..., Any] | None = None, *, batched: bool = False) -> Any:
+    """Mark a method ``fn(self, state: dict, *args, **kwargs)`` as callable on one entity by
+    key (``ref.call(name, ...)``); changes to ``state`` are kept.
+
+    ``@handler(batched=True)`` marks ``fn(self, state: ColumnarState, slots, *args,
+    **kwargs) -> list`` instead: one call answers many entities at once (a serving front
+    end batches requests that arrive together), vectorized over the state columns, one
+    result per slot in order. ``slots`` is -1 for a key the shard has no entity for. It
+    reads state; what it changes there is not saved."""
+
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(f, _HANDLER_ATTR, "batched" if batched else True)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def is_batched(fn: Callable[..., Any]) -> bool:
+    """True for a handler marked ``@handler(batched=True)``."""
+    return getattr(fn, _HANDLER_ATTR, False) == "batched"
 
 
 @dataclass
@@ -240,6 +256,6 @@ class EntityRef:
         """The entity's current state (live if active, else its stored profile)."""
         return self.runtime.entity_state(self.kind, self.key)
 
-    def call(self, name: str, *args: Any) -> Any:
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run handler ``name`` on this entity and return its result."""
-        return self.runtime.call_entity(self.kind, self.key, name, *args)
+        return self.runtime.call_entity(self.kind, self.key, name, *args, **kwargs)

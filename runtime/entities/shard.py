@@ -25,7 +25,6 @@ checkpoint writes to LanceDB, and their memory is reused.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +35,12 @@ import pyarrow as pa
 
 from runtime.cluster.handles import ready, resolve
 from runtime.cluster.wire import unpack
+from runtime.entities.calls import EntityCalls, serialized
 from runtime.entities.grouping import as_keys, group_rows
 from runtime.entities.kind import Batch, EntityKind
 from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, read_tag
-from runtime.errors import ConfigError, UnknownEntityError
-from runtime.state.keys import hash_keys
+from runtime.errors import ConfigError
 from runtime.state.store import Store
 from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
@@ -64,19 +63,7 @@ class Drained(NamedTuple):
     own: bytes | None = None
 
 
-def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
-    """One call at a time, as a Ray actor runs them; in-process (local mode) a live gate's
-    thread and the coordinator may call a shard at once."""
-
-    @functools.wraps(method)
-    def run(self: Shard, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            return method(self, *args, **kwargs)
-
-    return run
-
-
-class Shard:
+class Shard(EntityCalls):
     def __init__(
         self,
         kind_cls: type[EntityKind],
@@ -140,7 +127,7 @@ class Shard:
         self.res.warm_start(shard_id, n_shards)
 
     # -- event time --------------------------------------------------------------------------
-    @_serialized
+    @serialized
     def set_inputs(self, channels: list[str]) -> None:
         """The channels this shard hears from (the shards of the kinds forwarding to it)."""
         self._inputs = {c: self._inputs.get(c, NO_WATERMARK) for c in channels}
@@ -154,7 +141,7 @@ class Shard:
         if channel in self._inputs:
             self._inputs[channel] = max(self._inputs[channel], watermark)
 
-    @_serialized
+    @serialized
     def advance(self, watermark: int, channel: str = "source") -> dict[str, float]:
         """Event time reached ``watermark`` on ``channel``: let the kind fire what is due."""
         self._heard(watermark, channel)
@@ -184,7 +171,7 @@ class Shard:
         return out
 
     # -- the hot path ------------------------------------------------------------------------
-    @_serialized
+    @serialized
     def apply(self, events: pa.Table) -> dict[str, float]:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
@@ -228,7 +215,7 @@ class Shard:
             **self._forwarded(),
         }
 
-    @_serialized
+    @serialized
     def feedback(self, rows: pa.Table) -> dict[str, float]:
         """Rows of the kind's feedback input (labels), routed here by key: no entity is
         loaded, the kind joins them to what it keeps (EntityKind.on_feedback)."""
@@ -285,7 +272,7 @@ class Shard:
             resolve(done)
 
     # -- checkpoints -------------------------------------------------------------------------
-    @_serialized
+    @serialized
     def drain(self) -> Drained:
         """Hand over every changed profile (live and passivated), the kind's snapshot, the
         counters of downstream calls and the offsets of the topic partitions hosted here.
@@ -304,7 +291,7 @@ class Shard:
         own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
         return Drained(table, self.kind.snapshot(), fwd, outlets, own)
 
-    @_serialized
+    @serialized
     def outlet(self, topic: str, method: str, *args: Any) -> Any:
         """Call ``method`` of the partition of ``topic`` hosted here (for
         :class:`runtime.topics.colocated.ColocatedTopic`)."""
@@ -316,68 +303,17 @@ class Shard:
             args = (unpack(args[0]),)
         return getattr(self.outlets[topic], method)(*args)
 
-    @_serialized
+    @serialized
     def restore_kind(self, blob: bytes) -> None:
         self.kind.restore(blob)
 
-    @_serialized
+    @serialized
     def snapshot_kind(self) -> bytes | None:
         """The kind-wide state (e.g. a model replica), for syncing between checkpoints."""
         return self.kind.snapshot()
 
     # -- single-entity access -----------------------------------------------------------------
-    def _slot(self, key: str, create: bool) -> int:
-        keys = pa.array([key])
-        h = hash_keys(keys)
-        if not create and self.state.lookup(h)[0] < 0 and not self.res.known_elsewhere(h)[0]:
-            raise UnknownEntityError(self.name, key)
-        slot = int(self.res.activate(h, keys, np.zeros(1, dtype=np.int64))[0])
-        self._seq += 1
-        self.state.last_used[slot] = self._seq
-        return slot
-
-    @_serialized
-    def lookup(self, keys: pa.Array) -> pa.Table:
-        """The current state of each of ``keys`` (null where the shard knows no such entity),
-        in their order: the state side of a stream–state join. Nothing is created."""
-        keys = as_keys(pa.chunked_array([keys]))
-        h = hash_keys(keys)
-        uniq, inv = np.unique(h, return_inverse=True)
-        slots = self.state.lookup(uniq)
-        known = (slots >= 0) | self.res.known_elsewhere(uniq)
-        if (known & (slots < 0)).any():  # passivated or stored: bring them back first
-            first = np.zeros(len(uniq), dtype=np.int64)
-            first[inv] = np.arange(len(h))
-            pick = np.flatnonzero(known)
-            slots[pick] = self.res.activate(
-                uniq[pick], keys.take(pa.array(first[pick])), np.arange(len(pick))
-            )
-        rows = self.state.to_arrow(np.maximum(slots, 0)).drop_columns(["_key_hash"])
-        idx = pa.array(np.where(known, np.arange(len(uniq)), -1)[inv], mask=~known[inv])
-        found = rows.take(idx)
-        self.res.passivate(self._seq)  # what was loaded for the lookup keeps to the budget
-        return found
-
-    @_serialized
-    def get(self, key: str) -> dict[str, Any]:
-        slot = self._slot(key, create=False)
-        return {self.kind_cls.key: key, **self.state.row(slot)}
-
-    @_serialized
-    def call(self, key: str, handler_name: str, args: tuple[Any, ...]) -> Any:
-        fn = self.kind_cls.handlers().get(handler_name)
-        if fn is None:
-            raise ConfigError(
-                f"entity kind {self.name!r} has no handler {handler_name!r}; "
-                f"it has {sorted(self.kind_cls.handlers())}"
-            )
-        slot = self._slot(key, create=True)
-        row = self.state.row(slot)
-        result = fn(self.kind, row, *args)
-        self.state.set_row(slot, row)
-        return result
-
-    @_serialized
+    @serialized
     def stats(self) -> dict[str, float]:
         return {
             **self.counters,
