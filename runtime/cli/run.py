@@ -155,16 +155,27 @@ def demo(
     with open_runtime(data, address, shards or None, policy=placement) as rt:
         stats = _drive(rt, the_app, source, events, as_json)
         where = rt.placement()
+        evaluated = _evaluate(rt, the_app, source, as_json)
     emit(
         {
             "events": stats.input,
             **_summary(stats, data, the_app),
+            **evaluated,
             "profiles": str((data / the_app.kind.name).resolve()) + ".lance",
             **({"placement": where} if as_json else {}),
         },
         as_json,
         f"edgecore demo: {the_app.name}",
     )
+
+
+def _evaluate(rt: Any, the_app: Any, source: Any, as_json: bool) -> dict[str, Any]:
+    """The app's own evaluation of what the demo learned (e.g. hit-rates on held-out data)."""
+    if the_app.demo_report is None:
+        return {}
+    if not as_json:
+        err.print(f"{the_app.name}: evaluating against held-out data")
+    return the_app.demo_report(rt, source)
 
 
 def _demo_edges(

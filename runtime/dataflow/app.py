@@ -31,6 +31,7 @@ import pyarrow as pa
 from runtime.coordinator.runtime import Runtime
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError
+from runtime.ingest.queries import Query
 from runtime.state.fields import NAME_RE
 from runtime.streams.schema import EventSchema
 from runtime.streams.sources import Source
@@ -124,6 +125,15 @@ class App:
     #: the same app learning from each event's label only ``delay`` ms (event time) after
     #: the event (``edgecore replay --label-delay``); None: it learns from no labels
     with_label_delay: Callable[[int], App] | None = None
+    #: makes what the kinds read before the first event (e.g. a catalog table in the data
+    #: folder), once per runtime, before its shards start: (runtime) -> None
+    prepare: Callable[[Runtime], None] | None = None
+    #: what ``edgecore demo`` adds to its summary once its stream is in, with the runtime
+    #: still up (e.g. hit-rates against held-out ground truth): (runtime, the demo's
+    #: source) -> fields
+    demo_report: Callable[[Runtime, Source], dict[str, Any]] | None = None
+    #: what ``edgecore serve`` answers on demand: ``GET /v1/<name>?...`` -> a handler
+    queries: dict[str, Query] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -157,6 +167,14 @@ class App:
                     f"to feed {stage.kind.__qualname__}; it emits {list(prev.topics)}"
                 )
             prev = stage.kind
+        for name, query in self.queries.items():
+            if not NAME_RE.match(name) or name in ("events", "labels"):
+                raise ConfigError(f"app {self.name!r}: query name {name!r} is not allowed")
+            if query.handler not in self.kind.handlers():
+                raise ConfigError(
+                    f"app {self.name!r}: query {name!r} names handler {query.handler!r}, "
+                    f"which {self.kind.__qualname__} does not have"
+                )
 
     def kinds(self) -> list[tuple[type[EntityKind], Any]]:
         """The app's kinds in stream order: the first, then each stage's."""
@@ -189,6 +207,8 @@ class RunStats:
 def setup(rt: Runtime, app: App) -> None:
     """Register the app's kind and sinks on ``rt`` (once per runtime)."""
     chain = app.kinds()
+    if app.prepare is not None and not all(rt.has_kind(cls.name) for cls, _ in chain):
+        app.prepare(rt)
     for i in reversed(range(len(chain))):  # a kind forwards to kinds registered before it
         cls, config = chain[i]
         if rt.has_kind(cls.name):

@@ -42,6 +42,7 @@ from runtime.state.fields import NAME_RE, ColumnarState, StateSpec
 
 if TYPE_CHECKING:
     from runtime.coordinator.runtime import Runtime
+    from runtime.state.store import Store
     from runtime.streams.schema import EventSchema
 
 _HANDLER_ATTR = "__edgecore_handler__"
@@ -167,6 +168,11 @@ class EntityKind:
         }
 
     # -- behaviour -----------------------------------------------------------------------
+    def open(self, store: Store) -> None:
+        """Hook: the shard hosting this instance starts, over the data folder's ``store``
+        (read what the kind serves from, e.g. a catalog table). Keep it quick: shards
+        start in parallel, and the stream waits for them."""
+
     def on_event(self, state: dict[str, Any], event: dict[str, Any]) -> None:
         """Per-event handler; ``state`` is a dict to update in place."""
         raise NotImplementedError

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hmac
 import ipaddress
 import json
@@ -40,9 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, EdgecoreError
 from runtime.ingest.decode import BadInput, decode_arrow, decode_json_records, json_schema
 from runtime.ingest.gate import Backpressure, Closed, Gate
+from runtime.ingest.queries import BadQuery, QueryBatcher
 
 MAX_BODY = 8 * 2**20
 ARROW = "application/vnd.apache.arrow.stream"
@@ -174,6 +176,9 @@ class HttpListener:
         app.router.add_post("/v1/events", self._events)
         app.router.add_post("/v1/labels", self._labels)
         app.router.add_get("/healthz", self._health)
+        for name, query in self.gate.app.queries.items():
+            batcher = QueryBatcher(query, self.gate.router.shards)
+            app.router.add_get(f"/v1/{name}", functools.partial(self._query, batcher))
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -217,6 +222,22 @@ class HttpListener:
         if self._authorized(request):
             body.update(app=self.gate.app.name, **self.gate.totals)
         return _reply(200, body)
+
+    async def _query(self, batcher: QueryBatcher, request: Any) -> Any:
+        """An app's query: the entity's handler answers, batched with its neighbours."""
+        if not self._authorized(request):
+            return _reply(
+                401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            key, kwargs = batcher.query.parse(request.query)
+            result = await batcher.ask(key, kwargs)
+        except (BadQuery, ConfigError) as err:  # the caller's mistake, named
+            return _reply(400, {"error": str(err)})
+        except EdgecoreError as err:
+            return _reply(503, {"error": str(err)}, RETRY)
+        body = result if isinstance(result, dict) else {"result": result}
+        return _reply(200, {batcher.query.key: key, **body})
 
     async def _events(self, request: Any) -> Any:
         return await self._ingest(request, feedback=False)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,60 +131,109 @@ class MemoryIndex:
         queries: np.ndarray,
         k: int,
         allowed: np.ndarray | None = None,
-        exclude: Sequence[np.ndarray] | None = None,
+        exclude: Sequence[np.ndarray] | np.ndarray | None = None,
         nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` rows by cosine similarity for each query: ``(ids, scores)``, both
         ``(queries, k)``, best first; ``-1`` / ``-inf`` pad a query that found fewer.
 
         ``allowed`` (a bool per row) narrows this search beyond :meth:`set_allowed`;
-        ``exclude[i]`` holds row ids query ``i`` must not return."""
+        ``exclude[i]`` holds row ids query ``i`` must not return (a list of arrays, or a
+        2-D array padded with -1).
+
+        Queries are answered together, list by list: each probed list scores all the
+        queries that probe it with one matrix product and keeps their best few, so a batch
+        of thousands costs about as many products as there are lists."""
         q = unit(np.atleast_2d(queries))
         if q.shape[1] != self.dim:
             raise ConfigError(f"queries have {q.shape[1]} dimensions; the index has {self.dim}")
         n_q = len(q)
-        ids = np.full((n_q, k), -1, np.int64)
-        scores = np.full((n_q, k), -np.inf, np.float32)
+        ids = np.full((n_q, max(k, 0)), -1, np.int64)
+        scores = np.full((n_q, max(k, 0)), -np.inf, np.float32)
         if k <= 0 or n_q == 0:
             return ids, scores
         ok = self._allowed if allowed is None else self._allowed & np.asarray(allowed)[self.rows]
+        ex = _padded(exclude, n_q)
         probe = max(1, min(nprobe or self.nprobe, len(self.centres)))
-        by_centre = np.argsort(-(q @ self.centres.T), axis=1)
-        for i in range(n_q):
-            ex = exclude[i] if exclude is not None and i < len(exclude) else None
-            ex_pos = self.pos[np.asarray(ex, np.int64)] if ex is not None and len(ex) else None
-            p = probe
-            while True:
-                got = self._probe(q[i], by_centre[i, :p], ok, ex_pos, k)
-                if len(got[0]) >= k or p >= len(self.centres):
-                    break
-                p *= 2
-            m = len(got[0])
-            ids[i, :m], scores[i, :m] = got
+        todo = np.arange(n_q)
+        with _one_blas_thread():
+            while len(todo):
+                got_ids, got_scores = self._probe(q[todo], ex[todo], ok, k, probe)
+                ids[todo], scores[todo] = got_ids, got_scores
+                short = (got_ids[:, -1] < 0) & (probe < len(self.centres))
+                todo, probe = todo[short], probe * 2  # too few allowed rows found: widen
         return ids, scores
 
     def _probe(
-        self,
-        q: np.ndarray,
-        lists: np.ndarray,
-        ok: np.ndarray,
-        ex_pos: np.ndarray | None,
-        k: int,
+        self, q: np.ndarray, ex: np.ndarray, ok: np.ndarray, k: int, probe: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores over the rows of ``lists``; the best ``k`` allowed ones."""
-        pos = np.concatenate(
-            [np.arange(self.offsets[c], self.offsets[c + 1]) for c in lists.tolist()]
+        """Exact top ``k`` over the ``probe`` lists nearest each query."""
+        n_q, n_lists = len(q), len(self.centres)
+        near = q @ self.centres.T
+        lists = (
+            np.argpartition(-near, probe - 1, axis=1)[:, :probe]
+            if probe < n_lists
+            else np.broadcast_to(np.arange(n_lists), (n_q, n_lists))
         )
-        s = self.vectors[pos] @ q
-        keep = ok[pos]
-        if ex_pos is not None:
-            keep &= ~np.isin(pos, ex_pos)
-        pos, s = pos[keep], s[keep]
-        if len(s) > k:
-            top = np.argpartition(-s, k - 1)[:k]
-            pos, s = pos[top], s[top]
-        best = np.argsort(-s, kind="stable")
-        return self.rows[pos[best]], s[best]
+        keep = k + ex.shape[1]  # excluded rows may take places in a list's best
+        cand = np.full((n_q, probe, keep), -1, np.int64)  # positions in list order
+        cand_s = np.full((n_q, probe, keep), -np.inf, np.float32)
+        flat = lists.ravel()
+        by_list = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[by_list], np.arange(n_lists + 1))
+        for c in np.flatnonzero(np.diff(bounds)).tolist():
+            pick = by_list[bounds[c] : bounds[c + 1]]
+            qi, slot = pick // probe, pick % probe
+            lo, hi = int(self.offsets[c]), int(self.offsets[c + 1])
+            if hi == lo:
+                continue
+            s = q[qi] @ self.vectors[lo:hi].T
+            s[:, ~ok[lo:hi]] = -np.inf
+            m = min(keep, hi - lo)
+            top = np.argpartition(-s, m - 1, axis=1)[:, :m] if hi - lo > m else np.arange(m)[None]
+            top = np.broadcast_to(top, (len(qi), m))
+            cand[qi, slot, :m] = lo + top
+            cand_s[qi, slot, :m] = np.take_along_axis(s, top, axis=1)
+        cand, cand_s = cand.reshape(n_q, -1), cand_s.reshape(n_q, -1)
+        rows = np.where(cand >= 0, self.rows[np.maximum(cand, 0)], -1)
+        if ex.shape[1]:
+            hit = (rows[:, :, None] == ex[:, None, :]).any(axis=2)
+            cand_s[hit] = -np.inf
+        best = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        out_s = np.take_along_axis(cand_s, best, axis=1)
+        out = np.where(np.isfinite(out_s), np.take_along_axis(rows, best, axis=1), -1)
+        if out.shape[1] < k:  # fewer candidates than k in all: pad
+            pad = k - out.shape[1]
+            out = np.pad(out, ((0, 0), (0, pad)), constant_values=-1)
+            out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return out, out_s
+
+
+_BLAS: list[Any] = []
+
+
+def _one_blas_thread() -> Any:
+    """BLAS on one thread for the search's many small products: OpenBLAS threads that wake
+    for a (100 x 64) @ (64 x 300) product cost 10x the product itself, and 300x (9 ms a
+    product, measured) when the cores are busy with other actors."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def _padded(exclude: Sequence[np.ndarray] | np.ndarray | None, n: int) -> np.ndarray:
+    """Per-query exclusions as an (n, width) array padded with -1."""
+    if exclude is None:
+        return np.full((n, 0), -1, np.int64)
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 2:
+        return exclude.astype(np.int64)
+    width = max((len(e) for e in exclude), default=0)
+    out = np.full((n, width), -1, np.int64)
+    for i, e in enumerate(exclude[:n]):
+        out[i, : len(e)] = e
+    return out
 
 
 def _spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -31,10 +31,17 @@ from runtime.state.index import HashIndex
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 RESERVED = {"_key_hash"}
 
-_NUMPY = {"int64": np.int64, "float64": np.float64, "bool": np.bool_, "timestamp": np.int64}
+_NUMPY = {
+    "int64": np.int64,
+    "float64": np.float64,
+    "float32": np.float32,  # embeddings: half the memory, what vector search takes
+    "bool": np.bool_,
+    "timestamp": np.int64,
+}
 _ARROW = {
     "int64": pa.int64(),
     "float64": pa.float64(),
+    "float32": pa.float32(),
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("ms"),
     "string": pa.string(),

@@ -96,6 +96,12 @@ def coerce(arr: pa.ChunkedArray, col: Column):
         )
         if col.required:
             checks.append((lens == 0, lambda i: "empty string"))
+    if col.choices is not None and pa.types.is_string(values.type):
+        member = pc.is_in(values, value_set=pa.array(col.choices, pa.string()))
+        other = ~member.fill_null(True).to_numpy(zero_copy_only=False)
+        raw = values.to_numpy(zero_copy_only=False)
+        choices = ", ".join(col.choices)
+        checks.append((other, lambda i: f"{str(raw[i])[:40]!r} is not one of {choices}"))
     return values, checks
 
 

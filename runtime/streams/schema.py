@@ -63,7 +63,8 @@ class Column:
     """One field of an event: its type and the checks a value must pass.
 
     ``min``/``max`` bound numbers (NaN and infinities are always refused);
-    ``max_len`` bounds strings; ``required=False`` lets the column be absent or null.
+    ``max_len`` bounds strings; ``choices`` lists the values a string may take (an event
+    type); ``required=False`` lets the column be absent or null.
     """
 
     name: str
@@ -72,12 +73,15 @@ class Column:
     min: float | None = None
     max: float | None = None
     max_len: int | None = None
+    choices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise ConfigError(
                 f"column {self.name!r}: unknown type {self.type!r}; use one of {sorted(_TYPES)}"
             )
+        if self.choices is not None and (self.type != "string" or not self.choices):
+            raise ConfigError(f"column {self.name!r}: choices need a string column and values")
 
     @property
     def arrow_type(self) -> pa.DataType:
