@@ -144,9 +144,10 @@ def serve(
                     f"edgecore: replayed {info['replayed_records']:,} logged groups at {site}"
                 )
             if "http_port" in info:
+                gets = ", ".join(["/healthz", *(f"/v1/{q}" for q in the_app.queries)])
                 err.print(
                     f"edgecore: {the_app.name} on {scheme}://{host}:{info['http_port']}/v1/events"
-                    f" at {site} (GET /healthz)"
+                    f" at {site} (GET {gets})"
                 )
         if mqtt_opts is not None:
             ok = resolve([g.mqtt_connected(30.0) for g in gates])
