@@ -85,8 +85,11 @@ def rank(
     ctx = np.where(has_cart[:, None], _last(cart, 3), recent[:, -3:])
     ctx_vec = _mean_vectors(products, ctx)
     t_unit = _unit(taste)
-    t_ids, _ = index.search(t_unit, candidates, exclude=exclude)
-    c_ids, _ = index.search(ctx_vec, candidates // 2, exclude=exclude)
+    # one search for both: taste and context queries of every customer together
+    both, _ = index.search(
+        np.concatenate([t_unit, ctx_vec]), candidates, exclude=np.concatenate([exclude, exclude])
+    )
+    t_ids, c_ids = both[:q], both[q:, : candidates // 2]
     pop_rows, pop_sales = cooc.popular(candidates)
     co = [
         cooc.successors(np.concatenate([ctx[i], _last(recent[i : i + 1], 3)[0]]), candidates)
