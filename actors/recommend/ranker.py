@@ -112,7 +112,7 @@ def rank(
     feats[3] = _isin_rows(cand, recent)
     top_sales = float(pop_sales[0]) if len(pop_sales) else 0.0
     if top_sales > 0:
-        sales = _lookup(cand, pop_rows[None].repeat(q, 0), pop_sales[None].repeat(q, 0))
+        sales = np.where(valid, cooc.sales.get(rows.ravel()).reshape(rows.shape), 0.0)
         feats[4] = np.log1p(sales) / np.log1p(top_sales)
     contrib = feats * weights.vector()[:, None, None]
     score = np.where(valid, contrib.sum(axis=0), -np.inf)
@@ -168,15 +168,27 @@ def _dedupe(cand: np.ndarray) -> np.ndarray:
 
 def _isin_rows(cand: np.ndarray, sets: np.ndarray) -> np.ndarray:
     """Per row: which candidates are among that row's ``sets`` entries (-1 never matches)."""
-    if sets.shape[1] == 0:
-        return np.zeros(cand.shape, bool)
-    return ((cand[:, :, None] == sets[:, None, :]) & (sets[:, None, :] >= 0)).any(axis=2)
+    return _lookup(cand, sets, np.ones(sets.shape, np.float32)) > 0
 
 
 def _lookup(cand: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row: the value of each candidate in that row's (keys -> values), else 0."""
-    match = (cand[:, :, None] == keys[:, None, :]) & (keys[:, None, :] >= 0)
-    return (match * values[:, None, :]).sum(axis=2).astype(np.float32)
+    """Per row: the value of each candidate in that row's (keys -> values), else 0; by one
+    sort of (row, key) codes and a binary search, not a (rows x candidates x keys) cube."""
+    out = np.zeros(cand.shape, np.float32)
+    has = keys >= 0
+    if keys.size == 0 or not has.any():
+        return out
+    span = int(max(cand.max(initial=0), keys.max(initial=0))) + 1
+    row = np.arange(len(cand), dtype=np.int64)[:, None] * span
+    codes = (row + keys)[has]
+    vals = values[has]
+    order = np.argsort(codes, kind="stable")
+    codes, vals = codes[order], vals[order]
+    want = row + cand
+    at = np.minimum(np.searchsorted(codes, want), len(codes) - 1)
+    hit = (codes[at] == want) & (cand >= 0)
+    out[hit] = vals[at[hit]]
+    return out
 
 
 def _cap_categories(score: np.ndarray, category: np.ndarray, cap: int) -> np.ndarray:

@@ -319,7 +319,20 @@ class Customer(EntityKind):
         return self.products, self.cooc
 
     def export(self, table: pa.Table) -> pa.Table:
-        # the taste's direction is what matters; its norm is the decayed weight
+        """Stored profiles also name the products of the cart and the rings (the state
+        keeps their hashes), so SQL over ``shoppers`` reads them."""
+        if self.products is None or table.num_rows == 0:
+            return table
+        for col in ("cart", "recent", "bought"):
+            h = table.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            h = h.reshape(table.num_rows, -1)
+            rows = np.where(h != 0, self.products.rows_of_hash(h), -1)
+            valid = rows >= 0
+            offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+            ids = self.products.ids.take(pa.array(rows[valid]))
+            table = table.append_column(
+                f"{col}_products", pa.ListArray.from_arrays(pa.array(offsets), ids)
+            )
         return table
 
 
