@@ -161,7 +161,8 @@ class MemoryIndex:
                 got_ids, got_scores = self._probe(q[todo], ex[todo], ok, k, probe)
                 ids[todo], scores[todo] = got_ids, got_scores
                 short = (got_ids[:, -1] < 0) & (probe < len(self.centres))
-                todo, probe = todo[short], probe * 2  # too few allowed rows found: widen
+                # too few allowed rows found: widen (to every list at most)
+                todo, probe = todo[short], min(probe * 2, len(self.centres))
         return ids, scores
 
     def _probe(
