@@ -19,6 +19,7 @@ batches grow and the per-request cost falls.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class Param:
             if len(value) > MAX_KEY_LEN:
                 raise BadQuery(f"parameter {self.name!r} is over {MAX_KEY_LEN} characters")
         elif (
-            not np.isfinite(value)
+            (isinstance(value, float) and not math.isfinite(value))
             or (self.min is not None and value < self.min)
             or (self.max is not None and value > self.max)
         ):

@@ -78,14 +78,12 @@ class MemoryIndex:
     def from_arrays(cls, arrays: dict[str, np.ndarray], nprobe: int = 8) -> MemoryIndex:
         """An index from what :meth:`arrays` returned (no clustering again)."""
         self = cls.__new__(cls)
-        vectors = arrays["vectors"]
+        vectors = arrays["vectors"]  # in row order, as _set takes them
         rows = arrays["rows"]
-        back = np.empty_like(rows)
-        back[rows] = np.arange(len(rows))
         list_of = np.repeat(np.arange(len(arrays["centres"])), np.diff(arrays["offsets"]))
         assign = np.empty(len(rows), np.int64)
         assign[rows] = list_of
-        self._set(vectors[back], arrays["centres"], assign, nprobe)
+        self._set(vectors, arrays["centres"], assign, nprobe)
         return self
 
     def _set(self, v: np.ndarray, centres: np.ndarray, assign: np.ndarray, nprobe: int) -> None:
@@ -164,7 +162,8 @@ class MemoryIndex:
                 got_ids, got_scores = self._probe(q[todo], ex[todo], ok, k, probe)
                 ids[todo], scores[todo] = got_ids, got_scores
                 short = (got_ids[:, -1] < 0) & (probe < len(self.centres))
-                todo, probe = todo[short], probe * 2  # too few allowed rows found: widen
+                # too few allowed rows found: widen (to every list at most)
+                todo, probe = todo[short], min(probe * 2, len(self.centres))
         return ids, scores
 
     def _probe(
