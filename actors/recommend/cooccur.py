@@ -27,7 +27,7 @@ import numpy as np
 from runtime.errors import ConfigError
 from runtime.eventtime.counts import SlidingCounts
 
-FORMAT = "edgecore.recommend.cooccurrence/1"
+FORMAT = "edgecore.recommend.cooccurrence/2"
 
 
 class CoOccurrence:
@@ -37,6 +37,9 @@ class CoOccurrence:
         self.n = int(n_products)
         self.pairs = SlidingCounts(window_ms, panes)  # key a * n + b
         self.sales = SlidingCounts(window_ms, panes)  # key: product
+        #: views, cart adds and purchases weighted: ten times the data of sales alone, so a
+        #: product's appeal shows before it sells (a catalog of a million has few sales each)
+        self.interest = SlidingCounts(window_ms, panes)
         self._top: tuple[np.ndarray, np.ndarray] | None = None
 
     def add_pairs(self, a: np.ndarray, b: np.ndarray, ts: np.ndarray) -> None:
@@ -49,9 +52,14 @@ class CoOccurrence:
         self.sales.add(rows, ts)
         self._top = None
 
+    def add_interest(self, rows: np.ndarray, ts: np.ndarray, weights: np.ndarray) -> None:
+        """Interactions with products (weighted by kind), for their appeal."""
+        self.interest.add(rows, ts, weights)
+
     def advance(self, now_ms: int) -> None:
         """Event time reached ``now_ms`` (pairs and sales older than the window leave)."""
         self.pairs.advance(now_ms)
+        self.interest.advance(now_ms)
         if now_ms > self.sales.now:
             self.sales.advance(now_ms)
             self._top = None
@@ -90,6 +98,7 @@ class CoOccurrence:
             header=np.frombuffer(header.encode(), np.uint8),
             **self.pairs.arrays("pairs_"),
             **self.sales.arrays("sales_"),
+            **self.interest.arrays("interest_"),
         )
         return buf.getvalue()
 
@@ -108,5 +117,6 @@ class CoOccurrence:
         self.n = int(header["n_products"])
         self.pairs = SlidingCounts.from_arrays(arrays, "pairs_")
         self.sales = SlidingCounts.from_arrays(arrays, "sales_")
+        self.interest = SlidingCounts.from_arrays(arrays, "interest_")
         self._top = None
         return self

@@ -38,7 +38,7 @@ class RankWeights:
     taste: float = 1.0
     context: float = 0.6
     cooccurrence: float = 1.0
-    popularity: float = 0.15
+    popularity: float = 1.0
     viewed: float = 0.1
 
     def __post_init__(self) -> None:
@@ -110,10 +110,10 @@ def rank(
     feats[1] = np.clip(np.einsum("qcd,qd->qc", vec, ctx_vec), 0, None)
     feats[2] = _lookup(cand, co_rows, co_p)
     feats[3] = _isin_rows(cand, recent)
-    top_sales = float(pop_sales[0]) if len(pop_sales) else 0.0
-    if top_sales > 0:
-        sales = np.where(valid, cooc.sales.get(rows.ravel()).reshape(rows.shape), 0.0)
-        feats[4] = np.log1p(sales) / np.log1p(top_sales)
+    appeal = np.where(valid, cooc.interest.get(rows.ravel()).reshape(rows.shape), 0.0)
+    top = float(appeal.max(initial=0.0))
+    if top > 0:  # log-scaled, relative to the most wanted candidate of the batch
+        feats[4] = np.log1p(appeal) / np.log1p(top)
     contrib = feats * weights.vector()[:, None, None]
     score = np.where(valid, contrib.sum(axis=0), -np.inf)
     if max_per_category is not None:

@@ -162,6 +162,7 @@ class Customer(EntityKind):
         carted = known & (etype == 1)
         self._carts(batch, ph, prow, ts, sess, carted, bought, grp, gstart, gsize, gslot, co)
         co.add_purchases(prow[bought], ts[bought])
+        co.add_interest(prow[known], ts[known], w[known])
         co.advance(int(ts.max()))
         for name, code in (("views", 0), ("carts", 1), ("purchases", 2)):
             c[name][gslot] += np.add.reduceat((etype == code).astype(np.int64), gstart)
