@@ -104,8 +104,8 @@ class FleetConfig:
             or self.failing_share + self.fault_share > 1
         ):
             raise ConfigError("failing_share and fault_share must be >= 0 and sum to <= 1")
-        if self.warmup_days >= self.days:
-            raise ConfigError("warmup_days must be shorter than days")
+        if self.warmup_days < 0:
+            raise ConfigError("warmup_days must be >= 0")
 
     @classmethod
     def heldout(cls, seed: int = 101, **kw: object) -> FleetConfig:
@@ -175,13 +175,14 @@ class FleetGenerator:
         k_fail, k_fault = round(n * cfg.failing_share), round(n * cfg.fault_share)
         never = np.iinfo(np.int64).max // 4
         span = cfg.days * DAY_MS
+        warm = min(cfg.warmup_days, cfg.days / 2) * DAY_MS  # a short stream: its first half
         self._fails_at = np.full(n, never, np.int64)
         self._mode = np.full(n, -1)
         self._degrade = np.full(n, 1.0)
         self._amp = np.zeros(n)
         self._pow = np.ones(n)
         f = perm[:k_fail]
-        self._fails_at[f] = rng.uniform(cfg.warmup_days * DAY_MS, span, k_fail).astype(np.int64)
+        self._fails_at[f] = rng.uniform(warm, span, k_fail).astype(np.int64)
         self._mode[f] = np.arange(k_fail) % len(MODES)
         self._degrade[f] = rng.uniform(*cfg.degrade_h, k_fail) * HOUR_MS
         bearing = self._mode == 0
@@ -198,8 +199,8 @@ class FleetGenerator:
         self._fault_len[q] = (rng.uniform(*cfg.fault_h, k_fault) * HOUR_MS).astype(np.int64)
         self._fault_at = np.full(n, never, np.int64)
         self._fault_at[q] = rng.uniform(
-            cfg.warmup_days * DAY_MS,
-            max(span - self._fault_len[q].max(initial=0), cfg.warmup_days * DAY_MS + 1),
+            warm,
+            max(span - self._fault_len[q].max(initial=0), warm + 1),
             k_fault,
         ).astype(np.int64)
         self._fault_noise = rng.uniform(*cfg.fault_noise, n)
