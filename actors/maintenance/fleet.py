@@ -76,6 +76,9 @@ class FleetConfig:
     seed: int = 7
     start: datetime = datetime(2026, 3, 1, tzinfo=UTC)
     id_prefix: str = "m"
+    #: event ids run from here: two fleets in one data folder must not share ids (the
+    #: runtime drops an id it already applied as a duplicate)
+    first_event_id: int = 0
     failing_share: float = 0.10  # devices that degrade and fail, split over the modes
     fault_share: float = 0.06  # devices with a sensor fault (they do not fail)
     warmup_days: float = 3.0  # no failure before this: devices need a baseline first
@@ -120,6 +123,7 @@ class FleetConfig:
             seed=seed,
             start=datetime(2026, 7, 1, tzinfo=UTC),
             id_prefix="h",
+            first_event_id=1 << 40,
             failing_share=0.12,
             fault_share=0.08,
             degrade_h=(24.0, 120.0),
@@ -304,10 +308,10 @@ class FleetGenerator:
         j = np.arange(lo, hi, dtype=np.int64)
         m = len(roster)
         tick, slot = j // m, roster[j % m]
-        event_id = tick * cfg.n_devices + slot
+        event_id = cfg.first_event_id + tick * cfg.n_devices + slot
         dev = self._by_phase[slot]
         t = tick * cfg.interval_ms + self._phase[dev]
-        ids = event_id.astype(np.uint64)
+        ids = (event_id - cfg.first_event_id).astype(np.uint64)
 
         load = np.clip(self._load_model(dev, t) + 0.04 * self._normal(ids, _L), 0.0, 1.0)
         tau = self._fails_at[dev] - t  # time left to the failure
