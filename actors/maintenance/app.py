@@ -68,8 +68,10 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
             round(100.0 * counters.get("false_alarms", 0) / days, 3) if days else None
         ),
         "sensor_faults_reported": int(counters.get("sensor_faults_reported", 0)),
-        "alarms": int(counters.get("maintenance_rows", 0)),
-        "sensor_fault_rows": int(counters.get("sensor_rows", 0)),
+        "alarms": int(counters.get("alarms_opened", 0)),
+        "alarm_rows": int(counters.get("maintenance_rows", 0)),  # open, update and close
+        "sensor_fault_episodes": int(counters.get("sensor_episodes", 0)),
+        "sensor_fault_rows": int(counters.get("sensor_rows", 0)),  # open and close
         "device_days": round(days, 1),
         "raw_rows": int(counters.get("raw_rows", 0)),
         "crossed_rows": int(

@@ -11,18 +11,17 @@ batch boundaries):
    regressions of temperature on load, then compares them: fast against slow is a level
    shift, fast against medium a slope, noise now against noise usual a variance ratio.
 
-A sensor that looks stuck (readings repeating exactly) or noisy (successive differences
-several times the usual with no level change) is *flagged*, its EWMAs are frozen and
-its features read 0 until it recovers: a bad sensor is a sensor to check, not a failing
-machine, and it must not poison the device's baseline.
+A sensor the detector (:mod:`actors.maintenance.detector`) flags as stuck or noisy has
+its EWMAs frozen and its features read 0 until it recovers: a bad sensor is a sensor to
+check, not a failing machine, and it must not poison the device's baseline.
 
 >>> import numpy as np
 >>> ew = np.zeros((1, N_EWMA)); n = np.zeros(1)
->>> agg = np.array([[6, 300.0, 15.0, 3.0, 2.4, 0.6, 0, 0]])
->>> mx = np.array([[2.6, 0.5, 0.1, 0, 0]])
->>> X, flags = window_features(agg, mx, ew, n)
->>> X.shape, flags.tolist(), n.tolist()
-((1, 11), [0], [1.0])
+>>> agg = np.zeros((1, len(SUMS))); agg[0, :6] = [6, 300.0, 15.0, 3.0, 2.4, 0.6]
+>>> mx = np.array([[2.6, 0.5, 0.1, 0, 0, -2.4]])
+>>> X = window_features(agg, mx, ew, n, np.zeros(1, np.int64))
+>>> X.shape, n.tolist()
+((1, 11), [1.0])
 """
 
 from __future__ import annotations
@@ -66,10 +65,14 @@ _VIB_FEATURES = [
     FEATURES.index(f) for f in ("vib_level", "vib_trend", "vib_slope", "vib_noise", "vib_spikes")
 ]
 
-#: per-reading sums folded into a window, in this order
-SUMS = ("n", "temp", "vib", "load", "dtemp", "dvib", "rep_temp", "rep_vib")
-#: per-reading maxima
-MAXES = ("vib_max", "dtemp_max", "dvib_max", "failure", "condition")
+#: per-reading sums folded into a window, in this order; ``s`` is the reading's place in
+#: its window (-0.5 .. 0.5), for the within-window regression of temperature on (1, s, load)
+SUMS = (
+    "n", "temp", "vib", "load", "dtemp", "dvib", "rep_temp", "rep_vib",
+    "s", "ss", "sl", "st", "ll", "lt", "tt",
+)  # fmt: skip
+#: per-reading maxima (``vib_neg``: minus the smallest vibration)
+MAXES = ("vib_max", "dtemp_max", "dvib_max", "failure", "condition", "vib_neg")
 # EWMA state columns
 _LV = 0  # log vib fast, medium, slow: 0, 1, 2
 _VN = 3  # vib noise fast, slow
@@ -83,11 +86,6 @@ _REG = 15  # regression sums (1, L, T, LL, LT) medium: 15..19, slow: 20..24
 N_EWMA = 25
 _ALPHA = np.array([1 / 6, 1 / 24, 1 / 168])  # per hourly window: 6 h, 24 h, 7 d
 _EPS_VAR = 0.004  # load variance floor in the thermal slope (continuous duty: ~none)
-#: sensor flags: bit 0 stuck temperature, 1 stuck vibration, 2 noisy temperature, 3 noisy vibration
-SENSOR_FLAGS = ("stuck_temperature", "stuck_vibration", "noisy_temperature", "noisy_vibration")
-STUCK_SHARE = 0.5
-NOISE_RATIO = np.log(3.0)
-QUIET_LEVEL = np.log(1.2)
 
 
 def close_windows(
@@ -154,11 +152,12 @@ def _ew(old: np.ndarray, new: np.ndarray, a: float | np.ndarray, fresh: np.ndarr
 
 
 def window_features(
-    agg: np.ndarray, mx: np.ndarray, ewma: np.ndarray, count: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    agg: np.ndarray, mx: np.ndarray, ewma: np.ndarray, count: np.ndarray, flags: np.ndarray
+) -> np.ndarray:
     """Features of one closed window per row (one device each) from its sums ``agg`` and
     maxima ``mx``, against the device's EWMA state ``ewma`` (updated in place) and its
-    count of windows ``count`` (incremented). Returns ``(X, sensor flags)``."""
+    count of windows ``count`` (incremented); ``flags`` are the detector's sensor flags
+    (bits 0/2 temperature, 1/3 vibration). Returns ``X``."""
     a_f, a_m, a_s = _ALPHA
     n = np.maximum(agg[:, 0], 1.0)
     temp, vib, load = agg[:, 1] / n, agg[:, 2] / n, agg[:, 3] / n
@@ -169,20 +168,8 @@ def window_features(
     vn = np.log(np.maximum(agg[:, 5] - mx[:, 2], 0.0) / dn / np.maximum(vib, 1e-3) + 1e-4)
     sp = np.log(np.maximum(mx[:, 0], 1e-3) / np.maximum(vib, 1e-3))
     fresh = count == 0
-    warm = count >= 24  # a day of windows before a sensor is judged against its usual noise
-
-    # -- sensor faults: stuck, or noisy without a level change ----------------------------
-    stuck_t = agg[:, 6] >= STUCK_SHARE * agg[:, 0]
-    stuck_v = agg[:, 7] >= STUCK_SHARE * agg[:, 0]
-    noisy_t = warm & (tn - ewma[:, _TN + 1] > NOISE_RATIO) & (np.abs(temp - ewma[:, _TL + 1]) < 8.0)
-    noisy_v = warm & (vn - ewma[:, _VN + 1] > NOISE_RATIO) & (lv - ewma[:, _LV + 2] < QUIET_LEVEL)
-    bad_t, bad_v = stuck_t | noisy_t, stuck_v | noisy_v
-    flags = (
-        stuck_t.astype(np.int64)
-        | (stuck_v.astype(np.int64) << 1)
-        | (noisy_t.astype(np.int64) << 2)
-        | (noisy_v.astype(np.int64) << 3)
-    )
+    bad_t = (flags & 0b0101) != 0
+    bad_v = (flags & 0b1010) != 0
 
     e = ewma
     ok_v, ok_t = ~bad_v, ~bad_t
@@ -231,10 +218,12 @@ def window_features(
     )
     X[np.ix_(bad_t, _TEMP_FEATURES)] = 0.0  # an untrusted sensor says nothing
     X[np.ix_(bad_v, _VIB_FEATURES)] = 0.0
-    return X, flags
+    return X
 
 
 def reading_inputs(
+    t: np.ndarray,
+    window_ms: int,
     temp: np.ndarray,
     vib: np.ndarray,
     load: np.ndarray,
@@ -246,7 +235,8 @@ def reading_inputs(
     has_prev: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per reading (grouped order): the columns of :data:`SUMS` and :data:`MAXES`.
-    ``prev_*``/``has_prev``: each row's device's reading before the batch."""
+    ``t``: event times (ms); ``prev_*``/``has_prev``: each row's device's reading before
+    the batch."""
     n = len(temp)
     idx = np.arange(n)
     pt = np.where(rank > 0, temp[np.maximum(idx - 1, 0)], prev_temp)
@@ -254,6 +244,7 @@ def reading_inputs(
     hp = (rank > 0) | has_prev
     dt = np.where(hp, np.abs(temp - pt), 0.0)
     dv = np.where(hp, np.abs(vib - pv), 0.0)
+    pos = (t % window_ms) / window_ms - 0.5
     sums = np.column_stack(
         [
             np.ones(n),
@@ -264,7 +255,14 @@ def reading_inputs(
             dv,
             (hp & (dt == 0)).astype(float),
             (hp & (dv == 0)).astype(float),
+            pos,
+            pos * pos,
+            pos * load,
+            pos * temp,
+            load * load,
+            load * temp,
+            temp * temp,
         ]
     )
-    maxes = np.column_stack([vib, dt, dv, failure.astype(float), condition.astype(float)])
+    maxes = np.column_stack([vib, dt, dv, failure.astype(float), condition.astype(float), -vib])
     return sums, maxes

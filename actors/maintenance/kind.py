@@ -5,11 +5,16 @@ site's devices live at its edge. Per device, in arrival order:
 
 1. readings fold into hourly windows; each closed window yields rolling trend features
    (:mod:`actors.maintenance.features`);
-2. the shard's :class:`~actors.maintenance.brain.Brain` scores them: the online classifier's
-   P(failure within 24 h) and the isolation forest's verdict, the larger being the risk;
-3. a risk above ``threshold`` for ``confirm`` windows in a row raises an alarm: one row on
-   the ``maintenance`` topic with the failure mode, a lead-time estimate and the top
-   signals; a flagged sensor raises one ``sensor_fault`` row instead, never an alarm;
+2. the device's own drift detector (:mod:`actors.maintenance.detector`, no failure needed)
+   and the shard's :class:`~actors.maintenance.brain.Brain` score them: the CUSUM risk,
+   the online classifier's P(failure within 24 h) and the isolation forest's verdict, the
+   largest being the risk;
+3. an alarm **opens** when the risk stays at or above ``threshold`` for ``confirm``
+   windows, stays open while it is above ``reset`` and **closes** below (or at the
+   failure); the ``maintenance`` topic gets a row on open, on a material change (mode,
+   lead-time estimate) and on close, with the failure mode, the lead-time estimate and
+   the top signals. A sensor the detector flags opens one ``sensor_fault`` episode (one
+   row) and closes it (one row) after ``sensor_clear`` clean windows, never an alarm;
 4. the last day of windows waits at the edge for its label: a failure makes the windows
    before it positives (learned at once), a day without one makes a window a negative
    and a healthy sample for the forest at the core.
@@ -39,6 +44,8 @@ import pyarrow.compute as pc
 
 from actors.grouped import by_entity
 from actors.maintenance.brain import Brain
+from actors.maintenance.detector import N_DET, DetectorConfig, detect
+from actors.maintenance.detector import risk as detector_risk
 from actors.maintenance.features import (
     MAXES,
     N_EWMA,
@@ -49,7 +56,7 @@ from actors.maintenance.features import (
     window_features,
 )
 from actors.maintenance.fleet import CONDITIONS, HOUR_MS
-from actors.maintenance.outputs import Windows, evaluate, health_rows, outputs
+from actors.maintenance.outputs import Windows, evaluate, explain, health_rows, outputs
 from runtime import Batch, EntityKind, handler
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys
@@ -61,9 +68,12 @@ class MaintenanceConfig:
 
     window_ms: int = HOUR_MS
     horizon_h: float = 24.0
-    threshold: float = 0.5  # risk that raises an alarm ...
-    reset: float = 0.25  # ... and below which it clears
+    threshold: float = 0.5  # risk that opens an alarm ...
+    reset: float = 0.25  # ... and below which it closes
     confirm: int = 2  # windows in a row above the threshold
+    lead_change_h: float = 6.0  # a lead-time estimate moving this much is a material change
+    sensor_clear: int = 3  # clean windows that close a sensor-fault episode
+    detector: DetectorConfig = DetectorConfig()
     warmup_windows: int = 48  # a device needs two days of baseline before it is scored
     negative_share: float = 0.25  # of healthy windows the classifier learns from
     health_every: int = 6  # windows between summaries to the core
@@ -109,10 +119,15 @@ class Machine(EntityKind):
         "mode": ("int64", -1),
         "lead_h": ("float64", float("nan")),
         "alarm": "bool",
-        "alarm_w": ("int64", -1),
-        "judged": "bool",  # the open alarm was already found false (no failure in time)
+        "alarm_w": ("int64", -1),  # the window the latest alarm opened at
+        "closed_w": ("int64", -1),  # ... and closed at
+        "alarm_mode": ("int64", -1),  # what the open alarm last reported
+        "alarm_lead": ("float64", float("nan")),
+        "judged": "bool",  # the latest opening was already found false (no failure in time)
         "above": "int64",
-        "sensor": "int64",  # sensor flags of the last window
+        "sensor": "int64",  # sensor flags of the open fault episode (0: none)
+        "sensor_ok": "int64",  # clean windows since the last flagged one
+        "det": ("float64", 0.0, N_DET),
         "health_w": ("int64", -1),
         "health_risk": "float64",
         "failures": "int64",
@@ -145,6 +160,8 @@ class Machine(EntityKind):
             code = pc.index_in(ev.column("condition"), _CODES).fill_null(0)
             cond = code.to_numpy(zero_copy_only=False)[order].astype(float)
         sums, maxes = reading_inputs(
+            t,
+            cfg.window_ms,
             temp,
             vib,
             load,
@@ -174,6 +191,7 @@ class Machine(EntityKind):
         slot = gslot[gid]
         wrank = np.arange(len(gid)) - np.searchsorted(gid, gid)
         X = np.zeros((len(gid), N_FEATURES))
+        Z, S = np.zeros((len(gid), 2)), np.zeros((len(gid), 2))
         flags = np.zeros(len(gid), np.int64)
         warm = np.zeros(len(gid), bool)
         failed = mx[:, MAXES.index("failure")] > 0
@@ -182,11 +200,14 @@ class Machine(EntityKind):
             sl = slot[r]
             e, n = c["ewma"][sl], c["windows"][sl].astype(np.float64)
             warm[r] = n >= cfg.warmup_windows
-            X[r], flags[r] = window_features(agg[r], mx[r], e, n)
+            d = c["det"][sl]
+            Z[r], S[r], flags[r] = detect(agg[r], mx[r], d, n, cfg.detector)
+            X[r] = window_features(agg[r], mx[r], e, n, flags[r])
             c["ewma"][sl] = np.where(failed[r, None], 0.0, e)  # repaired: a new baseline
+            c["det"][sl] = np.where(failed[r, None], 0.0, d)
             c["windows"][sl] = np.where(failed[r], 0, n.astype(np.int64))
         w = Windows(gid, slot, widx, wrank, X, flags, warm, failed, agg, mx, crow)
-        w.window_ms = cfg.window_ms
+        w.window_ms, w.z_det, w.S = cfg.window_ms, Z, S
         self._score(batch, w)
         if cfg.learn:
             self._label(batch, w)
@@ -195,48 +216,71 @@ class Machine(EntityKind):
         cfg: MaintenanceConfig = self.config
         P = self.brain.clf.proba(w.X)
         r_if = self.brain.detector_risk(w.X)
-        w.p, w.r_if = P, r_if
-        w.risk = np.where(w.warm & ~w.failed, np.maximum(P[:, -1], r_if), 0.0)
-        # the alarm is a recurrence per device: step through the k-th windows
+        r_det = detector_risk(w.S, cfg.detector)
+        w.p, w.r_if, w.r_det = P, r_if, r_det
+        live = w.warm & ~w.failed
+        w.risk = np.where(live, np.maximum(np.maximum(P[:, -1], r_if), r_det), 0.0)
+        explain(self.brain, w)
+        # alarms and sensor episodes are recurrences per device: step through the k-th windows
         c = batch.state.cols
         h = cfg.ring
-        w.raised = np.zeros(len(w.gid), bool)
-        w.sensor_new = np.zeros(len(w.gid), bool)
-        w.send = np.zeros(len(w.gid), bool)
+        n = len(w.gid)
+        w.state = np.zeros(n, np.int8)  # 1 opened, 2 updated, 3 closed
+        w.sensor_state = np.zeros(n, np.int8)  # 1 episode opened, 3 closed
+        w.sensor_rep = np.zeros(n, np.int64)  # the flags a sensor row reports
+        w.send = np.zeros(n, bool)
         for k in range(int(w.wrank.max()) + 1):
             r = np.flatnonzero(w.wrank == k)
-            sl, risk, wi = w.slot[r], w.risk[r], w.widx[r]
+            sl, risk, wi, failed = w.slot[r], w.risk[r], w.widx[r], w.failed[r]
             above = np.where(risk >= cfg.threshold, c["above"][sl] + 1, 0)
             alarm = c["alarm"][sl]
-            raise_ = ~alarm & (above >= cfg.confirm)
-            clear = alarm & (risk < cfg.reset)
-            # judged at the edge: an alarm with no failure within the horizon was false
+            open_ = ~alarm & (above >= cfg.confirm) & ~failed
+            close = alarm & ((risk < cfg.reset) | failed)
+            lead, mode = w.lead[r], w.mode[r]
+            old = c["alarm_lead"][sl]
+            moved = np.where(
+                np.isnan(lead) | np.isnan(old),
+                np.isnan(lead) != np.isnan(old),
+                np.abs(lead - old) >= cfg.lead_change_h,
+            )
+            update = alarm & ~close & ((mode != c["alarm_mode"][sl]) | moved)
+            # judged at the edge: an opening with no failure within the horizon was false
             aw = c["alarm_w"][sl]
-            late = (aw >= 0) & ~c["judged"][sl] & (wi - aw >= h) & ~w.failed[r]
+            late = (aw >= 0) & ~c["judged"][sl] & (wi - aw >= h) & ~failed
             evaluate(batch, w, r, c, sl, late, h, cfg.window_ms)
-            alarm = (alarm | raise_) & ~clear
-            c["judged"][sl] = np.where(raise_ | w.failed[r], False, c["judged"][sl] | late)
-            c["alarm_w"][sl] = np.where(raise_, wi, np.where(w.failed[r], -1, c["alarm_w"][sl]))
-            c["alarm"][sl] = alarm & ~w.failed[r]
-            c["above"][sl] = np.where(w.failed[r], 0, above)
-            c["alarms"][sl] += raise_
-            c["failures"][sl] += w.failed[r]
-            w.raised[r] = raise_
-            w.sensor_new[r] = (w.flags[r] != 0) & (c["sensor"][sl] == 0)
-            c["sensor"][sl] = w.flags[r]
+            c["judged"][sl] = np.where(open_, False, failed | c["judged"][sl] | late)
+            c["alarm_w"][sl] = np.where(open_, wi, np.where(failed, -1, aw))
+            c["closed_w"][sl] = np.where(close, wi, np.where(failed, -1, c["closed_w"][sl]))
+            c["alarm"][sl] = (alarm | open_) & ~close
+            tell = open_ | update
+            c["alarm_mode"][sl] = np.where(tell, mode, c["alarm_mode"][sl])
+            c["alarm_lead"][sl] = np.where(tell, lead, c["alarm_lead"][sl])
+            c["above"][sl] = np.where(failed, 0, above)
+            c["alarms"][sl] += open_
+            c["failures"][sl] += failed
+            w.state[r] = np.select([open_, update, close], [1, 2, 3], 0)
+            # sensor-fault episodes: open on the first flagged window, close after clean ones
+            f, active = w.flags[r], c["sensor"][sl] != 0
+            ok = np.where(f == 0, c["sensor_ok"][sl] + 1, 0)
+            s_open = ~active & (f != 0)
+            s_close = active & (ok >= cfg.sensor_clear)
+            w.sensor_state[r] = np.select([s_open, s_close], [1, 3], 0)
+            w.sensor_rep[r] = np.where(s_open, f, c["sensor"][sl])
+            c["sensor"][sl] = np.where(s_close | ~(active | s_open), 0, c["sensor"][sl] | f)
+            c["sensor_ok"][sl] = ok
             due = (wi - c["health_w"][sl] >= cfg.health_every) | (
                 np.abs(risk - c["health_risk"][sl]) >= cfg.health_delta
             )
-            due |= raise_ | clear | w.failed[r]
+            due |= open_ | close | failed
             w.send[r] = due
             c["health_w"][sl] = np.where(due, wi, c["health_w"][sl])
             c["health_risk"][sl] = np.where(due, risk, c["health_risk"][sl])
             c["risk"][sl] = risk
-        batch.count("windows", len(w.gid))
-        batch.count("device_hours", len(w.gid) * cfg.window_ms / HOUR_MS)
+        batch.count("windows", n)
+        batch.count("device_hours", n * cfg.window_ms / HOUR_MS)
         alarms, sensors = outputs(self.brain, w, batch, cfg)
         health = health_rows(self.brain, w, batch, c)
-        # what is learned and kept per device: mode and lead estimate of its latest window
+        # what is kept per device: mode and lead estimate of its latest window
         c["mode"][w.slot] = w.mode
         c["lead_h"][w.slot] = w.lead
         batch.emit("maintenance", pa.concat_tables([alarms, sensors]))
