@@ -72,7 +72,8 @@ class MaintenanceConfig:
     reset: float = 0.25  # ... and below which it closes
     confirm: int = 2  # windows in a row above the threshold
     lead_change_h: float = 6.0  # a lead-time estimate moving this much is a material change
-    sensor_clear: int = 3  # clean windows that close a sensor-fault episode
+    sensor_confirm: int = 2  # flagged windows in a row that open a sensor-fault episode
+    sensor_clear: int = 3  # clean windows that close it
     detector: DetectorConfig = DetectorConfig()
     warmup_windows: int = 48  # a device needs two days of baseline before it is scored
     negative_share: float = 0.25  # of healthy windows the classifier learns from
@@ -127,6 +128,7 @@ class Machine(EntityKind):
         "above": "int64",
         "sensor": "int64",  # sensor flags of the open fault episode (0: none)
         "sensor_ok": "int64",  # clean windows since the last flagged one
+        "sensor_bad": "int64",  # flagged windows in a row
         "det": ("float64", 0.0, N_DET),
         "health_w": ("int64", -1),
         "health_risk": "float64",
@@ -262,7 +264,9 @@ class Machine(EntityKind):
             # sensor-fault episodes: open on the first flagged window, close after clean ones
             f, active = w.flags[r], c["sensor"][sl] != 0
             ok = np.where(f == 0, c["sensor_ok"][sl] + 1, 0)
-            s_open = ~active & (f != 0)
+            bad = np.where(f != 0, c["sensor_bad"][sl] + 1, 0)
+            s_open = ~active & (bad >= cfg.sensor_confirm)  # a lone odd window is no fault
+            c["sensor_bad"][sl] = bad
             s_close = active & (ok >= cfg.sensor_clear)
             w.sensor_state[r] = np.select([s_open, s_close], [1, 3], 0)
             w.sensor_rep[r] = np.where(s_open, f, c["sensor"][sl])
