@@ -3,8 +3,9 @@
 For each customer (a row of the inputs):
 
 * **taste** - the nearest in-stock products to the customer's taste vector (vector search);
-* **context** - the nearest to what they are doing now: the cart's products, else the
-  last few viewed (vector search);
+* **cart** - the nearest to the products in the open cart (vector search; the cart's
+  mean embedding, or the last few viewed when there is no cart, also scores every
+  candidate as the "context");
 * **bought together** - what is carted after the context's products (co-occurrence);
 * **viewed** - what they looked at lately and have not bought;
 * **popular** - the window's best sellers (what a new customer gets).
@@ -73,6 +74,7 @@ def rank(
     weights: RankWeights = RankWeights(),  # noqa: B008 (frozen)
     candidates: int = 40,
     max_per_category: int | None = None,
+    context_search: bool = True,
 ) -> Offers:
     """Offers for each row of ``taste`` (q x dim; zero: unknown) given catalog rows of what
     each customer viewed lately (``recent``, oldest first), has in the cart and bought
@@ -85,11 +87,17 @@ def rank(
     ctx = np.where(has_cart[:, None], _last(cart, 3), recent[:, -3:])
     ctx_vec = _mean_vectors(products, ctx)
     t_unit = _unit(taste)
-    # one search for both: taste and context queries of every customer together
+    # one search for both: the taste of everyone, the cart of those who have one (near
+    # the last viewed added nothing to the hit-rate: they are candidates themselves)
+    carts = np.flatnonzero(has_cart) if context_search else np.zeros(0, np.int64)
     both, _ = index.search(
-        np.concatenate([t_unit, ctx_vec]), candidates, exclude=np.concatenate([exclude, exclude])
+        np.concatenate([t_unit, ctx_vec[carts]]),
+        candidates,
+        exclude=np.concatenate([exclude, exclude[carts]]),
     )
-    t_ids, c_ids = both[:q], both[q:, : candidates // 2]
+    t_ids = both[:q]
+    c_ids = np.full((q, candidates // 2), -1, np.int64)
+    c_ids[carts] = both[q:, : candidates // 2]
     pop_rows, pop_sales = cooc.popular(candidates)
     co = [
         cooc.successors(np.concatenate([ctx[i], _last(recent[i : i + 1], 3)[0]]), candidates)

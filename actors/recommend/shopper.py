@@ -68,9 +68,12 @@ class RecommendConfig:
     type_weights: tuple[float, float, float] = (1.0, 3.0, 5.0)  # view, add_to_cart, purchase
     window_ms: int = 7 * DAY_MS  # co-occurrence and best sellers: the last week
     panes: int = 7
-    nprobe: int = 8
+    #: lists of the in-memory index searched per query: 4 of ~sqrt(catalog) found the same
+    #: hit-rate as 8 on a 1M catalog (0.0161 vs 0.0159) at half the cost
+    nprobe: int = 4
     candidates: int = 40
     max_per_category: int | None = 4
+    context_search: bool = True  # also search near the open cart (else: the taste only)
     weights: RankWeights = field(default_factory=RankWeights)
     offers: bool = True  # publish offers on add_to_cart
 
@@ -297,6 +300,7 @@ class Customer(EntityKind):
             cfg.weights,
             cfg.candidates,
             cfg.max_per_category,
+            cfg.context_search,
         )
 
     def _lists(self, offers, inv: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:  # noqa: ANN001

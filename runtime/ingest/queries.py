@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from runtime.cluster.handles import resolve
+from runtime.cluster.handles import resolve_async
 from runtime.errors import ConfigError, EdgecoreError
 from runtime.state.keys import hash_keys, shard_of
 
@@ -122,7 +122,6 @@ class QueryBatcher:
         return await future
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 batch = self._pending[: self.max_batch]
@@ -136,7 +135,7 @@ class QueryBatcher:
                     keys = [batch[i][0] for i in members]
                     kwargs = batch[members[0]][1]
                     try:
-                        got = await loop.run_in_executor(None, self._call, keys, kwargs)
+                        got = await self._call(keys, kwargs)
                     except Exception as err:  # the shards' error is each request's answer
                         for i in members:
                             if not batch[i][2].done():
@@ -148,7 +147,7 @@ class QueryBatcher:
         finally:
             self._running = False
 
-    def _call(self, keys: list[str], kwargs: dict[str, Any]) -> list[Any]:
+    async def _call(self, keys: list[str], kwargs: dict[str, Any]) -> list[Any]:
         """One ``call_many`` per shard holding some of ``keys``; results in key order."""
         arr = pa.array(keys, pa.string())
         sid = shard_of(hash_keys(arr), len(self.shards))
@@ -158,7 +157,7 @@ class QueryBatcher:
             for i, p in asked
         ]
         out: list[Any] = [None] * len(keys)
-        for (_, p), got in zip(asked, resolve(futures), strict=True):
+        for (_, p), got in zip(asked, await resolve_async(futures), strict=True):
             for j, r in zip(p.tolist(), got, strict=True):
                 out[j] = r
         return out
