@@ -172,7 +172,7 @@ class Customer(EntityKind):
         c["last_ts"][gslot] = np.maximum(c["last_ts"][gslot], np.maximum.reduceat(ts, gstart))
         batch.count("unknown_products", int(((prow < 0) & (etype >= 0)).sum()))
         if cfg.offers and carted.any():
-            self._offers(batch, order, carted, grp, gslot)
+            self._offers(batch, order, carted, grp, gslot, prow)
 
     def _carts(
         self,
@@ -232,14 +232,17 @@ class Customer(EntityKind):
         carted: np.ndarray,
         grp: np.ndarray,
         gslot: np.ndarray,
+        prow: np.ndarray,
     ) -> None:
-        """One ``offers`` row per add_to_cart event, from its customer's state now."""
+        """One ``offers`` row per add_to_cart event, from its customer's state after the
+        batch, never offering the product that event carted (a session that ended later in
+        the batch leaves the cart empty)."""
         rows = np.flatnonzero(carted)
         groups, inv = np.unique(grp[rows], return_inverse=True)
         offers = self._rank(batch.state.cols, gslot[groups], self.config.k)
         src = pa.array(order[rows])
         ev = batch.events
-        ids, scores, reasons = self._lists(offers, inv)
+        ids, scores, reasons = self._lists(offers, inv, drop=prow[rows])
         now = int(time.time() * 1000)
         batch.emit(
             "offers",
@@ -303,10 +306,18 @@ class Customer(EntityKind):
             cfg.context_search,
         )
 
-    def _lists(self, offers, inv: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:  # noqa: ANN001
-        """Offers as list columns, row ``inv[i]`` of ``offers`` for output row ``i``."""
+    def _lists(
+        self,
+        offers,  # noqa: ANN001
+        inv: np.ndarray,
+        drop: np.ndarray | None = None,
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """Offers as list columns, row ``inv[i]`` of ``offers`` for output row ``i``
+        (without catalog row ``drop[i]``)."""
         rows = offers.rows[inv]
         valid = rows >= 0
+        if drop is not None:
+            valid &= rows != drop[:, None]
         counts = valid.sum(axis=1)
         offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         ids = self.products.ids.take(pa.array(rows[valid]))
