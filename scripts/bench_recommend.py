@@ -15,8 +15,9 @@ One run does:
    ranking's weights were chosen on the default seed (7), never on these;
 3. **latency** - ``edgecore serve --app recommend`` as a subprocess on that data folder;
    an open-loop client sends ``GET /v1/recommend?customer=C&k=10`` at ``--rps`` for
-   ``--seconds`` while posting ``add_to_cart`` events at ``--cart-rate``; the p50/p99 of
-   the answers, and of each cart add's offers (``offered_at`` minus the moment the POST
+   ``--seconds`` (after the same at each rate of ``--curve``, 300 and 600) while posting
+   ``add_to_cart`` events at ``--cart-rate``; the p50/p99 of the answers, and of each cart
+   add's offers (``offered_at`` minus the moment the POST
    was sent) read back from the ``offers`` table after the server stopped.
 
 The issue's targets: hit-rate@10 >= 2x popularity and >= 1.3x co-occurrence; p99 of
@@ -145,12 +146,15 @@ async def load(
 def serve_latency(
     data: Path, args: argparse.Namespace, customers: int, first_id: int = 10**12
 ) -> dict[str, Any]:
-    """``edgecore serve`` on ``data`` under load; cart adds get event ids from ``first_id``
-    on (ids the folder has seen are duplicates, and get no new offers)."""
+    """``edgecore serve`` on ``data``, loaded at each rate of ``--curve`` and then at
+    ``--rps``; cart adds get event ids from ``first_id`` on (ids the folder has seen are
+    duplicates, and get no new offers)."""
     port = free_port()
     cmd = [sys.executable, "-m", "runtime.cli", "serve", "--app", "recommend", "--data", str(data)]
     cmd += ["--shards", str(args.shards), "--http", f"127.0.0.1:{port}"]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    rates = [*args.curve, args.rps]
+    runs: list[tuple[list[float], dict[int, float], int]] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -168,31 +172,48 @@ def serve_latency(
         startup = time.perf_counter() - t0
         # warm up: the first answers load code paths and connections
         asyncio.run(load(port, customers, 50, 2, 0, 0))
-        lat, sent, errors = asyncio.run(
-            load(port, customers, args.rps, args.seconds, args.cart_rate, first_id)
-        )
+        for i, rps in enumerate(rates):
+            ids = first_id + i * 10**9
+            runs.append(asyncio.run(load(port, customers, rps, args.seconds, args.cart_rate, ids)))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     offers = Store(data).read("offers", columns=["event_id", "offered_at"])
-    ids = offers["event_id"].to_numpy()
-    at = offers["offered_at"].cast("int64").to_numpy()
-    mine = np.isin(ids, np.fromiter(sent, np.int64))
-    offer_lat = np.array([at[i] - sent[int(ids[i])] for i in np.flatnonzero(mine)])
-    lat_a = np.array(lat)
+    offered = dict(
+        zip(
+            offers["event_id"].to_pylist(),
+            offers["offered_at"].cast("int64").to_pylist(),
+            strict=True,
+        )
+    )
+    curve = []
+    for rps, (lat, sent, errors) in zip(rates, runs, strict=True):
+        waits = np.array([offered[e] - t for e, t in sent.items() if e in offered])
+        lat_a = np.array(lat)
+        curve.append(
+            {
+                "rps": rps,
+                "requests": len(lat),
+                "errors": errors,
+                "recommend_p50_ms": _pct(lat_a, 50),
+                "recommend_p99_ms": _pct(lat_a, 99),
+                "recommend_max_ms": round(float(lat_a.max()), 2) if len(lat_a) else None,
+                "cart_adds": len(sent),
+                "offers_seen": len(waits),
+                "offers_p50_ms": _pct(waits, 50),
+                "offers_p99_ms": _pct(waits, 99),
+            }
+        )
     return {
         "serve_startup_s": round(startup, 1),
-        "requests": len(lat),
         "target_rps": args.rps,
-        "errors": errors,
-        "recommend_p50_ms": round(float(np.percentile(lat_a, 50)), 2),
-        "recommend_p99_ms": round(float(np.percentile(lat_a, 99)), 2),
-        "recommend_max_ms": round(float(lat_a.max()), 2),
-        "cart_adds": len(sent),
-        "offers_seen": int(mine.sum()),
-        "offers_p50_ms": round(float(np.percentile(offer_lat, 50)), 2) if len(offer_lat) else None,
-        "offers_p99_ms": round(float(np.percentile(offer_lat, 99)), 2) if len(offer_lat) else None,
+        **curve[-1],
+        "curve": curve,
     }
+
+
+def _pct(x: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(x, q)), 2) if len(x) else None
 
 
 def main() -> None:
@@ -201,7 +222,13 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=50_000)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--alt-products", type=int, default=200_000)
-    ap.add_argument("--rps", type=float, default=1000)
+    ap.add_argument("--rps", type=float, default=1000, help="the target rate (reported on top)")
+    ap.add_argument(
+        "--curve",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[300.0, 600.0],
+        help="rates measured first, on the same server: where the latency bends",
+    )
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--cart-rate", type=float, default=100)
     # serve's default on this 2-core machine (half the CPUs): one shard answered 1,000
@@ -234,8 +261,11 @@ def main() -> None:
         print(json.dumps(out))
         return
     for k, v in out.items():
-        if k != "worlds":
+        if k not in ("worlds", "curve"):
             print(f"{k:32} {v}")
+    print("\n[latency by rate]")
+    for c in out["curve"]:
+        print(f"  {c}")
     for name, w in out["worlds"].items():
         print(f"\n[{name}]")
         for k, v in w.items():

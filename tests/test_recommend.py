@@ -195,7 +195,9 @@ def test_recommend_never_offers_the_cart_what_is_out_of_stock_or_was_just_bought
     assert in_carts > 10  # some customers were mid-session with a cart
     # k is honoured, and a single answer equals the same customer's answer in a batch
     assert len(rt.ref("shoppers", "c5").call("recommend", k=3)["product_ids"]) == 3
-    assert rt.ref("shoppers", "c5").call("recommend", k=10) == answers[5]
+    # for every customer: no score may depend on who else is in the batch
+    for i in range(0, len(customers), max(1, len(customers) // 25)):
+        assert rt.ref("shoppers", customers[i]).call("recommend", k=10) == answers[i], i
 
 
 def test_an_unknown_customer_gets_best_sellers(world, products):

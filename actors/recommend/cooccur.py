@@ -41,6 +41,7 @@ class CoOccurrence:
         #: product's appeal shows before it sells (a catalog of a million has few sales each)
         self.interest = SlidingCounts(window_ms, panes)
         self._top: tuple[np.ndarray, np.ndarray] | None = None
+        self._most: float | None = None  # the largest interest in the window
 
     def add_pairs(self, a: np.ndarray, b: np.ndarray, ts: np.ndarray) -> None:
         """Count ``a[i] -> b[i]`` at event time ``ts[i]`` (pairs of a product with itself
@@ -55,11 +56,24 @@ class CoOccurrence:
     def add_interest(self, rows: np.ndarray, ts: np.ndarray, weights: np.ndarray) -> None:
         """Interactions with products (weighted by kind), for their appeal."""
         self.interest.add(rows, ts, weights)
+        self._most = None
+
+    def appeal(self, rows: np.ndarray) -> np.ndarray:
+        """Each product's interest in the window, log-scaled to [0, 1] against the most
+        wanted product's (the same scale for every query, whoever else is asked with it)."""
+        if self._most is None:
+            self._most = float(self.interest.counts.max(initial=0.0))
+        if self._most <= 0:
+            return np.zeros(np.shape(rows), np.float32)
+        got = self.interest.get(np.ravel(rows)).reshape(np.shape(rows))
+        return (np.log1p(got) / np.log1p(self._most)).astype(np.float32)
 
     def advance(self, now_ms: int) -> None:
         """Event time reached ``now_ms`` (pairs and sales older than the window leave)."""
         self.pairs.advance(now_ms)
-        self.interest.advance(now_ms)
+        if now_ms > self.interest.now:
+            self.interest.advance(now_ms)
+            self._most = None
         if now_ms > self.sales.now:
             self.sales.advance(now_ms)
             self._top = None
@@ -119,4 +133,5 @@ class CoOccurrence:
         self.sales = SlidingCounts.from_arrays(arrays, "sales_")
         self.interest = SlidingCounts.from_arrays(arrays, "interest_")
         self._top = None
+        self._most = None
         return self

@@ -98,7 +98,7 @@ def rank(
     t_ids = both[:q]
     c_ids = np.full((q, candidates // 2), -1, np.int64)
     c_ids[carts] = both[q:, : candidates // 2]
-    pop_rows, pop_sales = cooc.popular(candidates)
+    pop_rows, _ = cooc.popular(candidates)
     co = [
         cooc.successors(np.concatenate([ctx[i], _last(recent[i : i + 1], 3)[0]]), candidates)
         for i in range(q)
@@ -118,10 +118,7 @@ def rank(
     feats[1] = np.clip(np.einsum("qcd,qd->qc", vec, ctx_vec), 0, None)
     feats[2] = _lookup(cand, co_rows, co_p)
     feats[3] = _isin_rows(cand, recent)
-    appeal = np.where(valid, cooc.interest.get(rows.ravel()).reshape(rows.shape), 0.0)
-    top = float(appeal.max(initial=0.0))
-    if top > 0:  # log-scaled, relative to the most wanted candidate of the batch
-        feats[4] = np.log1p(appeal) / np.log1p(top)
+    feats[4] = np.where(valid, cooc.appeal(rows), 0.0)
     contrib = feats * weights.vector()[:, None, None]
     score = np.where(valid, contrib.sum(axis=0), -np.inf)
     if max_per_category is not None:

@@ -114,7 +114,7 @@ class Customer(EntityKind):
         return ("customer_id", "session_id", "event_type", "product_id", "ts")
 
     # -- life cycle ---------------------------------------------------------------------------
-    def open(self, store: Store) -> None:
+    def on_start(self, store: Store) -> None:
         cfg: RecommendConfig = self.config
         self.products = Products.load(store, cfg.catalog_table, nprobe=cfg.nprobe)
         if self.products.dim != DIM:
@@ -132,7 +132,7 @@ class Customer(EntityKind):
         return self.cooc.to_bytes() if self.cooc is not None else None
 
     def restore_shard(self, blob: bytes) -> None:
-        self._saved_cooc = blob  # the catalog it indexes is read in open()
+        self._saved_cooc = blob  # the catalog it indexes is read in on_start()
 
     # -- the hot path -------------------------------------------------------------------------
     def apply(self, batch: Batch) -> None:

@@ -168,7 +168,7 @@ class EntityKind:
         }
 
     # -- behaviour -----------------------------------------------------------------------
-    def open(self, store: Store) -> None:
+    def on_start(self, store: Store) -> None:
         """Hook: the shard hosting this instance starts, over the data folder's ``store``
         (read what the kind serves from, e.g. a catalog table). Keep it quick: shards
         start in parallel, and the stream waits for them."""

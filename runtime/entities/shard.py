@@ -124,7 +124,7 @@ class Shard(EntityCalls):
             kind_cls, Store(data_dir), max_active, idle_seconds, clock, self.counters, self.site
         )
         self.state = self.res.state
-        self.kind.open(self.res.store)
+        self.kind.on_start(self.res.store)
         self.res.warm_start(shard_id, n_shards)
 
     # -- event time --------------------------------------------------------------------------
