@@ -125,12 +125,14 @@ def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
     try:
         return ray.get(list(futures), timeout=timeout)
     except ray.exceptions.RayTaskError as err:
-        cause = err.as_instanceof_cause()
-        if isinstance(cause, EdgecoreError):
-            raise cause from None
+        # the actor's own error as it raised it: its message, not Ray's header (the
+        # as_instanceof_cause() wrapper prints only "ray::Actor.method() (pid=...)")
         inner = getattr(err, "cause", None)
         if isinstance(inner, EdgecoreError):
             raise inner from None
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, EdgecoreError):
+            raise cause from None
         raise ActorFailedError(f"an actor call failed: {err}") from err
     except ray.exceptions.RayActorError as err:
         raise ActorFailedError(
