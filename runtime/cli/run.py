@@ -110,9 +110,10 @@ def demo(
         "eu-1..eu-N), with --edge-app's stream handled at the edges alongside --app's.",
     ),
     edge_app_name: str = typer.Option(
-        "devices",
+        "maintenance",
         "--edge-app",
-        help="With --edges: the site-partitioned app whose demo runs at the edges.",
+        help="With --edges: the site-partitioned app whose demo runs at the edges "
+        "(maintenance: failure predictions with lead times; devices: plain telemetry).",
     ),
     edge_events: int = typer.Option(
         0,
