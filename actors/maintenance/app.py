@@ -55,6 +55,10 @@ def median_from_bins(counters: dict[str, float]) -> float | None:
     return float(hours[np.searchsorted(cum, cum[-1] / 2.0)] + 0.5)
 
 
+def _at_most(x: float | None, cap: float) -> float | None:
+    return None if x is None else min(x, cap)
+
+
 def summarize(counters: dict[str, float]) -> dict[str, Any]:
     """Alarms, what crossed to the core, and the edges' own score of their alarms."""
     days = counters.get("device_hours", 0) / 24.0
@@ -62,7 +66,8 @@ def summarize(counters: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "failures": failures,
         "predicted": int(counters.get("predicted", 0)),
-        "median_lead_time_h": median_from_bins(counters),
+        # a bin's middle, but never past the horizon (a lead of exactly H is bin H)
+        "median_lead_time_h": _at_most(median_from_bins(counters), HORIZON_H),
         "horizon_h": HORIZON_H,
         "false_alarms_per_100_device_days": (
             round(100.0 * counters.get("false_alarms", 0) / days, 3) if days else None
