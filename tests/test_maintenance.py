@@ -287,3 +287,28 @@ def test_demo_through_the_cli(tmp_path):
         assert key in out, key
     assert out["events"] == 200_000 and out["horizon_h"] == 24.0
     assert out["failures"] > 0 and out["device_days"] > 0
+
+
+def test_demo_on_a_simulated_cluster_predicts_at_the_edges(tmp_path):
+    """`edgecore demo --edges 2` as users run it: the transactions at the core and, by
+    default, the maintenance app at the two edges, with its predictions in the JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "demo", "--edges", "2", "--json"]
+        + ["--events", "200000", "--data", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    edge = out["maintenance"]
+    assert edge["sites"] == ["eu-1", "eu-2"] and edge["events"] == 40_000
+    assert edge["failures"] >= 1 and 0 <= edge["predicted"] <= edge["failures"]
+    assert edge["horizon_h"] == 24.0 and edge["sensor_faults_reported"] == 0
+    # the machines ran at their sites' edge nodes, the customers at the core
+    where = {p["actor"]: (p["role"], p["site"]) for p in out["placement"]}
+    machines = [v for k, v in where.items() if "machines" in k]
+    assert machines and all(role == "edge" for role, _ in machines), where

@@ -11,6 +11,8 @@ site to the core: work never waits for a node that is not there.
 >>> policy = DefaultPolicy(overrides={"alerts": Placement("edge", "eu-1")})
 >>> policy.place(ActorSpec("shard:devices:eu-2:0", "shard", "devices", site="eu-2"))
 Placement(role='edge', site='eu-2')
+>>> policy.place(ActorSpec("shard:machines:eu-1:0", "shard", "machines", site="eu-1"))
+Placement(role='edge', site='eu-1')
 >>> policy.place(ActorSpec("shard:customers:0", "shard", "customers"))
 Placement(role='core', site=None)
 >>> policy.place(ActorSpec("topic:alerts", "topic", "alerts"))
@@ -68,6 +70,8 @@ class PlacementPolicy(Protocol):
 class DefaultPolicy:
     """Device-side work at the edge of its site; profiles, models, analytics and topics at the core.
 
+    The shards of a kind partitioned by site (``site_key``: their entities are the site's
+    devices) run at that site's edge, as do ``edge_kinds`` and ``edge_stages``.
     ``overrides`` maps an entity kind, stage, topic or sink name to a placement; an
     edge override without a site runs at the site of the data the actor serves.
     """
@@ -80,8 +84,11 @@ class DefaultPolicy:
         if spec.group in self.overrides:
             p = self.overrides[spec.group]
             return Placement(p.role, p.site or (spec.site if p.role == "edge" else None))
-        if (spec.kind == "shard" and spec.group in self.edge_kinds) or (
-            spec.kind == "stage" and spec.group in self.edge_stages
+        site_shard = spec.kind == "shard" and spec.site is not None
+        if (
+            site_shard
+            or (spec.kind == "shard" and spec.group in self.edge_kinds)
+            or (spec.kind == "stage" and spec.group in self.edge_stages)
         ):
             return Placement("edge", spec.site)
         return Placement("core", None)
