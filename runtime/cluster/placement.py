@@ -70,13 +70,14 @@ class PlacementPolicy(Protocol):
 class DefaultPolicy:
     """Device-side work at the edge of its site; profiles, models, analytics and topics at the core.
 
-    The shards of a kind partitioned by site (``site_key``: their entities are the site's
-    devices) run at that site's edge, as do ``edge_kinds`` and ``edge_stages``.
+    ``edge_kinds`` run at the edge of their site; None (the default) means every kind
+    partitioned by site (``site_key``: its entities are the site's devices), a set names
+    them (``[]``: none). ``edge_stages`` run at the edge too.
     ``overrides`` maps an entity kind, stage, topic or sink name to a placement; an
     edge override without a site runs at the site of the data the actor serves.
     """
 
-    edge_kinds: frozenset[str] = frozenset({"devices"})
+    edge_kinds: frozenset[str] | None = None
     edge_stages: frozenset[str] = frozenset({"ingest", "validate", "pre_aggregate"})
     overrides: Mapping[str, Placement] = field(default_factory=dict)
 
@@ -84,11 +85,11 @@ class DefaultPolicy:
         if spec.group in self.overrides:
             p = self.overrides[spec.group]
             return Placement(p.role, p.site or (spec.site if p.role == "edge" else None))
-        site_shard = spec.kind == "shard" and spec.site is not None
-        if (
-            site_shard
-            or (spec.kind == "shard" and spec.group in self.edge_kinds)
-            or (spec.kind == "stage" and spec.group in self.edge_stages)
+        at_edge = (
+            spec.site is not None if self.edge_kinds is None else spec.group in self.edge_kinds
+        )
+        if (spec.kind == "shard" and at_edge) or (
+            spec.kind == "stage" and spec.group in self.edge_stages
         ):
             return Placement("edge", spec.site)
         return Placement("core", None)
@@ -107,8 +108,9 @@ class DefaultPolicy:
         if unknown:
             raise ConfigError(f"placement file {p}: unknown keys {sorted(unknown)}")
         overrides = {k: Placement(**v) for k, v in data.get("overrides", {}).items()}
+        kinds = data.get("edge_kinds")
         return cls(
-            edge_kinds=frozenset(data.get("edge_kinds", cls.edge_kinds)),
+            edge_kinds=None if kinds is None else frozenset(kinds),
             edge_stages=frozenset(data.get("edge_stages", cls.edge_stages)),
             overrides=overrides,
         )
