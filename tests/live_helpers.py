@@ -21,6 +21,22 @@ from urllib.error import HTTPError, URLError
 import psutil
 
 
+def cli_json(cwd: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """``edgecore ARGS --json`` as users run it (a subprocess, embedded Ray), from the
+    repository's code; its one JSON object, after asserting it exited 0."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,15 +5,13 @@ user runs it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from live_helpers import cli_json
 
 from actors.maintenance.app import READINGS, make_app
 from actors.maintenance.brain import Brain
@@ -251,31 +249,10 @@ def test_schema_column_for_every_reading_field():
 
 # -- the demo as users run it --------------------------------------------------------------------
 def test_demo_through_the_cli(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "demo",
-            "--app",
-            "maintenance",
-            "--json",
-            "--events",
-            "200000",
-            "--data",
-            str(tmp_path / "d"),
-            "--shards",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout)
+    out = cli_json(
+        tmp_path, "demo", "--app", "maintenance", "--events", "200000", "--shards", "1",
+        "--data", str(tmp_path / "d"),
+    )  # fmt: skip
     for key in (
         "failures",
         "predicted",
@@ -292,18 +269,9 @@ def test_demo_through_the_cli(tmp_path):
 def test_demo_on_a_simulated_cluster_predicts_at_the_edges(tmp_path):
     """`edgecore demo --edges 2` as users run it: the transactions at the core and, by
     default, the maintenance app at the two edges, with its predictions in the JSON."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "demo", "--edges", "2", "--json"]
-        + ["--events", "200000", "--data", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
+    out = cli_json(
+        tmp_path, "demo", "--edges", "2", "--events", "200000", "--data", str(tmp_path / "d")
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout)
     edge = out["maintenance"]
     assert edge["sites"] == ["eu-1", "eu-2"] and edge["events"] == 40_000
     assert edge["failures"] >= 1 and 0 <= edge["predicted"] <= edge["failures"]

@@ -5,11 +5,8 @@ asked for with ``GET /v1/recommend``; and ``edgecore demo --app recommend --json
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -17,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.error import HTTPError
 
 import pytest
-from live_helpers import Serve, get, ndjson, post
+from live_helpers import Serve, cli_json, get, ndjson, post
 
 from actors.recommend.catalog import CommerceConfig, catalog_table
 from actors.recommend.generator import events_table
@@ -124,29 +121,10 @@ def test_offers_land_in_the_offers_table_after_stop(served):
 
 
 def test_demo_json(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runtime.cli",
-            "demo",
-            "--app",
-            "recommend",
-            "--json",
-            "--events",
-            "60000",
-            "--customers",
-            "2000",
-            "--data",
-            str(tmp_path / "d"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
+    out = cli_json(
+        tmp_path, "demo", "--app", "recommend", "--events", "60000", "--customers", "2000",
+        "--data", str(tmp_path / "d"), timeout=300,
+    )  # fmt: skip
     report = json.dumps(out)
     for name in ("hit_rate_at_10", "popularity_hit_rate_at_10", "cooccurrence_hit_rate_at_10"):
         assert f'"{name}"' in report, out
