@@ -14,7 +14,6 @@ from runtime.cli.common import (
     dumps,
     emit,
     err,
-    fail,
     out,
     plain,
     user_errors,
@@ -148,38 +147,16 @@ def tail(
 ) -> None:
     """Follow a topic of a running runtime live (as its own consumer group)."""
     import time
-    import uuid
 
-    from runtime.cluster import names as actor_names
-    from runtime.cluster.handles import attach, named_actors, resolve
+    from runtime.cluster.handles import attach
+    from runtime.topics.follow import Follower
 
     attach(address, hard=True)
-    topics = named_actors(actor_names.TOPIC_PREFIX)
-    handle = topics.get(actor_names.topic(topic))
-    hosted = _hosted_topics()  # a kind's outputs live in its shards
-    from runtime.topics.clients import TopicClient
-
-    handle = TopicClient(handle) if handle is not None else None
-    if handle is None and topic in hosted:
-        from runtime.entities.clients import ShardClient
-        from runtime.topics.colocated import ColocatedTopic
-
-        shards = named_actors(actor_names.SHARD_PREFIX)
-        hosts = [ShardClient(shards[n]) for n in hosted[topic] if n in shards]
-        handle = ColocatedTopic(topic, hosts)
-    if handle is None:
-        known = sorted({*(t.removeprefix(actor_names.TOPIC_PREFIX) for t in topics), *hosted})
-        fail(f"no topic {topic!r} in the runtime at {address}; topics: {known}")
-    from runtime.topics.topic import next_offsets
-
-    group = f"tail-{uuid.uuid4().hex[:8]}"
-    start = "earliest" if from_beginning else "latest"
+    follower = Follower(topic, from_beginning, prefix="tail")
     shown, last = 0, time.monotonic()
     try:
         while not limit or shown < limit:
-            rows = resolve(
-                [handle.poll(group, min(1_000, limit - shown) if limit else 1_000, start)]
-            )[0]
+            rows = follower.poll(min(1_000, limit - shown) if limit else 1_000)
             if rows.num_rows == 0:
                 if idle_timeout and time.monotonic() - last > idle_timeout:
                     break
@@ -196,13 +173,5 @@ def tail(
                     )
                 )
             shown += rows.num_rows
-            resolve([handle.commit(group, next_offsets(rows))])
     except KeyboardInterrupt:
         pass
-
-
-def _hosted_topics() -> dict[str, list[str]]:
-    """Topics whose partitions live in shards, as the running runtime's board lists them."""
-    from runtime.cluster.status import read_board
-
-    return read_board().get("topics", {})
