@@ -19,6 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.observe.server import CONTENT_TYPE
 
 
+LAT = "edgecore_ingest_latency_seconds"
+
+
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == CONTENT_TYPE
@@ -82,7 +85,13 @@ def test_scraped_counters_reconcile_with_what_was_posted(tmp_path):
             got = scrape(mport)
             dead = sum(v for k, v in got.items() if k[0] == "edgecore_dead_letters_total")
             cps = got.get(("edgecore_checkpoints_total", (("app", "fraud"),)), 0)
-            if events(got, "input") == posted["input"] and dead == 30 and cps >= 1:
+            applied = got.get((f"{LAT}_count", (("app", "fraud"), ("stage", "applied"))), 0)
+            if (
+                events(got, "input") == posted["input"]
+                and dead == 30
+                and cps >= 1
+                and applied == posted["accepted"]  # each accepted row applied once
+            ):
                 break  # dead letters by reason arrive with a checkpoint (every 2 s here)
             assert time.monotonic() < deadline, (got, posted)
             time.sleep(0.5)
@@ -98,6 +107,18 @@ def test_scraped_counters_reconcile_with_what_was_posted(tmp_path):
         }
         assert fields == {"customer_id": 20, "amount": 10}
         assert any(k[0] == "edgecore_entities_active" for k in got)
+        # ingest -> applied latency: every row in some bucket, none negative, and the
+        # bucket counts cumulative up to the count
+        lat = {k: v for k, v in got.items() if k[0].startswith(LAT)}
+        applied_labels = (("app", "fraud"), ("stage", "applied"))
+        buckets = sorted(
+            (float(dict(k[1])["le"]), v)
+            for k, v in lat.items()
+            if k[0] == f"{LAT}_bucket" and dict(k[1])["stage"] == "applied"
+        )
+        assert buckets[-1] == (float("inf"), posted["accepted"])
+        assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False))
+        assert 0 < lat[(f"{LAT}_sum", applied_labels)] < 60 * posted["accepted"]
         serve.signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, serve.stderr[-3000:]
     finally:

@@ -78,6 +78,7 @@ def sum_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for s in stats:
         for k, v in s.items():
-            if k != "outbox":
+            # "_lat..." are latency observations (runtime.observe.run), not counts
+            if k != "outbox" and not k.startswith("_lat"):
                 out[k] += v
     return dict(out)

@@ -251,6 +251,8 @@ def _loop(
             setattr(stats, key, getattr(stats, key) + value)
         if counts and metrics is not None:
             metrics.run(stats)
+        if shard_stats and metrics is not None:
+            metrics.latencies(shard_stats)
         if shard_stats:
             run_.counters = sum_stats([run_.counters, *shard_stats])
 

@@ -18,6 +18,7 @@ batches waiting per shard; the next send waits for the oldest).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 #: schema metadata on a batch in flight: the sender's event-time watermark and who sent it
 WATERMARK = b"edgecore.watermark"
 CHANNEL = b"edgecore.channel"
+#: schema metadata on a batch in flight: when its events were taken in (epoch seconds; a
+#: live gate's group commit, else the first send), for the ingest latency histogram
+INGESTED_AT = b"edgecore.ingested_at"
 NO_WATERMARK = -(2**63)
 #: event time far enough ahead to close every window (the end of a bounded stream)
 END_OF_TIME = 2**62
@@ -46,6 +50,18 @@ def tag(table: pa.Table, watermark: int, channel: str) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta[WATERMARK], meta[CHANNEL] = str(int(watermark)).encode(), channel.encode()
     return table.replace_schema_metadata(meta)
+
+
+def stamp(table: pa.Table, at: float) -> pa.Table:
+    """Stamp ``table`` with when its events were taken in (kept by :func:`tag`)."""
+    meta = dict(table.schema.metadata or {})
+    meta[INGESTED_AT] = repr(float(at)).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def ingested_at(table: pa.Table) -> float | None:
+    raw = (table.schema.metadata or {}).get(INGESTED_AT)
+    return float(raw) if raw is not None else None
 
 
 def read_tag(table: pa.Table) -> tuple[int, str] | None:
@@ -80,12 +96,14 @@ class Router:
         watermark: int | None = None,
         channel: str = "source",
         feedback: bool = False,
+        ingested: float | None = None,
     ) -> None:
         """Route ``events`` to their shards without waiting (bounded in flight).
 
         With a ``watermark``, every shard hears of it: those that get rows with the rows,
         the others in a watermark-only call, so their windows fire without new data.
         ``feedback``: the rows are the kind's feedback input (``Shard.feedback``).
+        ``ingested``: when the events were taken in (default: now), for the shards' latency.
         """
         if events.num_rows == 0:
             if watermark is not None:
@@ -107,9 +125,11 @@ class Router:
             bounds = np.searchsorted(sid[order], np.arange(n + 1))
             grouped = events.take(pa.array(order))
             parts = [(i, grouped.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)]
+        at = time.time() if ingested is None else ingested
         for i, part in parts:
             if part.num_rows == 0:
                 continue
+            part = stamp(part, at)
             if watermark is not None:
                 part = tag(part, watermark, channel)
                 self._wm_sent[i] = max(self._wm_sent[i], watermark)

@@ -39,7 +39,7 @@ from runtime.entities.calls import EntityCalls, serialized
 from runtime.entities.grouping import as_keys, group_rows
 from runtime.entities.kind import Batch, EntityKind
 from runtime.entities.residency import Residency
-from runtime.entities.router import NO_WATERMARK, Router, read_tag
+from runtime.entities.router import NO_WATERMARK, Router, ingested_at, read_tag
 from runtime.errors import ConfigError
 from runtime.observe.raymirror import RayCounters
 from runtime.state.store import Store
@@ -115,6 +115,7 @@ class Shard(EntityCalls):
         self._fwd_stats: list[dict[str, float]] = []
         self._pending: list[Any] = []
         self._seq = 0
+        self._ingested: float | None = None  # when the batch being applied was taken in
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
         # straight to Ray's metrics, once per batch (added up, handed over once a second)
         self._ray_rows = RayCounters(
@@ -152,6 +153,7 @@ class Shard(EntityCalls):
     def advance(self, watermark: int, channel: str = "source") -> dict[str, float]:
         """Event time reached ``watermark`` on ``channel``: let the kind fire what is due."""
         self._heard(watermark, channel)
+        self._ingested = None  # what fires now was not just taken in: no latency for it
         batch = self._whole(pa.table({}))
         if batch.watermark is not None and batch.watermark > self._wm_told:
             self.kind.on_watermark(batch)
@@ -184,6 +186,7 @@ class Shard(EntityCalls):
         t0 = time.perf_counter()
         events = unpack(events)
         self._seq += 1
+        self._ingested = ingested_at(events)
         tagged = read_tag(events)
         if tagged is not None:
             self._heard(*tagged)
@@ -221,6 +224,7 @@ class Shard(EntityCalls):
             "outbox": self.res.outbox_size,
             **batch.stats,
             **self._forwarded(),
+            **self._latency(events.num_rows, batch.outputs),
         }
 
     @serialized
@@ -245,7 +249,26 @@ class Shard(EntityCalls):
         self.counters["rows"] += events.num_rows
         self.counters["batches"] += 1
         self.counters["busy_s"] += time.perf_counter() - t0
-        return {"rows": events.num_rows, "outbox": 0, **batch.stats, **self._forwarded()}
+        return {
+            "rows": events.num_rows,
+            "outbox": 0,
+            **batch.stats,
+            **self._forwarded(),
+            **self._latency(events.num_rows, batch.outputs),
+        }
+
+    def _latency(self, rows: int, outputs: dict[str, list[pa.Table]]) -> dict[str, float]:
+        """Seconds from when this batch's events were taken in to now (applied, and each
+        topic's rows published), as ``_lat:<stage>`` with ``_lat_rows:<stage>`` rows: the
+        driver's ingest latency histogram (runtime.observe.run), not counters to add up."""
+        if self._ingested is None:
+            return {}
+        lat = max(0.0, time.time() - self._ingested)
+        out = {"_lat:applied": lat, "_lat_rows:applied": float(rows)}
+        for topic, tables in outputs.items():
+            out[f"_lat:{topic}"] = lat
+            out[f"_lat_rows:{topic}"] = float(sum(t.num_rows for t in tables))
+        return out
 
     def _whole(self, rows: pa.Table) -> Batch:
         """A batch handed to the kind whole: no entity is activated for its rows."""
@@ -259,6 +282,7 @@ class Shard(EntityCalls):
                     pa.concat_tables(tables, promote_options="default"),
                     self.watermark,
                     self.channel,
+                    ingested=self._ingested,  # latency counts from the first ingest
                 )
                 continue
             if topic in self.outlets:  # a partition hosted here: a local call, no hop

@@ -127,9 +127,9 @@ class Dispatching:
                 et = self.app.event_time
                 self.marks.observe_table(item.events, et.column, et.partition, self.name)
                 watermark = self.marks.current()
-            self.router.send(item.events, watermark)
+            self.router.send(item.events, watermark, ingested=item.at)
         if item.labels is not None and item.labels.num_rows:
-            self.router.send(item.labels, feedback=True)
+            self.router.send(item.labels, feedback=True, ingested=item.at)
         self._handover.sent(item)
         self.position = item.seq + 1
 

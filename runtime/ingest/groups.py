@@ -10,10 +10,11 @@ takes whole groups only.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +54,8 @@ class Logged:
     #: feedback rows (labels), sent to the shards after the events, and their counts
     labels: pa.Table | None = None
     feedback_counts: dict[str, int] | None = None
+    #: when it was logged and acknowledged (epoch seconds): where ingest latency starts
+    at: float = field(default_factory=time.time)
 
 
 def feedback_counts(n_input: int = 0, accepted: int = 0, dead: int = 0) -> dict[str, int]:
@@ -88,6 +91,7 @@ def merge(items: list[Logged]) -> Logged:
         counts,
         pa.concat_tables(labels, promote_options="default") if labels else None,
         fb,
+        min(i.at for i in items),  # the oldest: what waited longest
     )
 
 

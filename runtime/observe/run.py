@@ -23,6 +23,9 @@ edgecore_shard_busy_seconds_total         counter    kind, shard: time spent app
 edgecore_entities_active                  gauge      kind, shard: entities in memory
 edgecore_entities_loaded_total            counter    kind, shard: activated from LanceDB
 edgecore_entities_passivated_total        counter    kind, shard: moved out of memory
+edgecore_ingest_latency_seconds           histogram  app, stage: taken in -> applied
+                                                     ("applied"), -> published (the topic:
+                                                     "alerts", "offers", ...)
 edgecore_checkpoints_total                counter    app
 edgecore_checkpoint_duration_seconds      histogram  app: cut + write + commit
 edgecore_checkpoint_rows                  gauge      app: rows the last checkpoint wrote
@@ -38,7 +41,7 @@ edgecore_model_metric                     gauge      model, metric: its live met
 
 The live ingest gates and the shards also record to Ray directly
 (``edgecore_http_requests_total{app,site,code}``, ``edgecore_shard_applied_rows_total``
-and ``edgecore_shard_applied_batches_total`` ``{kind,shard}``): those appear on Ray's
+``{kind,shard}``): those appear on Ray's
 endpoint only (prefixed ``ray_``), see :mod:`runtime.observe.raymirror`.
 
 >>> from runtime.dataflow.app import RunStats
@@ -73,6 +76,7 @@ OUTCOMES = {
     "duplicates": "duplicate",
     "filtered": "filtered",
 }
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):")
 _SHARD_COUNTERS = {
@@ -175,6 +179,13 @@ class RunMetrics:
         self.model_metric = reg.gauge(
             "edgecore_model_metric", "The committed model's live metrics.", ["model", "metric"]
         )
+        self.latency = reg.histogram(
+            "edgecore_ingest_latency_seconds",
+            "Seconds from when events were taken in (a live gate's acknowledgement, else "
+            "their first send to a shard) to applied, and to each topic's rows published.",
+            ["app", "stage"],
+            buckets=LATENCY_BUCKETS,
+        )
         self._seen: dict[tuple[str, ...], float] = {}  # cumulative figures already counted
 
     # -- every tick -------------------------------------------------------------------------
@@ -185,6 +196,17 @@ class RunMetrics:
             for key, outcome in OUTCOMES.items():
                 self.events.set_total(getattr(stats, key), app=self.app, outcome=outcome)
             self.replayed.set_total(stats.replayed, app=self.app)
+
+    def latencies(self, shard_stats: list[dict[str, float]]) -> None:
+        """The ingest latency each shard call reported (``_lat:<stage>`` seconds for
+        ``_lat_rows:<stage>`` rows; see Shard._latency), one observation per row."""
+        for st in shard_stats:
+            for key, value in st.items():
+                if key.startswith("_lat:"):
+                    stage = key[5:]
+                    rows = int(st.get(f"_lat_rows:{stage}", 1))
+                    if rows > 0:
+                        self.latency.observe(value, rows, app=self.app, stage=stage)
 
     def summary(self, stats: Any) -> None:
         """What :func:`~runtime.dataflow.driver.finish` worked out: rate, the kind's counters."""
