@@ -220,14 +220,12 @@ class ConsoleData:
 
         if not key or len(key.encode()) > MAX_KEY_BYTES:
             raise ConfigError(f"a key is 1 to {MAX_KEY_BYTES} bytes, not {len(key.encode())}")
-        kinds = self.frame().get("kinds") or []
-        if kind not in kinds:
+        found = shard_entity(kind, key) if 0 < len(kind) <= 64 else None
+        if found is None:  # no shards of that kind (asked now, not as of the last poll)
+            kinds = self.frame().get("kinds") or []
             raise ConfigError(
                 f"no entity kind {kind[:64]!r} in the running runtime; kinds: {kinds}"
             )
-        found = shard_entity(kind, key)
-        if found is None:  # the kind's shards went away since the last poll
-            raise ConfigError(f"no shards of {kind!r} in the running runtime right now")
         return jsonable(found)
 
     def sql(self, text: str, max_rows: int = 500) -> dict[str, Any]:
