@@ -293,11 +293,15 @@ class ConsoleServer:
         origin = request.headers.get("Origin")
         if origin is not None and origin.split("://", 1)[-1] != request.host:
             return _json(403, {"error": "cross-origin queries are refused"})
+        from aiohttp.web import HTTPRequestEntityTooLarge
+
         try:
             body = await request.json()
             text = body["sql"]
             if not isinstance(text, str):
                 raise TypeError
+        except HTTPRequestEntityTooLarge:
+            return _json(413, {"error": f"the body is over {MAX_BODY:,} bytes"})
         except Exception:
             return _json(400, {"error": 'the body must be a JSON object {"sql": "SELECT ..."}'})
         assert self._sql_busy is not None
