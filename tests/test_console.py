@@ -168,7 +168,12 @@ def test_the_console_in_a_browser(served, events):
             assert n == len({e["customer_id"] for e in events})
             expect(page.get_by_test_id("models")).to_contain_text("customers: version")
             page.wait_for_timeout(1500)  # a second of charts after the burst
-            page.screenshot(path=str(out / "console.png"), full_page=True)
+            # the whole page in one viewport: a full-page capture would draw the sticky
+            # top bar where the viewport ended
+            height = page.evaluate("document.documentElement.scrollHeight")
+            page.set_viewport_size({"width": 1400, "height": height})
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(out / "console.png"))
         finally:
             browser.close()
     assert problems == []
@@ -230,9 +235,12 @@ def test_the_api_shrugs_off_hostile_requests(served):
 
 
 def test_edgecore_console_attaches_to_a_running_serve(served, tmp_path):
-    serve, _, _ = served
+    serve, _, console = served
+    # the serve's own Ray, as its console shows it ('auto' could find another on this machine)
+    address = call(console, "/api/status")[1]["ray_address"]
+    assert re.fullmatch(r"[\w.\-]+:\d+", address), address
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "console", "--address", "auto", "--port", "0"],
+        [sys.executable, "-m", "runtime.cli", "console", "--address", address, "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -52,6 +52,7 @@ class ConsoleData:
         feed_size: int = 500,
     ) -> None:
         self.data_dir = data_dir
+        self.ray_address: str | None = None
         self.interval_s = interval_s
         self.rates = RateWindow(window_s=5.0)
         self.history: deque[dict[str, Any]] = deque(maxlen=int(history_s / interval_s))
@@ -69,6 +70,10 @@ class ConsoleData:
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> ConsoleData:
+        import ray
+
+        # where to attach other tools (edgecore status/tail/console --address)
+        self.ray_address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
         self.poll()  # the first page load has figures
         self._thread = threading.Thread(target=self._run, name="console-poller", daemon=True)
         self._thread.start()
@@ -144,6 +149,7 @@ class ConsoleData:
         return jsonable(
             {
                 "time": now,
+                "ray_address": self.ray_address,
                 "state": state,
                 "error": error,
                 "apps": apps,

@@ -90,20 +90,28 @@ def families(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def total_events(board: dict[str, Any]) -> float | None:
-    """Events taken in so far: the events counter's samples summed over their labels
-    (apps, outcomes) when the runtime exports metrics, else the apps' ``input``.
+    """Events taken in so far: the events counter's ``input`` samples summed over apps
+    when the runtime exports metrics, else the apps' ``input``.
 
     >>> total_events({"apps": {"fraud": {"input": 7}, "devices": {"input": 3}}})
     10.0
     >>> fam = {"name": EVENTS_FAMILY, "samples": [{"value": 4.0}, {"value": 2.0}]}
     >>> total_events({"metrics": {"families": [fam]}, "apps": {"fraud": {"input": 1}}})
     6.0
+    >>> by_outcome = [{"labels": {"app": "fraud", "outcome": o}, "value": v}
+    ...               for o, v in [("input", 9.0), ("accepted", 8.0), ("duplicate", 1.0)]]
+    >>> total_events({"metrics": {"families": [{"name": EVENTS_FAMILY, "samples": by_outcome}]}})
+    9.0
     >>> total_events({}) is None
     True
     """
     fam = families(board).get(EVENTS_FAMILY)
     if fam is not None:
-        return float(sum(s.get("value", 0.0) for s in fam.get("samples", [])))
+        samples = fam.get("samples", [])
+        # outcomes split the input (input = accepted + dead_lettered + ...): count it once
+        if any(s.get("labels", {}).get("outcome") == "input" for s in samples):
+            samples = [s for s in samples if s.get("labels", {}).get("outcome") == "input"]
+        return float(sum(s.get("value", 0.0) for s in samples))
     inputs = [a.get("input") for a in (board.get("apps") or {}).values()]
     inputs = [float(n) for n in inputs if isinstance(n, int | float)]
     return float(sum(inputs)) if inputs else None

@@ -107,7 +107,8 @@ function showFrame(f) {
     `accepted ${fmt(t.accepted)} · dead-lettered ${fmt(t.dead_lettered)} · duplicates ${fmt(t.duplicates)} · alerts ${fmt(t.alerts)}`;
   $("restarts").textContent = fmt(f.restarts);
   $("checkpoint").textContent = f.checkpoint_at ? age(f.checkpoint_age_s) : "none yet";
-  $("updated").textContent = f.updated_at ? `board ${age(f.age_s)}` : "";
+  $("updated").textContent = (f.updated_at ? `board ${age(f.age_s)}` : "") +
+    (f.ray_address ? ` · ray ${f.ray_address}` : "");
   const banner = $("error");
   banner.textContent = f.error ? `runtime unreachable: ${f.error}` : "";
   banner.classList.toggle("hidden", !f.error);
