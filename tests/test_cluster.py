@@ -176,6 +176,9 @@ def test_status_reports_nodes_placement_and_stages(cluster, tmp_path):
     assert info["apps"]["readings"]["accepted"] == 200
     stage = next(s for s in info["stages"] if s["actor"] == "shard:site_tallies:eu-1:0")
     assert stage["rows"] == 200 and stage["queue_depth"] >= 0
+    # the run's metrics ride along (what the console and `status --json` read)
+    fam = next(f for f in info["metrics"]["families"] if f["name"] == "edgecore_events_total")
+    assert {s["labels"]["outcome"]: s["value"] for s in fam["samples"]}["accepted"] == 200
 
 
 def test_ingest_runs_at_each_sites_edge_and_survives_its_loss(cluster, tmp_path):

@@ -101,6 +101,12 @@ def serve(
         help="Acknowledge before the write-ahead log has the events: faster, but a crash "
         "loses what was acknowledged since the last checkpoint.",
     ),
+    metrics: str = typer.Option(
+        None,
+        "--metrics",
+        help="HOST:PORT to serve GET /metrics (Prometheus text format) on; off by default. "
+        "Loopback only unless --token is given (then scrapes must carry it).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary when stopped."),
 ) -> None:
     """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM.
@@ -111,6 +117,9 @@ def serve(
     its whole process group) intake stops (new requests get 503 with Retry-After), what
     was accepted is applied and committed, and the command exits 0; a second signal
     exits at once (the log covers it).
+
+    With ``--metrics HOST:PORT`` the run's metrics (events by outcome, dead letters, shard
+    queues, checkpoints, models: see runtime.observe.run) are served on their own port.
     """
     import os
     import signal
@@ -123,6 +132,8 @@ def serve(
     from runtime.ingest.http import HttpOptions
     from runtime.ingest.live import LiveFeeder
     from runtime.ingest.mqtt import MqttOptions
+    from runtime.observe.run import RunMetrics
+    from runtime.observe.server import MetricsOptions, MetricsServer
 
     use_http = http.lower() != "none"
     host, _, port = http.rpartition(":")
@@ -148,6 +159,7 @@ def serve(
     )
     mqtt_opts = MqttOptions(mqtt) if mqtt else None
     console_opts = console_options(console, token, local)
+    metrics_opts = MetricsOptions.parse(metrics, token) if metrics else None
     the_app = load_app(app_name)
     site_list = [x.strip() for x in sites.split(",") if x.strip()] if sites else None
     site_list = site_list or list(the_app.sites) or ["local"]
@@ -182,23 +194,32 @@ def serve(
             os._exit(128 + signum)
         stop.set()
 
-    with open_runtime(
-        data, address, shards or serve_shards(), local, checkpoint_seconds=checkpoint_seconds
-    ) as rt:
-        # after the runtime started: ray.init() installs handlers of its own that would
-        # replace ours (and exit without running them)
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        if not local:  # ingest runs in actors; this process only ticks and writes checkpoints
-            from runtime.cluster.handles import yield_cpu
+    run_metrics = RunMetrics(the_app.name, fields=[c.name for c in the_app.schema.columns])
+    server = MetricsServer(run_metrics.registry, metrics_opts) if metrics_opts else None
+    if server is not None:  # before Ray starts: a port in use costs no start-up
+        bound = server.start()
+        err.print(f"edgecore: metrics on http://{metrics_opts.host}:{bound}/metrics")
+    try:
+        with open_runtime(
+            data, address, shards or serve_shards(), local, checkpoint_seconds=checkpoint_seconds
+        ) as rt:
+            # after the runtime started: ray.init() installs handlers of its own that would
+            # replace ours (and exit without running them)
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            if not local:  # ingest runs in actors; this process only ticks and checkpoints
+                from runtime.cluster.handles import yield_cpu
 
-            yield_cpu()
-        shown = open_console(console_opts, data) if console_opts else None
-        try:
-            stats = drive(rt, the_app, [feeder], stop=stop)
-        finally:
-            for part in shown or ():
-                part.close()
+                yield_cpu()
+            shown = open_console(console_opts, data) if console_opts else None
+            try:
+                stats = drive(rt, the_app, [feeder], stop=stop, metrics=run_metrics)
+            finally:
+                for part in shown or ():
+                    part.close()
+    finally:
+        if server is not None:
+            server.close()
     summary = {
         "input": stats.input,
         "accepted": stats.accepted,

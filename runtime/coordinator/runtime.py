@@ -36,6 +36,7 @@ from runtime.coordinator.routing import Routing, sum_stats
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind, EntityRef, current_runtime
 from runtime.errors import ConfigError, NotStartedError
+from runtime.observe.run import RunMetrics
 from runtime.state.store import Checkpoint, Store
 from runtime.streams.sinks import TableSink
 from runtime.streams.sources import rows_to_table
@@ -59,6 +60,8 @@ class Runtime:
         self._checkpoint_at: float | None = None  # when the last checkpoint committed
         self._models: dict[str, dict[str, Any]] = {}  # each model kind's last committed card
         self._started_ray, self._token, self._board_at = False, None, 0.0
+        #: the current run's metrics (set by the driver): on the board under "metrics"
+        self.metrics: RunMetrics | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -267,6 +270,8 @@ class Runtime:
         checkpoint (``publish=False``: a feeder put them on the topic itself)."""
         if rows.num_rows:
             self.checkpoints.dead_letter(rows, self.topic(DEAD_LETTERS) if publish else None)
+            if self.metrics is not None:
+                self.metrics.dead_letters(rows)
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint(self, positions: dict[str, int] | None = None) -> Checkpoint:
@@ -330,7 +335,7 @@ class Runtime:
         d, elapsed = self.deployment, max(time.time() - self._started_at, 1e-9)
         # topics whose partitions live in shards are listed for `edgecore tail`
         hosted, stages = d.hosted_topic_shards(), d.shard_status(elapsed)
-        return {
+        out = {
             "stages": stages,
             "restarts": self.restarts,
             "checkpoint_at": self._checkpoint_at,
@@ -345,6 +350,17 @@ class Runtime:
             },  # fmt: skip
             "topics": hosted,
         }
+        if self.metrics is not None:  # the run's metrics, as Registry.snapshot() has them
+            self.refresh_metrics(stages)
+            out["metrics"] = self.metrics.registry.snapshot()
+        return out
+
+    def refresh_metrics(self, stages: list[dict[str, Any]] | None = None) -> None:
+        """Bring the run's metrics up to date with the shards' queues and the models."""
+        if self.metrics is not None:
+            elapsed = max(time.time() - self._started_at, 1e-9)
+            self.metrics.stages(stages or self.deployment.shard_status(elapsed))
+            self.metrics.models(self._models)
 
     def publish_status(self, force: bool = False) -> None:
         """Keep the status board fresh for `edgecore status --address` (at most once a second)."""

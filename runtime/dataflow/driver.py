@@ -61,6 +61,7 @@ from runtime.dataflow.app import App, RunStats, new_counts, setup
 from runtime.dataflow.screen import ingest
 from runtime.entities.router import END_OF_TIME
 from runtime.errors import ActorFailedError
+from runtime.observe.run import RunMetrics
 from runtime.streams.sources import Source
 
 
@@ -183,9 +184,14 @@ def drive(
     max_events: int | None = None,
     end_of_stream: bool = True,
     stop: threading.Event | None = None,
+    metrics: RunMetrics | None = None,
 ) -> RunStats:
     """Step ``feeders`` through ``app`` until their input ends (or ``stop`` is set, or
     ``max_events`` were taken in), checkpointing by rows and seconds as configured.
+
+    The run's figures go to ``metrics`` (a new :class:`~runtime.observe.run.RunMetrics`
+    if none is given), which the runtime puts on its status board and ``serve
+    --metrics`` answers on ``/metrics``; its event counts are the returned stats'.
 
     With event time, the end of every bounded input moves the watermark to the end of
     time (``end_of_stream``), so every window fires. If a runtime actor dies, the runtime
@@ -193,6 +199,7 @@ def drive(
     feeders resume at their committed positions (see the module docstring).
     """
     setup(rt, app)
+    rt.metrics = metrics or RunMetrics(app.name, fields=[c.name for c in app.schema.columns])
     t0 = time.perf_counter()
     resumed = [rt.checkpoints.position(f.id) for f in feeders]
     committed = _Progress(
@@ -208,6 +215,7 @@ def drive(
             for f in feeders:
                 f.close()
             restarts = restart_after_failure(rt, app, restarts, err)
+            rt.metrics.restarted()
         finally:
             for f in feeders:
                 f.close()
@@ -233,6 +241,7 @@ def _loop(
     stop: threading.Event | None,
 ) -> None:
     stats = run_.stats
+    metrics = rt.metrics
     for f in feeders:
         f.open(rt, app)
     last_cp, rows_since_cp, rows_since_sync, last_report = time.perf_counter(), 0, 0, 0.0
@@ -240,6 +249,8 @@ def _loop(
     def absorb(counts: dict[str, int], shard_stats: list[dict[str, float]]) -> None:
         for key, value in counts.items():
             setattr(stats, key, getattr(stats, key) + value)
+        if counts and metrics is not None:
+            metrics.run(stats)
         if shard_stats:
             run_.counters = sum_stats([run_.counters, *shard_stats])
 
@@ -269,6 +280,7 @@ def _loop(
         return paused, positions, drains
 
     def checkpoint() -> None:
+        began = time.perf_counter()
         paused, positions, drains = pause()
         try:
             absorb({}, rt.routing.drain())  # the snapshot below counts every applied batch
@@ -282,6 +294,8 @@ def _loop(
         committed.stats, committed.counters = snap.stats, snap.counters
         for f in feeders:
             f.committed(positions)
+        if metrics is not None:
+            metrics.checkpointed(rt, prepared, time.perf_counter() - began)
 
     active = list(feeders)
     stopped = False
@@ -362,7 +376,16 @@ def finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) -> 
 
 
 def report(rt: Runtime, app: App, stats: RunStats) -> None:
-    """Publish a run's summary on the runtime's status board (``edgecore status``)."""
+    """Publish a run's summary on the runtime's status board (``edgecore status``), with
+    its metrics (and copy them to Ray's)."""
+    m = rt.metrics
+    if m is not None:
+        m.run(stats)
+        m.summary(stats)
+        rt.refresh_metrics()
+        if app.event_time is not None:
+            m.watermark([w.current() for w in rt.checkpoints.watermarks.values()])
+        m.registry.sync_ray()
     rt.report(
         app.name,
         {

@@ -41,6 +41,7 @@ from runtime.entities.kind import Batch, EntityKind
 from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, read_tag
 from runtime.errors import ConfigError
+from runtime.observe.raymirror import RayCounters
 from runtime.state.store import Store
 from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
@@ -127,6 +128,11 @@ class Shard(EntityCalls):
         self._handed: pa.Table | None = None
         self._seq = 0
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
+        # straight to Ray's metrics, once per batch (added up, handed over once a second)
+        self._ray_rows = RayCounters(
+            "edgecore_shard_applied_rows_total", "Rows each shard applied.", ("kind", "shard")
+        )
+        self._ray_tags = {"kind": self.name, "shard": f"{self.site or ''}:{shard_id}".lstrip(":")}
         if kind_snapshot is not None:
             self.kind.restore(kind_snapshot)
         if shard_snapshot is not None:
@@ -221,6 +227,7 @@ class Shard(EntityCalls):
         self.counters["rows"] += events.num_rows
         self.counters["batches"] += 1
         self.counters["busy_s"] += time.perf_counter() - t0
+        self._ray_rows.add(events.num_rows, **self._ray_tags)
         return {
             "rows": events.num_rows,
             "outbox": self.res.outbox_size,
@@ -292,6 +299,7 @@ class Shard(EntityCalls):
         Rows forwarded to other kinds are applied there before this returns, so draining
         upstream kinds first makes a consistent cut."""
         pending, self._pending = self._pending, []  # a failure is reported once, not forever
+        self._ray_rows.flush()
         resolve(pending)
         for router in self.forwards.values():
             self._fwd_stats.extend(router.drain())

@@ -1,0 +1,152 @@
+"""``GET /metrics`` on a port of its own: a registry in the Prometheus text format.
+
+``edgecore serve --metrics HOST:PORT`` starts one in the driver process, for users
+without Ray's metrics stack (Ray's own endpoint carries the same figures, prefixed
+``ray_``). Like HTTP ingest it binds to loopback unless a bearer token is given; with a
+token every scrape must carry it (Prometheus: ``authorization: {credentials: ...}``).
+Anything but ``GET``/``HEAD /metrics`` is a 404 or 405; aiohttp refuses oversized or
+malformed request lines and headers with a 400, and idle connections are closed.
+
+A Prometheus scrape job for it::
+
+    scrape_configs:
+      - job_name: edgecore
+        scrape_interval: 5s
+        static_configs: [{targets: ["127.0.0.1:9464"]}]
+        # with --token: authorization: {type: Bearer, credentials: "<token>"}
+
+>>> from runtime.observe.metrics import Registry
+>>> import urllib.request
+>>> reg = Registry()
+>>> reg.counter("edgecore_demo_total", "A demo.").inc(2)
+>>> server = MetricsServer(reg, MetricsOptions("127.0.0.1", 0))
+>>> port = server.start()
+>>> urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode().splitlines()[-1]
+'edgecore_demo_total 2'
+>>> server.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.errors import ConfigError
+from runtime.observe.metrics import Registry
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    host: str = "127.0.0.1"
+    port: int = 9464
+    token: str | None = None
+    keepalive_s: float = 15.0
+
+    @staticmethod
+    def parse(spec: str, token: str | None = None) -> MetricsOptions:
+        """``HOST:PORT`` (``[::1]:PORT`` for IPv6), checked."""
+        host, _, port = spec.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--metrics must be HOST:PORT (e.g. 127.0.0.1:9464), not {spec!r}")
+        opts = MetricsOptions(host.strip("[]"), int(port), token or None)
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        from runtime.ingest.http import is_loopback
+
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"binding /metrics to {self.host} exposes it beyond this machine: give a "
+                "bearer token (--token or the EDGECORE_TOKEN environment variable)"
+            )
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"metrics port must be 0..65535, not {self.port}")
+
+
+class MetricsServer:
+    """Serves ``registry`` on its own thread and event loop."""
+
+    def __init__(self, registry: Registry, options: MetricsOptions) -> None:
+        options.check()
+        self.registry, self.options = registry, options
+        self.port: int | None = None
+        self._token = options.token.encode() if options.token else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Bind and serve; returns the bound port (for port 0: the one chosen)."""
+        result: list[Any] = []
+        started = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                runner = loop.run_until_complete(self._serve())
+            except BaseException as err:  # a bind error reaches the caller
+                result.append(err)
+                started.set()
+                loop.close()
+                return
+            self._loop = loop
+            result.append(int(runner.addresses[0][1]))
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=main, name="metrics-http", daemon=True)
+        self._thread.start()
+        started.wait(30)
+        if not result or isinstance(result[0], BaseException):
+            why = result[0] if result else TimeoutError("the metrics server did not start")
+            raise ConfigError(
+                f"cannot serve /metrics on {self.options.host}:{self.options.port}: {why}"
+            ) from None
+        self.port = result[0]
+        return self.port
+
+    async def _serve(self) -> Any:
+        import logging
+
+        from aiohttp import web
+
+        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # clients' mistakes
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=self.options.keepalive_s
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.options.host, self.options.port, reuse_address=True)
+        await site.start()
+        return runner
+
+    async def _metrics(self, request: Any) -> Any:
+        from aiohttp import web
+
+        if self._token is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, b"Bearer " + self._token):
+                return web.Response(
+                    status=401,
+                    text="missing or wrong bearer token\n",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        body = self.registry.render().encode()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
