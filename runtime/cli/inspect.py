@@ -46,18 +46,72 @@ def entity(
 @user_errors
 def sql(
     query: str = typer.Argument(
-        ..., help="DuckDB SQL; tables are named as in the data folder (customers, alerts, ...)."
+        ...,
+        help="DuckDB SQL; tables are named as in the data folder (customers, alerts, ...); "
+        "with --live, <topic>_stream is a topic of the running runtime.",
     ),
-    data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help=DATA_HELP + " With --address: its other tables join the live ones, if given "
+        "or if ./edgecore-data exists.",
+    ),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Query the live entity state of the runtime running on this Ray cluster (each "
+        "shard's state at a batch boundary), shadowing the stored tables of the same name.",
+    ),
+    parquet: list[str] = typer.Option(
+        [],
+        "--parquet",
+        help="NAME=PATH: a view of Parquet (a file, a folder, or a glob; Hive partitions "
+        "as columns). Repeatable. No other file can be read or written by the SQL.",
+    ),
+    live: bool = typer.Option(
+        False,
+        "--live",
+        help="A continuous query over <topic>_stream (with --address): the query runs over "
+        "each batch of rows as it arrives and prints its rows; filters and projections are "
+        "per row, aggregates are per batch. Ctrl-C, --limit or --idle-timeout end it.",
+    ),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="--live: start at the topic's oldest retained row."
+    ),
+    idle_timeout: float = typer.Option(
+        0, "--idle-timeout", help="--live: stop after this many seconds without rows (0: never)."
+    ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print rows as a JSON object {columns, rows}."
+        False,
+        "--json",
+        help="Print rows as a JSON object {columns, rows} (--live: one JSON object per row).",
     ),
-    limit: int = typer.Option(50, "--limit", help="Rows to print in table mode."),
+    limit: int = typer.Option(
+        50,
+        "--limit",
+        help="Rows to print in table mode (--live: stop after this many; 0: no limit).",
+    ),
 ) -> None:
-    """Run SQL over the data folder's tables with DuckDB."""
-    from runtime.state.sql import query as run_query
+    """Run SQL with DuckDB over the data folder's tables, or the live state (--address)."""
+    from runtime.cli.common import fail
 
-    result = run_query(data, query)
+    views = dict(_name_path(p) for p in parquet)
+    if live:
+        if not address:
+            fail("--live follows a topic of a running runtime: give --address (e.g. auto)")
+        _follow(query, address, data, views, from_beginning, idle_timeout, limit, as_json)
+        return
+    if address:
+        from runtime.cluster.handles import attach
+        from runtime.state.live import live_query
+
+        attach(address, hard=True)
+        folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
+        result = live_query(query, folder, views)
+    else:
+        from runtime.state.sql import query as run_query
+
+        result = run_query(data or Path("edgecore-data"), query, views)
     rows = result.to_pylist()
     if as_json:
         typer.echo(dumps({"columns": result.column_names, "rows": rows}))
@@ -68,6 +122,45 @@ def sql(
     out.print(table)
     if len(rows) > limit:
         err.print(f"({len(rows):,} rows, {limit} shown; use --limit or --json)")
+
+
+def _name_path(spec: str) -> tuple[str, str]:
+    from runtime.errors import ConfigError
+
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--parquet takes NAME=PATH (e.g. alerts=exports/alerts), not {spec!r}")
+    return name, path
+
+
+def _follow(
+    query: str,
+    address: str,
+    data: Path | None,
+    views: dict[str, str],
+    from_beginning: bool,
+    idle_timeout: float,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """``sql --live``: print the rows of the continuous query as they come."""
+    from runtime.cluster.handles import attach
+    from runtime.state.live import follow_query
+
+    attach(address, hard=True)
+    folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
+    shown = 0
+    try:
+        for result in follow_query(query, folder, views, from_beginning, idle_timeout):
+            for row in result.to_pylist():
+                typer.echo(
+                    dumps(row) if as_json else "  ".join(f"{k}={plain(v)}" for k, v in row.items())
+                )
+                shown += 1
+                if limit and shown >= limit:
+                    return
+    except KeyboardInterrupt:
+        pass
 
 
 @command()

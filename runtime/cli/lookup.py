@@ -49,6 +49,11 @@ def live_entity(address: str, kind: str, key: str) -> dict[str, Any] | None:
     and the one that knows it answers (the others raise UnknownEntityError: not here).
     """
     attach(address, hard=True)
+    return shard_entity(kind, key)
+
+
+def shard_entity(kind: str, key: str) -> dict[str, Any] | None:
+    """:func:`live_entity` in a process attached to the runtime already (the console)."""
     for name in (kind, f"{kind}s"):
         by_site: dict[str | None, dict[int, ShardClient]] = {}
         for actor, handle in named_actors(names.shards_of(name)).items():

@@ -1,7 +1,8 @@
 """The ``edgecore`` command line: run the demo, replay files, look at entities, query with SQL.
 
 The commands live by concern in :mod:`runtime.cli.run` (demo, replay, run),
-:mod:`runtime.cli.inspect` (entity, sql, status, tail), :mod:`runtime.cli.serve` and
+:mod:`runtime.cli.inspect` (entity, sql, status, tail), :mod:`runtime.cli.serve`,
+:mod:`runtime.cli.console` and
 :mod:`runtime.cli.model` (the model registry);
 importing them registers them on the one typer ``app`` of :mod:`runtime.cli.common`.
 ``main`` is the ``edgecore`` entry point.
@@ -13,7 +14,13 @@ import importlib
 
 from runtime.cli.common import app, main
 
-for _module in ("run", "inspect", "serve", "model"):  # registers their commands, in --help's order
+for _module in (
+    "run",
+    "inspect",
+    "serve",
+    "console",
+    "model",
+):  # registers their commands, in --help's order
     importlib.import_module(f"runtime.cli.{_module}")
 
 from runtime.cli.serve import serve_shards  # noqa: E402

@@ -28,6 +28,17 @@ def serve_shards() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+def console_options(console: str | None, token: str | None, local: bool) -> Any:
+    """--console, checked before Ray starts; None without it."""
+    if not console:
+        return None
+    from runtime.console import ConsoleOptions
+
+    if local:
+        fail("--console reads the runtime through Ray: drop --local")
+    return ConsoleOptions.parse(console, token)
+
+
 @command()
 @user_errors
 def serve(
@@ -51,6 +62,12 @@ def serve(
         show_envvar=True,
         help="Bearer token for HTTP ingest; required off loopback. Prefer the environment "
         "variable: ps shows command lines to every user.",
+    ),
+    console: str = typer.Option(
+        None,
+        "--console",
+        help="HOST:PORT to serve the web console on (events/s, latency, alerts, placement, "
+        "entities, models, SQL); the same token rule as --http off loopback.",
     ),
     tls_cert: Path = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for HTTPS."),
     tls_key: Path = typer.Option(None, "--tls-key", help="TLS private key (PEM) for HTTPS."),
@@ -108,6 +125,7 @@ def serve(
     import signal
     import threading
 
+    from runtime.cli.console import open_console
     from runtime.cli.run import app_report
     from runtime.dataflow.apps import load_app
     from runtime.dataflow.driver import drive
@@ -140,6 +158,7 @@ def serve(
         else None
     )
     mqtt_opts = MqttOptions(mqtt) if mqtt else None
+    console_opts = console_options(console, token, local)
     metrics_opts = MetricsOptions.parse(metrics, token) if metrics else None
     the_app = load_app(app_name)
     site_list = [x.strip() for x in sites.split(",") if x.strip()] if sites else None
@@ -192,7 +211,12 @@ def serve(
                 from runtime.cluster.handles import yield_cpu
 
                 yield_cpu()
-            stats = drive(rt, the_app, [feeder], stop=stop, metrics=run_metrics)
+            shown = open_console(console_opts, data) if console_opts else None
+            try:
+                stats = drive(rt, the_app, [feeder], stop=stop, metrics=run_metrics)
+            finally:
+                for part in shown or ():
+                    part.close()
     finally:
         if server is not None:
             server.close()

@@ -52,9 +52,17 @@ def read_board() -> dict[str, Any]:
 
 def cluster_status(address: str) -> dict[str, Any]:
     """Nodes, placement and per-stage figures of the runtime running on ``address``."""
-    from runtime.cluster.handles import actor_nodes, attach, nodes
+    from runtime.cluster.handles import attach
 
     attach(address, hard=True)
+    return attached_status()
+
+
+def attached_status() -> dict[str, Any]:
+    """:func:`cluster_status` of the runtime this process is attached to already (the
+    console, serving from inside ``edgecore serve`` or from ``edgecore console``)."""
+    from runtime.cluster.handles import actor_nodes, nodes
+
     node_list = nodes()
     info = {n["node_id"]: n for n in node_list}
     where = actor_nodes()

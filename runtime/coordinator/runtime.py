@@ -57,6 +57,7 @@ class Runtime:
         self.restarts = 0
         self.routing = Routing(self.deployment)
         self._reports: dict[str, dict[str, Any]] = {}  # each app's latest summary
+        self._checkpoint_at: float | None = None  # when the last checkpoint committed
         self._models: dict[str, dict[str, Any]] = {}  # each model kind's last committed card
         self._started_ray, self._token, self._board_at = False, None, 0.0
         #: the current run's metrics (set by the driver): on the board under "metrics"
@@ -292,6 +293,7 @@ class Runtime:
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
+        self._checkpoint_at = time.time()  # its age on the board: is state being committed?
         for kind, _, card in prepared.models:  # the serving model's live metrics, for status
             self._models[kind] = card
         return cp
@@ -336,6 +338,7 @@ class Runtime:
         out = {
             "stages": stages,
             "restarts": self.restarts,
+            "checkpoint_at": self._checkpoint_at,
             "apps": self._reports,
             "models": {
                 k: {

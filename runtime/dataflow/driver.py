@@ -393,6 +393,9 @@ def report(rt: Runtime, app: App, stats: RunStats) -> None:
         {
             "input": stats.input,
             "accepted": stats.accepted,
+            "dead_lettered": stats.dead_lettered,  # the console's counts at a glance
+            "duplicates": stats.duplicates,
+            "checkpoints": stats.checkpoints,
             "events_per_s": round(stats.events_per_s, 1),
             **stats.app,
         },

@@ -48,6 +48,10 @@ class ShardClient(ActorClient):
         """A :class:`~runtime.entities.shard.Drained` cut of the shard."""
         return self._call(Shard.drain)
 
+    def live_snapshot(self) -> Any:
+        """A :class:`~runtime.entities.shard.LiveState`: every entity of the shard, now."""
+        return self._call(Shard.live_snapshot)
+
     def snapshot_kind(self) -> Any:
         return self._call(Shard.snapshot_kind)
 

@@ -64,6 +64,15 @@ class Drained(NamedTuple):
     own: bytes | None = None
 
 
+class LiveState(NamedTuple):
+    """A shard's whole population at one moment (:meth:`Shard.live_snapshot`)."""
+
+    kind: str
+    key: str
+    site: str | None
+    table: pa.Table | None  # as a checkpoint stores it; None for a stateless kind
+
+
 class Shard(EntityCalls):
     def __init__(
         self,
@@ -114,6 +123,9 @@ class Shard(EntityCalls):
         self._wm_told = NO_WATERMARK
         self._fwd_stats: list[dict[str, float]] = []
         self._pending: list[Any] = []
+        #: what the last drain handed over of entities no longer in memory: until the
+        #: checkpoint commits it, LanceDB still has their older rows (see live_snapshot)
+        self._handed: pa.Table | None = None
         self._seq = 0
         self._ingested: float | None = None  # when the batch being applied was taken in
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
@@ -320,9 +332,45 @@ class Shard(EntityCalls):
         table = self.res.take_changed()
         if table is not None:
             table = self.res.tag_site(self.kind.export(table))
+        self._handed = self._not_resident(table)
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
         own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
         return Drained(table, self.kind.snapshot(), fwd, outlets, own)
+
+    def _not_resident(self, table: pa.Table | None) -> pa.Table | None:
+        if table is None or not table.num_rows:
+            return None
+        hashes = table.column("_key_hash").to_numpy().view(np.uint64)
+        gone = self.state.lookup(hashes) < 0
+        return table.filter(pa.array(gone)) if gone.any() else None
+
+    @serialized
+    def live_snapshot(self) -> LiveState:
+        """Every entity of this shard as a checkpoint would store it, now: the ones in
+        memory, the passivated ones waiting in the outbox, the ones the last drain handed
+        over but a commit may not have written yet, and the rest as LanceDB has them.
+        One call, so one batch boundary: nothing is applied in between. Nothing changes
+        (no entity is activated, no dirty flag cleared)."""
+        if self.kind_cls.stateless:
+            return LiveState(self.name, self.kind_cls.key, self.site, None)
+        st = self.state
+        raw = [*self.res.outbox, st.to_arrow(np.flatnonzero(st.active))]
+        table = self.res.tag_site(self.kind.export(pa.concat_tables(raw)))
+        parts = [table]
+        seen = table.column("_key_hash").to_numpy().view(np.uint64)
+        if self._handed is not None:
+            h = self._handed.column("_key_hash").to_numpy().view(np.uint64)
+            fresh = ~np.isin(h, seen)
+            parts.append(self._handed.filter(pa.array(fresh)))
+            seen = np.concatenate([seen, h[fresh]])
+        missing = np.setdiff1d(self.res.stored, seen)
+        if len(missing):  # passivated and committed: LanceDB has their latest state
+            stored = self.res.store.read(self.name)
+            h = stored.column("_key_hash").to_numpy().view(np.uint64)
+            parts.append(stored.filter(pa.array(np.isin(h, missing))))
+        parts = [p.select([c for c in table.column_names if c in p.column_names]) for p in parts]
+        whole = pa.concat_tables(parts, promote_options="default")
+        return LiveState(self.name, self.kind_cls.key, self.site, whole)
 
     @serialized
     def outlet(self, topic: str, method: str, *args: Any) -> Any:

@@ -1,0 +1,162 @@
+"""SQL over the live state of a running runtime, as a library and as `edgecore sql` runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_transactions, sql_profiles
+from live_helpers import Serve, ndjson, post
+
+from runtime.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = "SELECT customer_id, txn_count, amount_max, last_ts FROM customers ORDER BY customer_id"
+
+
+def by_key(table: pa.Table) -> list[dict]:
+    return table.sort_by("customer_id").to_pylist()
+
+
+def test_live_state_is_the_whole_population_before_and_after_a_checkpoint(ray_session, tmp_path):
+    """Few entities fit in memory (most are passivated or only stored), events arrive after
+    a checkpoint: the live tables have every customer, each as the events say now; after
+    the next checkpoint they equal the stored table, row for row, column for column."""
+    from actors.fraud import fraud_app
+    from runtime import Runtime
+    from runtime.dataflow.app import setup
+    from runtime.state.live import live_query, live_tables
+    from runtime.state.sql import query
+
+    events = pq.read_table(make_transactions(tmp_path / "t.parquet", 3_000, 300))
+    first, second = events.slice(0, 1_500), events.slice(1_500)
+    data = tmp_path / "d"
+    with Runtime(data_dir=str(data), mode="ray", shards=2, max_active=40) as rt:
+        setup(rt, fraud_app)
+        rt.send("customers", first)
+        rt.checkpoint()
+        rt.send("customers", second)
+        want = sql_profiles(events)
+        live = {r["customer_id"]: r for r in live_query(PROFILE, data).to_pylist()}
+        assert set(live) == set(want)  # resident, passivated and stored alike
+        assert all(live[k]["txn_count"] == want[k]["txn_count"] for k in want)
+        stored = query(data, "SELECT sum(txn_count) AS n FROM customers").to_pylist()
+        assert stored == [{"n": first.num_rows}]  # the stored table has not seen `second`
+        rt.checkpoint()
+        tables = live_tables()
+        assert set(tables) == {"customers"}
+        now = query(data, "SELECT * FROM customers")
+        assert tables["customers"].schema.names == now.schema.names
+        assert by_key(tables["customers"]) == by_key(now)
+        assert by_key(live_query("SELECT * FROM customers", data)) == by_key(now)
+        with pytest.raises(ConfigError, match="no entity kind 'nope'.*customers"):
+            live_tables(["nope"])
+        assert live_tables(["customer"])["customers"].num_rows == len(want)
+
+
+def edgecore(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`edgecore ARGS` as users run it, from this repository's code."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        # the embedded Ray of `serve` requires a token (~/.ray/auth_token); Ray's client
+        # sends it to an explicit HOST:PORT only in token mode (`auto` finds it by itself)
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token"},
+    )
+
+
+def ray_address(serve: Serve) -> str:
+    """The Ray cluster the serve process started (its GCS), not whichever Ray on this
+    machine started last (`--address auto`): other test runs may share the machine."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for p in psutil.Process(serve.proc.pid).children(recursive=True):
+            try:
+                cmd = p.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if cmd and cmd[0].endswith("gcs_server"):
+                flags = dict(a.lstrip("-").split("=", 1) for a in cmd[1:] if "=" in a)
+                ports = [c.laddr.port for c in p.net_connections() if c.status == "LISTEN"]
+                if ports:  # its port is chosen when it starts (--gcs_server_port=0)
+                    return f"{flags.get('node-ip-address', '127.0.0.1')}:{ports[0]}"
+        time.sleep(0.5)
+    raise AssertionError("no gcs_server under the serve process")
+
+
+def sql_json(*args: str) -> dict:
+    done = edgecore("sql", *args, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_edgecore_sql_sees_live_events_and_equals_the_checkpoint_after_stop(tmp_path):
+    """`edgecore sql --address` over a running `edgecore serve`: events applied since the
+    last checkpoint are there (the stored table has none); `--live` prints alerts as they
+    arrive; after SIGTERM commits a checkpoint, the stored table is what live SQL said."""
+    table = pq.read_table(make_transactions(tmp_path / "t.parquet", 2_000, 100))
+    events = table.to_pylist()
+    for r in events:
+        r["ts"] = r["ts"].isoformat()
+    data = tmp_path / "d"
+    serve = Serve(data, "--app", "fraud", "--checkpoint-seconds", "3600")
+    try:
+        port = serve.wait_http()
+        address = ray_address(serve)
+        assert post(port, ndjson(events))[1]["accepted"] == len(events)
+        want = sql_profiles(table)
+        count = "SELECT count(*) AS n, sum(txn_count) AS events FROM customers"
+        deadline = time.monotonic() + 120
+        while True:  # acknowledged once logged: applied a moment later
+            got = sql_json(count, "--address", address, "--data", str(data))["rows"]
+            if got == [{"n": len(want), "events": len(events)}] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert got == [{"n": len(want), "events": len(events)}]
+        stored = edgecore("sql", count, "--data", str(data), "--json")
+        assert stored.returncode == 1 and "customers" in stored.stderr  # nothing stored yet
+        live_rows = sql_json("SELECT * FROM customers", "--address", address)["rows"]
+        # a continuous query over the alerts topic: a per-row filter, and a join with the
+        # live customers
+        follow = edgecore(
+            "sql",
+            "SELECT a.event_id, a.customer_id, c.txn_count FROM alerts_stream a "
+            "JOIN customers c USING (customer_id) WHERE a.amount > 0",
+            "--address",
+            address,
+            "--live",
+            "--from-beginning",
+            "--idle-timeout",
+            "8",
+            "--json",
+        )
+        assert follow.returncode == 0, follow.stderr[-2000:]
+        alerts = [json.loads(line) for line in follow.stdout.splitlines()]
+        hostile = edgecore(
+            "sql", "COPY customers TO '/tmp/edgecore-sql-x.csv'", "--address", address
+        )
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        serve.stop()
+    assert hostile.returncode == 1 and hostile.stderr.strip().count("\n") == 0
+    assert "disabled" in hostile.stderr and not Path("/tmp/edgecore-sql-x.csv").exists()
+    after = sql_json("SELECT * FROM customers", "--data", str(data))["rows"]
+    key = lambda r: r["customer_id"]  # noqa: E731
+    assert sorted(after, key=key) == sorted(live_rows, key=key)  # live == checkpointed
+    stored_alerts = sql_json(
+        "SELECT event_id, customer_id FROM alerts WHERE amount > 0", "--data", str(data)
+    )["rows"]
+    assert alerts and {r["event_id"] for r in alerts} == {r["event_id"] for r in stored_alerts}
+    assert all(r["txn_count"] == want[r["customer_id"]]["txn_count"] for r in alerts)
