@@ -236,12 +236,12 @@ def test_the_api_shrugs_off_hostile_requests(served):
 
 def test_edgecore_console_attaches_to_a_running_serve(served, tmp_path):
     serve, _, console = served
-    # the serve's own Ray, as its console shows it; 'auto' finds the embedded one (an
-    # explicit HOST:PORT does not reach an embedded Ray: it is isolated for a reason)
+    # the serve's own Ray, as its console shows it: attached by that address (not 'auto',
+    # which may find another cluster on a shared machine)
     address = call(console, "/api/status")[1]["ray_address"]
     assert re.fullmatch(r"[\w.\-]+:\d+", address), address
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "console", "--address", "auto", "--port", "0"],
+        [sys.executable, "-m", "runtime.cli", "console", "--address", address, "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.errors import ActorFailedError, ConfigError, EdgecoreError, NotStartedError
@@ -260,6 +261,7 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
                 f"no Ray cluster answers at {target} ({err.strerror or err}): is the runtime "
                 "running? Start it (e.g. `edgecore serve`) or check --address"
             ) from None
+    _send_token_if_we_have_one()
     if not hard:
         try:
             init_ray(address)
@@ -291,6 +293,28 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(quiet)
+
+
+def _send_token_if_we_have_one() -> None:
+    """Attach with Ray's token when this machine has one and no mode was chosen.
+
+    Ray 2.59+ turns token authentication on by default for the local clusters it starts
+    (the embedded Ray of ``serve``, ``demo``...), but a process attaching by address sends
+    no token unless ``RAY_AUTH_MODE=token`` (the default for every cluster from Ray
+    2.61): it was refused ("Authentication token is missing or incorrect"). The token
+    is the machine's (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``), as the cluster's.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return  # chosen by the user (or by a Ray started in this process): respect it
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    if has_token or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray read the mode when imported: refresh it, as Ray does when it enables it
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # a Ray without it reads the environment
+            pass
 
 
 @contextlib.contextmanager
