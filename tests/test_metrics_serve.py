@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.observe.server import CONTENT_TYPE
 
-
 LAT = "edgecore_ingest_latency_seconds"
 
 

@@ -117,14 +117,34 @@ def total_events(board: dict[str, Any]) -> float | None:
     return float(sum(inputs)) if inputs else None
 
 
+#: the stage of the ingest latency histogram shown, first found: to an alert, else applied
+LATENCY_STAGES = ("alerts", "maintenance", "offers", "predictions", "applied")
+
+
 def latency_buckets(board: dict[str, Any]) -> tuple[str, dict[float, float]] | None:
     """The first latency histogram on the board: its name and cumulative count per upper
-    bound, summed over its other labels; None when the runtime measures none."""
+    bound, summed over its other labels; None when the runtime measures none. A histogram
+    by ``stage`` (``edgecore_ingest_latency_seconds``) is read for one stage: ingest to
+    an alert where alerts are published, else to applied (:data:`LATENCY_STAGES`).
+
+    >>> fam = {"name": "edgecore_ingest_latency_seconds", "type": "histogram", "samples": [
+    ...     {"name": "edgecore_ingest_latency_seconds_bucket", "labels": {"stage": st, "le": le},
+    ...      "value": v} for st, le, v in [("applied", "0.01", 5.0), ("applied", "+Inf", 6.0),
+    ...                                    ("alerts", "0.01", 1.0), ("alerts", "+Inf", 2.0)]]}
+    >>> latency_buckets({"metrics": {"families": [fam]}})
+    ('edgecore_ingest_latency_seconds{stage="alerts"}', {0.01: 1.0, inf: 2.0})
+    """
     for name, fam in sorted(families(board).items()):
         if fam.get("type") != "histogram" or "latency" not in name:
             continue
+        samples = fam.get("samples", [])
+        stages = {s.get("labels", {}).get("stage") for s in samples} - {None}
+        shown = next((st for st in LATENCY_STAGES if st in stages), min(stages, default=None))
+        if shown is not None:
+            samples = [s for s in samples if s.get("labels", {}).get("stage") == shown]
+            name = f'{name}{{stage="{shown}"}}'
         buckets: dict[float, float] = {}
-        for s in fam.get("samples", []):
+        for s in samples:
             if not s.get("name", "").endswith("_bucket"):
                 continue
             le = s.get("labels", {}).get("le")
