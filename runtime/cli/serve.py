@@ -17,6 +17,7 @@ from runtime.cli.common import (
     open_runtime,
     user_errors,
 )
+from runtime.cli.run import EXPORT_OPTION
 
 
 def serve_shards() -> int:
@@ -84,6 +85,7 @@ def serve(
         help="Acknowledge before the write-ahead log has the events: faster, but a crash "
         "loses what was acknowledged since the last checkpoint.",
     ),
+    export: Path = EXPORT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary when stopped."),
 ) -> None:
     """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM.
@@ -99,7 +101,7 @@ def serve(
     import signal
     import threading
 
-    from runtime.cli.run import app_report
+    from runtime.cli.run import app_report, export_folder
     from runtime.dataflow.apps import load_app
     from runtime.dataflow.driver import drive
     from runtime.ingest.http import HttpOptions
@@ -164,7 +166,12 @@ def serve(
         stop.set()
 
     with open_runtime(
-        data, address, shards or serve_shards(), local, checkpoint_seconds=checkpoint_seconds
+        data,
+        address,
+        shards or serve_shards(),
+        local,
+        checkpoint_seconds=checkpoint_seconds,
+        export_dir=export_folder(export),
     ) as rt:
         # after the runtime started: ray.init() installs handlers of its own that would
         # replace ours (and exit without running them)

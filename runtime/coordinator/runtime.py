@@ -287,6 +287,10 @@ class Runtime:
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
+        if self.config.export_dir and prepared.states:
+            from runtime.streams.export import export_profiles
+
+            export_profiles(self.config.export_dir, prepared.states, cp.epoch, time.time())
         for kind, _, card in prepared.models:  # the serving model's live metrics, for status
             self._models[kind] = card
         return cp

@@ -42,6 +42,7 @@ from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, read_tag
 from runtime.errors import ConfigError
 from runtime.state.store import Store
+from runtime.streams.export import EventTap
 from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
 
@@ -90,6 +91,7 @@ class Shard(EntityCalls):
         outlets: dict[str, dict[str, Any]] | None = None,
         site: str | None = None,
         shard_snapshot: bytes | None = None,
+        export: str | None = None,
     ) -> None:
         self._lock = threading.RLock()
         #: the site this shard serves, for a site-partitioned kind: its stored profiles
@@ -126,6 +128,9 @@ class Shard(EntityCalls):
         #: checkpoint commits it, LanceDB still has their older rows (see live_snapshot)
         self._handed: pa.Table | None = None
         self._seq = 0
+        #: analytics export of the events applied, for a kind the source feeds (see
+        #: runtime.streams.export); a kind fed by another kind's shards writes none
+        self._tap = EventTap(export, self.name) if export else None
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
         if kind_snapshot is not None:
             self.kind.restore(kind_snapshot)
@@ -193,6 +198,8 @@ class Shard(EntityCalls):
         tagged = read_tag(events)
         if tagged is not None:
             self._heard(*tagged)
+        if self._tap is not None and "source" in self._inputs:
+            self._tap.add(events)
         if self.kind_cls.stateless:
             return self._apply_operator(events, t0)
         if self.idle_seconds:
@@ -296,6 +303,8 @@ class Shard(EntityCalls):
         for router in self.forwards.values():
             self._fwd_stats.extend(router.drain())
         fwd = self._forwarded()
+        if self._tap is not None:  # the events of the cut are in files before it commits
+            self._tap.flush()
         self.res.passivate(self._seq + 1)  # idle entities leave with this checkpoint
         table = self.res.take_changed()
         if table is not None:

@@ -119,7 +119,8 @@ class ParquetSink(BufferedSink):
     """Append a topic to a Hive-partitioned Parquet dataset, for analytics.
 
     Rows are partitioned by ``partition_by`` columns; a ``date`` partition is derived
-    from ``time_column`` when the rows have none (``alerts/date=2026-01-01/...``).
+    from ``time_column`` when the rows have none (``alerts/date=2026-01-01/...``); rows
+    without it take their first timestamp column, else the day they are written.
     Delivery is at-least-once: after a restart, rows may be written again.
 
     >>> import tempfile, pyarrow as pa, datetime as dt
@@ -136,7 +137,7 @@ class ParquetSink(BufferedSink):
         self,
         root: str,
         partition_by: tuple[str, ...] = ("date",),
-        time_column: str = "ts",
+        time_column: str | None = "ts",
         flush_rows: int = 50_000,
     ) -> None:
         super().__init__(flush_rows)
@@ -146,9 +147,25 @@ class ParquetSink(BufferedSink):
 
     def _prepare(self, rows: pa.Table) -> pa.Table:
         if "date" in self.partition_by and "date" not in rows.column_names:
-            day = pc.strftime(rows.column(self.time_column), format="%Y-%m-%d")
-            rows = rows.append_column("date", day)
+            rows = rows.append_column("date", self._day(rows))
         return rows
+
+    def _day(self, rows: pa.Table) -> pa.Array | pa.ChunkedArray:
+        """Each row's date: from ``time_column``, else the first timestamp column (None:
+        look for one), else the day it is written."""
+        col = self.time_column if self.time_column in rows.column_names else None
+        if col is None:
+            col = next(
+                (f.name for f in rows.schema if pa.types.is_timestamp(f.type)),
+                None,
+            )
+        if col is not None:
+            day = pc.strftime(rows.column(col), format="%Y-%m-%d")
+            if day.null_count == 0:
+                return day
+            today = _today()
+            return pc.fill_null(day, today)
+        return pa.array([_today()] * rows.num_rows, pa.string())
 
     def _write(self, data: pa.Table) -> None:
         """New files each time (a unique name), never rewriting what is there."""
@@ -165,6 +182,12 @@ class ParquetSink(BufferedSink):
             existing_data_behavior="overwrite_or_ignore",
             basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
         )
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
 
 class WebhookSink:
