@@ -160,3 +160,98 @@ def test_edgecore_sql_sees_live_events_and_equals_the_checkpoint_after_stop(tmp_
     )["rows"]
     assert alerts and {r["event_id"] for r in alerts} == {r["event_id"] for r in stored_alerts}
     assert all(r["txn_count"] == want[r["customer_id"]]["txn_count"] for r in alerts)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A data folder with one table, and a folder of Hive-partitioned Parquet."""
+    from runtime.state.store import Store
+
+    d = tmp_path_factory.mktemp("sql")
+    Store(d / "d").upsert("people", pa.table({"id": ["a", "b"], "n": [1, 2]}), key="id")
+    (d / "pq" / "date=2026-01-01").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a"], "x": [5]}), d / "pq" / "date=2026-01-01" / "p.parquet")
+    return d
+
+
+def test_sql_over_the_folder_and_named_parquet(folder):
+    got = sql_json(
+        "SELECT p.id, n, x, date::VARCHAR AS day FROM people p JOIN ev USING (id)",
+        "--data",
+        str(folder / "d"),
+        "--parquet",
+        f"ev={folder / 'pq'}",
+    )
+    assert got["rows"] == [{"id": "a", "n": 1, "x": 5, "day": "2026-01-01"}]
+    glob = sql_json(
+        "SELECT count(*) AS n FROM ev",
+        "--data",
+        str(folder / "d"),
+        "--parquet",
+        f"ev={folder}/pq/date=*/*.parquet",
+    )
+    assert glob["rows"] == [{"n": 1}]
+
+
+HOSTILE = [
+    # writing or reading files other than the named ones, installing, attaching
+    ("COPY people TO '{tmp}/out.csv'", "disabled"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "disabled"),
+    ("SELECT * FROM read_text('{pq}/../../../../etc/passwd')", "disabled"),
+    ("SELECT * FROM read_parquet('{tmp}/**/*.parquet')", "disabled"),
+    ("ATTACH '{tmp}/x.db'", "disabled"),
+    ("INSTALL httpfs", "disabled"),
+    ("SET enable_external_access = true", "locked"),
+    ("SET allowed_directories = ['/']", "locked"),
+    # plain mistakes name the tables
+    ("SELECT * FROM nope", "people"),
+    ("SELEC 1", "people"),
+]
+
+
+@pytest.mark.parametrize("sql,why", HOSTILE, ids=[h[0][:24] for h in HOSTILE])
+def test_hostile_or_bad_sql_is_refused_in_one_line(folder, sql, why):
+    text = sql.format(tmp=folder, pq=folder / "pq")
+    done = edgecore(
+        "sql", text, "--data", str(folder / "d"), "--parquet", f"ev={folder / 'pq'}", "--json"
+    )
+    assert done.returncode == 1 and done.stdout == "", done.stdout
+    line = done.stderr.strip()
+    assert line.count("\n") == 0 and why in line and "people" in line and "ev" in line, line
+    assert not (folder / "out.csv").exists() and not (folder / "x.db").exists()
+
+
+BAD_OPTIONS = [
+    (["--parquet", "ev"], "NAME=PATH"),
+    (["--parquet", "e v;drop=x"], "letters, digits"),
+    (["--parquet", "ev=/nonexistent/x"], "no Parquet file"),
+    (["--parquet", "ev=/nonexistent/*/x.parquet"], "no Parquet file"),
+    (["--live"], "--address"),
+]
+
+
+@pytest.mark.parametrize("args,why", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_are_refused_in_one_line(folder, args, why):
+    done = edgecore("sql", "SELECT 1", "--data", str(folder / "d"), *args)
+    line = done.stderr.strip()
+    assert done.returncode == 1 and line.count("\n") == 0 and why in line, line
+
+
+def test_a_quote_in_a_parquet_path_is_data_not_sql(folder):
+    odd = folder / "it's"
+    odd.mkdir()
+    pq.write_table(pa.table({"v": [1, 2]}), odd / "a.parquet")
+    got = sql_json(
+        "SELECT sum(v) AS s FROM odd", "--data", str(folder / "d"), "--parquet", f"odd={odd}"
+    )
+    assert got["rows"] == [{"s": 3}]
+
+
+def test_live_needs_one_stream_table():
+    from runtime.state.live import stream_topic
+
+    assert stream_topic("SELECT * FROM alerts_stream WHERE x > 1") == "alerts"
+    assert stream_topic("SELECT * FROM late_events_stream") == "late_events"
+    for sql in ("SELECT * FROM alerts", "SELECT * FROM a_stream JOIN b_stream USING (k)"):
+        with pytest.raises(ConfigError, match="exactly one <topic>_stream"):
+            stream_topic(sql)
