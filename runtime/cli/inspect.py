@@ -53,8 +53,8 @@ def sql(
     data: Path = typer.Option(
         None,
         "--data",
-        help=DATA_HELP + " With --address: its other tables join the live ones, if given "
-        "or if ./edgecore-data exists.",
+        help=DATA_HELP + " With --address: default, the running runtime's own folder (if "
+        "this machine sees it); its other tables join the live ones.",
     ),
     address: str = typer.Option(
         None,
@@ -103,11 +103,10 @@ def sql(
         return
     if address:
         from runtime.cluster.handles import attach
-        from runtime.state.live import live_query
+        from runtime.state.live import live_query, runtime_data_dir
 
         attach(address, hard=True)
-        folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
-        result = live_query(query, folder, views)
+        result = live_query(query, data or runtime_data_dir(), views)
     else:
         from runtime.state.sql import query as run_query
 
@@ -145,10 +144,10 @@ def _follow(
 ) -> None:
     """``sql --live``: print the rows of the continuous query as they come."""
     from runtime.cluster.handles import attach
-    from runtime.state.live import follow_query
+    from runtime.state.live import follow_query, runtime_data_dir
 
     attach(address, hard=True)
-    folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
+    folder = data or runtime_data_dir()
     shown = 0
     try:
         for result in follow_query(query, folder, views, from_beginning, idle_timeout):

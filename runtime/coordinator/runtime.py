@@ -345,6 +345,8 @@ class Runtime:
                 for k, c in self._models.items()
             },  # fmt: skip
             "topics": hosted,
+            # where its tables are, for commands attached to it (`edgecore sql --address`)
+            "data": str(self.data_dir.resolve()),
         }
 
     def publish_status(self, force: bool = False) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 
 import pyarrow as pa
@@ -139,8 +140,12 @@ class ParquetSink(BufferedSink):
         partition_by: tuple[str, ...] = ("date",),
         time_column: str | None = "ts",
         flush_rows: int = 50_000,
+        dictionary: bool = True,
     ) -> None:
         super().__init__(flush_rows)
+        #: dictionary encoding makes Parquet smaller for repetitive strings but costs most
+        #: of the writing time (2-3x); a sink on the hot path turns it off
+        self.dictionary = dictionary
         self.root = root
         self.partition_by = list(partition_by)
         self.time_column = time_column
@@ -160,12 +165,10 @@ class ParquetSink(BufferedSink):
                 None,
             )
         if col is not None:
-            day = pc.strftime(rows.column(col), format="%Y-%m-%d")
-            if day.null_count == 0:
-                return day
-            today = _today()
-            return pc.fill_null(day, today)
-        return pa.array([_today()] * rows.num_rows, pa.string())
+            # a cast, not strftime: strftime costs ~2 us a row, a cast next to nothing
+            day = pc.cast(rows.column(col), pa.date32())
+            return day if day.null_count == 0 else pc.fill_null(day, pa.scalar(_today()))
+        return pa.array([_today()] * rows.num_rows, pa.date32())
 
     def _write(self, data: pa.Table) -> None:
         """New files each time (a unique name), never rewriting what is there."""
@@ -173,10 +176,12 @@ class ParquetSink(BufferedSink):
 
         import pyarrow.dataset as ds
 
+        options = ds.ParquetFileFormat().make_write_options(use_dictionary=self.dictionary)
         ds.write_dataset(
             data,
             self.root,
             format="parquet",
+            file_options=options,
             partitioning=self.partition_by,
             partitioning_flavor="hive",
             existing_data_behavior="overwrite_or_ignore",
@@ -184,10 +189,8 @@ class ParquetSink(BufferedSink):
         )
 
 
-def _today() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+def _today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
 
 
 class WebhookSink:
