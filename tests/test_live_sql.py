@@ -206,6 +206,8 @@ def folder(tmp_path_factory):
     Store(d / "d").upsert("people", pa.table({"id": ["a", "b"], "n": [1, 2]}), key="id")
     (d / "pq" / "date=2026-01-01").mkdir(parents=True)
     pq.write_table(pa.table({"id": ["a"], "x": [5]}), d / "pq" / "date=2026-01-01" / "p.parquet")
+    (d / "empty").mkdir()
+    (d / "not.parquet").write_text("id,x\na,5\n")
     return d
 
 
@@ -261,12 +263,15 @@ BAD_OPTIONS = [
     (["--parquet", "e v;drop=x"], "letters, digits"),
     (["--parquet", "ev=/nonexistent/x"], "no Parquet file"),
     (["--parquet", "ev=/nonexistent/*/x.parquet"], "no Parquet file"),
+    (["--parquet", "ev={d}/empty"], "cannot read"),  # a folder without Parquet
+    (["--parquet", "ev={d}/not.parquet"], "cannot read"),  # a file that is not Parquet
     (["--live"], "--address"),
 ]
 
 
 @pytest.mark.parametrize("args,why", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
 def test_bad_options_are_refused_in_one_line(folder, args, why):
+    args = [a.format(d=folder) for a in args]
     done = edgecore("sql", "SELECT 1", "--data", str(folder / "d"), *args)
     line = done.stderr.strip()
     assert done.returncode == 1 and line.count("\n") == 0 and why in line, line
