@@ -53,8 +53,8 @@ def sql(
     data: Path = typer.Option(
         None,
         "--data",
-        help=DATA_HELP + " With --address: its other tables join the live ones, if given "
-        "or if ./edgecore-data exists.",
+        help=DATA_HELP + " With --address: default, the running runtime's own folder (if "
+        "this machine sees it); its other tables join the live ones.",
     ),
     address: str = typer.Option(
         None,
@@ -73,7 +73,8 @@ def sql(
         "--live",
         help="A continuous query over <topic>_stream (with --address): the query runs over "
         "each batch of rows as it arrives and prints its rows; filters and projections are "
-        "per row, aggregates are per batch. Ctrl-C, --limit or --idle-timeout end it.",
+        "per row, aggregates are per batch; the tables it joins are as they were when it "
+        "started. Ctrl-C, --limit or --idle-timeout end it.",
     ),
     from_beginning: bool = typer.Option(
         False, "--from-beginning", help="--live: start at the topic's oldest retained row."
@@ -86,10 +87,11 @@ def sql(
         "--json",
         help="Print rows as a JSON object {columns, rows} (--live: one JSON object per row).",
     ),
-    limit: int = typer.Option(
-        50,
+    limit: int | None = typer.Option(
+        None,
         "--limit",
-        help="Rows to print in table mode (--live: stop after this many; 0: no limit).",
+        help="Rows to print in table mode (default 50); --live: stop after this many rows "
+        "(default: follow until Ctrl-C).",
     ),
 ) -> None:
     """Run SQL with DuckDB over the data folder's tables, or the live state (--address)."""
@@ -99,15 +101,14 @@ def sql(
     if live:
         if not address:
             fail("--live follows a topic of a running runtime: give --address (e.g. auto)")
-        _follow(query, address, data, views, from_beginning, idle_timeout, limit, as_json)
+        _follow(query, address, data, views, from_beginning, idle_timeout, limit or 0, as_json)
         return
     if address:
         from runtime.cluster.handles import attach
-        from runtime.state.live import live_query
+        from runtime.state.live import live_query, runtime_data_dir
 
         attach(address, hard=True)
-        folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
-        result = live_query(query, folder, views)
+        result = live_query(query, data or runtime_data_dir(), views)
     else:
         from runtime.state.sql import query as run_query
 
@@ -116,6 +117,7 @@ def sql(
     if as_json:
         typer.echo(dumps({"columns": result.column_names, "rows": rows}))
         return
+    limit = 50 if limit is None else limit
     table = Table(*result.column_names)
     for r in rows[:limit]:
         table.add_row(*[cell(v, grouping=False) for v in r.values()])
@@ -145,10 +147,10 @@ def _follow(
 ) -> None:
     """``sql --live``: print the rows of the continuous query as they come."""
     from runtime.cluster.handles import attach
-    from runtime.state.live import follow_query
+    from runtime.state.live import follow_query, runtime_data_dir
 
     attach(address, hard=True)
-    folder = data or (Path("edgecore-data") if Path("edgecore-data").is_dir() else None)
+    folder = data or runtime_data_dir()
     shown = 0
     try:
         for result in follow_query(query, folder, views, from_beginning, idle_timeout):

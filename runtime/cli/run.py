@@ -20,10 +20,12 @@ from runtime.cli.common import (
     parse_duration,
     user_errors,
 )
+from runtime.streams.export import EXPORT_HELP
 
 #: options the commands that run an app share (typer reads these defaults; never mutated)
 SHARDS_OPTION = typer.Option(0, "--shards", help="Shards per entity kind (0: one per CPU).")
 ADDRESS_OPTION = typer.Option(None, "--address", help=ADDRESS_HELP)
+EXPORT_OPTION = typer.Option(None, "--export", help=EXPORT_HELP)
 PLACEMENT_OPTION = typer.Option(
     None,
     "--placement",
@@ -102,6 +104,7 @@ def demo(
     shards: int = SHARDS_OPTION,
     address: str = ADDRESS_OPTION,
     placement: Path = PLACEMENT_OPTION,
+    export: Path = EXPORT_OPTION,
     app_name: str = typer.Option("fraud", "--app", help="Which installed app to demo."),
     edges: int = typer.Option(
         0,
@@ -151,9 +154,12 @@ def demo(
             edge_app_name,
             edge_events or events // 5,
             as_json,
+            export,
         )
         return
-    with open_runtime(data, address, shards or None, policy=placement) as rt:
+    with open_runtime(
+        data, address, shards or None, policy=placement, export_dir=export_folder(export)
+    ) as rt:
         stats = _drive(rt, the_app, source, events, as_json)
         where = rt.placement()
         evaluated = _evaluate(rt, the_app, source, as_json)
@@ -191,6 +197,7 @@ def _demo_edges(
     edge_app_name: str,
     edge_events: int,
     as_json: bool,
+    export: Path | None = None,
 ) -> None:
     """The demo across a simulated core + N edge cluster: ``edge_app_name``'s stream at the
     edges (one ingest stage per site), ``the_app``'s at the core."""
@@ -212,7 +219,9 @@ def _demo_edges(
             )
             for s in edge_app.sites
         }
-        with open_runtime(data, cluster.address, shards or 1, policy=policy_file) as rt:
+        with open_runtime(
+            data, cluster.address, shards or 1, policy=policy_file, export_dir=export_folder(export)
+        ) as rt:
             if not as_json:
                 err.print(f"{edge_app.name}: at the edge of {', '.join(edge_app.sites)}")
             edge_stats = run_sites(rt, edge_app, sources)
@@ -286,6 +295,7 @@ def replay(
         help="Learn from each event's own label only this long (event time) after the "
         "event, e.g. 30m, 2h, 1d: simulates late labels on a labelled file.",
     ),
+    export: Path = EXPORT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a recorded stream through an app and update the data folder.
@@ -323,6 +333,7 @@ def replay(
         "checkpoint_rows": checkpoint_every,
         "max_active": max_active or None,
         "shard_memory_mb": shard_memory_mb,
+        "export_dir": export_folder(export),
     }
     paced = Paced(source, rate) if rate else source
     with open_runtime(data, address, shards or None, local, **settings) as rt:
@@ -339,6 +350,7 @@ def run_pipeline(
     data: Path = typer.Option(Path("edgecore-data"), "--data", help=DATA_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     local: bool = typer.Option(False, "--local", help="Run in-process without Ray (debugging)."),
+    export: Path = EXPORT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Run a pipeline written with runtime.dataflow.builder.Pipeline, embedded or attached to a cluster."""
@@ -357,6 +369,15 @@ def run_pipeline(
     the_app = flow.build()
     if flow.input is None:
         fail(f"pipeline {flow.name!r} has no .source(...)")
-    with open_runtime(data, address, None, local) as rt:
+    with open_runtime(data, address, None, local, export_dir=export_folder(export)) as rt:
         stats = _drive(rt, the_app, flow.input, None, as_json)
     emit(_summary(stats, data, the_app), as_json, f"edgecore run: {flow.name}")
+
+
+def export_folder(export: Path | None) -> str | None:
+    """The export folder as the runtime takes it (absolute: actors may run elsewhere)."""
+    if export is None:
+        return None
+    if export.exists() and not export.is_dir():
+        fail(f"--export {export}: that is a file; give a folder (it is created if missing)")
+    return str(export.resolve())

@@ -17,6 +17,7 @@ from runtime.cli.common import (
     open_runtime,
     user_errors,
 )
+from runtime.cli.run import EXPORT_OPTION
 
 
 def serve_shards() -> int:
@@ -107,6 +108,7 @@ def serve(
         help="HOST:PORT to serve GET /metrics (Prometheus text format) on; off by default. "
         "Loopback only unless --token is given (then scrapes must carry it).",
     ),
+    export: Path = EXPORT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary when stopped."),
 ) -> None:
     """Run an app as a service on live HTTP and/or MQTT ingest until SIGINT/SIGTERM.
@@ -126,7 +128,7 @@ def serve(
     import threading
 
     from runtime.cli.console import open_console
-    from runtime.cli.run import app_report
+    from runtime.cli.run import app_report, export_folder
     from runtime.dataflow.apps import load_app
     from runtime.dataflow.driver import drive
     from runtime.ingest.http import HttpOptions
@@ -201,7 +203,12 @@ def serve(
         err.print(f"edgecore: metrics on http://{metrics_opts.host}:{bound}/metrics")
     try:
         with open_runtime(
-            data, address, shards or serve_shards(), local, checkpoint_seconds=checkpoint_seconds
+            data,
+            address,
+            shards or serve_shards(),
+            local,
+            checkpoint_seconds=checkpoint_seconds,
+            export_dir=export_folder(export),
         ) as rt:
             # after the runtime started: ray.init() installs handlers of its own that would
             # replace ours (and exit without running them)

@@ -44,6 +44,9 @@ class RuntimeConfig:
     num_cpus: int | None = None
     #: where each actor runs (default: device work at the edge, the rest at the core)
     policy: Any = None
+    #: analytics exports: Hive-partitioned Parquet of the input events, the output topics
+    #: and the profiles of each checkpoint (see runtime.streams.export); None: none
+    export_dir: str | None = None
     #: restarts from the last checkpoint after actor failures before a run gives up
     max_restarts: int = 3
 

@@ -221,6 +221,7 @@ class Deployment:
                     outlets={t: outlet(j, self.config.retention, shares[t][j]) for t in hosted},
                     site=site,
                     shard_snapshot=own[j],
+                    export=self.config.export_dir,
                     spec=ActorSpec(shard_name, "shard", name, site),
                 )
                 shards.append(ShardClient(handle))

@@ -294,6 +294,10 @@ class Runtime:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
         self._checkpoint_at = time.time()  # its age on the board: is state being committed?
+        if self.config.export_dir and prepared.states:
+            from runtime.streams.export import export_profiles
+
+            export_profiles(self.config.export_dir, prepared.states, cp.epoch, time.time())
         for kind, _, card in prepared.models:  # the serving model's live metrics, for status
             self._models[kind] = card
         return cp
@@ -349,6 +353,8 @@ class Runtime:
                 for k, c in self._models.items()
             },  # fmt: skip
             "topics": hosted,
+            # where its tables are, for commands attached to it (`edgecore sql --address`)
+            "data": str(self.data_dir.resolve()),
         }
         if self.metrics is not None:  # the run's metrics, as Registry.snapshot() has them
             self.refresh_metrics(stages)

@@ -219,6 +219,10 @@ def setup(rt: Runtime, app: App) -> None:
     for topic, (table, key) in app.sinks.items():
         if not rt.has_subscriber(f"{topic}->{table}"):
             rt.sink_to_table(topic, table, key)
+    if rt.config.export_dir:
+        from runtime.streams.export import export_outputs
+
+        export_outputs(rt, app, rt.config.export_dir)
 
 
 def run(

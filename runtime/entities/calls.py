@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,15 @@ def serialized(method: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+class LiveState(NamedTuple):
+    """A shard's whole population at one moment (:meth:`Shard.live_snapshot`)."""
+
+    kind: str
+    key: str
+    site: str | None
+    table: pa.Table | None  # as a checkpoint stores it; None for a stateless kind
+
+
 class EntityCalls:
     """What a shard answers about single entities (attributes set by the shard)."""
 
@@ -50,6 +59,9 @@ class EntityCalls:
     kind_cls: type[EntityKind]
     res: Residency
     state: ColumnarState
+    site: str | None
+    #: what the last drain handed over of entities no longer in memory (see live_snapshot)
+    _handed: pa.Table | None
 
     def _slot(self, key: str, create: bool) -> int:
         keys = pa.array([key])
@@ -161,3 +173,38 @@ class EntityCalls:
                 f"results for {len(slots)} keys"
             )
         return result
+
+    def _not_resident(self, table: pa.Table | None) -> pa.Table | None:
+        if table is None or not table.num_rows:
+            return None
+        hashes = table.column("_key_hash").to_numpy().view(np.uint64)
+        gone = self.state.lookup(hashes) < 0
+        return table.filter(pa.array(gone)) if gone.any() else None
+
+    @serialized
+    def live_snapshot(self) -> LiveState:
+        """Every entity of this shard as a checkpoint would store it, now: the ones in
+        memory, the passivated ones waiting in the outbox, the ones the last drain handed
+        over but a commit may not have written yet, and the rest as LanceDB has them.
+        One call, so one batch boundary: nothing is applied in between. Nothing changes
+        (no entity is activated, no dirty flag cleared)."""
+        if self.kind_cls.stateless:
+            return LiveState(self.name, self.kind_cls.key, self.site, None)
+        st = self.state
+        raw = [*self.res.outbox, st.to_arrow(np.flatnonzero(st.active))]
+        table = self.res.tag_site(self.kind.export(pa.concat_tables(raw)))
+        parts = [table]
+        seen = table.column("_key_hash").to_numpy().view(np.uint64)
+        if self._handed is not None:
+            h = self._handed.column("_key_hash").to_numpy().view(np.uint64)
+            fresh = ~np.isin(h, seen)
+            parts.append(self._handed.filter(pa.array(fresh)))
+            seen = np.concatenate([seen, h[fresh]])
+        missing = np.setdiff1d(self.res.stored, seen)
+        if len(missing):  # passivated and committed: LanceDB has their latest state
+            stored = self.res.store.read(self.name)
+            h = stored.column("_key_hash").to_numpy().view(np.uint64)
+            parts.append(stored.filter(pa.array(np.isin(h, missing))))
+        parts = [p.select([c for c in table.column_names if c in p.column_names]) for p in parts]
+        whole = pa.concat_tables(parts, promote_options="default")
+        return LiveState(self.name, self.kind_cls.key, self.site, whole)

@@ -49,7 +49,7 @@ class ShardClient(ActorClient):
         return self._call(Shard.drain)
 
     def live_snapshot(self) -> Any:
-        """A :class:`~runtime.entities.shard.LiveState`: every entity of the shard, now."""
+        """A :class:`~runtime.entities.calls.LiveState`: every entity of the shard, now."""
         return self._call(Shard.live_snapshot)
 
     def snapshot_kind(self) -> Any:

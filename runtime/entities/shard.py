@@ -43,6 +43,7 @@ from runtime.entities.router import NO_WATERMARK, Router, ingested_at, read_tag
 from runtime.errors import ConfigError
 from runtime.observe.raymirror import RayCounters
 from runtime.state.store import Store
+from runtime.streams.export import EventTap
 from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
 
@@ -64,15 +65,6 @@ class Drained(NamedTuple):
     own: bytes | None = None
 
 
-class LiveState(NamedTuple):
-    """A shard's whole population at one moment (:meth:`Shard.live_snapshot`)."""
-
-    kind: str
-    key: str
-    site: str | None
-    table: pa.Table | None  # as a checkpoint stores it; None for a stateless kind
-
-
 class Shard(EntityCalls):
     def __init__(
         self,
@@ -91,6 +83,7 @@ class Shard(EntityCalls):
         outlets: dict[str, dict[str, Any]] | None = None,
         site: str | None = None,
         shard_snapshot: bytes | None = None,
+        export: str | None = None,
     ) -> None:
         self._lock = threading.RLock()
         #: the site this shard serves, for a site-partitioned kind: its stored profiles
@@ -128,6 +121,9 @@ class Shard(EntityCalls):
         self._handed: pa.Table | None = None
         self._seq = 0
         self._ingested: float | None = None  # when the batch being applied was taken in
+        #: analytics export of the events applied, for a kind the source feeds (see
+        #: runtime.streams.export); a kind fed by another kind's shards writes none
+        self._tap = EventTap(export, self.name) if export else None
         self.counters = {"rows": 0, "batches": 0, "loaded": 0, "passivated": 0, "busy_s": 0.0}
         # straight to Ray's metrics, once per batch (added up, handed over once a second)
         self._ray_rows = RayCounters(
@@ -202,6 +198,8 @@ class Shard(EntityCalls):
         tagged = read_tag(events)
         if tagged is not None:
             self._heard(*tagged)
+        if self._tap is not None and "source" in self._inputs:
+            self._tap.add(events)
         if self.kind_cls.stateless:
             return self._apply_operator(events, t0)
         if self.idle_seconds:
@@ -328,6 +326,8 @@ class Shard(EntityCalls):
         for router in self.forwards.values():
             self._fwd_stats.extend(router.drain())
         fwd = self._forwarded()
+        if self._tap is not None:  # the events of the cut are in files before it commits
+            self._tap.flush()
         self.res.passivate(self._seq + 1)  # idle entities leave with this checkpoint
         table = self.res.take_changed()
         if table is not None:
@@ -336,41 +336,6 @@ class Shard(EntityCalls):
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
         own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
         return Drained(table, self.kind.snapshot(), fwd, outlets, own)
-
-    def _not_resident(self, table: pa.Table | None) -> pa.Table | None:
-        if table is None or not table.num_rows:
-            return None
-        hashes = table.column("_key_hash").to_numpy().view(np.uint64)
-        gone = self.state.lookup(hashes) < 0
-        return table.filter(pa.array(gone)) if gone.any() else None
-
-    @serialized
-    def live_snapshot(self) -> LiveState:
-        """Every entity of this shard as a checkpoint would store it, now: the ones in
-        memory, the passivated ones waiting in the outbox, the ones the last drain handed
-        over but a commit may not have written yet, and the rest as LanceDB has them.
-        One call, so one batch boundary: nothing is applied in between. Nothing changes
-        (no entity is activated, no dirty flag cleared)."""
-        if self.kind_cls.stateless:
-            return LiveState(self.name, self.kind_cls.key, self.site, None)
-        st = self.state
-        raw = [*self.res.outbox, st.to_arrow(np.flatnonzero(st.active))]
-        table = self.res.tag_site(self.kind.export(pa.concat_tables(raw)))
-        parts = [table]
-        seen = table.column("_key_hash").to_numpy().view(np.uint64)
-        if self._handed is not None:
-            h = self._handed.column("_key_hash").to_numpy().view(np.uint64)
-            fresh = ~np.isin(h, seen)
-            parts.append(self._handed.filter(pa.array(fresh)))
-            seen = np.concatenate([seen, h[fresh]])
-        missing = np.setdiff1d(self.res.stored, seen)
-        if len(missing):  # passivated and committed: LanceDB has their latest state
-            stored = self.res.store.read(self.name)
-            h = stored.column("_key_hash").to_numpy().view(np.uint64)
-            parts.append(stored.filter(pa.array(np.isin(h, missing))))
-        parts = [p.select([c for c in table.column_names if c in p.column_names]) for p in parts]
-        whole = pa.concat_tables(parts, promote_options="default")
-        return LiveState(self.name, self.kind_cls.key, self.site, whole)
 
     @serialized
     def outlet(self, topic: str, method: str, *args: Any) -> Any:

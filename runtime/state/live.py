@@ -79,6 +79,15 @@ def live_tables(kinds: list[str] | None = None) -> dict[str, pa.Table]:
     }
 
 
+def runtime_data_dir() -> Path | None:
+    """The data folder of the running runtime, if this machine sees it (the status board
+    says where it is)."""
+    from runtime.cluster.status import read_board
+
+    where = read_board().get("data")
+    return Path(where) if where and Path(where).is_dir() else None
+
+
 def live_connection(
     data_dir: str | Path | None = None, parquet: dict[str, str] | None = None
 ) -> Any:

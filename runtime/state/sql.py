@@ -81,10 +81,14 @@ def register_parquet(con: duckdb.DuckDBPyConnection, parquet: dict[str, str]) ->
             allowed.append(f"{static}/")
             pattern = str(path)
         lit = pattern.replace("'", "''")
-        con.execute(
-            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM '
-            f"read_parquet('{lit}', hive_partitioning=true, union_by_name=true)"
-        )
+        try:
+            con.execute(
+                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM '
+                f"read_parquet('{lit}', hive_partitioning=true, union_by_name=true)"
+            )
+        except duckdb.Error as err:  # no Parquet there, or not Parquet
+            why = " ".join(str(err).splitlines()[0].split())
+            raise ConfigError(f"--parquet {name}: cannot read {where}: {why}") from err
     return allowed
 
 
