@@ -189,9 +189,8 @@ def drive(
     """Step ``feeders`` through ``app`` until their input ends (or ``stop`` is set, or
     ``max_events`` were taken in), checkpointing by rows and seconds as configured.
 
-    The run's figures go to ``metrics`` (a new :class:`~runtime.observe.run.RunMetrics`
-    if none is given), which the runtime puts on its status board and ``serve
-    --metrics`` answers on ``/metrics``; its event counts are the returned stats'.
+    The run's figures go to ``metrics`` (default: a new RunMetrics): on the status board
+    and ``serve --metrics``'s ``/metrics``, with the returned stats' event counts.
 
     With event time, the end of every bounded input moves the watermark to the end of
     time (``end_of_stream``), so every window fires. If a runtime actor dies, the runtime
@@ -377,6 +376,9 @@ def finish(stats: RunStats, counters: dict[str, float], app: App, t0: float) -> 
         stats.app = app.summarize(counters)
 
 
+GLANCE = ("input", "accepted", "dead_lettered", "duplicates", "checkpoints")
+
+
 def report(rt: Runtime, app: App, stats: RunStats) -> None:
     """Publish a run's summary on the runtime's status board (``edgecore status``), with
     its metrics (and copy them to Ray's)."""
@@ -390,12 +392,8 @@ def report(rt: Runtime, app: App, stats: RunStats) -> None:
         m.registry.sync_ray()
     rt.report(
         app.name,
-        {
-            "input": stats.input,
-            "accepted": stats.accepted,
-            "dead_lettered": stats.dead_lettered,  # the console's counts at a glance
-            "duplicates": stats.duplicates,
-            "checkpoints": stats.checkpoints,
+        {  # the console's counts at a glance
+            **{k: getattr(stats, k) for k in GLANCE},
             "events_per_s": round(stats.events_per_s, 1),
             **stats.app,
         },

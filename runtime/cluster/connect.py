@@ -1,0 +1,212 @@
+"""Starting the embedded Ray, or attaching to a running cluster, in one line or one error.
+
+A bare ``ray.init()`` would join whatever cluster an earlier run left recorded on this
+machine; a bare ``ray.init(address=...)`` towards nothing retries for minutes. Here the
+embedded Ray is explicit (its own sessions, labels, niceness), and attaching probes the
+address first, sends the machine's Ray token, and fails in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError, NotStartedError
+
+
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    namespace: str = "edgecore",
+    quiet: bool = False,
+) -> bool:
+    """Start an embedded Ray (``address=None``) or attach to ``address``; True if we started it.
+
+    A bare ``ray.init()`` would try to join whatever cluster an earlier run left
+    recorded on this machine, even a dead one, so the embedded default is explicit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": True}
+    isolate: Any = contextlib.nullcontext()
+    if address is None:
+        isolate = _own_sessions()
+        # the one local node plays both roles
+        kwargs.update(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            labels=dict(EMBEDDED_LABELS),
+        )
+        kwargs["_system_config"] = {
+            "metrics_report_interval_ms": 60_000,
+            # Ray runs workers at nice 15 below the driver; here the workers (gates, shards)
+            # are the hot path and the driver writes checkpoints: at 15, each LanceDB write
+            # of the driver stalled every alert behind it
+            "worker_niceness": 0,
+        }
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    else:
+        kwargs["address"] = address
+    if quiet:  # a command that only reads: Ray's own chatter is not its output
+        import logging
+
+        kwargs.update(logging_level=logging.ERROR, log_to_driver=False)
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    with isolate:
+        ray.init(**kwargs)
+    return True
+
+
+def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
+    """Attach to the running cluster at ``address`` (``auto``: the one this machine runs),
+    or fail with :class:`~runtime.errors.NotStartedError` and a one-line reason.
+
+    A bare ``ray.init(address=...)`` towards nothing retries for minutes and prints pages
+    of warnings; here the address is probed first (a TCP connect). ``hard``: for command
+    lines — should Ray still not answer within ``timeout`` (something else listens there),
+    print the reason and exit 1 rather than hang.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+
+            target = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise NotStartedError(
+                "no Ray cluster is running on this machine (--address auto): start the runtime "
+                "(e.g. `edgecore serve`) or give the head node's --address HOST:PORT"
+            ) from None
+        except ImportError:  # a Ray without the helper: let ray.init find it
+            target = address
+    if target != "auto" and not target.startswith("ray://"):
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"--address must be HOST:PORT, 'auto' or ray://HOST:PORT, not {address!r}"
+            )
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+        except OSError as err:
+            raise NotStartedError(
+                f"no Ray cluster answers at {target} ({err.strerror or err}): is the runtime "
+                "running? Start it (e.g. `edgecore serve`) or check --address"
+            ) from None
+    _send_token_if_we_have_one()
+    if not hard:
+        try:
+            init_ray(address)
+        except ConnectionError as err:
+            raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
+        return
+    # a command line: Ray's retries, printed by its C++ side, are not our output, and it
+    # must not hang if something else answers there
+    saved = os.dup(2)
+
+    def give_up() -> None:
+        os.write(
+            saved,
+            f"error: the Ray cluster at {target} did not answer within {timeout:g} s; check --address\n".encode(),
+        )
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        init_ray(address, quiet=True)
+    except ConnectionError as err:
+        raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
+    finally:
+        watchdog.cancel()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+
+
+def _send_token_if_we_have_one() -> None:
+    """Attach with Ray's token when this machine has one and no mode was chosen.
+
+    Ray 2.59+ turns token authentication on by default for the local clusters it starts
+    (the embedded Ray of ``serve``, ``demo``...), but a process attaching by address sends
+    no token unless ``RAY_AUTH_MODE=token`` (the default for every cluster from Ray
+    2.61): it was refused ("Authentication token is missing or incorrect"). The token
+    is the machine's (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN[_PATH]``), as the cluster's.
+    """
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return  # chosen by the user (or by a Ray started in this process): respect it
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    if has_token or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray read the mode when imported: refresh it, as Ray does when it enables it
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # a Ray without it reads the environment
+            pass
+
+
+@contextlib.contextmanager
+def _own_sessions() -> Iterator[None]:
+    """Start the embedded Ray's processes (GCS, raylet, and so the workers) in sessions of
+    their own, as Ray itself does on Windows: a SIGTERM or SIGINT to the driver's whole
+    process group (a shell job, ``kill -- -PGID``) then reaches the driver alone, which
+    stops intake, commits through its actors and shuts Ray down. Ray still ends them if
+    the driver dies (kernel fate-sharing), which is why this is done only where Ray has it.
+    """
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    base = services.ConsolePopen
+    if sys.platform == "win32" or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class OwnSession(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnSession
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
+
+
+EMBEDDED_LABELS = {"role": "hybrid", "site": "local"}
+
+
+def yield_cpu(by: int = 10) -> bool:
+    """Lower this process's CPU priority (every thread of it, LanceDB's included) by ``by``.
+
+    For a coordinator whose own work (checkpoint writes to LanceDB, 50-130 ms of two cores'
+    CPU each) is background work next to actors on the hot path: a live ingest's driver.
+    Lowering needs no privilege; Linux only (a thread's niceness is its own there, so each
+    is set), a no-op elsewhere. True if it was done.
+    """
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return False
+    done = False
+    for tid in os.listdir(tasks):
+        with contextlib.suppress(OSError, ValueError):
+            now = os.getpriority(os.PRIO_PROCESS, int(tid))
+            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, now + by))
+            done = True
+    return done
