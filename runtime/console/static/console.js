@@ -7,6 +7,12 @@ const WINDOW_S = 300;
 const FEED_SHOWN = 200;
 const state = { points: [], feed: [], topic: "", chosen: false, kinds: "", frame: null };
 
+// "edgecore_ingest_latency_seconds{stage="alerts"}" -> "ingest → alerts ·": what is timed
+function stageOf(name) {
+  const m = /stage="([^"]+)"/.exec(name || "");
+  return m ? `ingest → ${m[1]} ·` : "";
+}
+
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -114,7 +120,7 @@ function showFrame(f) {
   banner.classList.toggle("hidden", !f.error);
   const lat = f.latency;
   $("latency").textContent = lat
-    ? `p50 ${ms(lat.p50)} · p95 ${ms(lat.p95)} · p99 ${ms(lat.p99)} (last 10 s, ${fmt(lat.count)} measured)`
+    ? `${stageOf(lat.name)} p50 ${ms(lat.p50)} · p95 ${ms(lat.p95)} · p99 ${ms(lat.p99)} (last 10 s, ${fmt(lat.count)} measured)`
     : "no latency measured";
   showPlacement(f.placement || []);
   showModels(f.models || {});
