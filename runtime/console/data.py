@@ -64,7 +64,7 @@ class ConsoleData:
         self._status_at = 0.0
         self._followers: dict[str, Any] = {}
         self._topics_at = 0.0
-        self._latency_seen: deque[tuple[float, dict[float, float]]] = deque()
+        self._latency_seen: deque[tuple[float, dict[str, dict[float, float]]]] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -170,18 +170,22 @@ class ConsoleData:
         )
 
     def _latency(self, board: dict[str, Any], now: float) -> dict[str, Any] | None:
-        """Percentiles of what was measured in the last ~10 s (None: nothing measured)."""
-        found = latency_buckets(board)
-        if found is None:
+        """Percentiles of what was measured in the last ~10 s (None: nothing measured), for
+        the first stage that measured any: ingest to an alert, else to applied (a quiet
+        minute has no alerts, but events are still being applied)."""
+        found = dict(latency_buckets(board))
+        if not found:
             return None
-        name, buckets = found
         seen = self._latency_seen
-        seen.append((now, buckets))
+        seen.append((now, found))
         while len(seen) > 1 and seen[1][0] <= now - 10.0:
             seen.popleft()
-        before = seen[0][1] if len(seen) > 1 else None
-        window = window_percentiles(buckets, before)
-        return {"name": name, **window} if window else None
+        before = seen[0][1] if len(seen) > 1 else {}
+        for name, buckets in found.items():
+            window = window_percentiles(buckets, before.get(name) if len(seen) > 1 else None)
+            if window:
+                return {"name": name, **window}
+        return None
 
     @staticmethod
     def kinds(status: dict[str, Any]) -> list[str]:

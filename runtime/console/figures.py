@@ -121,41 +121,52 @@ def total_events(board: dict[str, Any]) -> float | None:
 LATENCY_STAGES = ("alerts", "maintenance", "offers", "predictions", "applied")
 
 
-def latency_buckets(board: dict[str, Any]) -> tuple[str, dict[float, float]] | None:
-    """The first latency histogram on the board: its name and cumulative count per upper
-    bound, summed over its other labels; None when the runtime measures none. A histogram
-    by ``stage`` (``edgecore_ingest_latency_seconds``) is read for one stage: ingest to
-    an alert where alerts are published, else to applied (:data:`LATENCY_STAGES`).
+def latency_buckets(board: dict[str, Any]) -> list[tuple[str, dict[float, float]]]:
+    """The latency histograms on the board, each as its name and cumulative count per
+    upper bound (summed over other labels); [] when the runtime measures none. A histogram
+    by ``stage`` (``edgecore_ingest_latency_seconds``) gives one entry per stage, in the
+    order of :data:`LATENCY_STAGES` (ingest to an alert first, to applied last).
 
     >>> fam = {"name": "edgecore_ingest_latency_seconds", "type": "histogram", "samples": [
     ...     {"name": "edgecore_ingest_latency_seconds_bucket", "labels": {"stage": st, "le": le},
     ...      "value": v} for st, le, v in [("applied", "0.01", 5.0), ("applied", "+Inf", 6.0),
     ...                                    ("alerts", "0.01", 1.0), ("alerts", "+Inf", 2.0)]]}
-    >>> latency_buckets({"metrics": {"families": [fam]}})
-    ('edgecore_ingest_latency_seconds{stage="alerts"}', {0.01: 1.0, inf: 2.0})
+    >>> [name for name, _ in latency_buckets({"metrics": {"families": [fam]}})]
+    ['edgecore_ingest_latency_seconds{stage="alerts"}', 'edgecore_ingest_latency_seconds{stage="applied"}']
+    >>> latency_buckets({"metrics": {"families": [fam]}})[0][1]
+    {0.01: 1.0, inf: 2.0}
     """
+    out: list[tuple[str, dict[float, float]]] = []
     for name, fam in sorted(families(board).items()):
         if fam.get("type") != "histogram" or "latency" not in name:
             continue
         samples = fam.get("samples", [])
         stages = {s.get("labels", {}).get("stage") for s in samples} - {None}
-        shown = next((st for st in LATENCY_STAGES if st in stages), min(stages, default=None))
-        if shown is not None:
-            samples = [s for s in samples if s.get("labels", {}).get("stage") == shown]
-            name = f'{name}{{stage="{shown}"}}'
-        buckets: dict[float, float] = {}
-        for s in samples:
-            if not s.get("name", "").endswith("_bucket"):
-                continue
-            le = s.get("labels", {}).get("le")
-            try:
-                bound = float(le)  # "+Inf" parses as inf
-            except (TypeError, ValueError):
-                continue
-            buckets[bound] = buckets.get(bound, 0.0) + float(s.get("value", 0.0))
-        if buckets:
-            return name, buckets
-    return None
+        ranked = sorted(stages, key=lambda st: (st not in LATENCY_STAGES, _rank(st), st))
+        for stage in ranked or [None]:
+            picked = [s for s in samples if s.get("labels", {}).get("stage") == stage]
+            buckets = _buckets(picked if stage is not None else samples)
+            if buckets:
+                out.append((f'{name}{{stage="{stage}"}}' if stage else name, buckets))
+    return out
+
+
+def _rank(stage: str) -> int:
+    return LATENCY_STAGES.index(stage) if stage in LATENCY_STAGES else len(LATENCY_STAGES)
+
+
+def _buckets(samples: list[dict[str, Any]]) -> dict[float, float]:
+    buckets: dict[float, float] = {}
+    for s in samples:
+        if not s.get("name", "").endswith("_bucket"):
+            continue
+        le = s.get("labels", {}).get("le")
+        try:
+            bound = float(le)  # "+Inf" parses as inf
+        except (TypeError, ValueError):
+            continue
+        buckets[bound] = buckets.get(bound, 0.0) + float(s.get("value", 0.0))
+    return buckets
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
