@@ -53,6 +53,12 @@ class Residency:
         self._clock_seq: list[int] = []
         self.outbox: list[pa.Table] = []
         self.outbox_hash = np.zeros(0, dtype=np.uint64)
+        # what the last drain took out of the outbox: the commit that writes it to LanceDB
+        # comes after the feeders resume, so until the next drain (the commit is done by
+        # then) an entity asked for comes back from here, not from an older stored row
+        self.handed: pa.Table | None = None
+        self.handed_hash = np.zeros(0, dtype=np.uint64)
+        self._drained_live = np.zeros(0, dtype=np.uint64)  # drained while in memory
         self.stored = np.zeros(0, dtype=np.uint64)  # sorted hashes with a stored profile
         self.tag_sites = site is not None
 
@@ -105,6 +111,7 @@ class Residency:
         if missing.any():
             want = uniq[missing]
             returned = self._from_outbox(want)
+            returned = np.concatenate([returned, self._from_handed(want, returned)])
             stored = want[self.is_stored(want) & ~np.isin(want, returned)]
             if len(stored):
                 in_list = ",".join(map(str, as_signed(stored).tolist()))
@@ -130,6 +137,29 @@ class Residency:
         hashes = returning.column("_key_hash").to_numpy().view(np.uint64)
         self.state.dirty[self.state.lookup(hashes)] = True  # still unwritten
         return hashes
+
+    def _from_handed(self, want: np.ndarray, returned: np.ndarray) -> np.ndarray:
+        """Reactivate entities the last drain handed to a commit that may not have landed
+        (clean: that commit writes this very row); returns their hashes."""
+        if self.handed is None:
+            return np.zeros(0, dtype=np.uint64)
+        back = np.isin(self.handed_hash, want) & ~np.isin(self.handed_hash, returned)
+        if not back.any():
+            return np.zeros(0, dtype=np.uint64)
+        self._activate_from(self.handed.filter(pa.array(back)))
+        return self.handed_hash[back]
+
+    def _hand_clean(self, clean: np.ndarray) -> None:
+        """Clean entities leaving memory that the last drain took while they were in it:
+        their row goes with what that drain handed over (its commit may not have landed)."""
+        if not len(clean) or not len(self._drained_live):
+            return
+        keep = clean[np.isin(self.state.key_hash[clean], self._drained_live)]
+        if len(keep):
+            rows = self.state.to_arrow(keep)
+            parts = [rows] if self.handed is None else [self.handed, rows]
+            self.handed = pa.concat_tables(parts)
+            self.handed_hash = np.concatenate([self.handed_hash, self.state.key_hash[keep]])
 
     def idle_cutoff(self) -> int:
         """The newest batch seq older than the idle time (entities last used then are idle)."""
@@ -171,6 +201,7 @@ class Residency:
                 victims = np.concatenate([victims, lru])
         if len(victims) == 0:
             return
+        self._hand_clean(victims[~st.dirty[victims]])
         dirty = victims[st.dirty[victims]]
         if len(dirty):
             self.outbox.append(st.to_arrow(dirty))
@@ -184,6 +215,9 @@ class Residency:
         dirty = np.flatnonzero(st.dirty & st.active)
         parts = [*self.outbox, st.to_arrow(dirty)] if len(dirty) or self.outbox else []
         st.dirty[dirty] = False
+        self.handed = pa.concat_tables(self.outbox) if self.outbox else None
+        self.handed_hash = self.outbox_hash
+        self._drained_live = np.sort(st.key_hash[dirty])
         self.outbox, self.outbox_hash = [], np.zeros(0, dtype=np.uint64)
         parts = [p for p in parts if p.num_rows]
         if not parts:

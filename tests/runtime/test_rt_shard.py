@@ -263,3 +263,72 @@ def test_warm_start_loads_only_own_keys(tmp_path: Path) -> None:
     assert shards[0].get(k0)["count"] == 1
     with pytest.raises(UnknownEntityError):
         shards[1].get(k0)
+
+
+def test_events_between_a_drain_and_its_commit_build_on_what_was_drained(tmp_path: Path) -> None:
+    """A checkpoint drains the shards, the feeders resume, then the commit writes LanceDB:
+    an entity passivated before the drain and asked for in that gap must come back as the
+    drain handed it, not as LanceDB still has it (an older row, or none): else its next
+    checkpoint overwrites what the first one wrote, and events are lost."""
+    data = str(tmp_path / "data")
+    shard = Shard(Clicks, None, 0, 1, data, max_active=4)
+    oracle = Oracle()
+    seq = 0
+
+    def feed(keys: list[str]) -> None:
+        nonlocal seq
+        ev = events(keys, seq0=seq, seed=seq)
+        seq += len(keys)
+        shard.apply(ev)
+        oracle.apply(ev)
+
+    feed(["a", "a", "b"])
+    Store(data).upsert(Clicks.name, shard.drain().table, key=Clicks.key)  # a committed: 2
+    feed(["a"])  # a: 3, dirty
+    for i in range(12):  # a is passivated (to the outbox)
+        feed([f"x{i}"])
+    assert shard.state.lookup(hash_keys(pa.array(["a"])))[0] < 0
+    handed = shard.drain().table  # the outbox goes to the checkpoint ...
+    assert "a" in handed["user_id"].to_pylist()
+    feed(["a", "b"])  # ... events arrive before it is written (a new: 4)
+    assert_matches(shard, oracle, ["a", "b"])
+    Store(data).upsert(Clicks.name, handed, key=Clicks.key)  # the commit lands
+    for i in range(12, 24):  # a is passivated again, then committed and read back
+        feed([f"x{i}"])
+    Store(data).upsert(Clicks.name, shard.drain().table, key=Clicks.key)
+    assert_matches(shard, oracle, sorted(oracle.s))
+    again = Shard(Clicks, None, 0, 1, data)
+    assert_matches(again, oracle, sorted(oracle.s))
+
+
+def test_a_clean_entity_leaving_memory_before_the_commit_comes_back_as_drained(
+    tmp_path: Path,
+) -> None:
+    """The same gap for an entity drained while in memory (now clean), then passivated
+    before the commit lands: it leaves without writing, and must not come back as the
+    older stored row."""
+    data = str(tmp_path / "data")
+    shard = Shard(Clicks, None, 0, 1, data, max_active=4)
+    oracle = Oracle()
+    seq = 0
+
+    def feed(keys: list[str]) -> None:
+        nonlocal seq
+        ev = events(keys, seq0=seq, seed=seq)
+        seq += len(keys)
+        shard.apply(ev)
+        oracle.apply(ev)
+
+    feed(["a"])
+    Store(data).upsert(Clicks.name, shard.drain().table, key=Clicks.key)  # a: 1 stored
+    feed(["a"])  # a: 2, in memory
+    handed = shard.drain().table  # a drained while in memory: clean now
+    for i in range(12):  # a leaves memory, clean: nothing goes to the outbox
+        feed([f"x{i}"])
+    feed(["a"])  # before the commit: must build on 2, not the stored 1
+    Store(data).upsert(Clicks.name, handed, key=Clicks.key)
+    assert_matches(shard, oracle, ["a"])
+    for i in range(12, 24):
+        feed([f"x{i}"])
+    Store(data).upsert(Clicks.name, shard.drain().table, key=Clicks.key)
+    assert_matches(Shard(Clicks, None, 0, 1, data), oracle, sorted(oracle.s))
