@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -36,6 +35,7 @@ from typing import Any
 from runtime.console.data import ConsoleData
 from runtime.errors import ConfigError, EdgecoreError, UnknownEntityError
 from runtime.ingest.http import is_loopback
+from runtime.ingest.threaded import ThreadedServer, start_site
 
 COOKIE = "edgecore_console"
 CSP = (
@@ -94,57 +94,21 @@ class ConsoleServer:
             if self._token
             else None
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: Any = None
-        self._thread: threading.Thread | None = None
+        self._server = ThreadedServer("console")
         self._streams = 0
         self._sql_busy: asyncio.Semaphore | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> int:
-        ready: list[Any] = []
-        started = threading.Event()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            try:
-                ready.append(loop.run_until_complete(self._serve()))
-            except BaseException as err:  # a bind error reaches the caller
-                ready.append(err)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=main, name="console", daemon=True)
-        self._thread.start()
-        started.wait(30)
-        if not ready or isinstance(ready[0], BaseException):
-            err = ready[0] if ready else TimeoutError("the console did not start")
-            raise ConfigError(
-                f"cannot serve the console on {self.options.host}:{self.options.port}: {err}"
-            )
-        self.port = int(ready[0])
+        self.port = self._server.start(self._serve, self.options.host, self.options.port)
         return self.port
 
     def close(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._server.close()
 
-    async def _serve(self) -> int:
-        import logging
-
+    async def _serve(self) -> Any:
         from aiohttp import web
 
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
         self._sql_busy = asyncio.Semaphore(2)
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
         app.router.add_get("/", self._index)
@@ -153,13 +117,9 @@ class ConsoleServer:
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/api/entity", self._entity)
         app.router.add_post("/api/sql", self._sql)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=15, shutdown_timeout=1
+        return await start_site(
+            app, self.options.host, self.options.port, keepalive_s=15, shutdown_timeout=1
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.host, self.options.port, reuse_address=True)
-        await site.start()
-        return int(self._runner.addresses[0][1])
 
     # -- security --------------------------------------------------------------------------
     def _authorized(self, request: Any) -> bool:

@@ -28,13 +28,12 @@ A Prometheus scrape job for it::
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from runtime.errors import ConfigError
+from runtime.ingest.threaded import ThreadedServer, start_site
 from runtime.observe.metrics import Registry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,57 +76,19 @@ class MetricsServer:
         self.registry, self.options = registry, options
         self.port: int | None = None
         self._token = options.token.encode() if options.token else None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ThreadedServer("metrics")
 
     def start(self) -> int:
         """Bind and serve; returns the bound port (for port 0: the one chosen)."""
-        result: list[Any] = []
-        started = threading.Event()
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            try:
-                runner = loop.run_until_complete(self._serve())
-            except BaseException as err:  # a bind error reaches the caller
-                result.append(err)
-                started.set()
-                loop.close()
-                return
-            self._loop = loop
-            result.append(int(runner.addresses[0][1]))
-            started.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=main, name="metrics-http", daemon=True)
-        self._thread.start()
-        started.wait(30)
-        if not result or isinstance(result[0], BaseException):
-            why = result[0] if result else TimeoutError("the metrics server did not start")
-            raise ConfigError(
-                f"cannot serve /metrics on {self.options.host}:{self.options.port}: {why}"
-            ) from None
-        self.port = result[0]
+        self.port = self._server.start(self._serve, self.options.host, self.options.port)
         return self.port
 
     async def _serve(self) -> Any:
-        import logging
-
         from aiohttp import web
 
-        logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # clients' mistakes
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=self.options.keepalive_s
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.options.host, self.options.port, reuse_address=True)
-        await site.start()
-        return runner
+        return await start_site(app, self.options.host, self.options.port, self.options.keepalive_s)
 
     async def _metrics(self, request: Any) -> Any:
         from aiohttp import web
@@ -144,9 +105,4 @@ class MetricsServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     def close(self) -> None:
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._server.close()
