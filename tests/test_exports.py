@@ -98,3 +98,41 @@ def test_export_to_a_file_is_refused_in_one_line(tmp_path):
         timeout=60,
     )
     assert done.returncode != 0 and done.stderr.strip().count("\n") == 0, done.stderr
+
+
+def test_serve_killed_right_after_acknowledgements_exports_every_acked_event(tmp_path):
+    """``serve --export`` SIGKILLed (every process) the moment the last 200 arrives, long
+    before a checkpoint: the next start replays its write-ahead log, so every event that
+    was acknowledged reaches the export (at least once), as do the alerts it raised."""
+    import signal
+
+    import pyarrow.parquet as pq
+    from live_helpers import Serve, ndjson, post
+
+    rows = pq.read_table(make_transactions(tmp_path / "t.parquet", 3_000, 120)).to_pylist()
+    for r in rows:
+        r["ts"] = r["ts"].isoformat()
+    data, out = tmp_path / "d", tmp_path / "exports"
+    first = Serve(data, "--export", str(out), "--checkpoint-seconds", "3600")
+    try:
+        port = first.wait_http()
+        for i in range(0, 2_000, 250):
+            assert post(port, ndjson(rows[i : i + 250]))[1]["accepted"] == 250
+    finally:
+        first.kill_everything()
+    second = Serve(data, "--export", str(out))
+    try:
+        port = second.wait_http()
+        assert post(port, ndjson(rows[2_000:]))[1]["accepted"] == 1_000
+        second.signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0, second.stderr[-3000:]
+    finally:
+        second.stop()
+    con = duckdb.connect()
+    events = f"read_parquet('{out}/events/**/*.parquet', hive_partitioning=true)"
+    got = {i for (i,) in con.sql(f"SELECT DISTINCT event_id FROM {events}").fetchall()}
+    assert got == {r["event_id"] for r in rows}
+    alerts = f"read_parquet('{out}/alerts/**/*.parquet', hive_partitioning=true)"
+    exported = {i for (i,) in con.sql(f"SELECT DISTINCT event_id FROM {alerts}").fetchall()}
+    stored = {r["event_id"] for r in query(data, "SELECT event_id FROM alerts").to_pylist()}
+    assert stored and exported == stored
