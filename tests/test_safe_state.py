@@ -82,11 +82,12 @@ def test_every_dtype_and_table_round_trips_and_packs_to_the_same_bytes():
         "e": np.zeros((0, 4), np.float32),
     }
     tables = {"t": pa.table({"k": ["a", None], "v": [[1], []], "d": pa.array([1, 2], pa.int8())})}
-    meta = {"n": 2**62, "x": [1, "two", None], "nested": {"a": 1.5}}
+    meta = {"n": 2**62, "x": [1, "two", None], "nested": {"z": 1.5, "a": None}}
     blob = pack("demo", meta, arrays, tables)
     assert blob == pack("demo", meta, arrays, tables)  # deterministic: no times in the zip
     got = unpack(blob, "demo")
     assert got.meta == meta and set(got.arrays) == set(arrays)
+    assert list(got.meta["nested"]) == ["z", "a"]  # order kept: a join's output columns
     for k, a in arrays.items():
         np.testing.assert_array_equal(got.arrays[k], a)
         assert got.arrays[k].dtype == a.dtype and got.arrays[k].flags.writeable

@@ -113,10 +113,9 @@ def pack(
     with zipfile.ZipFile(npz, "w", zipfile.ZIP_STORED) as z:
         for name, data in members.items():
             z.writestr(zipfile.ZipInfo(f"{name}.npy", _EPOCH), data)
+    # keys keep their order (a dict of output columns is ordered), so no sort_keys
     header = json.dumps(
-        {"meta": meta, "arrays": list(arrays), "tables": list(tables)},
-        sort_keys=True,
-        separators=(",", ":"),
+        {"meta": meta, "arrays": list(arrays), "tables": list(tables)}, separators=(",", ":")
     ).encode()
     payload = _LEN.pack(len(header)) + header + npz.getvalue()
     name = kind.encode()
