@@ -64,3 +64,9 @@ class ContractError(EdgecoreError, AssertionError):
     """A kind, source or sink breaks a contract of :mod:`runtime.testing.checks`; names it,
     the field or column that broke and the fix. An ``AssertionError`` too, so a failed
     check reads as a failed test."""
+
+
+class SnapshotError(EdgecoreError, ValueError):
+    """Saved state (a ``_snapshots`` row, a watermark in a checkpoint, a model) is not an
+    edgecore snapshot of the expected kind and format version, or is corrupt: refused,
+    never run. Names the row and says how to go on (see :mod:`runtime.state.snapshot`)."""

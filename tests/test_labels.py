@@ -20,6 +20,7 @@ from actors.fraud import fraud_app
 from actors.fraud.customer import FraudConfig
 from actors.fraud.scoring import Scorer
 from runtime import Runtime, run
+from runtime.coordinator.checkpoint import saved_snapshots
 from runtime.errors import ConfigError
 from runtime.state.store import Store
 from runtime.testing import Tally
@@ -63,8 +64,7 @@ def replay(*args: str, timeout: float = 300) -> dict:
 
 def trained_rows(data: Path) -> int:
     """Labelled rows the committed model learned from."""
-    snaps = Store(data).read("_snapshots").to_pylist()
-    blob = next(r["blob"] for r in snaps if r["kind"] == "customers")
+    blob = saved_snapshots(Store(data))["customers"]
     return Scorer.card(blob, FraudConfig())["training_rows"]
 
 

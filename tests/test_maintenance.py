@@ -25,7 +25,7 @@ from actors.maintenance.fleet import (
 from actors.maintenance.kind import Machine
 from actors.maintenance.model import Forest
 from runtime import Runtime, run
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, SnapshotError
 from runtime.state.store import Store
 from runtime.testing import MemorySource
 
@@ -215,7 +215,9 @@ def test_a_snapshot_that_is_not_one_is_refused():
     with pytest.raises(ValueError):
         Brain.from_bytes(buf.getvalue())
     m = Machine()
-    with pytest.warns(UserWarning):
+    with pytest.raises(
+        SnapshotError, match="snapshot .maintenance_model. is not an edgecore snapshot"
+    ):
         m.restore(b"garbage")
     assert m.brain.version == 0
 

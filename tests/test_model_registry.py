@@ -21,6 +21,7 @@ from actors.fraud.generator import GeneratorSource, TxnGeneratorConfig
 from actors.fraud.model import unpack_arrays
 from runtime import Runtime, run
 from runtime.cluster.handles import resolve
+from runtime.coordinator.checkpoint import saved_snapshots
 from runtime.ml.registry import SCHEMA, ModelRegistry, RegistryError
 from runtime.state.store import Store
 
@@ -106,8 +107,7 @@ def started_version(data: Path) -> int:
 
 def snapshot_version(data: Path) -> int:
     """The model version of the last customers snapshot written to ``data``."""
-    rows = Store(data).read("_snapshots").to_pylist()
-    blob = next(r["blob"] for r in rows if r["kind"] == "customers")
+    blob = saved_snapshots(Store(data))["customers"]
     return json.loads(bytes(unpack_arrays(blob)["meta"]).decode())["version"]
 
 

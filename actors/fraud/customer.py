@@ -40,7 +40,7 @@ from actors.fraud.features import (
 )
 from actors.fraud.labels import LABELS, LabelDesk
 from actors.fraud.merchants import buckets_of
-from actors.fraud.model import FEATURES
+from actors.fraud.model import FEATURES, MODEL_KIND
 from actors.fraud.outputs import (
     alert_rows,
     drift_rows,
@@ -50,6 +50,7 @@ from actors.fraud.scoring import Decision, Scorer, rule_hits
 from actors.grouped import by_entity
 from runtime import Batch, EntityKind, handler
 from runtime.state.keys import hash_keys
+from runtime.state.snapshot import reading
 
 
 @dataclass(frozen=True)
@@ -309,17 +310,11 @@ class Customer(EntityKind):
         return self.scorer.to_bytes()
 
     def restore(self, blob: bytes) -> None:
-        """Model and calibration from arrays and JSON; a snapshot in another format (an
-        older pickle) is ignored, never unpickled: the model starts over."""
-        try:
+        """Model and calibration from arrays and JSON (a ``fraud_model`` snapshot); anything
+        else (a pickle, an older bare npz, a corrupt one) is refused with
+        :class:`~runtime.errors.SnapshotError`, never unpickled: the start stops."""
+        with reading(MODEL_KIND, "the saved model of customers"):
             self.scorer.load(blob)
-        except (ValueError, OSError, KeyError) as err:
-            import warnings
-
-            warnings.warn(
-                f"customers: saved model state not readable ({err}); starting a new model",
-                stacklevel=2,
-            )
 
     def shard_snapshot(self) -> bytes | None:
         return self.desk.snapshot()  # this shard's scored events waiting for labels

@@ -18,15 +18,15 @@ shard's event time passes ``ts + delay``.
 from __future__ import annotations
 
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
 
-from actors.fraud.model import FEATURES, pack_arrays, unpack_arrays
+from actors.fraud.model import FEATURES, LOG_KIND, pack_arrays, unpack_arrays
 from actors.fraud.threshold import auc_counters
 from runtime import Batch, Column, EventSchema
 from runtime.ml.featurelog import NO_DUE, NO_LABEL, FeatureLog, Joined
+from runtime.state.snapshot import reading
 
 LABELS = EventSchema(
     "labels",
@@ -202,16 +202,12 @@ class LabelDesk:
 
     # -- state, per shard --------------------------------------------------------------------
     def snapshot(self) -> bytes | None:
-        return None if self.log is None else pack_arrays(self.log.arrays())
+        return None if self.log is None else pack_arrays(self.log.arrays(), LOG_KIND)
 
     def restore(self, blob: bytes) -> None:
-        try:
-            arrays = unpack_arrays(blob)
+        """The log as :meth:`snapshot` saved it; anything else is refused
+        (:class:`~runtime.errors.SnapshotError`: the start stops), never unpickled."""
+        arrays = unpack_arrays(blob, LOG_KIND)
+        with reading(LOG_KIND, "the saved feature log of customers"):
             log, _ = self._log()
             log.load(arrays)
-        except (ValueError, OSError, KeyError) as err:
-            warnings.warn(
-                f"customers: saved feature log not readable ({err}); labels of the events "
-                "it held will not join",
-                stacklevel=2,
-            )

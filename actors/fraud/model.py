@@ -22,12 +22,13 @@ True
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import SGDClassifier
+
+from runtime.state.snapshot import pack, unpack
 
 FEATURES = (
     "log_amount",
@@ -200,13 +201,17 @@ class OnlineModel:
         return base.arrays()
 
 
-def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """Arrays as one ``.npz`` blob (read back with pickles refused)."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+#: the snapshot kinds of the fraud app's state (see runtime.state.snapshot)
+MODEL_KIND, LOG_KIND = "fraud_model", "fraud_feature_log"
 
 
-def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def pack_arrays(arrays: dict[str, np.ndarray], kind: str = MODEL_KIND) -> bytes:
+    """Arrays as one snapshot of ``kind``: an envelope with a format version and a
+    checksum around an ``.npz`` (see :mod:`runtime.state.snapshot`), never a pickle."""
+    return pack(kind, {}, arrays)
+
+
+def unpack_arrays(blob: bytes, kind: str = MODEL_KIND) -> dict[str, np.ndarray]:
+    """What :func:`pack_arrays` wrote; :class:`~runtime.errors.SnapshotError` for anything
+    else (a pickle, a bare npz of an older version, another kind, corruption)."""
+    return unpack(blob, kind).arrays

@@ -23,6 +23,7 @@ from actors.fraud.challenger import WARM_UP, Shadow, monitor_arrays, monitor_fro
 from actors.fraud.merchants import MerchantRisk
 from actors.fraud.model import OnlineModel, pack_arrays, unpack_arrays
 from actors.fraud.threshold import Calibrator
+from runtime.errors import SnapshotError
 from runtime.ml.drift import PSI
 
 
@@ -210,6 +211,8 @@ class Scorer:
             # the live estimate: decayed labelled scores, at the threshold the model alerts at
             quality = scorer.calibrator.metrics(scorer.threshold())
             challenger = scorer.shadow.comparison()
+        except SnapshotError:
+            raise  # says what it is and where
         except Exception as err:  # a zip, npy or JSON error: all mean "not a model snapshot"
             raise ValueError(f"not a customers model snapshot ({type(err).__name__})") from err
         params = ("features", "eta0", "alpha", "fraud_weight", "learn_rows", "max_t")

@@ -56,10 +56,12 @@ from actors.maintenance.features import (
     window_features,
 )
 from actors.maintenance.fleet import CONDITIONS, HOUR_MS
+from actors.maintenance.model import MODEL_KIND
 from actors.maintenance.outputs import Windows, evaluate, explain, health_rows, outputs
 from runtime import Batch, EntityKind, handler
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys
+from runtime.state.snapshot import reading
 
 
 @dataclass(frozen=True)
@@ -345,14 +347,10 @@ class Machine(EntityKind):
         return self.brain.to_bytes()
 
     def restore(self, blob: bytes) -> None:
-        try:
+        """The model as :meth:`snapshot` saved it; anything else is refused
+        (:class:`~runtime.errors.SnapshotError`: the start stops), never unpickled."""
+        with reading(MODEL_KIND, "the saved model of machines"):
             self.brain = Brain.from_bytes(blob)
-        except (ValueError, KeyError) as err:
-            import warnings
-
-            warnings.warn(
-                f"machines: saved model not readable ({err}); starting over", stacklevel=2
-            )
 
     def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
         return Brain.merge(blobs) if blobs else None

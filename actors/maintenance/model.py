@@ -24,27 +24,31 @@ True
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from runtime.state import snapshot
 
 HORIZONS_H = (6.0, 12.0, 24.0)
 _EULER = 0.5772156649015329
 
 
+#: the snapshot kind of the maintenance model (see runtime.state.snapshot)
+MODEL_KIND = "maintenance_model"
+
+
 def pack(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
-    """Arrays plus a JSON header as one ``.npz`` blob (read back with pickles refused)."""
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-    return buf.getvalue()
+    """Arrays plus a JSON header as one snapshot: an envelope with a format version and a
+    checksum around an ``.npz`` (see :mod:`runtime.state.snapshot`), never a pickle."""
+    return snapshot.pack(MODEL_KIND, meta, arrays)
 
 
 def unpack(blob: bytes) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads(bytes(arrays.pop("meta")).decode())
+    """(arrays, meta) of what :func:`pack` wrote; :class:`~runtime.errors.SnapshotError`
+    for anything else."""
+    state = snapshot.unpack(blob, MODEL_KIND)
+    return dict(state.arrays), state.meta
 
 
 def _path_length(n: np.ndarray) -> np.ndarray:

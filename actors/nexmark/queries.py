@@ -27,7 +27,6 @@ q8        persons joined with the auctions they created in the same 10 s window
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -40,6 +39,7 @@ from runtime.dataflow.builder import Pipeline
 from runtime.entities.kind import Batch, EntityKind
 from runtime.eventtime.windows import WindowSpec
 from runtime.operators.windowed import argmax_kind
+from runtime.state.snapshot import pack, reading, unpack
 from runtime.streams.schema import Column, EventSchema
 from runtime.streams.sources import Source
 
@@ -251,10 +251,18 @@ class AuctionWinners(EntityKind):
         self._close(batch)
 
     def snapshot(self) -> bytes | None:
-        return pickle.dumps((self.open, self.waiting, self.watermark))
+        """The open auctions and the waiting bids (Arrow tables) and the event time, as a
+        ``nexmark_q4_winners`` snapshot (see runtime.state.snapshot)."""
+        saved = (("open", self.open), ("waiting", self.waiting))
+        tables = {n: t for n, t in saved if t is not None}  # None and empty differ
+        return pack("nexmark_q4_winners", {"watermark": self.watermark}, tables=tables)
 
     def restore(self, blob: bytes) -> None:
-        self.open, self.waiting, self.watermark = pickle.loads(blob)
+        where = "the snapshot of q4_winners"
+        state = unpack(blob, "nexmark_q4_winners", where=where)
+        with reading("nexmark_q4_winners", where):
+            self.watermark = int(state.meta["watermark"])
+        self.open, self.waiting = state.tables.get("open"), state.tables.get("waiting")
 
 
 class CategoryAverage(EntityKind):

@@ -19,13 +19,11 @@ last season's bundles fade out. :meth:`CoOccurrence.successors` turns the pairs 
 
 from __future__ import annotations
 
-import io
-import json
-
 import numpy as np
 
 from runtime.errors import ConfigError
 from runtime.eventtime.counts import SlidingCounts
+from runtime.state import snapshot
 
 FORMAT = "edgecore.recommend.cooccurrence/2"
 
@@ -104,34 +102,32 @@ class CoOccurrence:
 
     # -- state as data ------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The counts as an ``.npz`` of plain arrays plus a JSON header (never a pickle)."""
-        buf = io.BytesIO()
-        header = json.dumps({"format": FORMAT, "n_products": self.n})
-        np.savez(
-            buf,
-            header=np.frombuffer(header.encode(), np.uint8),
-            **self.pairs.arrays("pairs_"),
-            **self.sales.arrays("sales_"),
-            **self.interest.arrays("interest_"),
+        """The counts as plain arrays and a JSON header in a ``recommend_cooccurrence``
+        snapshot (see :mod:`runtime.state.snapshot`: version, checksum; never a pickle)."""
+        return snapshot.pack(
+            "recommend_cooccurrence",
+            {"format": FORMAT, "n_products": self.n},
+            {
+                **self.pairs.arrays("pairs_"),
+                **self.sales.arrays("sales_"),
+                **self.interest.arrays("interest_"),
+            },
         )
-        return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> CoOccurrence:
-        """What :meth:`to_bytes` wrote; refuses anything else."""
-        try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-                arrays = {name: z[name] for name in z.files}
-            header = json.loads(arrays["header"].tobytes())
-        except (ValueError, KeyError, OSError) as err:
-            raise ConfigError(f"not a co-occurrence snapshot: {err}") from err
+        """What :meth:`to_bytes` wrote; refuses anything else
+        (:class:`~runtime.errors.SnapshotError`)."""
+        state = snapshot.unpack(blob, "recommend_cooccurrence")
+        arrays, header = state.arrays, state.meta
         if header.get("format") != FORMAT:
             raise ConfigError(f"co-occurrence snapshot of format {header.get('format')!r}")
         self = cls.__new__(cls)
-        self.n = int(header["n_products"])
-        self.pairs = SlidingCounts.from_arrays(arrays, "pairs_")
-        self.sales = SlidingCounts.from_arrays(arrays, "sales_")
-        self.interest = SlidingCounts.from_arrays(arrays, "interest_")
+        with snapshot.reading("recommend_cooccurrence"):
+            self.n = int(header["n_products"])
+            self.pairs = SlidingCounts.from_arrays(arrays, "pairs_")
+            self.sales = SlidingCounts.from_arrays(arrays, "sales_")
+            self.interest = SlidingCounts.from_arrays(arrays, "interest_")
         self._top = None
         self._most = None
         return self

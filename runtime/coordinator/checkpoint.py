@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 
 from runtime.cluster.handles import resolve
 from runtime.coordinator.config import RuntimeConfig
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, SnapshotError
 from runtime.eventtime.watermarks import Watermarks
 from runtime.ml.registry import ModelRegistry
 from runtime.state.index import SeenSet
+from runtime.state.snapshot import FIX, pack, unpack
 from runtime.state.store import Checkpoint, Store
 from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
 
@@ -35,6 +36,38 @@ if TYPE_CHECKING:
 
 SEEN = "_seen"
 SNAPSHOTS = "_snapshots"
+#: how to go on when a saved row is refused (see runtime.state.snapshot)
+ROW_FIX = (
+    "delete that row from the data folder's _snapshots table (that state starts empty), "
+    "or start with a fresh --data folder"
+)
+
+
+def wrap_row(name: str, blob: bytes) -> bytes:
+    """A ``_snapshots`` row as written: the kind's bytes in a snapshot envelope of kind
+    ``_snapshots/<name>``, so every row carries its format version, its own name and a
+    checksum, whatever the kind saves (its own state is an envelope too, for built-ins)."""
+    return pack(f"{SNAPSHOTS}/{name}", {}, {"blob": np.frombuffer(blob, np.uint8)})
+
+
+def unwrap_row(name: str, row: bytes, where: str) -> bytes:
+    """The kind's bytes of ``_snapshots`` row ``name``; :class:`SnapshotError` naming it
+    (``where``: the data folder) for a row that is not one edgecore wrote for that name."""
+    place = f"{SNAPSHOTS} row {name!r} in {where}"
+    state = unpack(row, f"{SNAPSHOTS}/{name}", where=place, fix=ROW_FIX)
+    blob = state.arrays.get("blob")
+    if blob is None or blob.dtype != np.uint8 or blob.ndim != 1:
+        raise SnapshotError(f"{place} is malformed (no byte array): refused; {ROW_FIX}")
+    return blob.tobytes()
+
+
+def saved_snapshots(store: Store) -> dict[str, bytes]:
+    """Every ``_snapshots`` row of ``store`` as the kinds saved it, each checked
+    (:class:`SnapshotError` for the first that is refused)."""
+    if not store.exists(SNAPSHOTS):
+        return {}
+    rows = store.read(SNAPSHOTS).to_pylist()
+    return {r["kind"]: unwrap_row(r["kind"], r["blob"], str(store.path)) for r in rows}
 
 
 @dataclass
@@ -80,7 +113,15 @@ class Checkpointer:
         self._new_seen, self._dead, self._dead_pending = [], [], []
         self._from_pinned = set()
         for scope, snap in self.committed.meta.get("watermarks", {}).items():
-            self.watermarks[scope] = Watermarks.restore(base64.b64decode(snap))
+            where = (
+                f"the watermarks of {scope!r} in checkpoint {self.committed.epoch} "
+                f"(_checkpoints) in {store.path}"
+            )
+            try:
+                blob = base64.b64decode(snap, validate=True)
+            except (TypeError, ValueError):
+                raise SnapshotError(f"{where} is not base64: refused; {FIX}") from None
+            self.watermarks[scope] = Watermarks.restore(blob, where=where)
         if store.exists(SEEN):
             seen = store.read(SEEN).sort_by("epoch")  # oldest first: forgotten first
             for scope in pc.unique(seen.column("scope")).to_pylist():
@@ -107,9 +148,10 @@ class Checkpointer:
             return pinned
         if not self.store.exists(SNAPSHOTS):
             return None
-        rows = self.store.read(SNAPSHOTS).to_pylist()
-        blobs = [r["blob"] for r in rows if r["kind"] == kind]
-        return blobs[0] if blobs else None
+        table = self.store.read(SNAPSHOTS)
+        rows = table.filter(pc.equal(table.column("kind"), kind)).column("blob").to_pylist()
+        # checked here, before any shard starts from it: a refused row stops the start
+        return unwrap_row(kind, rows[0], str(self.store.path)) if rows else None
 
     def start_snapshots(
         self, kind_cls: type[EntityKind], total: int
@@ -191,7 +233,8 @@ class Checkpointer:
     def set_watermarks(self, scope: str, snapshot: bytes) -> None:
         """The event time a feeder tracks for ``scope`` (e.g. one site's), committed with
         the next checkpoint."""
-        self.watermarks[scope] = Watermarks.restore(snapshot)
+        where = f"the watermarks a feeder sent for {scope!r}"
+        self.watermarks[scope] = Watermarks.restore(snapshot, where=where)
 
     def watermark_snapshot(self, scope: str) -> bytes | None:
         """What the last commit (or a feeder since) recorded of ``scope``'s event time."""
@@ -262,7 +305,7 @@ class Checkpointer:
             blobs = pa.table(
                 {
                     "kind": [n for n, _ in prepared.snapshots],
-                    "blob": [b for _, b in prepared.snapshots],
+                    "blob": [wrap_row(n, b) for n, b in prepared.snapshots],
                 },
                 schema=pa.schema([("kind", pa.string()), ("blob", pa.binary())]),
             )

@@ -40,7 +40,7 @@ from runtime.entities.grouping import as_keys, group_rows
 from runtime.entities.kind import Batch, EntityKind
 from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, ingested_at, read_tag
-from runtime.errors import ConfigError
+from runtime.errors import ConfigError, SnapshotError
 from runtime.observe.raymirror import RayCounters
 from runtime.state.store import Store
 from runtime.streams.export import EventTap
@@ -130,16 +130,24 @@ class Shard(EntityCalls):
             "edgecore_shard_applied_rows_total", "Rows each shard applied.", ("kind", "shard")
         )
         self._ray_tags = {"kind": self.name, "shard": f"{self.site or ''}:{shard_id}".lstrip(":")}
-        if kind_snapshot is not None:
-            self.kind.restore(kind_snapshot)
-        if shard_snapshot is not None:
-            self.kind.restore_shard(shard_snapshot)
         # which entities are in memory, which in LanceDB, and moving them between the two
         self.res = Residency(
             kind_cls, Store(data_dir), max_active, idle_seconds, clock, self.counters, self.site
         )
         self.state = self.res.state
-        self.kind.on_start(self.res.store)
+        #: a saved state the kind refused: ping() reports it, so the start stops with it
+        #: (raised here, it would reach the driver as Ray's "actor died", without its text)
+        self._refused: SnapshotError | None = None
+        try:
+            if kind_snapshot is not None:
+                self.kind.restore(kind_snapshot)
+            if shard_snapshot is not None:
+                self.kind.restore_shard(shard_snapshot)
+            self.kind.on_start(self.res.store)  # a kind may read its saved state here
+        except SnapshotError as err:
+            shard = f"{self.site}:{shard_id}" if self.site else str(shard_id)
+            self._refused = SnapshotError(f"entity kind {self.name!r}, shard {shard}: {err}")
+            return
         self.res.warm_start(shard_id, n_shards)
 
     # -- event time --------------------------------------------------------------------------
@@ -368,4 +376,6 @@ class Shard(EntityCalls):
         }
 
     def ping(self) -> int:
+        if self._refused is not None:
+            raise self._refused
         return self.shard_id

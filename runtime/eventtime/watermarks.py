@@ -33,7 +33,6 @@ True
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable
 
@@ -41,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.errors import ConfigError
+from runtime.state.snapshot import pack, reading, unpack
 
 _MIN = int(np.iinfo(np.int64).min)
 
@@ -123,14 +123,31 @@ class Watermarks:
         return self._wm
 
     def snapshot(self) -> bytes:
-        """Everything needed after a restart; processing times are not kept (they are per process)."""
-        return pickle.dumps((self.out_of_orderness_ms, self.idle_ms, self._max, self._wm))
+        """Everything needed after a restart, as a ``watermarks`` snapshot (JSON, see
+        :mod:`runtime.state.snapshot`); processing times are not kept (they are per process)."""
+        meta = {
+            "out_of_orderness_ms": self.out_of_orderness_ms,
+            "idle_ms": self.idle_ms,
+            "max": [[p, int(m)] for p, m in self._max.items()],  # pairs: keys keep their type
+            "watermark": int(self._wm),
+        }
+        return pack("watermarks", meta)
 
     @staticmethod
-    def restore(blob: bytes, clock: Callable[[], float] = time.monotonic) -> Watermarks:
-        """The saved state; each partition gets a fresh ``idle_ms`` to show it is alive."""
-        ooo, idle_ms, maxes, wm = pickle.loads(blob)
-        marks = Watermarks(ooo, idle_ms, clock)
-        marks._max, marks._wm = dict(maxes), wm
-        marks._seen = dict.fromkeys(maxes, clock())
+    def restore(
+        blob: bytes, clock: Callable[[], float] = time.monotonic, where: str | None = None
+    ) -> Watermarks:
+        """The saved state; each partition gets a fresh ``idle_ms`` to show it is alive.
+        :class:`~runtime.errors.SnapshotError` (naming ``where``) for anything else.
+
+        >>> again = Watermarks.restore(Watermarks(50, 1_000).snapshot())
+        >>> again.out_of_orderness_ms, again.idle_ms, again.current() == _MIN
+        (50, 1000, True)
+        """
+        meta = unpack(blob, "watermarks", where=where).meta
+        with reading("watermarks", where):
+            marks = Watermarks(int(meta["out_of_orderness_ms"]), meta["idle_ms"], clock)
+            marks._max = {p: int(m) for p, m in meta["max"]}
+            marks._wm = int(meta["watermark"])
+        marks._seen = dict.fromkeys(marks._max, clock())
         return marks

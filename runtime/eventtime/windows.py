@@ -37,10 +37,10 @@ emitted under its old start with a ``retract`` row: a consumer keeps the last ro
 
 from __future__ import annotations
 
-import pickle
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +51,7 @@ from runtime.eventtime.sessions import SessionWindows
 from runtime.eventtime.watermarks import event_times
 from runtime.state.index import HashIndex
 from runtime.state.keys import hash_keys
+from runtime.state.snapshot import State, pack, reading, unpack
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _MIN, _MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
@@ -148,6 +149,8 @@ class Windows(SessionWindows, Firing):
     :class:`~runtime.eventtime.sessions.SessionWindows`, the rows it emits from
     :class:`~runtime.eventtime.firing.Firing`."""
 
+    #: the snapshot kind of its state (see :meth:`snapshot`)
+    state_kind = "windows"
     #: windows past their retention are purged in bulk, once more than this many (and a
     #: quarter of all) are: compacting copies every array and rebuilds the indexes
     purge_after = 1024
@@ -331,17 +334,51 @@ class Windows(SessionWindows, Firing):
         return int(((s["count"] > 0) & (s["end"] + lateness > self.watermark)).sum())
 
     def snapshot(self) -> bytes:
-        """Everything needed to continue after a restart (saved with the checkpoint); not the
-        clock, which belongs to the process."""
-        return pickle.dumps({**self.__dict__, "clock": None})
+        """Everything needed to continue after a restart (saved with the checkpoint), as a
+        ``windows`` snapshot (see :mod:`runtime.state.snapshot`); not the clock, which
+        belongs to the process. Its layout:
+
+        * meta: the spec and columns, ``watermark``, ``late_count``;
+        * arrays: one per window column but the key (``kh``, ``start``, ``end``, ``count``,
+          ``sum``, ``min``, ``max``, the flags, ``shown_start``/``shown_end``), one row per
+          window; the top-k counts ``item_slot``, ``item_hash``, ``item_count``;
+        * tables: ``keys`` (each window's key), ``items`` (each counted item, in the item
+          column's own Arrow type), ``retracts`` (retractions not emitted yet).
+
+        The hash indexes are not saved: they are rebuilt from the columns, as a
+        compaction does (see :mod:`runtime.eventtime.window_state`)."""
+        return pack(self.state_kind, *self.to_state())
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, pa.Table]]:
+        """(meta, arrays, tables) of :meth:`snapshot` (for operator kinds)."""
+        from runtime.eventtime.window_state import to_state
+
+        return to_state(self)
 
     @staticmethod
-    def restore(blob: bytes, clock: Callable[[], float] = _time.monotonic) -> Windows:
-        """The saved state, with ``clock``; early firing counts its period from now."""
-        w = Windows.__new__(Windows)
-        w.__dict__.update(pickle.loads(blob))
-        w.clock, w._last_early = clock, clock()
-        return w
+    def from_state(state: State, clock: Callable[[], float] = _time.monotonic) -> Windows:
+        """Windows from an unpacked snapshot (see :mod:`runtime.eventtime.window_state`)."""
+        from runtime.eventtime.window_state import from_state
+
+        return from_state(state, clock)
+
+    @staticmethod
+    def restore(
+        blob: bytes, clock: Callable[[], float] = _time.monotonic, where: str | None = None
+    ) -> Windows:
+        """The saved state, with ``clock``; early firing counts its period from now.
+        :class:`~runtime.errors.SnapshotError` (naming ``where``) for anything but a
+        ``windows`` snapshot.
+
+        >>> w = Windows(WindowSpec(size_ms=10), key="k", time="t", value="v")
+        >>> _ = w.process(pa.table({"k": ["a", "b"], "t": [1, 4], "v": [1.0, 2.0]}))
+        >>> again = Windows.restore(w.snapshot())
+        >>> sorted(again.close().select(["k", "count", "emit"]).to_pylist(), key=str)
+        [{'k': 'a', 'count': 1, 'emit': 'final'}, {'k': 'b', 'count': 1, 'emit': 'final'}]
+        """
+        state = unpack(blob, Windows.state_kind, where=where)
+        with reading(Windows.state_kind, where):
+            return Windows.from_state(state, clock)
 
 
 def _item_ids(slots: np.ndarray, item_hashes: np.ndarray) -> np.ndarray:

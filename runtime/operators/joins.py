@@ -7,13 +7,17 @@ Both sides come in one stream, told apart by a ``side`` column, keyed by the joi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from runtime.errors import ConfigError
 from runtime.operators.windowed import LATE_EVENTS, OperatorKind, check_step
+from runtime.state.snapshot import State
+
+StateParts = tuple[dict[str, Any], dict[str, np.ndarray], dict[str, pa.Table]]
 
 
 class WindowJoin:
@@ -22,7 +26,8 @@ class WindowJoin:
     Rows of both sides are buffered per (key, window); when the watermark passes a
     window's end its pairs are emitted (an inner join, every left row with every right
     row) and the window is dropped. A row whose window has already closed is late.
-    Plain class, vectorized with Arrow joins; pickled whole for checkpoints.
+    Plain class, vectorized with Arrow joins; saved at checkpoints as its settings (JSON)
+    and the rows it buffers (an Arrow table), see :meth:`to_state`.
 
     >>> j = WindowJoin(size_ms=10, key="k", time="t", side="s", left="p", right="a")
     >>> ev = pa.table({"k": [1, 1, 2], "t": [1, 5, 3], "s": ["p", "a", "a"], "x": [7, 8, 9]})
@@ -54,6 +59,27 @@ class WindowJoin:
         self.watermark = -(2**63)
         self.late_count = 0
         self._buf: list[pa.Table] = []
+
+    state_kind = "window_join"
+
+    def _settings(self) -> dict[str, Any]:
+        names = ("size_ms", "key", "time", "side", "left", "right", "columns", "distinct")
+        return {n: getattr(self, n) for n in names}
+
+    def to_state(self) -> StateParts:
+        """Its settings, event time and the rows of the open windows (one table)."""
+        meta = {**self._settings(), "watermark": self.watermark, "late_count": self.late_count}
+        buf = pa.concat_tables(self._buf, promote_options="default") if self._buf else None
+        return meta, {}, {} if buf is None else {"buffered": buf}
+
+    @classmethod
+    def from_state(cls, state: State) -> WindowJoin:
+        meta = dict(state.meta)
+        watermark, late = int(meta.pop("watermark")), int(meta.pop("late_count"))
+        j = cls(**meta)
+        j.watermark, j.late_count = watermark, late
+        j._buf = [state.tables["buffered"]] if "buffered" in state.tables else []
+        return j
 
     def process(self, batch: pa.Table, watermark: int | None) -> tuple[pa.Table, pa.Table]:
         """Buffer ``batch``; returns (pairs of windows now closed, late rows)."""
@@ -143,6 +169,24 @@ class StreamJoin:
         self.watermark = -(2**63)
         self.late_count = 0
         self._kept: dict[str, pa.Table | None] = {"l": None, "r": None}
+
+    state_kind = "stream_join"
+
+    def to_state(self) -> StateParts:
+        """Its settings, event time and both sides' rows seen so far."""
+        names = ("key", "side", "left", "right", "columns", "distinct")
+        meta = {n: getattr(self, n) for n in names}
+        meta |= {"watermark": self.watermark, "late_count": self.late_count}
+        return meta, {}, {s: t for s, t in self._kept.items() if t is not None}
+
+    @classmethod
+    def from_state(cls, state: State) -> StreamJoin:
+        meta = dict(state.meta)
+        watermark, late = int(meta.pop("watermark")), int(meta.pop("late_count"))
+        j = cls(**meta)
+        j.watermark, j.late_count = watermark, late
+        j._kept = {s: state.tables.get(s) for s in ("l", "r")}
+        return j
 
     def _join(self, left: pa.Table | None, right: pa.Table | None) -> pa.Table | None:
         if left is None or right is None or not left.num_rows or not right.num_rows:

@@ -22,7 +22,6 @@ at the source, per partition, and every shard hears it even when it gets no rows
 from __future__ import annotations
 
 import json
-import pickle
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +32,7 @@ from runtime.entities.kind import Batch, EntityKind
 from runtime.errors import ConfigError
 from runtime.eventtime.windows import Windows, WindowSpec
 from runtime.state.fields import NAME_RE
+from runtime.state.snapshot import State, pack, reading, unpack
 
 LATE_EVENTS = "late_events"
 
@@ -80,8 +80,20 @@ class OperatorKind(EntityKind):
     """Base of the operator kinds: a plain operator object ``self.op`` with a
     ``watermark``, ``process(events, watermark) -> (results, late rows)`` and
     ``advance(watermark) -> results``. Results go to the step's topic, late rows to
-    ``late_events`` (reported by their ``time`` column) and are counted; the operator is
-    what each shard saves at a checkpoint."""
+    ``late_events`` (reported by their ``time`` column) and are counted.
+
+    The operator's state is what each shard saves at a checkpoint, as data (never a
+    pickle: see :mod:`runtime.state.snapshot`). Its class declares how:
+
+    * ``state_kind``: a name for its snapshots (e.g. ``"windows"``);
+    * ``to_state() -> (meta, arrays, tables)``: JSON-able ``meta``, numpy ``arrays``
+      (no objects), Arrow ``tables``;
+    * ``from_state(state)`` (a class or static method): the operator from a
+      :class:`~runtime.state.snapshot.State`; raise KeyError, TypeError or ValueError
+      for one it cannot read.
+
+    A kind whose operator lacks them is refused when it is registered (:meth:`check`),
+    not at its first checkpoint."""
 
     stateless: ClassVar[bool] = True
     snapshot_scope: ClassVar[str] = "shard"
@@ -93,6 +105,20 @@ class OperatorKind(EntityKind):
 
     def make(self) -> Any:
         raise NotImplementedError
+
+    @classmethod
+    def check(cls) -> None:
+        super().check()
+        op = cls(None).op
+        kind = getattr(op, "state_kind", None)
+        missing = [n for n in ("to_state", "from_state") if not callable(getattr(op, n, None))]
+        if not isinstance(kind, str) or not kind or missing:
+            raise ConfigError(
+                f"operator step {cls.name!r}: its operator {type(op).__qualname__} does not say "
+                "how to save its state as data (operator state is never pickled): give it "
+                "state_kind = '<name>', to_state() -> (meta, arrays, tables) and a classmethod "
+                "from_state(state); see runtime.operators.windowed.OperatorKind"
+            )
 
     def process(self, events: pa.Table, watermark: int | None) -> tuple[pa.Table, pa.Table]:
         return self.op.process(events, watermark)
@@ -110,10 +136,14 @@ class OperatorKind(EntityKind):
             batch.emit(self.name, self.op.advance(batch.watermark))
 
     def snapshot(self) -> bytes | None:
-        return pickle.dumps(self.op)
+        return pack(self.op.state_kind, *self.op.to_state())
 
     def restore(self, blob: bytes) -> None:
-        self.op = pickle.loads(blob)
+        op_cls = type(self.op)
+        where = f"the snapshot of step {self.name!r}"
+        state = unpack(blob, op_cls.state_kind, where=where)
+        with reading(op_cls.state_kind, where):
+            self.op = op_cls.from_state(state)
 
 
 class WindowOperator(OperatorKind):
@@ -138,12 +168,6 @@ class WindowOperator(OperatorKind):
             events = events.set_column(i, self.key, pc.cast(keys, pa.string()))
         out = self.op.process(events, watermark=watermark)
         return out.fired, out.late
-
-    def snapshot(self) -> bytes | None:
-        return self.op.snapshot()  # without the clock, which belongs to the process
-
-    def restore(self, blob: bytes) -> None:
-        self.op = Windows.restore(blob)
 
 
 def window_kind(
@@ -213,11 +237,27 @@ class WindowArgMax:
     ['b', 'c']
     """
 
+    state_kind = "window_argmax"
+
     def __init__(self, value: str, start: str = "window_start", end: str = "window_end") -> None:
         self.value, self.start, self.end = value, start, end
         self.watermark = -(2**63)
         self.late_count = 0
         self._best: pa.Table | None = None
+
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, pa.Table]]:
+        """The columns it reads, the event time, and the best rows of the open windows."""
+        meta = {"columns": [self.value, self.start, self.end], "watermark": self.watermark}
+        meta["late_count"] = self.late_count
+        return meta, {}, {} if self._best is None else {"best": self._best}
+
+    @classmethod
+    def from_state(cls, state: State) -> WindowArgMax:
+        value, start, end = state.meta["columns"]
+        m = cls(value, start, end)
+        m.watermark, m.late_count = int(state.meta["watermark"]), int(state.meta["late_count"])
+        m._best = state.tables.get("best")
+        return m
 
     def process(self, batch: pa.Table, watermark: int | None) -> tuple[pa.Table, pa.Table]:
         """Merge ``batch`` into the open windows; returns (windows now closed, late rows)."""

@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from runtime.cluster.handles import resolve
-from runtime.coordinator.checkpoint import SNAPSHOTS
+from runtime.coordinator.checkpoint import saved_snapshots as stored_snapshots
 from runtime.coordinator.runtime import Runtime
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError, ContractError, UnknownEntityError
@@ -93,11 +93,7 @@ def saved_snapshots(rt: Runtime, kind_cls: type[EntityKind]) -> list[bytes | Non
     """Each shard's kind snapshot as the last checkpoint saved it (merged, or per shard)."""
     store, name = rt.store, kind_cls.name
     assert store is not None
-    blobs = (
-        {r["kind"]: r["blob"] for r in store.read(SNAPSHOTS).to_pylist()}
-        if store.exists(SNAPSHOTS)
-        else {}
-    )
+    blobs = stored_snapshots(store)
     n = len(rt.shards_of(name))
     if kind_cls.snapshot_scope == "shard":
         return [blobs.get(f"{name}#{i}") for i in range(n)]
@@ -249,7 +245,7 @@ def check_restore(case: Case) -> None:
             for i, (now, saved) in enumerate(
                 zip(after.snapshots, saved_snapshots(rt, kind_cls), strict=True)
             ):
-                # snapshots are compared by what they do (below), not byte for byte: a pickle
+                # snapshots are compared by what they do (below), not byte for byte: a snapshot
                 # of equal state may differ (chunking of tables, a process clock)
                 if saved is not None and now is None:
                     raise ContractError(
