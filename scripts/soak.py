@@ -292,7 +292,7 @@ def plot(run: dict[str, Any], path: Path) -> None:
         for name in sorted({k for s in samples for k in s[field]}):
             y = [s[field].get(name, 0.0) for s in samples]
             if max(y) > 0:
-                ax.plot(t, y, label=name)
+                ax.plot(t, y, label=name.lstrip("_"))  # matplotlib hides "_" labels
         ax.set_ylabel(unit)
         ax.set_title(
             {
@@ -318,7 +318,7 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
     for name, s in v["series"].items():
         if s["kind"] == "per_event":
             print(
-                f"{name:42} per event: {s['first_half']!s:>12} -> {s['second_half']!s:>12}  "
+                f"{name:42} bytes/event {s['first_half'] or 0:9.2f} -> {s['second_half'] or 0:9.2f}  "
                 f"{'ACCELERATES' if s['accelerates'] else 'linear'}"
             )
             continue

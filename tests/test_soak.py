@@ -70,3 +70,11 @@ def test_a_short_soak_of_serve_keeps_every_acknowledged_event(tmp_path):
     assert (out / "soak.png").stat().st_size > 10_000
     rows = (out / "soak.csv").read_text().splitlines()
     assert rows[0].startswith("t,acked,") and len(rows) >= 6
+
+
+def test_a_sawtooth_whose_peaks_do_not_climb_is_bounded():
+    t = [10.0 * i for i in range(60)]
+    saw = [20.0 * (i % 9) + (5.0 if i > 40 else 0.0) for i in range(60)]  # WAL cut per commit
+    assert not verdict(t, saw, floor=8.0)["grows"]
+    climbing = [20.0 * (i % 9) + 3.0 * i for i in range(60)]
+    assert verdict(t, climbing, floor=8.0)["grows"]
