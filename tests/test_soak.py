@@ -20,9 +20,9 @@ from soak_stats import per_event, verdict  # noqa: E402
 def test_a_flat_noisy_series_is_bounded_and_a_slow_leak_is_not():
     rng = np.random.default_rng(0)
     t = [10.0 * i for i in range(60)]  # 10 minutes, a sample each 10 s
-    flat = list(1000 + rng.normal(0, 20, 60))
+    flat = list(1000 + rng.normal(0, 5, 60))
     assert not verdict(t, flat, floor=32.0)["grows"]
-    leak = [1000 + 0.1 * x + n for x, n in zip(t, rng.normal(0, 20, 60), strict=True)]
+    leak = [1000 + 0.1 * x + n for x, n in zip(t, rng.normal(0, 5, 60), strict=True)]
     got = verdict(t, leak, floor=32.0)  # 360 MB an hour on a 1 GB process
     assert got["grows"] and got["slope_per_hour"] > 200
 
