@@ -253,3 +253,18 @@ def test_status_shows_the_serving_models_version_and_metrics(tmp_path):
     card = models["customers"]
     assert card["version"] >= 1 and card["training_rows"] > 0
     assert {"auc", "precision", "recall", "threshold", "label_delay_s"} <= set(card["metrics"])
+
+
+def test_the_registry_tables_keep_few_versions_on_a_long_run(tmp_path):
+    """A version of ``models`` and ``model_metrics`` per checkpoint must not pile up: the
+    registry's tables are compacted with the others (a soak found them growing)."""
+    source = GeneratorSource(TxnGeneratorConfig(n_customers=300), n_events=16_000, batch_size=500)
+    with Runtime(
+        data_dir=str(tmp_path), mode="local", shards=1, checkpoint_rows=1_000, compact_every=2
+    ) as rt:
+        run(rt, fraud_app, source)
+    store = Store(tmp_path)
+    assert store.last_checkpoint().epoch >= 12
+    assert store.table("model_metrics").count_rows() >= 12  # a row each: history is kept
+    for name in ("models", "model_metrics"):
+        assert store.n_versions(name) <= 6, (name, store.n_versions(name))

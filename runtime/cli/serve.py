@@ -96,6 +96,14 @@ def serve(
         help="Commit state this often (what was acknowledged since is in the write-ahead "
         "log: the interval bounds the replay after a crash, not what a crash can lose).",
     ),
+    dedup_capacity: int = typer.Option(
+        50_000_000,
+        "--dedup-capacity",
+        min=1_000,
+        help="How many of the most recent event ids are remembered to drop redeliveries "
+        "(8 bytes each in memory in the ingest actor, and again in this process); a "
+        "redelivery older than that many events is applied again.",
+    ),
     no_wal: bool = typer.Option(
         False,
         "--no-wal",
@@ -208,6 +216,7 @@ def serve(
             shards or serve_shards(),
             local,
             checkpoint_seconds=checkpoint_seconds,
+            dedup_capacity=dedup_capacity,
             export_dir=export_folder(export),
         ) as rt:
             # after the runtime started: ray.init() installs handlers of its own that would

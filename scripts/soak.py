@@ -1,0 +1,367 @@
+"""Soak: ``edgecore serve`` under steady load for minutes; does anything grow without bound?
+
+    python scripts/soak.py [--minutes 10] [--load 0.7] [--rate R] [--sample-seconds 10]
+                           [--checkpoint-seconds 30] [--out DIR] [--json]
+
+1. Starts ``edgecore serve --app fraud`` as users do (a subprocess on its embedded Ray,
+   write-ahead log on) on a fresh data folder.
+2. Measures capacity: ``--capacity-seconds`` (default 20) of Arrow IPC posts as fast as
+   two connections carry them; capacity = events acknowledged per second. ``--rate``
+   skips this and soaks at the rate given.
+3. Soaks at ``--load`` (70 %) of capacity for ``--minutes``, from a separate load process
+   (``scripts/soak_load.py``: a fixed population of 20,000 customers, every event new).
+   Every ``--sample-seconds`` it samples: the RSS of every process of the serve's tree
+   (the driver, Ray's GCS and raylet, every actor's worker: named by its actor class),
+   the number of versions of every LanceDB table, and the bytes of every entry of the
+   data folder (tables, write-ahead log, ...).
+4. Stops ``serve`` with SIGTERM (it must exit 0), and checks that every acknowledged
+   event is in the committed profiles: ``sum(txn_count)`` over ``customers`` equals the
+   events the load got a ``200`` for (nothing acknowledged was lost over the soak).
+5. Judges each series with :mod:`soak_stats` (a least-squares slope after a warm-up:
+   fails if it is significant and would grow more than 10 % an hour), writes
+   ``soak.json``, ``soak.csv`` and a plot ``soak.png`` to ``--out``, prints a table (or one
+   JSON object with ``--json``), and exits 1 if anything grows without bound, the
+   acknowledged events and the profiles disagree, or ``serve`` did not exit cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+from soak_stats import per_event, verdict  # noqa: E402
+
+MB = 2**20
+APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def start_serve(data: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--app", "fraud"]
+    cmd += ["--http", f"127.0.0.1:{port}", "--data", str(data)]
+    cmd += ["--checkpoint-seconds", str(args.checkpoint_seconds)]
+    if args.dedup_capacity:
+        cmd += ["--dedup-capacity", str(args.dedup_capacity)]
+    proc = subprocess.Popen(
+        cmd, env=env(), cwd=data.parent, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 300:
+        if proc.poll() is not None:
+            raise SystemExit(f"soak: serve exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("soak: serve did not answer /healthz within 300 s")
+
+
+def load(port: int, rate: float, seconds: float, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, str(HERE / "soak_load.py"), str(port), str(rate), str(seconds)]
+    return subprocess.Popen([*cmd, str(out)], env=env())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def role(p: psutil.Process) -> str:
+    """The driver, a Ray daemon, or an actor's worker named by its class (Ray titles
+    a worker ``ray::Class.method`` while busy and ``ray::Class`` while idle)."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return "gone"
+    head = cmd[0] if cmd else p.name()
+    if head.startswith("ray::"):
+        return head[5:].split(".")[0].split(" ")[0] or "worker"
+    joined = " ".join(cmd)
+    for name in ("gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "log_monitor"):
+        if name in joined:
+            return name
+    if "runtime.cli" in joined:
+        return "serve"
+    return os.path.basename(head)[:24]
+
+
+def rss_by_role(root: psutil.Process) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            rss = p.memory_info().rss / MB
+        except psutil.Error:
+            continue
+        r = role(p)
+        out[r] = out.get(r, 0.0) + rss
+    return out
+
+
+def folder(data: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """MB per top-level entry of the data folder, and versions per LanceDB table."""
+    sizes: dict[str, float] = {}
+    versions: dict[str, float] = {}
+    for entry in data.iterdir() if data.exists() else []:
+        name = entry.name.removesuffix(".lance")
+        total = 0
+        for dirpath, _dirs, files in os.walk(entry):
+            for f in files:
+                with contextlib.suppress(OSError):  # compaction removed it since the listing
+                    total += os.stat(os.path.join(dirpath, f)).st_size
+        sizes[name] = total / MB if entry.is_dir() else entry.stat().st_size / MB
+        vdir = entry / "_versions"
+        if entry.name.endswith(".lance") and vdir.is_dir():
+            versions[name] = float(sum(1 for f in vdir.iterdir() if f.suffix == ".manifest"))
+    return sizes, versions
+
+
+def capacity(port: int, seconds: float, work: Path) -> tuple[float, int]:
+    """Events acknowledged per second flat out, and how many were accepted."""
+    out = work / "capacity.json"
+    proc = load(port, 0, seconds, out)
+    proc.wait(timeout=seconds + 300)
+    got = read_json(out)
+    return got.get("acked", 0) / max(got.get("seconds", seconds), 1e-9), got.get("accepted", 0)
+
+
+def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    t_start = time.monotonic()
+    serve = start_serve(data, port, args, work / "serve.log")
+    startup_s = time.monotonic() - t_start
+    tree = psutil.Process(serve.pid)
+    try:
+        cap, probed = (args.rate, 0) if args.rate else capacity(port, args.capacity_seconds, work)
+        rate = args.rate or cap * args.load
+        seconds = args.minutes * 60
+        progress = work / "load.json"
+        loader = load(port, rate, seconds, progress)
+        samples: list[dict[str, Any]] = []
+        t0 = time.monotonic()
+        while loader.poll() is None:
+            time.sleep(max(0.0, t0 + (len(samples) + 1) * args.sample_seconds - time.monotonic()))
+            sizes, versions = folder(data)
+            sent = read_json(progress)
+            samples.append(
+                {
+                    "t": round(time.monotonic() - t0, 1),
+                    "acked": sent.get("acked", 0),
+                    "rss_mb": rss_by_role(tree),
+                    "size_mb": sizes,
+                    "versions": versions,
+                }
+            )
+            if not args.json:
+                total = sum(samples[-1]["rss_mb"].values())
+                print(
+                    f"  t={samples[-1]['t']:6.0f}s acked={samples[-1]['acked']:>10,} "
+                    f"rss={total:7.0f} MB data={sum(sizes.values()):7.1f} MB "
+                    f"versions={int(sum(versions.values()))}",
+                    flush=True,
+                )
+        sent = read_json(progress)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            code = serve.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            code = -9
+    return {
+        "startup_s": round(startup_s, 1),
+        "capacity_eps": round(cap, 1),
+        "rate_eps": round(rate, 1),
+        "load": sent,
+        "capacity_accepted": probed,
+        "samples": samples,
+        "serve_exit": code,
+        "profiles_txn_count": profiles_total(data),
+    }
+
+
+def profiles_total(data: Path) -> int | None:
+    cmd = [sys.executable, "-m", "runtime.cli", "sql", "SELECT sum(txn_count) AS n FROM customers"]
+    done = subprocess.run(
+        [*cmd, "--data", str(data), "--json"], capture_output=True, text=True, env=env()
+    )
+    if done.returncode:
+        print(f"soak: sql failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+        return None
+    rows = json.loads(done.stdout).get("rows") or [{}]
+    return int(rows[0].get("n") or 0)
+
+
+def judge(run: dict[str, Any]) -> dict[str, Any]:
+    samples = run["samples"]
+    t = [s["t"] for s in samples]
+    acked = [float(s["acked"]) for s in samples]
+    series: dict[str, dict[str, Any]] = {}
+
+    def each(field: str, floor: float) -> None:
+        names = sorted({k for s in samples for k in s[field]})
+        for name in names:
+            y = [float(s[field].get(name, 0.0)) for s in samples]
+            if field == "size_mb" and name in APPEND_ONLY:
+                in_bytes = [v * MB for v in y]
+                series[f"{field}:{name}"] = {**per_event(acked, in_bytes), "kind": "per_event"}
+            else:
+                series[f"{field}:{name}"] = {**verdict(t, y, floor), "kind": "bounded"}
+
+    each("rss_mb", 32.0)
+    each("versions", 2.0)
+    each("size_mb", 8.0)
+    total = [sum(s["rss_mb"].values()) for s in samples]
+    series["rss_mb:total"] = {**verdict(t, total, 64.0), "kind": "bounded"}
+    bad = [k for k, v in series.items() if v.get("grows") or v.get("accelerates")]
+    # the capacity probe's events are in the profiles too
+    acked_total = run["load"].get("accepted", 0) + run["capacity_accepted"]
+    exact = run["profiles_txn_count"] == acked_total
+    return {
+        "series": series,
+        "growing": bad,
+        "acked_accepted": acked_total,
+        "exact": exact,
+        "ok": not bad and exact and run["serve_exit"] == 0 and len(samples) >= 4,
+    }
+
+
+def write(run: dict[str, Any], verdicts: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps({**run, **verdicts}, indent=1))
+    keys = sorted(
+        {
+            f"{f}:{k}"
+            for s in run["samples"]
+            for f in ("rss_mb", "size_mb", "versions")
+            for k in s[f]
+        }
+    )
+    lines = [",".join(["t", "acked", *keys])]
+    for s in run["samples"]:
+        vals = [str(s[f].get(k, "")) for f, k in (key.split(":", 1) for key in keys)]
+        lines.append(",".join([str(s["t"]), str(s["acked"]), *vals]))
+    (out / "soak.csv").write_text("\n".join(lines) + "\n")
+    plot(run, out / "soak.png")
+
+
+def plot(run: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = run["samples"]
+    t = [s["t"] / 60 for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
+    for ax, field, unit in zip(
+        axes, ("rss_mb", "size_mb", "versions"), ("MB", "MB", "versions"), strict=True
+    ):
+        for name in sorted({k for s in samples for k in s[field]}):
+            y = [s[field].get(name, 0.0) for s in samples]
+            if max(y) > 0:
+                ax.plot(t, y, label=name.lstrip("_"))  # matplotlib hides "_" labels
+        ax.set_ylabel(unit)
+        ax.set_title(
+            {
+                "rss_mb": "RSS per process role",
+                "size_mb": "data folder per entry",
+                "versions": "LanceDB versions per table",
+            }[field]
+        )
+        ax.legend(fontsize=7, ncol=3, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel(f"minutes at {run['rate_eps']:,.0f} events/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def show(run: dict[str, Any], v: dict[str, Any]) -> None:
+    print(
+        f"serve start-up {run['startup_s']} s; capacity {run['capacity_eps']:,.0f} events/s; "
+        f"soak at {run['rate_eps']:,.0f} events/s for {run['samples'][-1]['t'] / 60:.1f} min"
+    )
+    print(f"{'series':42} {'first':>10} {'last':>10} {'max':>10} {'slope/h':>10}  verdict")
+    for name, s in v["series"].items():
+        if s["kind"] == "per_event":
+            print(
+                f"{name:42} bytes/event {s['first_half'] or 0:9.2f} -> {s['second_half'] or 0:9.2f}  "
+                f"{'ACCELERATES' if s['accelerates'] else 'linear'}"
+            )
+            continue
+        print(
+            f"{name:42} {s['first']:10.1f} {s['last']:10.1f} {s['max']:10.1f} "
+            f"{s['slope_per_hour']:10.1f}  {'GROWS' if s['grows'] else 'bounded'}"
+        )
+    print(
+        f"acknowledged {v['acked_accepted']:,}; profiles count {run['profiles_txn_count']}; "
+        f"serve exit {run['serve_exit']}; {'OK' if v['ok'] else 'FAILED'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--load", type=float, default=0.7, help="share of measured capacity")
+    ap.add_argument("--rate", type=float, default=0.0, help="events/s (skips the capacity probe)")
+    ap.add_argument("--capacity-seconds", type=float, default=20.0)
+    ap.add_argument("--sample-seconds", type=float, default=10.0)
+    ap.add_argument("--checkpoint-seconds", type=float, default=30.0)
+    ap.add_argument(
+        "--dedup-capacity", type=int, default=0, help="serve's --dedup-capacity (0: its default)"
+    )
+    ap.add_argument("--out", type=Path, default=Path("soak-out"))
+    ap.add_argument("--keep", action="store_true", help="keep the data folder (under --out)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="edgecore-soak-"))
+    try:
+        run = soak(args, work)
+        verdicts = judge(run)
+        write(run, verdicts, args.out)
+        if args.keep:
+            shutil.copytree(work, args.out / "work", dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({k: v for k, v in {**run, **verdicts}.items() if k != "samples"}))
+    else:
+        show(run, verdicts)
+    return 0 if verdicts["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The soak's verdicts: does a series settle, or grow without bound?
+
+A series is sampled every few seconds over the soak. The first quarter is warm-up
+(imports, caches, the first checkpoints, the dedup index filling its first segment)
+and is left out. On the rest an ordinary least-squares line is fitted; a series
+**grows** when both hold:
+
+* the slope is real, not noise: more than 3 standard errors above 0;
+* it matters: at that slope the series would grow by more than ``allow`` of its level
+  (10 % by default) per hour, and by more than an absolute floor (e.g. 32 MB of RSS,
+  2 table versions) — a few bytes a minute is not a leak worth failing a soak on;
+* its peaks rise: the highest value of each third of the run is above the last's. A
+  sawtooth (a log truncated at each checkpoint, versions cleaned every few commits)
+  has autocorrelated residuals that make the slope look significant over a few cycles;
+  its peaks do not climb.
+
+Output tables that keep every alert (``alerts``, ``dead_letters``) grow with the input
+by design; for them the test is that their bytes per event do not accelerate: the
+second half's growth per acknowledged event at most 1.5 times the first half's.
+
+>>> flat = [100.0 + (i % 3) for i in range(40)]
+>>> verdict(list(range(40)), flat, floor=5.0)["grows"]
+False
+>>> leak = [100.0 + 4.0 * i for i in range(40)]
+>>> verdict([10.0 * i for i in range(40)], leak, floor=5.0)["grows"]
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+WARM_UP = 0.25
+
+
+def ols(t: list[float], y: list[float]) -> tuple[float, float]:
+    """Slope and its standard error of ``y`` over ``t``."""
+    n = len(t)
+    mt, my = sum(t) / n, sum(y) / n
+    sxx = sum((a - mt) ** 2 for a in t)
+    if n < 3 or sxx == 0:
+        return 0.0, math.inf
+    slope = sum((a - mt) * (b - my) for a, b in zip(t, y, strict=True)) / sxx
+    resid = [b - (my + slope * (a - mt)) for a, b in zip(t, y, strict=True)]
+    se = math.sqrt(sum(r * r for r in resid) / (n - 2) / sxx)
+    return slope, se
+
+
+def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -> dict[str, Any]:
+    """Whether ``y`` (sampled at seconds ``t``) keeps growing after the warm-up."""
+    skip = int(len(t) * WARM_UP)
+    t2, y2 = t[skip:], y[skip:]
+    slope, se = ols(t2, y2)
+    level = sum(y2) / len(y2) if y2 else 0.0
+    per_hour = slope * 3600.0
+    significant = se == 0 and slope > 0 or (se not in (0, math.inf) and slope > 3 * se)
+    third = max(1, len(y2) // 3)
+    peaks = [max(y2[i * third : (i + 1) * third] or [0.0]) for i in range(3)]
+    rising = peaks[0] < peaks[1] < peaks[2]
+    grows = bool(significant and rising and per_hour > max(allow * abs(level), floor))
+    return {
+        "first": y[0] if y else None,
+        "last": y[-1] if y else None,
+        "max": max(y) if y else None,
+        "slope_per_hour": per_hour,
+        "t_stat": (slope / se) if se not in (0, math.inf) else None,
+        "peaks": peaks,
+        "grows": grows,
+    }
+
+
+def per_event(events: list[float], y: list[float]) -> dict[str, Any]:
+    """Bytes an append-only output grows per acknowledged event, first half vs second."""
+    mid = len(y) // 2
+    if mid < 2 or events[-1] <= events[mid] or events[mid] <= events[0]:
+        return {"first_half": None, "second_half": None, "accelerates": False}
+    first = (y[mid] - y[0]) / (events[mid] - events[0])
+    second = (y[-1] - y[mid]) / (events[-1] - events[mid])
+    return {
+        "first_half": first,
+        "second_half": second,
+        # + 0.1 byte/event: a table a few bytes larger is not an acceleration
+        "accelerates": bool(second > 1.5 * max(first, 0.0) + 0.1),
+    }

@@ -1,0 +1,80 @@
+"""scripts/soak.py: its growth verdicts, and one short soak of ``serve`` as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from soak_stats import per_event, verdict  # noqa: E402
+
+
+def test_a_flat_noisy_series_is_bounded_and_a_slow_leak_is_not():
+    rng = np.random.default_rng(0)
+    t = [10.0 * i for i in range(60)]  # 10 minutes, a sample each 10 s
+    flat = list(1000 + rng.normal(0, 5, 60))
+    assert not verdict(t, flat, floor=32.0)["grows"]
+    leak = [1000 + 0.1 * x + n for x, n in zip(t, rng.normal(0, 5, 60), strict=True)]
+    got = verdict(t, leak, floor=32.0)  # 360 MB an hour on a 1 GB process
+    assert got["grows"] and got["slope_per_hour"] > 200
+
+
+def test_growth_that_stops_after_the_warm_up_is_bounded():
+    t = [10.0 * i for i in range(60)]
+    y = [min(100.0 + 20 * i, 300.0) + (i % 2) for i in range(60)]  # fills a cache, then flat
+    assert not verdict(t, y, floor=8.0)["grows"]
+
+
+def test_a_tiny_significant_slope_under_the_floor_is_not_a_failure():
+    t = [10.0 * i for i in range(60)]
+    y = [500.0 + 0.001 * x for x in t]  # 3.6 MB an hour: real, but not worth failing on
+    assert not verdict(t, y, floor=32.0)["grows"]
+
+
+def test_an_output_table_that_grows_with_the_input_is_fine_unless_it_accelerates():
+    events = [1000.0 * i for i in range(40)]
+    linear = [2.0 * e for e in events]  # bytes: 2 per event
+    assert not per_event(events, linear)["accelerates"]
+    quadratic = [2.0 * e + 1e-4 * e * e for e in events]
+    assert per_event(events, quadratic)["accelerates"]
+
+
+@pytest.mark.timeout(600)
+def test_a_short_soak_of_serve_keeps_every_acknowledged_event(tmp_path):
+    """The script end to end: serve as a subprocess, load, samples, plot, SIGTERM exit 0,
+    and the committed profiles count exactly the events acknowledged."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--minutes", "0.5"]
+        + ["--rate", "3000", "--sample-seconds", "3", "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    got = json.loads(done.stdout)
+    assert got["serve_exit"] == 0
+    assert got["exact"] and got["acked_accepted"] > 30_000
+    assert got["acked_accepted"] == got["profiles_txn_count"]
+    series = got["series"]
+    assert {"rss_mb:total", "rss_mb:Shard", "rss_mb:LiveIngest", "size_mb:customers"} <= set(series)
+    assert (out / "soak.png").stat().st_size > 10_000
+    rows = (out / "soak.csv").read_text().splitlines()
+    assert rows[0].startswith("t,acked,") and len(rows) >= 6
+
+
+def test_a_sawtooth_whose_peaks_do_not_climb_is_bounded():
+    t = [10.0 * i for i in range(60)]
+    saw = [20.0 * (i % 9) + (5.0 if i > 40 else 0.0) for i in range(60)]  # WAL cut per commit
+    assert not verdict(t, saw, floor=8.0)["grows"]
+    climbing = [20.0 * (i % 9) + 3.0 * i for i in range(60)]
+    assert verdict(t, climbing, floor=8.0)["grows"]
