@@ -146,7 +146,14 @@ def run_baseline_subprocess(path: Path, batch_size: int, work: Path) -> dict[str
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int) -> dict[str, Any]:
+def run_runtime(
+    path: Path,
+    data_dir: Path,
+    shards: int | None,
+    batch_size: int,
+    topic_log: bool = True,
+    checkpoint_rows: int = 2_000_000,
+) -> dict[str, Any]:
     from actors.fraud import fraud_app
     from runtime import FileSource, Runtime, run
     from runtime.dataflow.app import setup
@@ -154,7 +161,8 @@ def run_runtime(path: Path, data_dir: Path, shards: int | None, batch_size: int)
     sampler = PeakRss()
     sampler.start()
     t0 = time.perf_counter()
-    with Runtime(data_dir=str(data_dir), mode="ray", shards=shards) as rt:
+    settings = {"topic_log": topic_log, "checkpoint_rows": checkpoint_rows}
+    with Runtime(data_dir=str(data_dir), mode="ray", shards=shards, **settings) as rt:
         n_shards = rt.n_shards
         setup(rt, fraud_app)
         # Ray hands back actor handles before the worker processes have finished importing
@@ -231,6 +239,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--repeat", type=int, default=1, help="run each side N times, keep the fastest run"
     )
+    ap.add_argument(
+        "--no-topic-log",
+        action="store_true",
+        help="keep topics in memory only (RuntimeConfig.topic_log=False), to measure the log",
+    )
+    ap.add_argument("--checkpoint-rows", type=int, default=2_000_000)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
@@ -255,7 +269,14 @@ def main(argv: list[str] | None = None) -> None:
             b = run_baseline_subprocess(path, args.batch_size, work)
             base = b if base is None or b["events_per_s"] > base["events_per_s"] else base
             say(f"runtime (embedded local Ray), run {i + 1} ...")
-            r = run_runtime(path, work / f"data{i}", args.shards, args.batch_size)
+            r = run_runtime(
+                path,
+                work / f"data{i}",
+                args.shards,
+                args.batch_size,
+                not args.no_topic_log,
+                args.checkpoint_rows,
+            )
             if rt is None or r["events_per_s"] > rt["events_per_s"]:
                 rt, best = r, i
         result["agreement"] = compare(work, work / f"data{best}")

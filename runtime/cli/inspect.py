@@ -1,4 +1,5 @@
-"""Commands that read: one ``entity``, ``sql`` over the data folder, ``status``, ``tail``."""
+"""Commands that read: one ``entity``, ``sql`` over the data folder, ``status``
+(``tail`` is in :mod:`runtime.cli.tail`)."""
 
 from __future__ import annotations
 
@@ -222,51 +223,3 @@ def status(
     out.print(table)
     cp = info["checkpoint"]
     out.print(f"last checkpoint: epoch {cp['epoch']}, positions {cp['positions']}")
-
-
-@command()
-@user_errors
-def tail(
-    topic: str = typer.Argument(..., help="Topic name, e.g. alerts, dead_letters, late_events."),
-    address: str = typer.Option("auto", "--address", help="The Ray cluster the runtime runs on."),
-    from_beginning: bool = typer.Option(
-        False, "--from-beginning", help="Start at the oldest retained row."
-    ),
-    limit: int = typer.Option(
-        0, "--limit", help="Stop after this many rows (0: follow until Ctrl-C)."
-    ),
-    idle_timeout: float = typer.Option(
-        0, "--idle-timeout", help="Stop after this many seconds without rows (0: never)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per row (JSON lines)."),
-) -> None:
-    """Follow a topic of a running runtime live (as its own consumer group)."""
-    import time
-
-    from runtime.cluster.handles import attach
-    from runtime.topics.follow import Follower
-
-    attach(address, hard=True)
-    follower = Follower(topic, from_beginning, prefix="tail")
-    shown, last = 0, time.monotonic()
-    try:
-        while not limit or shown < limit:
-            rows = follower.poll(min(1_000, limit - shown) if limit else 1_000)
-            if rows.num_rows == 0:
-                if idle_timeout and time.monotonic() - last > idle_timeout:
-                    break
-                time.sleep(0.2)
-                continue
-            last = time.monotonic()
-            for row in rows.to_pylist():
-                typer.echo(
-                    dumps(row)
-                    if as_json
-                    else "  ".join(
-                        f"{k}={plain(v) if not isinstance(v, (int, float, str)) else v}"
-                        for k, v in row.items()
-                    )
-                )
-            shown += rows.num_rows
-    except KeyboardInterrupt:
-        pass

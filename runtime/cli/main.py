@@ -1,7 +1,7 @@
 """The ``edgecore`` command line: run the demo, replay files, look at entities, query with SQL.
 
 The commands live by concern in :mod:`runtime.cli.run` (demo, replay, run),
-:mod:`runtime.cli.inspect` (entity, sql, status, tail), :mod:`runtime.cli.serve`,
+:mod:`runtime.cli.inspect` (entity, sql, status), :mod:`runtime.cli.tail`, :mod:`runtime.cli.serve`,
 :mod:`runtime.cli.console` and
 :mod:`runtime.cli.model` (the model registry);
 importing them registers them on the one typer ``app`` of :mod:`runtime.cli.common`.
@@ -17,6 +17,7 @@ from runtime.cli.common import app, main
 for _module in (
     "run",
     "inspect",
+    "tail",
     "serve",
     "console",
     "model",

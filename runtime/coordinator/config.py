@@ -39,6 +39,10 @@ class RuntimeConfig:
     topic_retention_rows: int = 1_000_000
     topic_retention_bytes: int | None = 256 * 2**20
     topic_retention_seconds: float | None = 24 * 3600.0
+    #: keep topics' rows on disk (``<data_dir>/_topics``), written with each checkpoint,
+    #: so a restart keeps them (the retention limits above apply on disk); False: in
+    #: memory only, a restart keeps offsets and consumer groups but not the rows
+    topic_log: bool = True
     #: topics split into partitions: name -> (partitions, key column or None for round-robin)
     topic_partitions: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     num_cpus: int | None = None

@@ -29,6 +29,7 @@ from runtime.streams.schema import DEAD_LETTERS
 from runtime.streams.sinks import TableSink
 from runtime.topics.clients import AnyTopic, SubscriberClient, TopicClient
 from runtime.topics.colocated import ColocatedTopic, as_standalone, outlet, split_snapshot
+from runtime.topics.segments import TOPICS_DIR
 from runtime.topics.topic import Topic
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class Deployment:
                     age,
                     partitions=partitions,
                     partition_key=key,
+                    log_dir=self.topic_log_dir,
                     spec=spec,
                 )
             )
@@ -115,6 +117,13 @@ class Deployment:
                 resolve([topic.restore(saved)])
             self.topics[name] = topic
         return self.topics[name]
+
+    @property
+    def topic_log_dir(self) -> str | None:
+        """Where topics keep their log on disk (None: in memory only)."""
+        if not self.config.topic_log:
+            return None
+        return os.path.join(os.path.abspath(self.config.data_dir), TOPICS_DIR)
 
     def subscribe(
         self,
@@ -218,7 +227,10 @@ class Deployment:
                     self.config.idle_seconds,
                     forwards=forwards,
                     channel=shard_name,
-                    outlets={t: outlet(j, self.config.retention, shares[t][j]) for t in hosted},
+                    outlets={
+                        t: outlet(j, self.config.retention, shares[t][j], self.topic_log_dir)
+                        for t in hosted
+                    },
                     site=site,
                     shard_snapshot=own[j],
                     export=self.config.export_dir,

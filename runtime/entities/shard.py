@@ -106,7 +106,7 @@ class Shard(EntityCalls):
         self.outlets: dict[str, Topic] = {}
         for name, spec in (outlets or {}).items():
             rows, size, age = spec["retention"]
-            topic = Topic(name, rows, size, age, label=spec["label"])
+            topic = Topic(name, rows, size, age, label=spec["label"], log_dir=spec.get("log_dir"))
             if spec.get("snapshot"):
                 topic.restore(spec["snapshot"])
             self.outlets[name] = topic

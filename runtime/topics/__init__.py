@@ -1,5 +1,6 @@
 """Pub-sub: topics with offsets, partitions, retention and consumer groups (``topic``),
-and a kind's output topics hosted inside its shards (``colocated``).
+a kind's output topics hosted inside its shards (``colocated``), and their log on disk
+(``durable``, ``segments``; read without Ray by ``folder``).
 
 >>> import pyarrow as pa
 >>> from runtime.topics.topic import Topic, next_offsets
@@ -28,9 +29,12 @@ as it always did, so sinks and tables fed by it keep their columns.
 
 **Durable offsets.** ``snapshot()`` is a JSON-able record of every partition's
 offsets and every group's committed offsets; ``restore()`` on a new, empty topic
-(after a restart) continues from there. The log itself lives in memory and is
-*not* in the snapshot: new rows get offsets after the old ones, and a group whose
-commit is before the new log start has those rows counted as ``skipped``.
+(after a restart) continues from there. A topic with a ``log_dir`` (the runtime's
+default: ``<data>/_topics``) also writes its rows to segment files at each snapshot
+and loads them back in ``restore()`` (:mod:`runtime.topics.durable`), so a group
+resumes from its commit with every row still retained. Without one the log lives in
+memory only: new rows get offsets after the old ones, and a group whose commit is
+before the new log start has those rows counted as ``skipped``:
 
 >>> import json
 >>> saved = json.loads(json.dumps(orders.snapshot()))

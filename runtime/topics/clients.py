@@ -74,6 +74,12 @@ class TopicClient(ActorClient):
     def committed(self, group: str, partition: int = 0) -> Any:
         return self._call(Topic.committed, group, partition)
 
+    def seek(self, group: str, offsets: dict[int, int] | int) -> Any:
+        return self._call(Topic.seek, group, offsets)
+
+    def offsets_for_time(self, since: float) -> Any:
+        return self._call(Topic.offsets_for_time, since)
+
     def seek_committed(self, group: str) -> Any:
         return self._call(Topic.seek_committed, group)
 

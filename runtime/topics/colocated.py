@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from runtime.cluster.handles import LocalFuture, resolve
 from runtime.errors import ConfigError
-from runtime.topics.topic import Topic
+from runtime.topics.topic import SNAPSHOT_VERSION, Topic
 
 #: what a co-located topic partition answers through :meth:`runtime.entities.shard.Shard.outlet`
 OUTLET_CALLS = frozenset(
@@ -59,6 +59,8 @@ OUTLET_CALLS = frozenset(
         "commit",
         "committed",
         "seek_committed",
+        "seek",
+        "offsets_for_time",
         "groups",
         "stats",
     ]
@@ -89,9 +91,11 @@ def outlet(
     label: int,
     retention: tuple[int, int | None, float | None] = (1_000_000, None, None),
     snapshot: dict[str, Any] | None = None,
+    log_dir: str | None = None,
 ) -> dict[str, Any]:
-    """What a shard needs to host partition ``label`` of a topic (see ``Shard(outlets=)``)."""
-    return {"label": label, "retention": retention, "snapshot": snapshot}
+    """What a shard needs to host partition ``label`` of a topic (see ``Shard(outlets=)``);
+    ``log_dir``: keep its log on disk there (``<data>/_topics``)."""
+    return {"label": label, "retention": retention, "snapshot": snapshot, "log_dir": log_dir}
 
 
 def split_snapshot(saved: dict[str, Any] | None, n: int) -> list[dict[str, Any] | None]:
@@ -123,7 +127,7 @@ def as_standalone(saved: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             mine["committed"][p] = g["committed"][0]
             mine["skipped"][p] = g["skipped"][0]
     return len(parts), {
-        "version": VERSION,
+        "version": SNAPSHOT_VERSION,
         "name": saved.get("name"),
         "round_robin": 0,
         "partitions": [part["partitions"][0] for part in parts],
@@ -222,6 +226,21 @@ class ColocatedTopic:
     @_answered
     def committed(self, group: str, partition: int = 0) -> int | None:
         return self._one(partition, Topic.committed, group, 0)
+
+    @_answered
+    def seek(self, group: str, offsets: dict[int, int] | int) -> int:
+        """Each partition's shard moves the group (see :meth:`Topic.seek`)."""
+        n = len(self.shards)
+        items = offsets if isinstance(offsets, dict) else dict.fromkeys(range(n), offsets)
+        ends = self.end_offsets().result()
+        for p, o in items.items():  # every partition checked before any moves
+            if int(p) in ends and isinstance(o, int) and o > ends[int(p)]:
+                raise ConfigError(f"offset {o} of partition {p} is past its end ({ends[int(p)]})")
+        return sum(self._one(p, Topic.seek, group, {0: o}) for p, o in items.items())
+
+    @_answered
+    def offsets_for_time(self, since: float) -> dict[int, int]:
+        return {p: o[0] for p, o in enumerate(self._each(Topic.offsets_for_time, since))}
 
     @_answered
     def seek_committed(self, group: str) -> int:

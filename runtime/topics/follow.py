@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from runtime.cluster import names
 from runtime.errors import ConfigError
@@ -52,21 +53,47 @@ def find_topic(topic: str) -> Any:
 
 
 class Follower:
-    """Reads ``topic`` as its own consumer group from the oldest retained row
-    (``from_beginning``) or from now on."""
+    """Reads ``topic`` as its own consumer group: from the oldest retained row
+    (``from_beginning``), from offset ``start_at`` of every partition, from the first row
+    published at or after ``since`` (wall-clock seconds), or from now on."""
 
-    def __init__(self, topic: str, from_beginning: bool = False, prefix: str = "follow") -> None:
+    def __init__(
+        self,
+        topic: str,
+        from_beginning: bool = False,
+        prefix: str = "follow",
+        start_at: int | None = None,
+        since: float | None = None,
+    ) -> None:
+        from runtime.cluster.handles import resolve
+
         self.topic = topic
         self.handle = find_topic(topic)
         self.group = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.start = "earliest" if from_beginning else "latest"
+        #: rows before this offset are not shown (a partition shorter than ``start_at``
+        #: starts at its end, and shows its rows from ``start_at`` on)
+        self.floor = 0
+        if start_at is not None:
+            ends = resolve([self.handle.end_offsets()])[0]
+            if start_at > max(ends.values(), default=0):
+                raise ConfigError(
+                    f"offset {start_at} is past the end of topic {topic!r} (end offsets: {ends})"
+                )
+            self.floor = start_at
+            resolve([self.handle.seek(self.group, {p: min(start_at, e) for p, e in ends.items()})])
+        elif since is not None:
+            offsets = resolve([self.handle.offsets_for_time(since)])[0]
+            resolve([self.handle.seek(self.group, offsets)])
 
     def poll(self, max_rows: int = 1_000) -> pa.Table:
         """The next rows (possibly none), committed for this group as they are handed out."""
         from runtime.cluster.handles import resolve
-        from runtime.topics.topic import next_offsets
+        from runtime.topics.topic import OFFSET, next_offsets
 
         rows = resolve([self.handle.poll(self.group, max_rows, self.start)])[0]
         if rows.num_rows:
             resolve([self.handle.commit(self.group, next_offsets(rows))])
+            if self.floor:
+                rows = rows.filter(pc.greater_equal(rows.column(OFFSET), self.floor))
         return rows

@@ -126,6 +126,36 @@ class ConsumerGroups:
         g = self.cursors.get(group)
         return None if g is None else g.committed[partition]
 
+    def seek(self, group: str, offsets: dict[int, int] | int) -> int:
+        """Move ``group`` to ``offsets[p]`` in each partition ``p`` given (an int: that
+        offset in every partition); what it polls next starts there (its commits do not
+        move: ``commit`` says what it processed). Returns the sum of its positions.
+
+        An offset before the log start moves the group to the start, and the rows it never
+        got count as skipped (a new group seeking there never got any); one past the end
+        is refused with ConfigError, as is a negative one.
+        """
+        n = len(self.logs)
+        items = offsets if isinstance(offsets, dict) else dict.fromkeys(range(n), offsets)
+        for p, offset in items.items():
+            log = self.log(int(p))  # validates
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                raise ConfigError(f"offsets are ints >= 0, not {offset!r} (partition {p})")
+            if offset > log.next:
+                raise ConfigError(
+                    f"offset {offset} of partition {p} is past its end ({log.next}): the "
+                    f"offsets there run {log.first()}..{log.next}"
+                )
+        new = group not in self.cursors
+        g = self.cursor(group)
+        for p, offset in items.items():
+            p = int(p)
+            g.position[p] = offset
+            if new:  # it was handed nothing: what retention dropped after here is skipped
+                g.delivered[p] = g.origin[p] = offset
+            self.catch_up(g, p)
+        return sum(g.position)
+
     def seek_committed(self, group: str) -> int:
         """Rewind ``group`` to its last commit in every partition: what it polled since is
         delivered again. Returns the sum of its positions (for one partition: its position);

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,9 @@ class PartitionLog:
         self.firsts: list[int] = []  # first offset of each batch
         self.tables: list[pa.Table] = []
         self.born: list[float] = []  # when each batch was published, for age retention
+        #: the same on the wall clock (never decreasing), for ``--since`` and for the age
+        #: of rows on disk, which must survive a restart
+        self.walls: list[float] = []
         self.head = 0  # batches before this index were dropped
         self.next = 0  # the offset the next row gets
         self.rows = 0  # rows retained
@@ -48,11 +51,12 @@ class PartitionLog:
     def batches(self) -> int:
         return len(self.firsts) - self.head
 
-    def append(self, rows: pa.Table, born: float) -> int:
+    def append(self, rows: pa.Table, born: float, wall: float = 0.0) -> int:
         first = self.next
         self.firsts.append(first)
         self.tables.append(rows)
         self.born.append(born)
+        self.walls.append(max(wall, self.walls[-1]) if self.walls else wall)
         self.next += rows.num_rows
         self.rows += rows.num_rows
         self.bytes += rows.nbytes
@@ -73,6 +77,7 @@ class PartitionLog:
             self.head += 1
         if self.head > 64 and 2 * self.head > len(self.firsts):  # amortised O(1) per drop
             del self.firsts[: self.head], self.tables[: self.head], self.born[: self.head]
+            del self.walls[: self.head]
             self.head = 0
 
     def read(self, offset: int, max_rows: int) -> list[tuple[int, pa.Table]]:
@@ -94,9 +99,29 @@ class PartitionLog:
 
     def reset(self, next_offset: int) -> None:
         """Start an empty log whose next row gets ``next_offset`` (after a restore)."""
-        self.firsts, self.tables, self.born = [], [], []
+        self.firsts, self.tables, self.born, self.walls = [], [], [], []
         self.head = self.rows = self.bytes = 0
         self.next = next_offset
+
+    def retained(self, start: int) -> list[tuple[int, pa.Table, float]]:
+        """(first offset, rows, wall time) of the retained batches from the one holding
+        ``start`` on (``start`` is a batch boundary: where the last persist ended)."""
+        i = max(self.head, bisect_right(self.firsts, start, self.head) - 1)
+        return [(self.firsts[j], self.tables[j], self.walls[j]) for j in range(i, len(self.tables))]
+
+    def swap(self, first: int, rows: pa.Table) -> None:
+        """Put ``rows`` (the same rows, e.g. memory-mapped from disk) in place of the batch
+        that starts at ``first``, if it is still retained."""
+        i = bisect_right(self.firsts, first, self.head) - 1
+        if i >= self.head and self.firsts[i] == first and self.tables[i].num_rows == rows.num_rows:
+            self.bytes += rows.nbytes - self.tables[i].nbytes
+            self.tables[i] = rows
+
+    def offset_at(self, wall: float) -> int:
+        """The first offset of the oldest retained batch published at or after ``wall``
+        (wall-clock seconds); ``next`` if none was."""
+        i = bisect_left(self.walls, wall, self.head)
+        return self.firsts[i] if i < len(self.firsts) else self.next
 
 
 @dataclass

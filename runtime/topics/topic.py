@@ -45,16 +45,19 @@ import pyarrow as pa
 from runtime.cluster.wire import unpack
 from runtime.errors import ConfigError
 from runtime.state.keys import hash_keys, shard_of
+from runtime.topics.durable import ROLL_BYTES, ROLL_SECONDS, PartitionFiles
 from runtime.topics.groups import ConsumerGroups
 from runtime.topics.log import OFFSET, PARTITION, PartitionLog, next_offsets
 from runtime.topics.push import MAX_PENDING, Pushes
+from runtime.topics.segments import topic_dir
 
 if TYPE_CHECKING:
     from runtime.topics.clients import SubscriberClient
 
 __all__ = ["MAX_PENDING", "OFFSET", "PARTITION", "Topic", "next_offsets"]
 
-SNAPSHOT_VERSION = 1
+#: 2: partitions carry ``persisted``, the end of their log on disk (1 still restores)
+SNAPSHOT_VERSION = 2
 
 
 class Topic:
@@ -69,13 +72,20 @@ class Topic:
         partitions: int = 1,
         partition_key: str | None = None,
         label: int | None = None,
+        log_dir: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        segment_bytes: int = ROLL_BYTES,
+        segment_seconds: float = ROLL_SECONDS,
     ) -> None:
-        """Retention limits apply to each partition on its own.
+        """Retention limits apply to each partition on its own (in memory and on disk).
 
         ``partitions`` and ``partition_key`` are keyword-only: the runtime passes the
         retention limits by position. ``label``: this one-partition topic is partition
         ``label`` of a topic spread over several hosts (see :mod:`runtime.topics.colocated`); its
-        rows carry that number as ``_partition``.
+        rows carry that number as ``_partition``. ``log_dir`` (``<data>/_topics``): keep
+        the log on disk there, written at each :meth:`snapshot` and loaded back by
+        :meth:`restore` (see :mod:`runtime.topics.durable`; ``segment_bytes`` and
+        ``segment_seconds`` say when a partition's last segment file is closed).
         """
         if not isinstance(partitions, int) or partitions < 1:
             raise ConfigError(f"topic {name!r}: partitions must be an int >= 1, got {partitions!r}")
@@ -91,6 +101,21 @@ class Topic:
         self._rr = 0  # the partition the next key-less batch goes to
         self._consumers = ConsumerGroups(self._logs, self._log)
         self._push = Pushes(clock)
+        self.wall = wall_clock
+        self._files = (
+            None
+            if log_dir is None
+            else [
+                PartitionFiles(
+                    topic_dir(log_dir, name, p if label is None else label),
+                    name,
+                    p if label is None else label,
+                    segment_bytes,
+                    segment_seconds,
+                )
+                for p in range(partitions)
+            ]
+        )
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, rows: pa.Table) -> int:
@@ -102,15 +127,20 @@ class Topic:
             rows = rows.drop_columns(stale)
         if rows.num_rows == 0:
             return self.end_offset()
-        born = self.now()
-        pieces = [(p, self._logs[p].append(part, born), part) for p, part in self._split(rows)]
-        cutoff = born - self.retention_seconds if self.retention_seconds else None
-        for log in self._logs:  # every partition: age limits apply to idle ones too
-            log.expire(self.retention_rows, self.retention_bytes, cutoff)
-        self._consumers.catch_up_all()
+        born, wall = self.now(), self.wall()
+        pieces = [
+            (p, self._logs[p].append(part, born, wall), part) for p, part in self._split(rows)
+        ]
+        self._expire(born)
         if self._push.subscribers:
             self._push.deliver(self._table(pieces), born)
         return self.end_offset()
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.retention_seconds if self.retention_seconds else None
+        for log in self._logs:  # every partition: age limits apply to idle ones too
+            log.expire(self.retention_rows, self.retention_bytes, cutoff)
+        self._consumers.catch_up_all()
 
     def _split(self, rows: pa.Table) -> list[tuple[int, pa.Table]]:
         """(partition, rows) pieces of a batch; rows keep their order inside each piece."""
@@ -211,6 +241,17 @@ class Topic:
         """What ``group`` committed for ``partition`` (None: nothing yet)."""
         return self._consumers.committed(group, partition)
 
+    def seek(self, group: str, offsets: dict[int, int] | int) -> int:
+        """Move ``group`` to ``offsets[p]`` in each partition ``p`` given (an int: that
+        offset in every partition); the sum of its positions. See
+        :meth:`runtime.topics.groups.ConsumerGroups.seek`."""
+        return self._consumers.seek(group, offsets)
+
+    def offsets_for_time(self, since: float) -> dict[int, int]:
+        """Per partition, the first offset of the oldest retained batch published at or
+        after ``since`` (wall-clock seconds since the epoch); the end offset if none was."""
+        return {p: log.offset_at(since) for p, log in enumerate(self._logs)}
+
     def seek_committed(self, group: str) -> int:
         """Rewind ``group`` to its last commit in every partition; the sum of its positions."""
         return self._consumers.seek_committed(group)
@@ -279,27 +320,36 @@ class Topic:
     # -- durable offsets -------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Offsets to carry over a restart, JSON-able: per partition the next and the first
-        retained offset, per group its committed offsets (where it resumes) and skipped
-        counts. The rows themselves are not in it. Held batches go out first."""
+        retained offset (and with a ``log_dir``, ``persisted``: the end of the log written
+        to disk, now), per group its committed offsets (where it resumes) and skipped
+        counts. Held batches go out first. The runtime takes it at a checkpoint's cut and
+        commits it after: the rows are on disk before the commit that names them."""
         self._push.release_all()
+        parts = [{"next": log.next, "first": log.first()} for log in self._logs]
+        if self._files is not None:
+            wall = self.wall()
+            for part, files, log in zip(parts, self._files, self._logs, strict=True):
+                part["persisted"] = files.persist(log, wall)
+                part["first"] = log.first()
         return {
             "version": SNAPSHOT_VERSION,
             "name": self.name,
             "round_robin": self._rr,
-            "partitions": [{"next": log.next, "first": log.first()} for log in self._logs],
+            "partitions": parts,
             "groups": self._consumers.snapshot(),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Continue from ``snapshot`` on a topic nothing was published to yet.
 
-        Each partition's next offset continues from the snapshot; its log starts empty,
-        because the log is kept in memory only. Groups resume from their committed
-        offsets: those before the new log start count as skipped. Rows published after
-        the snapshot was taken and before the restart get their offsets again (the
-        runtime replays its source from the same checkpoint, so those offsets are reused
-        by the replayed rows). A snapshot may have fewer partitions (the new ones start
-        at 0), never more.
+        Each partition's next offset continues from the snapshot. With a ``log_dir`` and a
+        snapshot that persisted it, the log is loaded back from disk up to that end (what
+        lies past it is removed) and retention applies to it at once; otherwise the log
+        starts empty. Groups resume from their committed offsets: those before the log
+        start count as skipped. Rows published after the snapshot was taken and before the
+        restart get their offsets again (the runtime replays its source from the same
+        checkpoint, so those offsets are reused by the replayed rows). A snapshot may have
+        fewer partitions (the new ones start at 0), never more.
         """
         if any(log.next for log in self._logs):
             raise ConfigError(
@@ -307,7 +357,7 @@ class Topic:
                 f"(offsets already used: {self.end_offsets()})"
             )
         version = snapshot.get("version")
-        if version != SNAPSHOT_VERSION:
+        if version not in (1, SNAPSHOT_VERSION):
             raise ConfigError(f"topic {self.name!r}: unknown snapshot version {version!r}")
         saved = snapshot["partitions"]
         if len(saved) > self.partitions:
@@ -315,7 +365,13 @@ class Topic:
                 f"topic {self.name!r} has {self.partitions} partitions, the snapshot "
                 f"{len(saved)}: their committed offsets would be lost"
             )
-        for log, part in zip(self._logs, saved, strict=False):
-            log.reset(int(part["next"]))
+        now, wall = self.now(), self.wall()
+        for p, (log, part) in enumerate(zip(self._logs, saved, strict=False)):
+            end = int(part["next"])
+            if self._files is not None and part.get("persisted") == end:
+                self._files[p].load(log, end, int(part.get("first", 0)), now, wall)
+            else:
+                log.reset(end)
+        self._expire(now)
         self._rr = int(snapshot.get("round_robin", 0)) % self.partitions
         self._consumers.restore(snapshot["groups"])
