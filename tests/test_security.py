@@ -244,17 +244,20 @@ def test_session_tokens_are_private_found_by_address_and_pruned(tmp_path, monkey
 
 
 def test_cluster_yaml_hands_every_node_the_token():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    token_path = "~/.ray/edgecore-cluster.token"
-    assert token_path in config["file_mounts"], config["file_mounts"]
+    validate_config(prepare_config(config))
+    mounted = "~/.ray/edgecore-cluster.token"
+    # copied from the machine that runs `ray up` (made by the command cluster.yaml gives),
+    # never from the repository, which is rsynced to the nodes as well
+    assert config["file_mounts"].get(mounted) == mounted, config["file_mounts"]
+    assert f"chmod 600 {mounted}" in config["setup_commands"]
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts, key
         for command in starts:
             assert "RAY_AUTH_MODE=token" in command, command
-            assert f"RAY_AUTH_TOKEN_PATH={token_path}" in command, command
-    # the file mounted is the one a documented command makes, never part of the repository
-    source = config["file_mounts"][token_path]
-    assert not source.startswith(".") and "edgecore-cluster.token" in source
-    readme = (ROOT / "README.md").read_text()
-    assert "ray get-auth-token" in readme or "token_hex" in readme
+            assert "RAY_AUTH_TOKEN_PATH=$HOME/.ray/edgecore-cluster.token" in command, command
+    how = (ROOT / "cluster.yaml").read_text()
+    assert "umask 077" in how and "secrets.token_hex(32)" in how and mounted in how
