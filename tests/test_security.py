@@ -139,6 +139,18 @@ def test_serve_listens_on_loopback_only_and_its_ray_refuses_a_client_without_the
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads(done.stdout)
+        # another user (no token of this session): refused, in one line, at once
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime.cli", "status", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**clean_env(), "HOME": str(tmp_path)},
+        )
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+        assert f"the Ray cluster at {address} refused no token" in done.stderr
+        assert time.monotonic() - t0 < 30
         serve.signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0, serve.stderr[-3000:]
         assert security.token_for(address) is None  # gone with the session

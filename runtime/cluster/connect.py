@@ -73,6 +73,12 @@ def init_ray(
                 address = get_ray_address_from_environment("auto", None)
         kwargs["address"] = address
         _choose_token(address)
+        if ":" in address and "//" not in address and security.refuses_our_token(address):
+            sent = "our Ray token" if os.environ.get("RAY_AUTH_MODE") == "token" else "no token"
+            raise NotStartedError(
+                f"the Ray cluster at {address} refused {sent}: run this as the user who "
+                "started it, or point RAY_AUTH_TOKEN_PATH at its token (README, Security)"
+            )
     if quiet:  # a command that only reads: Ray's own chatter is not its output
         import logging
 

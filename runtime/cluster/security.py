@@ -150,6 +150,27 @@ def use_token(path: Path) -> None:
     _refresh_token_mode()
 
 
+def refuses_our_token(address: str, timeout: float = 5.0) -> bool:
+    """The GCS at ``address`` answers, and refuses the token this process would send (or
+    its absence). Ray itself would retry such a refusal silently until it gives up."""
+    import grpc
+    from ray._raylet import AuthenticationTokenLoader
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    header = AuthenticationTokenLoader.instance().get_token_for_http_header()
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(),
+                metadata=list(header.items()) or None,
+                timeout=timeout,
+            )
+        except grpc.RpcError as err:  # anything else (TLS, not Ray...): Ray's own error
+            return err.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 def _refresh_token_mode() -> None:
     """Ray read the mode and the token when first asked: make it read them again."""
     try:
