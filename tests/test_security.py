@@ -279,3 +279,12 @@ def test_cluster_yaml_hands_every_node_the_token():
             assert "RAY_AUTH_TOKEN_PATH=$HOME/.ray/edgecore-cluster.token" in command, command
     how = (ROOT / "cluster.yaml").read_text()
     assert "umask 077" in how and "secrets.token_hex(32)" in how and mounted in how
+
+
+def test_a_home_where_no_token_can_be_kept_is_one_clear_error(tmp_path, monkeypatch):
+    home = tmp_path / "not-a-folder"
+    home.write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(ConfigError, match="cannot keep Ray's session token in .*set HOME"):
+        security.new_session_token()

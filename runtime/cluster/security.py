@@ -94,8 +94,14 @@ def loopback_node() -> Iterator[None]:
 def token_dir() -> Path:
     """Where session tokens live: ``~/.ray/edgecore``, readable by its owner only."""
     folder = Path.home() / ".ray" / "edgecore"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask, and the folder may be old
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask; the folder may be old
+    except OSError as err:
+        raise ConfigError(
+            f"cannot keep Ray's session token in {folder} ({err.strerror or err}): run as a "
+            "user with a writable home folder, or set HOME to one"
+        ) from None
     return folder
 
 
