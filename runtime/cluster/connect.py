@@ -55,6 +55,7 @@ def init_ray(
             labels=dict(EMBEDDED_LABELS),
             # with a loopback node IP, Ray binds the GCS, raylet, object manager, workers,
             # agents and its Prometheus endpoints to loopback instead of every interface
+            # (ray.init would replace it with the routable IP but for loopback_node below)
             _node_ip_address=security.LOOPBACK,
         )
         kwargs["_system_config"] = {
