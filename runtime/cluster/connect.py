@@ -3,7 +3,9 @@
 A bare ``ray.init()`` would join whatever cluster an earlier run left recorded on this
 machine; a bare ``ray.init(address=...)`` towards nothing retries for minutes. Here the
 embedded Ray is explicit (its own sessions, labels, niceness), and attaching probes the
-address first, sends the machine's Ray token, and fails in one line.
+address first, sends the Ray token of the cluster there, and fails in one line. The
+embedded Ray listens on loopback only and requires a token of its own
+(:mod:`runtime.cluster.security`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, NotStartedError
+from runtime.cluster import security
+from runtime.errors import ConfigError, EdgecoreError, NotStartedError
 
 
 def init_ray(
@@ -29,22 +32,31 @@ def init_ray(
     """Start an embedded Ray (``address=None``) or attach to ``address``; True if we started it.
 
     A bare ``ray.init()`` would try to join whatever cluster an earlier run left
-    recorded on this machine, even a dead one, so the embedded default is explicit.
+    recorded on this machine, even a dead one, so the embedded default is explicit. The
+    embedded Ray binds every socket to 127.0.0.1 (its node IP) and requires a token of
+    its own; a Ray older than :data:`~runtime.cluster.security.RAY_MIN_VERSION` is refused.
     """
     import ray
 
     if ray.is_initialized():
         return False
+    security.check_ray_version()
     kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": True}
     isolate: Any = contextlib.nullcontext()
+    token: Path | None = None
     if address is None:
         isolate = _own_sessions()
+        token = security.new_session_token()
         # the one local node plays both roles
         kwargs.update(
             address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             labels=dict(EMBEDDED_LABELS),
+            # with a loopback node IP, Ray binds the GCS, raylet, object manager, workers,
+            # agents and its Prometheus endpoints to loopback instead of every interface
+            # (ray.init would replace it with the routable IP but for loopback_node below)
+            _node_ip_address=security.LOOPBACK,
         )
         kwargs["_system_config"] = {
             "metrics_report_interval_ms": 60_000,
@@ -55,15 +67,42 @@ def init_ray(
         }
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
+        if address == "auto":  # named, so that a loopback GCS is kept as loopback below
+            with contextlib.suppress(ConnectionError, ImportError):
+                from ray._private.services import get_ray_address_from_environment
+
+                address = get_ray_address_from_environment("auto", None)
         kwargs["address"] = address
+        _choose_token(address)
+        if ":" in address and "//" not in address and security.refuses_our_token(address):
+            sent = "our Ray token" if os.environ.get("RAY_AUTH_MODE") == "token" else "no token"
+            raise NotStartedError(
+                f"the Ray cluster at {address} refused {sent}: run this as the user who "
+                "started it, or point RAY_AUTH_TOKEN_PATH at its token (README, Security)"
+            )
     if quiet:  # a command that only reads: Ray's own chatter is not its output
         import logging
 
         kwargs.update(logging_level=logging.ERROR, log_to_driver=False)
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-    with isolate:
+    loopback = address is None or security.is_loopback(address.rpartition(":")[0])
+    with isolate, security.loopback_node() if loopback else contextlib.nullcontext():
         ray.init(**kwargs)
+    if token is not None:
+        _check_loopback(ray)
+        security.publish_session_token(token, ray.get_runtime_context().gcs_address)
     return True
+
+
+def _check_loopback(ray: Any) -> None:
+    """Fail closed should another Ray version put the embedded node off loopback."""
+    node_ip = ray.util.get_node_ip_address()
+    if not security.is_loopback(node_ip):
+        ray.shutdown()
+        raise EdgecoreError(
+            f"the embedded Ray took node IP {node_ip}, not loopback: it would listen on the "
+            f"network; edgecore needs Ray >= {'.'.join(map(str, security.RAY_MIN_VERSION))}"
+        )
 
 
 def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
@@ -105,10 +144,9 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
                 f"no Ray cluster answers at {target} ({err.strerror or err}): is the runtime "
                 "running? Start it (e.g. `edgecore serve`) or check --address"
             ) from None
-    _send_token_if_we_have_one()
     if not hard:
         try:
-            init_ray(address)
+            init_ray(target)
         except ConnectionError as err:
             raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
         return
@@ -129,7 +167,7 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 2)
     try:
-        init_ray(address, quiet=True)
+        init_ray(target, quiet=True)
     except ConnectionError as err:
         raise NotStartedError(f"cannot attach to the Ray cluster at {target}: {err}") from None
     finally:
@@ -139,8 +177,19 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
         os.close(quiet)
 
 
+def _choose_token(address: str) -> None:
+    """Send the token of the cluster at ``address``: an embedded Ray's own (this user
+    started it: its file names its GCS address), else the machine's if it has one."""
+    session_token = security.token_for(address)
+    if session_token is not None and os.environ.get("RAY_AUTH_MODE", "token") == "token":
+        security.use_token(session_token)
+    else:
+        _send_token_if_we_have_one()
+
+
 def _send_token_if_we_have_one() -> None:
-    """Attach with Ray's token when this machine has one and no mode was chosen.
+    """Attach with Ray's token when this machine has one and no mode was chosen (a
+    cluster started by ``ray start``, e.g. from ``cluster.yaml``).
 
     Ray 2.59+ turns token authentication on by default for the local clusters it starts
     (the embedded Ray of ``serve``, ``demo``...), but a process attaching by address sends

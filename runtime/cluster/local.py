@@ -2,7 +2,8 @@
 
 One head node plays the core; each edge node gets its own site. All are real Ray
 nodes (``ray.cluster_utils.Cluster``), so placement, object transfer between nodes
-and node loss behave as on a real cluster, only without the network.
+and node loss behave as on a real cluster, only without the network: as the embedded Ray,
+every node listens on 127.0.0.1 only and the cluster requires a token of its own.
 
     with LocalCluster(edges=2) as cluster:      # sites eu-1, eu-2
         Runtime(address=cluster.address, ...)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from runtime.cluster import security
 from runtime.errors import ConfigError
 
 
@@ -38,16 +40,26 @@ class LocalCluster:
             raise ConfigError(
                 "a Ray session is already running in this process; a local cluster needs its own"
             )
+        security.check_ray_version()
+        token = security.new_session_token()  # the nodes' processes inherit token mode
+        local = {"node_ip_address": security.LOOPBACK}  # so each binds to loopback
         self.cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": self.core_cpus, "labels": {"role": "core", "site": "core"}},
+            head_node_args={
+                "num_cpus": self.core_cpus,
+                "labels": {"role": "core", "site": "core"},
+                "include_dashboard": False,
+                **local,
+            },
         )
         for site in self.sites:
             self.edge_nodes[site] = self.cluster.add_node(
-                num_cpus=self.edge_cpus, labels={"role": "edge", "site": site}
+                num_cpus=self.edge_cpus, labels={"role": "edge", "site": site}, **local
             )
         self.cluster.wait_for_nodes()
-        ray.init(address=self.cluster.address, namespace="edgecore", log_to_driver=False)
+        security.publish_session_token(token, self.cluster.address)
+        with security.loopback_node():
+            ray.init(address=self.cluster.address, namespace="edgecore", log_to_driver=False)
         return self
 
     def __exit__(self, *exc: Any) -> None:
