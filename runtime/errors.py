@@ -64,3 +64,7 @@ class ContractError(EdgecoreError, AssertionError):
     """A kind, source or sink breaks a contract of :mod:`runtime.testing.checks`; names it,
     the field or column that broke and the fix. An ``AssertionError`` too, so a failed
     check reads as a failed test."""
+
+
+class EdgeLogError(EdgecoreError, RuntimeError):
+    """An edge's forward log lacks or garbles entries a checkpoint relies on."""

@@ -83,9 +83,11 @@ def spawn(
     max_concurrency: int = 1,
     resources: dict[str, float] | None = None,
     label_selector: dict[str, str] | None = None,
+    max_restarts: int = 0,
     **kwargs: Any,
 ) -> Handle:
-    """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object)."""
+    """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object);
+    ``max_restarts``: times Ray starts it again after it died (-1: always)."""
     if mode == "local":
         return Handle(name, mode, cls(*args, **kwargs))
     import ray
@@ -94,7 +96,7 @@ def spawn(
         "name": name,
         "num_cpus": num_cpus,
         "max_concurrency": max_concurrency,
-        "max_restarts": 0,
+        "max_restarts": max_restarts,
     }
     if resources:
         opts["resources"] = resources
