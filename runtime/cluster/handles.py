@@ -216,6 +216,27 @@ def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
     return out
 
 
+def lookup(name: str, namespace: str = "edgecore") -> Handle | None:
+    """A handle on the live actor named ``name`` (None if there is none now)."""
+    import ray
+
+    try:
+        return Handle(name, "ray", ray.get_actor(name, namespace=namespace))
+    except ValueError:
+        return None
+
+
+def dead_actors(wanted: list[str], namespace: str = "edgecore") -> list[str]:
+    """Those of ``wanted`` that Ray's control store has as dead for good (not restarting)."""
+    import ray._private.state as state
+
+    alive = set()
+    for info in state.state.actor_table(None).values():
+        if info.get("RayNamespace") in (namespace, None) and info.get("State") != "DEAD":
+            alive.add(info.get("Name"))
+    return [n for n in wanted if n not in alive]
+
+
 def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
     """Handles on the running runtime's actors whose names start with ``prefix``."""
     import ray

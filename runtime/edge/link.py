@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from runtime.cluster.handles import ready, resolve
+from runtime.cluster.handles import lookup, ready, resolve
 from runtime.edge.log import Entry, ForwardLog
 from runtime.entities.router import stamp
 
@@ -89,6 +89,7 @@ class EdgeLink:
         self.counters = {"delivered": 0, "failures": 0, "blocked_s": 0.0}
         self._stats: list[dict[str, float]] = []
         self._answer: Any = None
+        self._rx = spec.receiver
         self._wm_logged: int | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"link {self.source}", daemon=True)
@@ -199,7 +200,7 @@ class EdgeLink:
                         if not self._closed:
                             self._cond.wait(min(0.5, retry_at - now))
                     continue
-                if not self._answers(self.spec.receiver.ping()):
+                if not self._answers(self._receiver(fresh=True).ping()):
                     backoff = min(backoff * 2, BACKOFF_S[1])
                     retry_at = time.monotonic() + backoff
                     continue
@@ -214,7 +215,7 @@ class EdgeLink:
                         break
                     batch.append(e)
                     size += len(e.payload)
-            call = self.spec.receiver.deliver(
+            call = self._receiver().deliver(
                 self.spec.target,
                 self.source,
                 self.channel,
@@ -233,6 +234,15 @@ class EdgeLink:
                 self.acked = max(self.acked, batch[-1].seq)
                 self.counters["delivered"] += len(batch)
                 self._cond.notify_all()
+
+    def _receiver(self, fresh: bool = False) -> ReceiverClient:
+        """The site's receiver; ``fresh``: looked up again by name (the runtime may have
+        started a new one in place of one that is gone)."""
+        if fresh and self._rx.remote:
+            handle = lookup(self._rx.name)
+            if handle is not None:
+                self._rx = type(self._rx)(handle)
+        return self._rx
 
     def _answers(self, call: Any) -> bool:
         """Did ``call`` succeed within the timeout? (its result in ``self._answer``)"""

@@ -30,18 +30,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runtime.cluster.clients import ActorClient
-from runtime.cluster.handles import resolve
+from runtime.cluster.handles import lookup, resolve
 from runtime.edge.inbox import link_tag
 from runtime.edge.log import read_payload
 from runtime.entities.kind import EntityKind
 from runtime.entities.router import Router, ingested_at
-from runtime.errors import ConfigError
+from runtime.errors import ActorFailedError, ConfigError
 
 if TYPE_CHECKING:
     from runtime.entities.clients import ShardClient
 
-#: (target kind, its shards in routing order, shards per site, sites)
-Target = tuple[type[EntityKind], list["ShardClient"], int, list[str]]
+#: (target kind, its shards in routing order - clients, or names in Ray -, shards per
+#: site, sites)
+Target = tuple[type[EntityKind], "list[ShardClient] | list[str]", int, list[str]]
 
 
 class Receiver:
@@ -49,20 +50,33 @@ class Receiver:
 
     def __init__(self, site: str, targets: dict[str, Target], max_inflight: int = 2) -> None:
         self.site = site
-        self.routers = {
-            name: Router(cls, shards, per_site, sites or None, max_inflight)
-            for name, (cls, shards, per_site, sites) in targets.items()
-        }
+        self.targets, self.max_inflight = targets, max_inflight
+        self.routers: dict[str, Router] = {}
         self.delivered = 0  # entries delivered (again ones included), for status
+
+    def _router(self, target: str) -> Router:
+        """The router to ``target``'s shards; in Ray they are named, not handed over, so
+        that Ray can start the receiver again from its arguments alone."""
+        if target not in self.routers:
+            if target not in self.targets:
+                raise ConfigError(f"receiver at {self.site!r} has no target kind {target!r}")
+            from runtime.entities.clients import ShardClient
+
+            cls, shards, per_site, sites = self.targets[target]
+            clients = [ShardClient(h) for h in map(lookup, shards) if h] if (
+                shards and isinstance(shards[0], str)
+            ) else shards
+            if len(clients) != len(shards):
+                raise ActorFailedError(f"receiver at {self.site!r}: a shard of {target!r} is gone")
+            self.routers[target] = Router(cls, clients, per_site, sites or None, self.max_inflight)
+        return self.routers[target]
 
     def deliver(
         self, target: str, source: str, channel: str, entries: list[tuple[int, bytes, int | None]]
     ) -> list[dict[str, float]]:
         """Apply ``entries`` (seq, Arrow IPC payload, watermark) of ``source`` to the
         shards of ``target``, in order; the shards' stats once all are applied."""
-        router = self.routers.get(target)
-        if router is None:
-            raise ConfigError(f"receiver at {self.site!r} has no target kind {target!r}")
+        router = self._router(target)
         for seq, payload, watermark in entries:
             table = read_payload(payload)
             if table is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.cluster import names
-from runtime.cluster.handles import ready, resolve
+from runtime.cluster.handles import dead_actors, ready, resolve
 from runtime.cluster.placement import ActorSpec
 from runtime.edge.link import LinkSpec
 from runtime.edge.receiver import Receiver, ReceiverClient
@@ -77,6 +77,8 @@ class Links:
 
     def __init__(self) -> None:
         self.shards: dict[str, tuple[ShardClient, list[tuple[str, str]]]] = {}
+        #: receiver name -> what it is started with
+        self.receivers: dict[str, tuple[Any, ...]] = {}
         self._asked: dict[str, Any] = {}  # status calls not answered yet
         self._last: dict[str, list[dict[str, Any]]] = {}
 
@@ -92,20 +94,33 @@ class Links:
         if not (kind_cls.site_key and forward and deployment.config.store_forward):
             return None
         cfg = deployment.config
+        remote = cfg.mode == "ray"  # in Ray, shards by name: small arguments to restart from
         targets = {
-            k: (d.cls, d.shards, d.per_site, d.sites())
+            k: (d.cls, [s.name for s in d.shards] if remote else d.shards, d.per_site, d.sites())
             for k in sorted(set(forward.values()))
             for d in [deployment.kinds[k]]
         }
         receivers = {}
         for site in sites or []:
             name = names.receiver(kind_cls.name, site)
-            spec = ActorSpec(name, "stage", "receiver")  # at the core
-            handle = deployment.spawn(
-                Receiver, site, targets, cfg.max_inflight, spec=spec, max_restarts=-1
-            )
-            receivers[site] = ReceiverClient(handle)
+            self.receivers[name] = (site, targets, cfg.max_inflight)
+            receivers[site] = ReceiverClient(self._start(deployment, name))
         return {"forward": forward, "receivers": receivers, "meta": meta}
+
+    def _start(self, deployment: Deployment, name: str) -> Any:
+        """Start receiver ``name`` at the core; Ray starts it again if its process dies."""
+        spec = ActorSpec(name, "stage", "receiver")
+        return deployment.spawn(Receiver, *self.receivers[name], spec=spec, max_restarts=-1)
+
+    def heal(self, deployment: Deployment) -> list[str]:
+        """Start again the receivers Ray has given up on (killed for good, or their
+        restart failed); the edges' senders find them by name."""
+        if deployment.config.mode != "ray" or not self.receivers:
+            return []
+        gone = dead_actors(list(self.receivers))
+        for name in gone:
+            self._start(deployment, name)
+        return gone
 
     def specs(
         self, deployment: Deployment, plan: dict[str, Any] | None, shard: str, site: str | None
@@ -145,7 +160,7 @@ class Links:
         for shard, _ in self.shards.values():
             if not shard.remote:
                 resolve([shard.close_links()])
-        self.shards = {}
+        self.shards, self.receivers = {}, {}
 
     # -- what the runtime asks ---------------------------------------------------------------
     def committed(self, deployment: Deployment, meta: dict[str, Any]) -> None:
@@ -157,6 +172,7 @@ class Links:
                 core = [s.name for s in deployment.kinds[target].shards]
                 upto[source] = min(acks.get(n, {}).get(source, 0) for n in core)
             shard.trim_links(upto)  # not waited for: trimming is never urgent
+        self.heal(deployment)
 
     def settle(self, timeout_s: float) -> int:
         """Wait until every link delivered what it holds (at most ``timeout_s``); the
