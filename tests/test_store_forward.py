@@ -71,7 +71,9 @@ def sources(events: pa.Table) -> dict[str, MemorySource]:
 def expected(events: pa.Table) -> dict[str, tuple[int, float]]:
     n = Counter(events.column("key").to_pylist())
     total: dict[str, float] = {}
-    for k, v in zip(events.column("key").to_pylist(), events.column("value").to_pylist()):
+    for k, v in zip(
+        events.column("key").to_pylist(), events.column("value").to_pylist(), strict=True
+    ):
         total[k] = total.get(k, 0.0) + v
     return {k: (n[k], total[k]) for k in n}
 
@@ -106,9 +108,7 @@ def config(tmp_path: Path, **over) -> dict:
     }
 
 
-def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact(
-    cluster, tmp_path
-):
+def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact(cluster, tmp_path):
     """The receivers' processes stop (a partition): the edge goes on taking its stream in
     and holding it for the core, checkpoints go on, until edge_buffer_bytes wait for the
     core: then its source waits. When the partition heals, the calls stuck in it run
@@ -138,7 +138,14 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
         elif "healed" not in seen and "pids" in seen:
             time.sleep(0.15)  # a paced source: the cut lasts seconds of stream
         if "pids" in seen and "links" not in seen and now - seen["at"] > 1.3:
-            seen["links"] = rt.status()["links"]  # the senders' calls timed out by now
+            status = rt.status()  # the senders' calls timed out by now
+            seen["links"] = status["links"]
+            seen["gauges"] = {
+                (f["name"], s["labels"]["site"]): s["value"]
+                for f in status["metrics"]["families"]
+                if f["name"].startswith("edgecore_edge_")
+                for s in f["samples"]
+            }
             seen["went_on"] = stats.input - seen["input"]
             seen["cps_while_cut"] = stats.checkpoints - seen["cps"]
 
@@ -158,11 +165,13 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
     assert {lk["site"] for lk in links} == set(SITES)
     assert not any(lk["up"] for lk in links), links
     assert all(lk["buffered_bytes"] > 0 and lk["buffered_rows"] > 0 for lk in links), links
+    assert all(seen["gauges"][("edgecore_edge_link_up", s)] == 0 for s in SITES)
+    assert all(seen["gauges"][("edgecore_edge_buffer_bytes", s)] > 0 for s in SITES)
     print(f"while cut off: {seen['went_on']} events in, {seen['cps_while_cut']} checkpoints")
     assert seen["went_on"] >= 400 and seen["cps_while_cut"] >= 1
     # then the buffer was full: the intake stood still until the partition healed
     during = [t for t, _ in ticks if seen["at"] <= t]
-    gap = max(b - a for a, b in zip(during, during[1:]))
+    gap = max(b - a for a, b in zip(during, during[1:], strict=False))
     print(f"intake paused {gap:.2f} s; backlog drained {seen.get('drain_s', -1):.2f} s after")
     assert gap >= 2.5, f"the intake never waited (longest pause {gap:.2f} s)"
     assert any(lk["blocked_s"] > 2.0 for lk in after), after

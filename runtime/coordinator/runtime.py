@@ -364,7 +364,7 @@ class Runtime:
             },  # fmt: skip
             "topics": hosted,
             # edge -> core links: up, what they hold for the core (runtime.edge)
-            "links": d.links.status() if d.links.shards else [],
+            "links": self._links(),
             # where its tables are, for commands attached to it (`edgecore sql --address`)
             "data": str(self.data_dir.resolve()),
         }
@@ -372,6 +372,12 @@ class Runtime:
             self.refresh_metrics(stages)
             out["metrics"] = self.metrics.registry.snapshot()
         return out
+
+    def _links(self) -> list[dict[str, Any]]:
+        links = self.deployment.links.status() if self.deployment.links.shards else []
+        if links and self.metrics is not None:
+            self.metrics.links(links)
+        return links
 
     def refresh_metrics(self, stages: list[dict[str, Any]] | None = None) -> None:
         """Bring the run's metrics up to date with the shards' queues and the models."""

@@ -90,9 +90,10 @@ class ForwardLog:
     def _load(self, keep_from: int, keep_to: int) -> list[Entry]:
         kept: list[Entry] = []
         cut: tuple[Path, int] | None = None  # where the log must end (file, offset)
+        later: list[Path] = []  # whole segments after the cut
         for seg in self._segments():
             if cut is not None:
-                seg.unlink()  # after the cut: made again by the replay
+                later.append(seg)
                 continue
             data = seg.read_bytes()
             at = 0
@@ -104,12 +105,8 @@ class ForwardLog:
                 if entry.seq > keep_from:
                     kept.append(entry)
                 at = end
-        if cut is not None:
-            with open(cut[0], "r+b") as f:
-                f.truncate(cut[1])
-                os.fsync(f.fileno())
         want = list(range(keep_from + 1, keep_to + 1))
-        if [e.seq for e in kept] != want:
+        if [e.seq for e in kept] != want:  # checked before anything is cut off
             have = {e.seq for e in kept}
             missing = [s for s in want if s not in have]
             raise EdgeLogError(
@@ -118,6 +115,12 @@ class ForwardLog:
                 "cannot be sent to the core. Restore the folder from a backup, or delete it "
                 "to accept losing them"
             )
+        for seg in later:
+            seg.unlink()  # after the cut: made again by the replay
+        if cut is not None:
+            with open(cut[0], "r+b") as f:
+                f.truncate(cut[1])
+                os.fsync(f.fileno())
         return kept
 
     # -- writing -----------------------------------------------------------------------------

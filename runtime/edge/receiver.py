@@ -63,9 +63,11 @@ class Receiver:
             from runtime.entities.clients import ShardClient
 
             cls, shards, per_site, sites = self.targets[target]
-            clients = [ShardClient(h) for h in map(lookup, shards) if h] if (
-                shards and isinstance(shards[0], str)
-            ) else shards
+            clients = (
+                [ShardClient(h) for h in map(lookup, shards) if h]
+                if (shards and isinstance(shards[0], str))
+                else shards
+            )
             if len(clients) != len(shards):
                 raise ActorFailedError(f"receiver at {self.site!r}: a shard of {target!r} is gone")
             self.routers[target] = Router(cls, clients, per_site, sites or None, self.max_inflight)

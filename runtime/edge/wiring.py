@@ -41,9 +41,7 @@ def merge_cut(previous: dict[str, Any] | None, cut: dict[str, Any]) -> dict[str,
     previous = previous or {}
     kinds = {names.parse_shard(n).kind for n in cut.get("acks", {})}
     acks = {
-        n: a
-        for n, a in previous.get("acks", {}).items()
-        if names.parse_shard(n).kind not in kinds
+        n: a for n, a in previous.get("acks", {}).items() if names.parse_shard(n).kind not in kinds
     }
     return {
         "sent": {**previous.get("sent", {}), **cut.get("sent", {})},
@@ -61,7 +59,9 @@ def core_acks(meta: dict[str, Any], kind: str, shard_names: list[str]) -> list[d
         return [dict(saved.get(n, {})) for n in shard_names]
     sources = {s for a in saved.values() for s in a}
     sent = meta.get("sent", {})
-    pending = sorted(s for s in sources if sent.get(s, 0) > min(a.get(s, 0) for a in saved.values()))
+    pending = sorted(
+        s for s in sources if sent.get(s, 0) > min(a.get(s, 0) for a in saved.values())
+    )
     if pending:
         raise ConfigError(
             f"entity kind {kind!r} was saved with shards {sorted(saved)} while edge links "
@@ -135,7 +135,9 @@ class Links:
             source = f"{shard}>{topic}"
             core = [s.name for s in deployment.kinds[target].shards]
             acked = min(meta.get("acks", {}).get(n, {}).get(source, 0) for n in core)
-            folder = Path(cfg.data_dir) / EDGE_FOLDER / site / f"{parsed.kind}-{parsed.index}-{topic}"
+            folder = (
+                Path(cfg.data_dir) / EDGE_FOLDER / site / f"{parsed.kind}-{parsed.index}-{topic}"
+            )
             out[topic] = LinkSpec(
                 topic,
                 target,
