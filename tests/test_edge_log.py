@@ -80,3 +80,10 @@ def test_trim_drops_only_segments_the_core_committed(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("seg-*.log"))) == 1  # the newest is written on
     log.close()
     assert [e.seq for e in ForwardLog(tmp_path, keep_from=6, keep_to=6).entries] == []
+
+
+def test_the_receivers_client_matches_its_class():
+    from runtime.cluster.clients import check_client
+    from runtime.edge.receiver import Receiver, ReceiverClient
+
+    check_client(ReceiverClient, Receiver)
