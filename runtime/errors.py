@@ -70,3 +70,7 @@ class SnapshotError(EdgecoreError, ValueError):
     """Saved state (a ``_snapshots`` row, a watermark in a checkpoint, a model) is not an
     edgecore snapshot of the expected kind and format version, or is corrupt: refused,
     never run. Names the row and says how to go on (see :mod:`runtime.state.snapshot`)."""
+
+
+class EdgeLogError(EdgecoreError, RuntimeError):
+    """An edge's forward log lacks or garbles entries a checkpoint relies on."""

@@ -83,9 +83,11 @@ def spawn(
     max_concurrency: int = 1,
     resources: dict[str, float] | None = None,
     label_selector: dict[str, str] | None = None,
+    max_restarts: int = 0,
     **kwargs: Any,
 ) -> Handle:
-    """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object)."""
+    """Start ``cls(*args, **kwargs)`` as a named actor (or an in-process object);
+    ``max_restarts``: times Ray starts it again after it died (-1: always)."""
     if mode == "local":
         return Handle(name, mode, cls(*args, **kwargs))
     import ray
@@ -94,7 +96,7 @@ def spawn(
         "name": name,
         "num_cpus": num_cpus,
         "max_concurrency": max_concurrency,
-        "max_restarts": 0,
+        "max_restarts": max_restarts,
         # no per-call task events to the GCS (as Ray Serve does for its actors): they cost
         # every call ~20 % in a pipelined loop here, and the GCS kept them in memory (it
         # grew 50 -> 180 MB in a 10-minute soak); actors still show in `ray list actors`
@@ -216,6 +218,27 @@ def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
         if name and info.get("State") == "ALIVE" and info.get("RayNamespace") in (namespace, None):
             out[name] = info["Address"].get("NodeID", "")
     return out
+
+
+def lookup(name: str, namespace: str = "edgecore") -> Handle | None:
+    """A handle on the live actor named ``name`` (None if there is none now)."""
+    import ray
+
+    try:
+        return Handle(name, "ray", ray.get_actor(name, namespace=namespace))
+    except ValueError:
+        return None
+
+
+def dead_actors(wanted: list[str], namespace: str = "edgecore") -> list[str]:
+    """Those of ``wanted`` that Ray's control store has as dead for good (not restarting)."""
+    import ray._private.state as state
+
+    alive = set()
+    for info in state.state.actor_table(None).values():
+        if info.get("RayNamespace") in (namespace, None) and info.get("State") != "DEAD":
+            alive.add(info.get("Name"))
+    return [n for n in wanted if n not in alive]
 
 
 def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:

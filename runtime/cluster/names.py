@@ -15,6 +15,8 @@ ShardName(kind='customers', site=None, index=3)
 ('subscriber', 'shard', None)
 >>> topic("alerts"), subscriber("alerts->alerts"), ingest_stage("fraud", "eu-1")
 ('topic:alerts', 'sub:alerts->alerts', 'stage:ingest:fraud:eu-1')
+>>> receiver("devices", "eu-1"), role_of(receiver("devices", "eu-1"))
+('stage:receiver:devices:eu-1', 'stage')
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def subscriber(name: str) -> str:
 def ingest_stage(app: str, site: str) -> str:
     """An app's ingest stage at ``site`` (replay per site, or live HTTP/MQTT)."""
     return f"{STAGE_PREFIX}ingest:{app}:{site}"
+
+
+def receiver(kind: str, site: str) -> str:
+    """The core end of the links of ``kind``'s shards at ``site`` (runtime.edge.receiver)."""
+    return f"{STAGE_PREFIX}receiver:{kind}:{site}"
 
 
 def role_of(name: str) -> str | None:

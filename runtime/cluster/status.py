@@ -88,6 +88,7 @@ def attached_status() -> dict[str, Any]:
         "stages": live.get("stages", []),
         "apps": live.get("apps", {}),
         "models": live.get("models", {}),  # each model kind's version and live metrics
+        "links": live.get("links", []),  # edge -> core store-and-forward (runtime.edge)
         # the run's metrics as runtime.observe.metrics.Registry.snapshot() has them
         "metrics": live.get("metrics", {}),
         "updated_at": live.get("updated_at"),

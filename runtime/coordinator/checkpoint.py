@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from runtime.cluster.handles import resolve
 from runtime.coordinator.config import RuntimeConfig
+from runtime.edge.wiring import merge_cut
 from runtime.errors import ConfigError, SnapshotError
 from runtime.eventtime.watermarks import Watermarks
 from runtime.ml.registry import METRICS, MODELS, ModelRegistry
@@ -86,6 +87,8 @@ class PreparedCheckpoint:
     watermarks: dict[str, str] = field(default_factory=dict)
     #: stats of shard calls the drains finished (the runtime reports them)
     shard_stats: list[dict[str, float]] = field(default_factory=list)
+    #: edge links: the last entry each edge logged, what each core shard applied
+    edge: dict[str, dict[str, Any]] = field(default_factory=lambda: {"sent": {}, "acks": {}})
 
 
 class Checkpointer:
@@ -135,6 +138,10 @@ class Checkpointer:
     def position(self, source_id: str) -> int:
         """Where ``source_id`` was when the last commit was taken (0 if never)."""
         return int(self.committed.positions.get(source_id, 0))
+
+    def saved_edge(self) -> dict[str, Any]:
+        """The edge links as the last commit left them (see runtime.edge.wiring)."""
+        return self.committed.meta.get("edge", {})
 
     def saved_topic(self, name: str) -> dict[str, Any] | None:
         return self.committed.meta.get("topics", {}).get(name)
@@ -253,6 +260,11 @@ class Checkpointer:
         for name, k in reversed(deployment.kinds.items()):
             drained = resolve([drains[h.name] if h.name in drains else h.drain() for h in k.shards])
             prepared.shard_stats += [d.stats for d in drained if d.stats]
+            for h, d in zip(k.shards, drained, strict=True):
+                if d.edge:  # logged at the edge / applied at the core, as of the cut
+                    prepared.edge["sent"].update(d.edge["sent"])
+                    if d.edge["acks"]:
+                        prepared.edge["acks"][h.name] = d.edge["acks"]
             for topic in deployment.hosted_topics(name):
                 # partition offsets as of the cut, taken by the drain itself
                 prepared.topics[topic] = {
@@ -327,6 +339,7 @@ class Checkpointer:
                 # topics not started in this run keep their last saved offsets
                 "topics": {**previous.meta.get("topics", {}), **prepared.topics},
                 "watermarks": prepared.watermarks,
+                "edge": merge_cut(previous.meta.get("edge"), prepared.edge),
             },
         )
         store.commit(cp)

@@ -53,6 +53,16 @@ class RuntimeConfig:
     export_dir: str | None = None
     #: restarts from the last checkpoint after actor failures before a run gives up
     max_restarts: int = 3
+    #: what an edge kind (partitioned by site) forwards to a core kind goes through a
+    #: durable log at the edge and a receiver at the core (runtime.edge): the edge goes
+    #: on while the core is out of reach; False: shard to shard, as between core kinds
+    store_forward: bool = True
+    #: bytes an edge link holds for the core before the edge's intake waits for room
+    edge_buffer_bytes: int = 256 * 2**20
+    #: a call to the core's receiver not answered within this counts as the link down
+    link_timeout_s: float = 10.0
+    #: at the end of a run, wait this long for the links to deliver what they hold
+    link_settle_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("ray", "local"):

@@ -20,6 +20,7 @@ from runtime.cluster.status import BoardClient, StatusBoard
 from runtime.cluster.wire import receiving
 from runtime.coordinator.config import RuntimeConfig
 from runtime.coordinator.deployed import DeployedKind
+from runtime.edge.wiring import Links, core_acks
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind
 from runtime.entities.router import Router
@@ -53,6 +54,8 @@ class Deployment:
         #: how each subscriber was started, to start it again after a restart
         self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
         self.board: BoardClient | None = None
+        #: edge shards whose forwards go through durable links (runtime.edge)
+        self.links = Links()
 
     def spawn(self, cls: type, *args: Any, spec: ActorSpec, **kwargs: Any) -> Handle:
         """Start an actor where the placement policy wants it, among the nodes alive now."""
@@ -86,10 +89,11 @@ class Deployment:
         return kinds, dict(self.subscriptions)
 
     def kill_all(self) -> None:
+        self.links.close()
         for name in list(self.placed):
             self.stop_actor(name)
         self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
-        self.board = None
+        self.board, self.links = None, Links()
 
     # -- topics and subscribers ---------------------------------------------------------------
     def topic(self, name: str, saved: dict[str, Any] | None) -> AnyTopic:
@@ -204,16 +208,24 @@ class Deployment:
         ]
         topics = {t: self.topic(t, saved.saved_topic(t)) for t in emitted if t not in hosted}
         shares = {t: split_snapshot(saved.saved_topic(t), total) for t in hosted}
+        plan = self.links.plan(self, kind_cls, forward, sites, saved.saved_edge())
         forwards = {
             t: (self.kinds[k].cls, self.kinds[k].shards, self.kinds[k].per_site)
             for t, k in forward.items()
+            if plan is None
         }
+        layout = sites if kind_cls.site_key else [None]
+        # what each shard applied from edge links at the last commit (runtime.edge.inbox)
+        acks = core_acks(
+            saved.saved_edge(), name, [names.shard(name, i, s) for s in layout for i in range(n)]
+        )
         shards: list[ShardClient] = []
         by_site: dict[str | None, list[int]] = {}
-        for site in sites if kind_cls.site_key else [None]:
+        for site in layout:
             for i in range(n):
                 j, shard_name = len(shards), names.shard(name, i, site)
                 by_site.setdefault(site, []).append(j)
+                links = self.links.specs(self, plan, shard_name, site)
                 handle = self.spawn(
                     Shard,
                     kind_cls,
@@ -234,9 +246,12 @@ class Deployment:
                     site=site,
                     shard_snapshot=own[j],
                     export=self.config.export_dir,
+                    links=links,
+                    acks=acks[j],
                     spec=ActorSpec(shard_name, "shard", name, site),
                 )
                 shards.append(ShardClient(handle))
+                self.links.add(shards[-1], links)
         resolve([s.ping() for s in shards])  # surfaces start-up errors here
         for t in hosted:
             self.topics[t] = ColocatedTopic(t, shards, name)

@@ -85,6 +85,7 @@ class Runtime:
         if self.store is None:
             return
         if checkpoint and self.deployment.kinds:
+            self.settle_links()
             self.checkpoint()
             self.flush_topics()
         self.deployment.kill_all()
@@ -293,6 +294,8 @@ class Runtime:
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
+        # edge logs forget what the core committed (runtime.edge)
+        self.deployment.links.committed(self.deployment, cp.meta.get("edge", {}))
         self._checkpoint_at = time.time()  # its age on the board: is state being committed?
         if self.config.export_dir and prepared.states:
             from runtime.streams.export import export_profiles
@@ -301,6 +304,13 @@ class Runtime:
         for kind, _, card in prepared.models:  # the serving model's live metrics, for status
             self._models[kind] = card
         return cp
+
+    def settle_links(self, timeout_s: float | None = None) -> int:
+        """Wait until every edge link delivered what it holds to the core (at most
+        ``link_settle_s``); the entries still waiting stay in the edges' logs."""
+        return self.deployment.links.settle(
+            self.config.link_settle_s if timeout_s is None else timeout_s
+        )
 
     # -- single entities ----------------------------------------------------------------------
     def lookup(self, kind: str, keys: pa.Array | pa.ChunkedArray) -> pa.Table:
@@ -353,6 +363,8 @@ class Runtime:
                 for k, c in self._models.items()
             },  # fmt: skip
             "topics": hosted,
+            # edge -> core links: up, what they hold for the core (runtime.edge)
+            "links": self._links(),
             # where its tables are, for commands attached to it (`edgecore sql --address`)
             "data": str(self.data_dir.resolve()),
         }
@@ -360,6 +372,12 @@ class Runtime:
             self.refresh_metrics(stages)
             out["metrics"] = self.metrics.registry.snapshot()
         return out
+
+    def _links(self) -> list[dict[str, Any]]:
+        links = self.deployment.links.status() if self.deployment.links.shards else []
+        if links and self.metrics is not None:
+            self.metrics.links(links)
+        return links
 
     def refresh_metrics(self, stages: list[dict[str, Any]] | None = None) -> None:
         """Bring the run's metrics up to date with the shards' queues and the models."""

@@ -218,8 +218,7 @@ def drive(
         finally:
             for f in feeders:
                 f.close()
-    stats = state.stats
-    stats.restarts = restarts
+    stats, stats.restarts = state.stats, restarts
     finish(stats, state.counters, app, t0)
     report(rt, app, stats)
     if stats.accepted + stats.dead_lettered + stats.duplicates + stats.filtered != stats.input:
@@ -342,6 +341,7 @@ def _loop(
     elif app.event_time is not None and end_of_stream:
         rt.routing.advance(app.kind.name, END_OF_TIME)  # every window fires
     absorb({}, rt.routing.drain())
+    rt.settle_links()  # what the edges hold for the core is in the last commit
     checkpoint()
     rt.flush_topics()
 

@@ -93,6 +93,22 @@ class ShardClient(ActorClient):
             args = (self._pack(args[0]),)
         return self._call(Shard.outlet, topic, name, *args)
 
+    # -- edge links (runtime.edge) ------------------------------------------------------------
+    def link_mark(self, source: str, seq: int) -> Any:
+        return self._call(Shard.link_mark, source, seq)
+
+    def link_status(self) -> Any:
+        return self._call(Shard.link_status)
+
+    def trim_links(self, upto: dict[str, int]) -> Any:
+        return self._call(Shard.trim_links, upto)
+
+    def settle_links(self, timeout_s: float) -> Any:
+        return self._call(Shard.settle_links, timeout_s)
+
+    def close_links(self) -> Any:
+        return self._call(Shard.close_links)
+
     # -- health --------------------------------------------------------------------------------
     def stats(self) -> Any:
         return self._call(Shard.stats)

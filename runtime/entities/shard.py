@@ -35,6 +35,8 @@ import pyarrow as pa
 
 from runtime.cluster.handles import ready, resolve
 from runtime.cluster.wire import unpack
+from runtime.edge.calls import LinkCalls, open_links
+from runtime.edge.inbox import Inbox
 from runtime.entities.calls import EntityCalls, serialized
 from runtime.entities.grouping import as_keys, group_rows
 from runtime.entities.kind import Batch, EntityKind
@@ -48,6 +50,7 @@ from runtime.topics.colocated import OUTLET_CALLS
 from runtime.topics.topic import Topic
 
 if TYPE_CHECKING:
+    from runtime.edge.link import LinkSpec
     from runtime.entities.clients import ShardClient
     from runtime.topics.clients import TopicClient
 
@@ -63,9 +66,11 @@ class Drained(NamedTuple):
     outlets: dict[str, Any]  # topic -> snapshot of the partition hosted here
     #: the kind's per-shard state beside a merged snapshot (EntityKind.shard_snapshot)
     own: bytes | None = None
+    #: what it logged for the core (edge) and applied from edge links (core): LinkCalls
+    edge: dict[str, Any] | None = None
 
 
-class Shard(EntityCalls):
+class Shard(EntityCalls, LinkCalls):
     def __init__(
         self,
         kind_cls: type[EntityKind],
@@ -84,6 +89,8 @@ class Shard(EntityCalls):
         site: str | None = None,
         shard_snapshot: bytes | None = None,
         export: str | None = None,
+        links: dict[str, LinkSpec] | None = None,
+        acks: dict[str, int] | None = None,
     ) -> None:
         self._lock = threading.RLock()
         #: the site this shard serves, for a site-partitioned kind: its stored profiles
@@ -97,11 +104,14 @@ class Shard(EntityCalls):
         self.idle_seconds = idle_seconds
         self.topics = topics or {}
         # topics whose rows go straight on to the shards of another kind (a stage graph)
-        self.forwards = {
+        self.channel = channel or f"{self.name}/{shard_id}"
+        self.forwards: dict[str, Any] = {
             t: Router(cls, handles, per_site)
             for t, (cls, handles, per_site) in (forwards or {}).items()
         }
-        self.channel = channel or f"{self.name}/{shard_id}"
+        # ... or through a durable log to a receiver at the core (runtime.edge)
+        self.forwards.update(open_links(links, self.channel, self.site))
+        self.inbox = Inbox(acks)  # what came over edge links: applied once
         # partitions of this kind's output topics, hosted here (runtime.topics.colocated)
         self.outlets: dict[str, Topic] = {}
         for name, spec in (outlets or {}).items():
@@ -206,10 +216,14 @@ class Shard(EntityCalls):
         tagged = read_tag(events)
         if tagged is not None:
             self._heard(*tagged)
+        if self.inbox.duplicate(events):  # sent again over an edge link: applied before
+            return {"rows": 0, "outbox": self.res.outbox_size, "link_duplicates": 1}
         if self._tap is not None and "source" in self._inputs:
             self._tap.add(events)
         if self.kind_cls.stateless:
-            return self._apply_operator(events, t0)
+            out = self._apply_operator(events, t0)
+            self.inbox.applied(events)
+            return out
         if self.idle_seconds:
             self.res.tick(self._seq)
         hashes = events.column("_key_hash").to_numpy().view(np.uint64)
@@ -237,6 +251,7 @@ class Shard(EntityCalls):
         self.counters["batches"] += 1
         self.counters["busy_s"] += time.perf_counter() - t0
         self._ray_rows.add(events.num_rows, **self._ray_tags)
+        self.inbox.applied(events)
         return {
             "rows": events.num_rows,
             "outbox": self.res.outbox_size,
@@ -343,7 +358,7 @@ class Shard(EntityCalls):
         self._handed = self._not_resident(table)
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
         own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
-        return Drained(table, self.kind.snapshot(), fwd, outlets, own)
+        return Drained(table, self.kind.snapshot(), fwd, outlets, own, self.link_cut())
 
     @serialized
     def outlet(self, topic: str, method: str, *args: Any) -> Any:

@@ -18,6 +18,8 @@ edgecore_dead_letters_total               counter    app, step (validate, route,
 edgecore_shard_rows_total                 counter    kind, shard: rows sent to each shard
 edgecore_shard_queue_depth                gauge      kind, shard: batches in flight (its queue)
 edgecore_inflight_batches                 gauge      kind: batches in flight over all shards
+edgecore_edge_buffer_bytes                gauge      site: bytes its edge links hold for the core
+edgecore_edge_link_up                     gauge      site: 1 if all its links reach the core
 edgecore_shard_batches_total              counter    kind, shard: batches applied (at checkpoints)
 edgecore_shard_busy_seconds_total         counter    kind, shard: time spent applying batches
 edgecore_entities_active                  gauge      kind, shard: entities in memory
@@ -118,6 +120,12 @@ class RunMetrics:
         )
         self.inflight = reg.gauge(
             "edgecore_inflight_batches", "Batches in flight over a kind's shards.", ["kind"]
+        )
+        self.edge_buffer = reg.gauge(
+            "edgecore_edge_buffer_bytes", "Bytes a site's edge holds for the core.", ["site"]
+        )
+        self.edge_up = reg.gauge(
+            "edgecore_edge_link_up", "1 if every link of a site reaches the core.", ["site"]
         )
         self.shard = {
             "batches": reg.counter(
@@ -269,6 +277,13 @@ class RunMetrics:
             for name, value in (card.get("metrics") or {}).items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.model_metric.set(value, model=kind, metric=name)
+
+    def links(self, links: list[dict[str, Any]]) -> None:
+        """Each site's edge links (runtime.edge): bytes held for the core, up or not."""
+        for site in {lk["site"] for lk in links}:
+            mine = [lk for lk in links if lk["site"] == site]
+            self.edge_buffer.set(sum(lk["buffered_bytes"] for lk in mine), site=site)
+            self.edge_up.set(float(all(lk["up"] for lk in mine)), site=site)
 
     def watermark(self, marks_ms: list[int]) -> None:
         real = [m for m in marks_ms if m > 0]

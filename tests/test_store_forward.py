@@ -1,0 +1,223 @@
+"""Store-and-forward at the edge, on a real multi-node Ray: one core head, edges eu-1, eu-2.
+
+Each site's ``site_relays`` shard (at its edge) forwards every event to the core's
+``relay_tallies`` through its durable log and the site's receiver at the core. The
+tests cut the edge's path to the core by stopping the receivers' processes (SIGSTOP: a
+partition - calls neither answer nor fail), then end it by SIGKILL (Ray starts the
+receiver again) or SIGCONT (the partition heals and the calls queued in it run late),
+and check the edge went on meanwhile and the core's totals come out exact.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from runtime import Runtime
+from runtime.cluster import names
+from runtime.cluster.handles import resolve
+from runtime.ingest.sites import run_sites
+from runtime.state.store import Store
+from runtime.testing import MemorySource
+from runtime.testing.edge import relay_app
+
+SITES = ("eu-1", "eu-2")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "labels": {"role": "core", "site": "core"}},
+    )
+    for site in SITES:
+        c.add_node(num_cpus=1, labels={"role": "edge", "site": site})
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="edgecore")
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def readings(n: int, keys: int = 40) -> pa.Table:
+    return pa.table(
+        {
+            "event_id": list(range(n)),
+            "key": [f"k{i % keys}" for i in range(n)],
+            "site": [SITES[(i % keys) % 2] for i in range(n)],
+            "value": [float(i % 7) for i in range(n)],
+        }
+    )
+
+
+def sources(events: pa.Table) -> dict[str, MemorySource]:
+    return {
+        s: MemorySource(events.filter(pc.equal(events["site"], s)), batch_size=100, id=f"r-{s}")
+        for s in SITES
+    }
+
+
+def expected(events: pa.Table) -> dict[str, tuple[int, float]]:
+    n = Counter(events.column("key").to_pylist())
+    total: dict[str, float] = {}
+    for k, v in zip(
+        events.column("key").to_pylist(), events.column("value").to_pylist(), strict=True
+    ):
+        total[k] = total.get(k, 0.0) + v
+    return {k: (n[k], total[k]) for k in n}
+
+
+def core_totals(data: Path) -> dict[str, tuple[int, float]]:
+    return {r["key"]: (r["n"], r["total"]) for r in Store(data).read("relay_tallies").to_pylist()}
+
+
+def receiver_pids() -> list[int]:
+    import ray
+
+    out = []
+    for site in SITES:
+        actor = ray.get_actor(names.receiver("site_relays", site), namespace="edgecore")
+        out.append(ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=60))
+    return out
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        os.kill(pid, sig)
+
+
+def cli_status(address: str) -> dict:
+    import json
+
+    from typer.testing import CliRunner
+
+    from runtime.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["status", "--address", address, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def config(tmp_path: Path, **over) -> dict:
+    return {
+        "data_dir": str(tmp_path),
+        "shards": 1,
+        "checkpoint_rows": 1_500,
+        "link_timeout_s": 1.0,
+        "link_settle_s": 60.0,
+        **over,
+    }
+
+
+def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact(cluster, tmp_path):
+    """The receivers' processes stop (a partition): the edge goes on taking its stream in
+    and holding it for the core, checkpoints go on, until edge_buffer_bytes wait for the
+    core: then its source waits. When the partition heals, the calls stuck in it run
+    late beside the sender's resends: the core applies each entry once."""
+    events = readings(6_000)
+    ticks: list[tuple[float, int]] = []
+    seen: dict = {}
+
+    def heal():
+        seen["healed"] = time.monotonic()
+        signal_all(seen["pids"], signal.SIGCONT)
+        shards = rt.shards_of("site_relays")
+        while time.monotonic() - seen["healed"] < 60:
+            links = [lk for got in resolve([s.link_status() for s in shards]) for lk in got]
+            if all(lk["up"] and lk["buffered_entries"] == 0 for lk in links):
+                seen["drain_s"] = time.monotonic() - seen["healed"]
+                return
+            time.sleep(0.1)
+
+    def watch(stats):
+        now = time.monotonic()
+        ticks.append((now, stats.input))
+        if "pids" not in seen and stats.input >= 1_200:
+            seen.update(pids=receiver_pids(), at=now, input=stats.input, cps=stats.checkpoints)
+            signal_all(seen["pids"], signal.SIGSTOP)  # the path to the core is cut
+            threading.Timer(6.0, heal).start()
+        elif "healed" not in seen and "pids" in seen:
+            time.sleep(0.15)  # a paced source: the cut lasts seconds of stream
+        if "pids" in seen and "links" not in seen and now - seen["at"] > 1.3:
+            status = rt.status()  # the senders' calls timed out by now
+            seen["links"] = status["links"]
+            seen["gauges"] = {
+                (f["name"], s["labels"]["site"]): s["value"]
+                for f in status["metrics"]["families"]
+                if f["name"].startswith("edgecore_edge_")
+                for s in f["samples"]
+            }
+            seen["went_on"] = stats.input - seen["input"]
+            seen["cps_while_cut"] = stats.checkpoints - seen["cps"]
+
+    cfg = config(tmp_path, edge_buffer_bytes=60_000)
+    with Runtime(address=cluster.address, **cfg) as rt:
+        stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
+        where = {p["actor"]: p for p in rt.placement()}
+        rt.publish_status(force=True)
+        after = cli_status(cluster.address)["links"]  # as `edgecore status --json` shows it
+    assert stats.restarts == 0 and stats.accepted == stats.input == 6_000
+    assert core_totals(tmp_path) == expected(events)  # 0 lost, 0 doubled
+    edge = {r["key"]: r["n"] for r in Store(tmp_path).read("site_relays").to_pylist()}
+    assert edge == {k: n for k, (n, _) in expected(events).items()}
+    assert where[names.receiver("site_relays", "eu-1")]["role"] == "core"
+    assert where["shard:site_relays:eu-1:0"]["site"] == "eu-1"
+    # while cut off, the edge took more in and held it for the core; checkpoints went on
+    links = seen["links"]
+    assert {lk["site"] for lk in links} == set(SITES)
+    assert not any(lk["up"] for lk in links), links
+    assert all(lk["buffered_bytes"] > 0 and lk["buffered_rows"] > 0 for lk in links), links
+    assert all(seen["gauges"][("edgecore_edge_link_up", s)] == 0 for s in SITES)
+    assert all(seen["gauges"][("edgecore_edge_buffer_bytes", s)] > 0 for s in SITES)
+    print(f"while cut off: {seen['went_on']} events in, {seen['cps_while_cut']} checkpoints")
+    assert seen["went_on"] >= 400 and seen["cps_while_cut"] >= 1
+    # then the buffer was full: the intake stood still until the partition healed
+    during = [t for t, _ in ticks if seen["at"] <= t]
+    gap = max(b - a for a, b in zip(during, during[1:], strict=False))
+    print(f"intake paused {gap:.2f} s; backlog drained {seen.get('drain_s', -1):.2f} s after")
+    assert gap >= 2.5, f"the intake never waited (longest pause {gap:.2f} s)"
+    assert any(lk["blocked_s"] > 2.0 for lk in after), after
+    assert {lk["site"] for lk in after} == set(SITES)
+    assert all(lk["up"] and lk["failures"] >= 1 and lk["buffered_entries"] == 0 for lk in after)
+    assert "drain_s" in seen, "the backlog never drained"
+
+
+def test_a_restart_of_the_whole_run_resends_the_log_from_the_committed_point(cluster, tmp_path):
+    """Entries logged before a checkpoint and not yet at the core survive a restart of
+    every actor (an edge shard killed): the log keeps them until the core commits them."""
+    import ray
+
+    events = readings(4_000)
+    seen: dict = {}
+
+    def watch(stats):
+        if "pids" not in seen and stats.input >= 1_200:
+            seen.update(pids=receiver_pids(), checkpoints=stats.checkpoints)
+            signal_all(seen["pids"], signal.SIGSTOP)
+        elif "pids" in seen and "killed" not in seen:
+            edge = rt.checkpoints.committed.meta.get("edge", {})
+            sent = edge.get("sent", {})
+            acked = edge.get("acks", {}).get("shard:relay_tallies:0", {})
+            if stats.checkpoints > seen["checkpoints"] and any(
+                seq > acked.get(src, 0) for src, seq in sent.items()
+            ):  # committed with entries the core has not got yet
+                seen["killed"] = stats.input
+                signal_all(seen["pids"], signal.SIGKILL)
+                ray.kill(ray.get_actor("shard:site_relays:eu-1:0", namespace="edgecore"))
+
+    with Runtime(address=cluster.address, **config(tmp_path)) as rt:
+        stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
+    assert "killed" in seen and stats.restarts >= 1
+    assert stats.accepted == stats.input == 4_000
+    assert core_totals(tmp_path) == expected(events)
