@@ -50,7 +50,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 from soak_stats import per_event, verdict  # noqa: E402
 
 MB = 2**20
-APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models")
+# outputs kept by design (until retention, for topics): judged by bytes per event
+APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models", "_topics")
 
 
 def free_port() -> int:
