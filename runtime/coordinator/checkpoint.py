@@ -11,6 +11,7 @@ positions it reflects: one ``_checkpoints`` row naming every table version.
 from __future__ import annotations
 
 import base64
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 SEEN = "_seen"
 SNAPSHOTS = "_snapshots"
+#: test-only fault injection (runtime.testing.faults), read once: nothing to do when unset
+_FAULTS = bool(os.environ.get("EDGECORE_FAULT"))
 
 
 @dataclass
@@ -272,6 +275,10 @@ class Checkpointer:
             store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
         if prepared.seen:
             self._append_seen(prepared.seen)
+        if _FAULTS:  # every table of the cut written, the commit row not yet
+            from runtime.testing.faults import fault_point
+
+            fault_point("commit:after_tables")
         managed = [n for n in [*kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.committed
         cp = Checkpoint(
