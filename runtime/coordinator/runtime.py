@@ -292,6 +292,10 @@ class Runtime:
         self, prepared: PreparedCheckpoint, positions: dict[str, int] | None = None
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
+        # what the topics delivered up to the cut must be in its sinks' tables before the
+        # commit names the cut: topic rows live in memory only, so after a crash nothing
+        # before it is delivered again (a TableSink buffers up to 50,000 rows: all lost)
+        self.flush_topics()
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
         self._checkpoint_at = time.time()  # its age on the board: is state being committed?
         if self.config.export_dir and prepared.states:
