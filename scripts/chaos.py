@@ -39,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("LANCE_LOG", "error")
+# this process reads the data folders (LanceDB) and starts commands: each start warns
+warnings.filterwarnings("ignore", message="lancedb fork support")
 
 from chaos_scenarios import SCENARIOS, Result, run_replay, run_serve  # noqa: E402
 
@@ -73,7 +76,9 @@ def run_one(
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'scenario':<8} {'seed':>4} {'events':>8} {'lost':>6} {'doubled':>8} {'recovery_s':>11}"
+    head = (
+        f"{'scenario':<8} {'seed':>4} {'events':>8} {'lost':>6} {'doubled':>8} {'recovery_s':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         rec = "-" if r["recovery_s"] is None else f"{r['recovery_s']:.2f}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 from chaos_procs import progress, wait_until
-from chaos_scenarios import Result, _watch_recovery, fault_fraction, judge
+from chaos_scenarios import Result, _late, _watch_recovery, fault_fraction, judge
 
 from runtime.testing.ledger import ledger_events, site_ledger_app
 
@@ -86,10 +86,12 @@ def run_edge(cluster: EdgeCluster, seed: int, n: int, work: Path, seconds: float
             res.why.append("! the stream did not reach the fault point")
             return
         before = progress(data)
+        if _late(res, before, n, False):
+            return
         cluster.remove("eu-2")
         t_fault = time.monotonic()
         res.why.append(f"removed eu-2's node after position {before}")
-        _watch_recovery(res, data, before, t_fault, 600)
+        _watch_recovery(res, data, before, t_fault)
 
     watcher = threading.Thread(target=fault, daemon=True)
     watcher.start()

@@ -59,6 +59,14 @@ def test_account_names_every_lost_and_doubled_event():
     assert any("entries" in w for w in out.why) and any("dead_letters" in w for w in out.why)
 
 
+def test_the_ledger_kinds_meet_the_kind_contracts():
+    from runtime.testing import check_kind
+    from runtime.testing.ledger import Ledger, SiteLedger
+
+    check_kind(Ledger, ledger_events(120, seed=2))
+    check_kind(SiteLedger, ledger_events(120, seed=2, sites=("eu-1", "eu-2")))
+
+
 def test_the_commit_fault_point_crashes_only_when_armed(tmp_path):
     code = (
         "from runtime.testing.faults import fault_point\n"
