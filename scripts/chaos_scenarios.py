@@ -264,15 +264,15 @@ def run_serve(scenario: str, seed: int, n: int, work: Path, seconds: float) -> R
         if not wait_until(lambda: cmd.said(ready) or cmd.proc.poll() is not None, 300):
             res.why.append("! serve did not come up")
             return res
+        victim = None
+        if scenario == "stage":  # up before the load starts: looking costs seconds
+            victim = find_victim(cmd, VICTIMS["stage"], seed)
         if broker is not None:
             client = _mqtt(broker.port, f"chaos-{seed}")
             load = Load(chunks, n / seconds, lambda c: _publish(client, c))
         else:
             load = Load(chunks, n / seconds, lambda c: _post(port, _ndjson(c)))
         at = int(fault_fraction(scenario, seed) * n)
-        victim = None
-        if scenario == "stage":
-            victim = find_victim(cmd, VICTIMS["stage"], seed)
         if not wait_until(lambda: load.sent >= at or not load.thread.is_alive(), 600, 0.01):
             res.why.append("! the load did not reach the fault point")
             return res

@@ -47,6 +47,8 @@ def test_account_names_every_lost_and_doubled_event():
     # one lost and one doubled in the same key: the count alone would call it exact
     both = account(events, broken(0, value[first] - value[second]))
     assert (both.lost, both.doubled) == ({second}, {first})
+    # a count that disagrees with the values: not clean, whatever the total says
+    assert not account(events, broken(+1, 0.0)).clean
     # an event applied three times carries into the next digit: still not clean
     assert not account(events, broken(+2, 2 * value[third])).clean
     # a key missing altogether: all its events lost
