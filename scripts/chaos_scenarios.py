@@ -170,7 +170,7 @@ def run_replay(scenario: str, seed: int, n: int, work: Path, seconds: float) -> 
             if rc != EXIT_CODE:
                 res.why.append(f"! the command exited {rc}, not at the fault point")
                 return res
-            res.why.append(f"crashed inside the commit after position {before}")
+            res.why.append(f"crashed inside a commit: fault at {before / n:.0%} (committed)")
             cmd = Command(*args)
         else:
             name, pid = find_victim(cmd, VICTIMS[scenario], seed)
