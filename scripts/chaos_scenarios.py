@@ -9,8 +9,10 @@ table (its ``n`` and base-3 ``total`` name every event applied 0, 1 or 2 times),
 
 ``recovery_s``: seconds from the fault (the SIGKILL sent, the broker stopped, the node
 removed, the crashed command seen exiting) until the data folder holds a commit past the
-last one made before the fault — the runtime is processing and committing events again.
-It includes the restart itself, so it is an upper bound by at most one checkpoint interval.
+last one made before the fault — the runtime is processing and committing events again;
+where the command says it restarts from its last checkpoint (an actor killed), a commit
+made after that restart. It includes the restart itself, so it is an upper bound by at
+most one checkpoint interval.
 """
 
 from __future__ import annotations
@@ -120,10 +122,16 @@ def _watch_recovery(
     before: int,
     t_fault: float,
     ended: Callable[[], bool] = lambda: False,
+    restarted: Callable[[], bool] | None = None,
     timeout: float = 600,
 ) -> None:
     """Wait for a commit past ``before`` (or for the command to end: it was too late then);
-    record the seconds since ``t_fault``."""
+    record the seconds since ``t_fault``. With ``restarted`` (the command said it restarts
+    from its last commit), the commit must also come after that restart: a commit already
+    under way at the fault does not count."""
+    if restarted is not None:
+        wait_until(lambda: restarted() or ended(), timeout, 0.05)
+        before = max(before, progress(data))  # where the restart resumes from
     wait_until(lambda: progress(data) > before or ended(), timeout, 0.05)
     if progress(data) > before:
         res.recovery_s = time.monotonic() - t_fault
@@ -183,7 +191,10 @@ def run_replay(scenario: str, seed: int, n: int, work: Path, seconds: float) -> 
             os.kill(pid, signal.SIGKILL)
             t_fault = time.monotonic()
             res.why.append(f"SIGKILL {name} (pid {pid}) after position {before}")
-        _watch_recovery(res, data, before, t_fault, lambda: cmd.proc.poll() is not None)
+        ended = lambda: cmd.proc.poll() is not None  # noqa: E731
+        _watch_recovery(
+            res, data, before, t_fault, ended, None if crash else lambda: cmd.said(RESTARTED)
+        )
         rc = cmd.wait(timeout=600)
         if rc != 0:
             res.why.append(f"! the command exited {rc}: {cmd.stderr[-800:]}")
@@ -292,7 +303,14 @@ def run_serve(scenario: str, seed: int, n: int, work: Path, seconds: float) -> R
             time.sleep(0.5)
             broker.start()
             res.why.append(f"broker restarted at {load.sent} sent")
-        _watch_recovery(res, data, before, t_fault, lambda: cmd.proc.poll() is not None)
+        _watch_recovery(
+            res,
+            data,
+            before,
+            t_fault,
+            lambda: cmd.proc.poll() is not None,
+            (lambda: cmd.said(RESTARTED)) if victim is not None else None,
+        )
         if not load.done(600):
             res.why.append(f"! the client could not send everything: {load.error}")
         # everything is acknowledged (durable); a stop applies and commits it
