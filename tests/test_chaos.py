@@ -47,6 +47,8 @@ def test_account_names_every_lost_and_doubled_event():
     # one lost and one doubled in the same key: the count alone would call it exact
     both = account(events, broken(0, value[first] - value[second]))
     assert (both.lost, both.doubled) == ({second}, {first})
+    # a count that disagrees with the values: not clean, whatever the total says
+    assert not account(events, broken(+1, 0.0)).clean
     # an event applied three times carries into the next digit: still not clean
     assert not account(events, broken(+2, 2 * value[third])).clean
     # a key missing altogether: all its events lost
@@ -57,6 +59,14 @@ def test_account_names_every_lost_and_doubled_event():
     out = account(events, state, entries=good[1:] + good[5:6], dead=bad + bad[:1])
     assert out.lost == {good[0]} and out.doubled == {good[5], bad[0]}
     assert any("entries" in w for w in out.why) and any("dead_letters" in w for w in out.why)
+
+
+def test_the_ledger_kinds_meet_the_kind_contracts():
+    from runtime.testing import check_kind
+    from runtime.testing.ledger import Ledger, SiteLedger
+
+    check_kind(Ledger, ledger_events(120, seed=2))
+    check_kind(SiteLedger, ledger_events(120, seed=2, sites=("eu-1", "eu-2")))
 
 
 def test_the_commit_fault_point_crashes_only_when_armed(tmp_path):

@@ -11,6 +11,7 @@ positions it reflects: one ``_checkpoints`` row naming every table version.
 from __future__ import annotations
 
 import base64
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,12 +64,15 @@ def unwrap_row(name: str, row: bytes, where: str) -> bytes:
 
 
 def saved_snapshots(store: Store) -> dict[str, bytes]:
-    """Every ``_snapshots`` row of ``store`` as the kinds saved it, each checked
-    (:class:`SnapshotError` for the first that is refused)."""
+    """Every ``_snapshots`` row as the kinds saved it, checked (else SnapshotError)."""
     if not store.exists(SNAPSHOTS):
         return {}
     rows = store.read(SNAPSHOTS).to_pylist()
     return {r["kind"]: unwrap_row(r["kind"], r["blob"], str(store.path)) for r in rows}
+
+
+#: test-only fault injection (runtime.testing.faults), read once: nothing to do when unset
+_FAULTS = bool(os.environ.get("EDGECORE_FAULT"))
 
 
 @dataclass
@@ -327,6 +331,10 @@ class Checkpointer:
             store.upsert(DEAD_LETTERS, dead.cast(DEAD_LETTER_SCHEMA), key="dead_letter_id")
         if prepared.seen:
             self._append_seen(prepared.seen)
+        if _FAULTS:  # every table of the cut written, the commit row not yet
+            from runtime.testing.faults import fault_point
+
+            fault_point("commit:after_tables")
         managed = [n for n in [*kinds, DEAD_LETTERS, SEEN, SNAPSHOTS] if store.exists(n)]
         previous = self.committed
         cp = Checkpoint(
