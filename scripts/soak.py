@@ -117,16 +117,27 @@ def role(p: psutil.Process) -> str:
     return os.path.basename(head)[:24]
 
 
-def rss_by_role(root: psutil.Process) -> dict[str, float]:
+def rss_by_role(root: psutil.Process) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """RSS per role, and its parts per role (anonymous, file-backed, shared memory: Ray's
+    object store is shared memory, memory-mapped topic segments are file-backed)."""
     out: dict[str, float] = {}
+    parts: dict[str, dict[str, float]] = {}
     for p in [root, *root.children(recursive=True)]:
         try:
             rss = p.memory_info().rss / MB
-        except psutil.Error:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except (psutil.Error, OSError):
             continue
         r = role(p)
         out[r] = out.get(r, 0.0) + rss
-    return out
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                kind = key[3:].lower()
+                parts.setdefault(r, {})[kind] = (
+                    parts.get(r, {}).get(kind, 0.0) + int(value.split()[0]) / 1024
+                )
+    return out, parts
 
 
 def folder(data: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -176,11 +187,13 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             time.sleep(max(0.0, t0 + (len(samples) + 1) * args.sample_seconds - time.monotonic()))
             sizes, versions = folder(data)
             sent = read_json(progress)
+            rss, parts = rss_by_role(tree)
             samples.append(
                 {
                     "t": round(time.monotonic() - t0, 1),
                     "acked": sent.get("acked", 0),
-                    "rss_mb": rss_by_role(tree),
+                    "rss_mb": rss,
+                    "rss_parts_mb": parts,
                     "size_mb": sizes,
                     "versions": versions,
                 }
@@ -327,6 +340,18 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
             f"{name:42} {s['first']:10.1f} {s['last']:10.1f} {s['max']:10.1f} "
             f"{s['slope_per_hour']:10.1f}  {'GROWS' if s['grows'] else 'bounded'}"
         )
+    first, last = (
+        run["samples"][0].get("rss_parts_mb", {}),
+        run["samples"][-1].get("rss_parts_mb", {}),
+    )
+    for name in v["growing"]:
+        role_ = name.split(":", 1)[1]
+        if name.startswith("rss_mb:") and role_ in last:
+            a, b = first.get(role_, {}), last[role_]
+            print(
+                f"  {role_}: "
+                + ", ".join(f"{k} {a.get(k, 0):.0f} -> {b[k]:.0f} MB" for k in sorted(b))
+            )
     print(
         f"acknowledged {v['acked_accepted']:,}; profiles count {run['profiles_txn_count']}; "
         f"serve exit {run['serve_exit']}; {'OK' if v['ok'] else 'FAILED'}"
