@@ -129,8 +129,14 @@ class Command:
 #: worker pid, one JSON line every 0.2 s, until its stdin closes
 _WATCH = """
 import json, os, sys, threading, time
-from runtime.cluster.connect import _send_token_if_we_have_one
-_send_token_if_we_have_one()  # the machine's Ray token, as `edgecore status --address`
+from runtime.cluster import security
+# that session's Ray token, as `edgecore status --address` finds it: its file appears
+# once the command's ray.init returned, a moment after the raylet names the GCS
+deadline = time.monotonic() + 120
+while security.token_for(sys.argv[1]) is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+if security.token_for(sys.argv[1]) is not None:
+    security.use_token(security.token_for(sys.argv[1]))
 import ray._private.state as state
 from ray._raylet import GcsClientOptions
 state.state._initialize_global_state(GcsClientOptions.create(
