@@ -326,10 +326,16 @@ def crash_then_resume(pipeline: Pipeline, table: pa.Table, path: Path, topic: st
         assert (
             rt.checkpoints.watermarks[scope].current() == wm[committed]
         )  # the source's, from the commit
+        start = resolve([rt.topic(topic).end_offsets()])[0]  # where the commit left it
+        kept_rows = rt.read_topic(topic, 0, ALL)
         source = MemorySource(table, batch_size=CRASH_BATCH, id="readings")
         stats = run(rt, pipeline.build(), source)
-        after = rt.read_topic(topic, 0, ALL)
+        after = since(rt.read_topic(topic, 0, ALL), start)
     assert stats.resumed_from == committed
+    # the durable topic log gave back every row the commit covered, as first published
+    assert published(kept_rows) == published(before.filter(pa.array(
+        [o.as_py() < start[p.as_py()] for p, o in zip(before["_partition"], before["_offset"], strict=True)]
+    )))  # fmt: skip
     return before, after, committed
 
 

@@ -252,11 +252,19 @@ def check_restore(case: Case) -> None:
                         f"{where(kind_cls)} fails check_restore: the checkpoint saved a kind "
                         f"snapshot, but after restore(blob) shard {i}'s snapshot() returns None"
                     )
+            for topic, rows in before.rows.items():  # the durable topic log kept them
+                lost = multiset_minus(rows, after.rows.get(topic, []))
+                if rt.config.topic_log and lost:
+                    raise ContractError(
+                        f"{where(kind_cls)} fails check_restore: {len(lost)} rows topic "
+                        f"{topic!r} held at the checkpoint are gone after the restart"
+                    )
             feed(rt, kind_cls, rest)
             case.finish(rt)
             resumed = look(rt, kind_cls, case.config, case.keys, case.drop)
-    # the same cut without a restart; the restarted topics start empty (their rows are not
-    # kept over a restart), so compare only what the second half emitted
+    for topic, rows in resumed.rows.items():  # what the second half emitted
+        resumed.rows[topic] = multiset_minus(rows, after.rows.get(topic, []))
+    # the same cut without a restart: compare only what the second half emitted
     with running(kind_cls, case.config, None, case.sites) as rt:
         feed(rt, kind_cls, first)
         rt.checkpoint()
