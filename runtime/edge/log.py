@@ -38,6 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from runtime.errors import EdgeLogError
+from runtime.state.fsync import fsync_dir
 
 MAGIC = b"ECF1"
 #: magic, seq, payload length, crc32 of the payload, has watermark, watermark
@@ -159,7 +160,7 @@ class ForwardLog:
                 f = open(segs[-1], "ab", buffering=0)  # noqa: SIM115 - kept open
             else:
                 f = open(self.path / f"seg-{seq:020d}.log", "ab", buffering=0)  # noqa: SIM115
-                _sync_dir(self.path)
+                fsync_dir(self.path)
             self._file = f
         return f
 
@@ -206,11 +207,3 @@ def _record(data: bytes, at: int) -> tuple[Entry | None, int]:
         return None, at
     rows = read_payload(payload).num_rows if payload else 0
     return Entry(seq, payload, wm if has_wm else None, rows), end + length
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

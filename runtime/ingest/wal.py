@@ -40,6 +40,7 @@ from typing import Any
 import pyarrow as pa
 
 from runtime.errors import StoreError
+from runtime.state.fsync import fsync_dir
 
 MAGIC = b"ECW1"
 _HEAD = struct.Struct("<4sIIQ")  # magic, length of what follows the head, crc32 of it, seq
@@ -89,15 +90,6 @@ def _scan(path: Path) -> Iterator[tuple[int, int, int, bytes]]:
             return
         yield at, end, seq, body
         at = end
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a file's creation or removal in ``path`` durable (its directory entry)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WriteAheadLog:
@@ -165,7 +157,7 @@ class WriteAheadLog:
         self._size = 0
         if not self._segments or self._segments[-1] != self.next_seq:
             self._segments.append(self.next_seq)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     # -- writing ---------------------------------------------------------------------------
     @_locked
@@ -235,7 +227,7 @@ class WriteAheadLog:
             self._name(self._segments.pop(0)).unlink(missing_ok=True)
             dropped += 1
         if dropped:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         return dropped
 
     def segments(self) -> list[Path]:

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from runtime.errors import EdgecoreError
+from runtime.state.fsync import fsync_dir
 
 #: the version of the ``edgecore.segment`` JSON a segment file carries
 FORMAT = 1
@@ -101,14 +102,6 @@ def remove_temporaries(folder: Path) -> None:
             if n.startswith(".") and n.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / n)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_segment(
