@@ -116,8 +116,7 @@ class PartitionFiles:
     def _map(self, seg: Segment, log: PartitionLog) -> None:
         """Swap the log's batches of ``seg`` for the rows memory-mapped from its file."""
         _, table = read_segment(seg.path)
-        for f, n, _ in seg.batches:
-            log.swap(f, table.slice(f - seg.first, n))
+        log.attach(seg.first, table)
 
     def _drop_expired(self, first: int) -> None:
         while len(self.segments) > 0 and self.segments[0].end <= first:
@@ -184,11 +183,12 @@ class PartitionFiles:
         self.segments = [s for s, _ in kept]
         log.reset(end)
         for seg, table in kept:
-            for f, n, w in seg.batches:
-                if f + n > first:  # retention had dropped the batches before the snapshot's start
-                    log.next = f
-                    log.append(table.slice(f - seg.first, n), now - (now_wall - w), w)
-        log.next = end
+            # retention had dropped the batches before the snapshot's start
+            batches = [b for b in seg.batches if b[0] + b[1] > first]
+            if batches:
+                born = [now - (now_wall - w) for _, _, w in batches]
+                log.load(table.slice(batches[0][0] - seg.first), batches, born)
+        log.next = log.open_first = end
         self.persisted = end
 
     def _cut(self, seg: Segment, table: pa.Table, end: int) -> tuple[Segment, pa.Table]:

@@ -210,7 +210,8 @@ def test_group_behind_retention_is_moved_and_counts_skipped() -> None:
             # retained rows and bytes stay within the limits (at most one batch over rows)
             assert st[p]["retained_rows"] <= 10 + 4 - 1
             assert st[p]["retained_bytes"] <= limit_bytes
-            assert len(t._logs[p].tables) <= 2 * 65  # dropped slots are compacted away
+            assert len(t._logs[p].firsts) <= 2 * 65  # dropped slots are compacted away
+            assert len(t._logs[p].chunks) <= 2 * 65
     firsts = t.first_offsets()
     assert firsts[1] == firsts[2] == 800 - 12  # 200 batches of 4, the last 3 retained
     slow = t.groups()["slow"]
