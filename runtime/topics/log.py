@@ -80,8 +80,9 @@ class PartitionLog:
     def append(self, rows: pa.Table, born: float, wall: float = 0.0) -> int:
         first, n, size = self.next, rows.num_rows, rows.nbytes
         large = n >= CHUNK_ROWS or size >= CHUNK_BYTES
-        if large or (self.open and not rows.schema.equals(self.open[0].schema, True)):
-            self._seal()  # a chunk has one schema; a large batch is one alone, not copied
+        if large or (self.open and not rows.schema.equals(self.open[0].schema)):
+            # a chunk has one schema (its first batch's metadata); a large batch is one alone
+            self._seal()
         self._index(first, size, born, wall)
         self.next += n
         self.rows += n

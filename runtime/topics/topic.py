@@ -125,6 +125,10 @@ class Topic:
         stale = [c for c in (PARTITION, OFFSET) if c in rows.column_names]
         if stale:
             rows = rows.drop_columns(stale)
+        meta = rows.schema.metadata
+        if meta and any(k.startswith(b"edgecore.") for k in meta):  # a shard's transport stamps
+            kept = {k: v for k, v in meta.items() if not k.startswith(b"edgecore.")}
+            rows = rows.replace_schema_metadata(kept or None)
         if rows.num_rows == 0:
             return self.end_offset()
         born, wall = self.now(), self.wall()
