@@ -40,6 +40,7 @@ _EXPORTS = {
     # the pipeline builder: steps, event time, windows, joins, lookups, sinks
     "Pipeline": "runtime.dataflow.builder",
     "Step": "runtime.dataflow.app",
+    "Stage": "runtime.dataflow.app",
     "EventTime": "runtime.dataflow.app",
     "WindowSpec": "runtime.eventtime.windows",
     "entity_join": "runtime.operators.enrich",

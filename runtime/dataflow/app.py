@@ -86,11 +86,18 @@ class EventTime:
 
 @dataclass(frozen=True)
 class Stage:
-    """A further kind, fed shard to shard with what the previous kind emits on ``topic``."""
+    """A further kind, fed shard to shard with what the previous kind emits on ``topic``
+    (or on each of several topics: its ``apply`` tells them apart by ``batch.topic``).
+    From a kind at an edge site to one at the core, the rows go through the edge's
+    durable store-and-forward log (:mod:`runtime.edge`)."""
 
-    topic: str
+    topic: str | tuple[str, ...]
     kind: type[EntityKind]
     config: Any = None
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (self.topic,) if isinstance(self.topic, str) else tuple(self.topic)
 
 
 @dataclass(frozen=True)
@@ -161,11 +168,12 @@ class App:
                 )
         prev = self.kind
         for stage in self.stages:
-            if stage.topic not in prev.topics:
-                raise ConfigError(
-                    f"app {self.name!r}: {prev.__qualname__} emits no topic {stage.topic!r} "
-                    f"to feed {stage.kind.__qualname__}; it emits {list(prev.topics)}"
-                )
+            for topic in stage.topics or ("",):
+                if topic not in prev.topics:
+                    raise ConfigError(
+                        f"app {self.name!r}: {prev.__qualname__} emits no topic {topic!r} "
+                        f"to feed {stage.kind.__qualname__}; it emits {list(prev.topics)}"
+                    )
             prev = stage.kind
         for name, query in self.queries.items():
             if not NAME_RE.match(name) or name in ("events", "labels"):
@@ -213,7 +221,8 @@ def setup(rt: Runtime, app: App) -> None:
         cls, config = chain[i]
         if rt.has_kind(cls.name):
             continue
-        forward = {app.stages[i].topic: chain[i + 1][0].name} if i < len(app.stages) else None
+        stage = app.stages[i] if i < len(app.stages) else None
+        forward = {t: chain[i + 1][0].name for t in stage.topics} if stage else None
         sites = list(app.sites) or None if i == 0 else None
         rt.register(cls, config, sites=sites, forward=forward)
     for topic, (table, key) in app.sinks.items():

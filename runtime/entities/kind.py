@@ -46,6 +46,17 @@ if TYPE_CHECKING:
     from runtime.streams.schema import EventSchema
 
 _HANDLER_ATTR = "__edgecore_handler__"
+#: schema metadata naming the topic a previous kind emitted forwarded rows on
+FROM_TOPIC = b"edgecore.topic"
+
+
+def from_topic(rows: pa.Table, topic: str) -> pa.Table:
+    """``rows`` marked as emitted on ``topic`` (what :attr:`Batch.topic` reads downstream)."""
+    meta = dict(rows.schema.metadata or {})
+    meta[FROM_TOPIC] = topic.encode()
+    return rows.replace_schema_metadata(meta)
+
+
 current_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "edgecore_runtime", default=None
 )
@@ -89,6 +100,14 @@ class Batch:
     stats: dict[str, float] = field(default_factory=dict)
     #: event time the shard's inputs have all passed (ms), when the app tracks one
     watermark: int | None = None
+
+    @property
+    def topic(self) -> str | None:
+        """The topic the previous kind emitted these events on, when the kind is fed by
+        one (:class:`~runtime.dataflow.app.Stage`, ``forward``); None for source events.
+        A kind fed several topics tells their rows apart by it."""
+        raw = (self.events.schema.metadata or {}).get(FROM_TOPIC)
+        return raw.decode() if raw is not None else None
 
     def emit(self, topic: str, rows: pa.Table) -> None:
         """Publish ``rows`` to ``topic`` after the batch is applied."""

@@ -39,7 +39,7 @@ from runtime.edge.calls import LinkCalls, open_links
 from runtime.edge.inbox import Inbox
 from runtime.entities.calls import EntityCalls, serialized
 from runtime.entities.grouping import as_keys, group_rows
-from runtime.entities.kind import Batch, EntityKind
+from runtime.entities.kind import Batch, EntityKind, from_topic
 from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, ingested_at, read_tag
 from runtime.errors import ConfigError, SnapshotError
@@ -312,7 +312,7 @@ class Shard(EntityCalls, LinkCalls):
         for topic, tables in outputs.items():
             if topic in self.forwards:
                 self.forwards[topic].send(
-                    pa.concat_tables(tables, promote_options="default"),
+                    from_topic(pa.concat_tables(tables, promote_options="default"), topic),
                     self.watermark,
                     self.channel,
                     ingested=self._ingested,  # latency counts from the first ingest

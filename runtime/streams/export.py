@@ -77,9 +77,10 @@ class EventTap:
 
 def output_topics(app: Any) -> list[str]:
     """The topics an app's kinds publish and do not forward to a further kind."""
-    forwarded = {stage.topic for stage in app.stages}
     topics: list[str] = []
-    for cls, config in app.kinds():
+    for i, (cls, config) in enumerate(app.kinds()):
+        # kind i forwards stage i's topics (a later kind may publish one of the same name)
+        forwarded = app.stages[i].topics if i < len(app.stages) else ()
         for t in cls(config).active_topics():
             if t not in forwarded and t not in topics:
                 topics.append(t)
