@@ -280,5 +280,8 @@ def test_demo_on_a_simulated_cluster_predicts_at_the_edges(tmp_path):
     assert edge["horizon_h"] == 24.0 and edge["sensor_faults_reported"] == 0
     # the machines ran at their sites' edge nodes, the customers at the core
     where = {p["actor"]: (p["role"], p["site"]) for p in out["placement"]}
-    machines = [v for k, v in where.items() if "machines" in k]
+    machines = [v for k, v in where.items() if k.startswith("shard:machines:")]
     assert machines and all(role == "edge" for role, _ in machines), where
+    # ... and what they forward arrives at the core through each site's receiver
+    core = [v for k, v in where.items() if "core_machines" in k or "receiver:machines" in k]
+    assert len(core) >= 3 and all(role == "core" for role, _ in core), where

@@ -221,3 +221,83 @@ def test_a_restart_of_the_whole_run_resends_the_log_from_the_committed_point(clu
     assert "killed" in seen and stats.restarts >= 1
     assert stats.accepted == stats.input == 4_000
     assert core_totals(tmp_path) == expected(events)
+
+
+def test_receivers_killed_alone_the_edge_resends_and_the_run_goes_on(cluster, tmp_path):
+    """Only the core's receivers die (SIGKILL, Ray starts them again): the run is not
+    restarted, the senders resend from the core's last acknowledgement, and the core's
+    shards drop what they had applied already."""
+    events = readings(5_000)
+    seen: dict = {}
+
+    def watch(stats):
+        if "killed" not in seen and stats.input >= 2_000:
+            seen["killed"] = stats.input
+            signal_all(receiver_pids(), signal.SIGKILL)
+        elif "killed" in seen and "after" not in seen:
+            time.sleep(0.05)  # let the stream run on while Ray restarts them
+
+    with Runtime(address=cluster.address, **config(tmp_path)) as rt:
+        stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
+        rt.publish_status(force=True)
+        links = rt.status()["links"]
+    assert "killed" in seen and stats.restarts == 0, stats
+    assert stats.accepted == stats.input == 5_000
+    assert core_totals(tmp_path) == expected(events)  # 0 lost, 0 doubled
+    assert all(lk["up"] and lk["buffered_entries"] == 0 for lk in links), links
+    assert any(lk["failures"] >= 1 for lk in links), links  # the kill was felt
+
+
+def test_the_shipped_devices_app_crosses_to_the_core_through_the_link(cluster, tmp_path):
+    """The devices app as shipped: readings stay at the edges, summaries and alerts cross
+    through each site's durable log. With the path to the core cut for seconds, the edges
+    go on, and the core's tables end holding exactly what the edges emitted."""
+    from actors.devices.app import device_app
+    from actors.devices.telemetry import TelemetryConfig, TelemetrySource
+    from runtime.state.sql import query
+
+    seen: dict = {}
+
+    def heal():
+        signal_all(seen["pids"], signal.SIGCONT)
+
+    def watch(stats):
+        if "pids" not in seen and stats.input >= 6_000:
+            seen["pids"] = [
+                ray_pid(names.receiver("devices", site)) for site in SITES
+            ]  # the path to the core is cut
+            signal_all(seen["pids"], signal.SIGSTOP)
+            seen["input"] = stats.input
+            threading.Timer(3.0, heal).start()
+
+    app = device_app(sites=SITES)
+    fleet = TelemetryConfig(n_devices=60, sites=SITES)
+    srcs = {s: TelemetrySource(fleet, 12_000, batch_size=500, site=s) for s in SITES}
+    with Runtime(address=cluster.address, **config(tmp_path, checkpoint_rows=3_000)) as rt:
+        stats = run_sites(rt, app, srcs, step_rows=500, progress=watch)
+        where = {p["actor"]: p for p in rt.placement()}
+    assert "pids" in seen and stats.restarts == 0 and stats.accepted == stats.input
+    assert stats.input > seen["input"] + 3_000  # the edges went on while cut off
+    a = stats.app
+    assert a["summary_rows"] > 100 and a["maintenance_rows"] > 0, a
+
+    def one(sql: str) -> int:
+        return query(tmp_path, sql).column(0)[0].as_py()
+
+    # every summary and alert the edges emitted is at the core, once
+    assert one("SELECT count(*) FROM device_health") == a["summary_rows"]
+    assert one("SELECT count(DISTINCT event_id) FROM maintenance") == a["maintenance_rows"]
+    assert one("SELECT count(*) FROM maintenance") == a["maintenance_rows"]
+    views = query(tmp_path, "SELECT * FROM core_devices").to_pylist()
+    assert sum(v["device_summaries"] for v in views) == a["summary_rows"]
+    assert sum(v["maintenance"] for v in views) == a["maintenance_rows"]
+    assert {v["site"] for v in views} == set(SITES)
+    assert where["shard:devices:eu-1:0"]["site"] == "eu-1"
+    assert where["shard:core_devices:0"]["role"] == "core"
+
+
+def ray_pid(actor_name: str) -> int:
+    import ray
+
+    actor = ray.get_actor(actor_name, namespace="edgecore")
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=60)

@@ -1,9 +1,11 @@
 """The devices app: fleet telemetry in; device state, window summaries and maintenance alerts out.
 
 The readings are validated against :data:`TELEMETRY` and routed to
-:class:`~actors.devices.kind.Device` entities in the shards of their site (at its edge);
-the ``device_summaries`` topic is persisted to ``device_health`` and ``maintenance``
-to ``maintenance`` (upserted by ``event_id``).
+:class:`~actors.devices.kind.Device` entities in the shards of their site (at its edge).
+Their window summaries and alerts are forwarded to :class:`CoreDevice`
+at the core through each site's store-and-forward log (:mod:`actors.core_view`), which
+publishes them on the core's ``device_summaries`` topic, persisted to ``device_health``,
+and ``maintenance``, persisted to ``maintenance`` (upserted by ``event_id``).
 
 >>> devices_app.kind.name, sorted(devices_app.sinks), devices_app.sites
 ('devices', ['device_summaries', 'maintenance'], ('eu-1', 'eu-2'))
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from actors.core_view import CoreView, view_state
 from actors.devices.kind import Device, DeviceConfig
 from actors.devices.telemetry import TelemetryConfig, TelemetrySource
-from runtime import App, Column, EventSchema, Paced, RunStats, Source
+from runtime import App, Column, EventSchema, Paced, RunStats, Source, Stage
 
 MAX_ID_LEN = 128
 
@@ -97,6 +100,15 @@ def demo_source(
     return Paced(source, rate) if rate else source
 
 
+class CoreDevice(CoreView):
+    """A device as the core sees it: the summaries and alerts its edge forwarded."""
+
+    name = "core_devices"
+    topics = Device.topics
+    state = view_state(topics)
+    time_columns = {"device_summaries": "window_end", "maintenance": "ts"}
+
+
 def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITES) -> App:
     """The device app: telemetry in, device state, window summaries and maintenance alerts out."""
     return App(
@@ -112,6 +124,8 @@ def device_app(config: DeviceConfig | None = None, sites: tuple[str, ...] = SITE
         report=report,
         demo=demo_source,  # takes sites= for site-partitioned apps
         sites=tuple(sites),
+        # what crosses to the core goes through each site's store-and-forward log
+        stages=(Stage(Device.topics, CoreDevice),),
     )
 
 

@@ -2,9 +2,11 @@
 
 Readings are validated against :data:`READINGS` and routed to
 :class:`~actors.maintenance.kind.Machine` entities in the shards of their site (its edge).
-The ``maintenance`` topic (alarms and sensor faults) is upserted into the ``maintenance``
-table by ``(event_id, kind)``, ``device_health`` into ``device_health`` by device: each
-device's current risk at the core.
+Their alarms and health rows are forwarded to :class:`CoreMachine` at the core through
+each site's store-and-forward log (:mod:`actors.core_view`), which publishes them on the
+core's topics: ``maintenance`` (alarms and sensor faults) is upserted into the
+``maintenance`` table by ``(event_id, kind)``, ``device_health`` into ``device_health`` by
+device: each device's current risk at the core.
 
 >>> app = make_app()
 >>> app.name, app.kind.name, sorted(app.sinks), app.sites
@@ -20,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from actors.core_view import CoreView, view_state
 from actors.maintenance.fleet import DAY_MS, FleetConfig, FleetSource
 from actors.maintenance.kind import Machine, MaintenanceConfig
-from runtime import App, Column, EventSchema, Paced, RunStats, Source
+from runtime import App, Column, EventSchema, Paced, RunStats, Source, Stage
 
 MAX_ID_LEN = 128
 READINGS = EventSchema(
@@ -113,6 +116,15 @@ def demo_source(
     return Paced(source, rate) if rate else source
 
 
+class CoreMachine(CoreView):
+    """A machine as the core sees it: the alarms and health rows its edge forwarded."""
+
+    name = "core_machines"
+    topics = Machine.topics
+    state = view_state(topics)
+    time_columns = {"maintenance": "ts", "device_health": "ts"}
+
+
 def make_app(config: MaintenanceConfig | None = None, sites: tuple[str, ...] = SITES) -> App:
     """The app with custom alarm settings, serving ``sites``."""
     return App(
@@ -128,6 +140,8 @@ def make_app(config: MaintenanceConfig | None = None, sites: tuple[str, ...] = S
         report=report,
         demo=demo_source,
         sites=tuple(sites),
+        # what crosses to the core goes through each site's store-and-forward log
+        stages=(Stage(Machine.topics, CoreMachine),),
     )
 
 
