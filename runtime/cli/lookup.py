@@ -12,15 +12,15 @@ from runtime.cluster.handles import attach, named_actors, resolve
 from runtime.entities.clients import ShardClient
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of
-from runtime.state.store import Store
+from runtime.state.reader import FolderReader
 
 
-def _table_for(store: Store, kind: str) -> str:
+def _table_for(folder: FolderReader, kind: str) -> str:
     for name in (kind, f"{kind}s"):
-        if store.exists(name) and not name.startswith("_"):
+        if folder.exists(name) and not name.startswith("_"):
             return name
-    kinds = [t for t in store.tables() if not t.startswith("_")]
-    raise ConfigError(f"no entity kind {kind!r} in {store.path}; tables there: {kinds}")
+    kinds = [t for t in folder.tables() if not t.startswith("_")]
+    raise ConfigError(f"no entity kind {kind!r} in {folder.path}; tables there: {kinds}")
 
 
 def stored_entity(data_dir: str | Path, kind: str, key: str) -> dict[str, Any]:
@@ -29,11 +29,11 @@ def stored_entity(data_dir: str | Path, kind: str, key: str) -> dict[str, Any]:
         raise ConfigError(
             f"no data folder at {data_dir}: pass --data, or run `edgecore demo` first"
         )
-    store = Store(data_dir)
-    name = _table_for(store, kind)
+    folder = FolderReader(data_dir)
+    name = _table_for(folder, kind)
     h = int(hash_keys(pa.array([key])).view("int64")[0])
-    rows = store.read(name, where=f"_key_hash = {h}")
-    key_col = store.table(name).schema.names[0]
+    rows = folder.read(name, where=f"_key_hash = {h}")
+    key_col = folder.schema(name).names[0]
     rows = rows.filter(pa.compute.equal(rows[key_col], key))
     if rows.num_rows == 0:
         raise UnknownEntityError(name, key)
@@ -82,11 +82,11 @@ def shard_entity(kind: str, key: str) -> dict[str, Any] | None:
 def folder_status(data_dir: str | Path) -> dict[str, Any]:
     if not Path(data_dir).is_dir():
         raise ConfigError(f"no data folder at {data_dir}")
-    store = Store(data_dir)
-    cp = store.last_checkpoint()
+    folder = FolderReader(data_dir)
+    cp = folder.last_checkpoint()
     tables = [
-        {"name": n, "rows": store.table(n).count_rows(), "versions": store.n_versions(n)}
-        for n in store.tables()
+        {"name": n, "rows": folder.count_rows(n), "versions": folder.n_versions(n)}
+        for n in folder.tables()
     ]
     return {
         "data": str(Path(data_dir).resolve()),

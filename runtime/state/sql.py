@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from runtime.errors import ConfigError
-from runtime.state.store import Store
+from runtime.state.reader import FolderReader
 from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
 
 #: tables the runtime writes only once they have a row (``dead_letters``: see
@@ -31,9 +32,10 @@ RUNTIME_TABLES = {DEAD_LETTERS: DEAD_LETTER_SCHEMA}
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def register(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table) -> None:
-    """``name`` as a view of ``data`` (scanned by DuckDB without a copy); replaces one of
-    the same name, so a live table shadows the stored one."""
+def register(con: duckdb.DuckDBPyConnection, name: str, data: Any) -> None:
+    """``name`` as a view of ``data`` (a table, or a dataset DuckDB scans lazily with
+    columns and filters pushed down); replaces one of the same name, so a live table
+    shadows the stored one."""
     con.register(f"__{name}", data)
     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "__{name}"')
 
@@ -41,18 +43,14 @@ def register(con: duckdb.DuckDBPyConnection, name: str, data: pa.Table) -> None:
 def register_folder(
     con: duckdb.DuckDBPyConnection, data_dir: str | Path, skip: frozenset[str] = frozenset()
 ) -> None:
-    """One view per table of the data folder (internal ones too), except those in ``skip``."""
-    path = Path(data_dir)
-    if not path.is_dir():
-        raise ConfigError(
-            f"no data folder at {path}: run `edgecore demo` or `edgecore replay` first, or pass --data"
-        )
-    store = Store(path)
-    for name in store.tables():
+    """One view per table of the data folder (internal ones too), except those in ``skip``:
+    each a Lance dataset scanned where the query reads it, not loaded first."""
+    folder = FolderReader(data_dir)
+    for name in folder.tables():
         if name not in skip:
-            register(con, name, store.read(name))
+            register(con, name, folder.dataset(name))
     for name, schema in RUNTIME_TABLES.items():
-        if name not in skip and not store.exists(name):
+        if name not in skip and not folder.exists(name):
             register(con, name, schema.empty_table())
 
 

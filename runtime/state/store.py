@@ -20,38 +20,19 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from runtime.errors import StoreError
-
-CHECKPOINTS = "_checkpoints"
-_CHECKPOINT_SCHEMA = pa.schema(
-    [
-        ("epoch", pa.int64()),
-        ("started_at", pa.float64()),
-        ("committed_at", pa.float64()),
-        ("positions", pa.string()),
-        ("versions", pa.string()),
-        ("meta", pa.string()),
-    ]
+from runtime.state.checkpoints import (  # noqa: F401 - CHECKPOINTS is part of this API
+    _CHECKPOINT_SCHEMA,
+    CHECKPOINTS,
+    Checkpoint,
+    latest_checkpoint,
 )
-
-
-@dataclass
-class Checkpoint:
-    """What the last commit promised: the state reflects exactly these source positions."""
-
-    epoch: int = 0
-    started_at: float = 0.0
-    positions: dict[str, int] = field(default_factory=dict)
-    versions: dict[str, int] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -178,18 +159,7 @@ class Store:
     def last_checkpoint(self) -> Checkpoint:
         if not self.exists(CHECKPOINTS):
             return Checkpoint()
-        rows = self.read(CHECKPOINTS)
-        if rows.num_rows == 0:
-            return Checkpoint()
-        i = int(pc.index(rows.column("epoch"), pc.max(rows.column("epoch"))).as_py())
-        r = rows.slice(i, 1).to_pylist()[0]
-        return Checkpoint(
-            epoch=r["epoch"],
-            started_at=r["started_at"],
-            positions=json.loads(r["positions"]),
-            versions=json.loads(r["versions"]),
-            meta=json.loads(r["meta"]),
-        )
+        return latest_checkpoint(self.read(CHECKPOINTS))
 
     def commit(self, cp: Checkpoint, keep: int = 3) -> None:
         """Record ``cp`` (the commit point), then trim the checkpoint log to ``keep`` rows."""

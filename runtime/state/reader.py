@@ -1,0 +1,87 @@
+"""A data folder read without LanceDB's Python package, for the read-only commands.
+
+Each table of a data folder is a Lance dataset, ``<name>.lance``; ``lance`` (pylance:
+the format's own reader, which LanceDB is built on) opens it directly. Importing
+``lancedb`` costs seconds (its namespace and cloud clients), ``lance`` a fraction of
+that, so ``edgecore sql``, ``entity`` and ``status --data`` start fast. Reads see each
+table's latest version, as :class:`~runtime.state.store.Store` reads do.
+
+>>> import tempfile, pyarrow as pa
+>>> from runtime.state.store import Store
+>>> d = tempfile.mkdtemp()
+>>> Store(d).upsert("people", pa.table({"id": ["a", "b"], "n": [1, 2]}), key="id")
+>>> folder = FolderReader(d)
+>>> folder.tables(), folder.read("people", where="n > 1").to_pylist()
+(['people'], [{'id': 'b', 'n': 2}])
+>>> folder.count_rows("people"), folder.last_checkpoint().epoch
+(2, 0)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from runtime.errors import ConfigError, StoreError
+from runtime.state.checkpoints import CHECKPOINTS, Checkpoint, latest_checkpoint
+
+SUFFIX = ".lance"
+
+
+class FolderReader:
+    """The tables of a data folder, read-only."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir)
+        if not self.path.is_dir():
+            raise ConfigError(
+                f"no data folder at {self.path}: run `edgecore demo` or `edgecore replay` "
+                "first, or pass --data"
+            )
+        self._open: dict[str, Any] = {}
+
+    def tables(self) -> list[str]:
+        return sorted(
+            p.name[: -len(SUFFIX)]
+            for p in self.path.iterdir()
+            if p.name.endswith(SUFFIX) and p.is_dir()
+        )
+
+    def exists(self, name: str) -> bool:
+        return (self.path / f"{name}{SUFFIX}").is_dir()
+
+    def dataset(self, name: str) -> Any:
+        ds = self._open.get(name)
+        if ds is None:
+            import lance  # here: only the commands that read a table pay for it
+
+            if not self.exists(name):
+                raise StoreError(f"table {name!r} does not exist in {self.path}")
+            try:
+                ds = lance.dataset(str(self.path / f"{name}{SUFFIX}"))
+            except (OSError, ValueError) as err:
+                raise StoreError(f"table {name!r} in {self.path} is unreadable: {err}") from err
+            self._open[name] = ds
+        return ds
+
+    def schema(self, name: str) -> pa.Schema:
+        return self.dataset(name).schema
+
+    def read(
+        self, name: str, *, where: str | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Rows of a table (all, or those matching the SQL predicate ``where``)."""
+        return self.dataset(name).to_table(columns=columns, filter=where)
+
+    def count_rows(self, name: str) -> int:
+        return int(self.dataset(name).count_rows())
+
+    def n_versions(self, name: str) -> int:
+        return len(self.dataset(name).versions())
+
+    def last_checkpoint(self) -> Checkpoint:
+        if not self.exists(CHECKPOINTS):
+            return Checkpoint()
+        return latest_checkpoint(self.read(CHECKPOINTS))
