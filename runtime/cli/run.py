@@ -319,6 +319,9 @@ def replay(
         fail(f"app {the_app.name!r} takes no labels: drop --labels")
     source = FileSource(file, batch_size=batch_size)
     feedback = FileSource(labels, batch_size=batch_size) if labels is not None else None
+    header = source.columns()  # a file without a required column is refused before Ray starts
+    if header is not None:
+        the_app.schema.require(header, where=str(file))
     if rate < 0:
         fail("--rate must be >= 0")
     total = None

@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 if TYPE_CHECKING:
     from runtime.streams.schema import Column
@@ -157,6 +159,8 @@ def _text(arr: pa.Array) -> tuple[pa.Array, list[tuple[np.ndarray, Any]]]:
 
 def _parse(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     """Parse a mistyped column vectorized (pandas' coercing parsers); unparsable -> null + flag."""
+    import pandas as pd  # here: only the slow path needs it (0.1 s to import)
+
     if col.type == "timestamp":
         none = np.zeros(len(arr), dtype=bool)
         if pa.types.is_timestamp(arr.type):  # sub-millisecond precision is truncated
@@ -225,12 +229,16 @@ def _iso_timestamps(arr: pa.Array) -> pa.Array | None:
 
 
 def _series(arr: pa.Array) -> pd.Series:
+    import pandas as pd  # here: only the slow path needs it (0.1 s to import)
+
     return pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _parse_int(arr: pa.Array, series: pd.Series) -> tuple[pa.Array, np.ndarray]:
     """Integers exactly: digit strings are cast as integers, never through float64
     (which silently rounds above 2**53); integral floats are taken within +-2**53."""
+    import pandas as pd  # here: only the slow path needs it (0.1 s to import)
+
     n = len(arr)
     out = np.zeros(n, dtype=np.int64)
     ok = np.zeros(n, dtype=bool)

@@ -39,8 +39,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from runtime.streams.sinks import ParquetSink
-
 EVENTS = "events"
 PROFILES = "profiles"
 #: events kept in a shard before it writes a file (and at every checkpoint)
@@ -56,6 +54,8 @@ class EventTap:
     """What a shard of an input kind applies, written to ``root/events`` (see module)."""
 
     def __init__(self, root: str, kind: str, flush_rows: int = TAP_ROWS) -> None:
+        from runtime.streams.sinks import ParquetSink  # here: the CLI imports this module
+
         self.kind = kind
         self.sink = ParquetSink(
             str(Path(root) / EVENTS),
@@ -90,6 +90,7 @@ def output_topics(app: Any) -> list[str]:
 def export_outputs(rt: Any, app: Any, root: str) -> None:
     """Subscribe a Parquet writer to each output topic of ``app`` (once per runtime)."""
     from runtime.coordinator.runtime import SINK_LINGER_S
+    from runtime.streams.sinks import ParquetSink
 
     for topic in output_topics(app):
         name = f"{topic}->export"
@@ -104,6 +105,8 @@ def export_profiles(
     root: str, states: list[tuple[str, Any, pa.Table]], epoch: int, when: float
 ) -> None:
     """Write the profiles a checkpoint committed (``(kind, key, rows)``) with its epoch."""
+    from runtime.streams.sinks import ParquetSink
+
     day = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%d")
     for kind, _, table in states:
         rows = table.drop_columns([c for c in table.column_names if c.startswith("_")])

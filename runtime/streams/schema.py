@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -99,6 +99,16 @@ class EventSchema:
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([(c.name, c.arrow_type) for c in self.columns])
 
+    def require(self, names: list[str], where: str = "input") -> None:
+        """SchemaError unless ``names`` (a table's or a file header's columns) hold every
+        required column: a file can be refused from its header, before anything starts."""
+        missing = [c.name for c in self.columns if c.required and c.name not in names]
+        if missing:
+            raise SchemaError(
+                f"{where} for {self.name!r} lacks required column(s) {missing}; "
+                f"it has {list(names)}. Expected columns: {[c.name for c in self.columns]}"
+            )
+
     def validate(
         self,
         table: pa.Table | pa.RecordBatch,
@@ -115,14 +125,10 @@ class EventSchema:
         """
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
-        missing = [c.name for c in self.columns if c.required and c.name not in table.column_names]
         # per-record sources (JSON lines, CSV with broken rows) can lack a field row by row
         per_record = per_record or MALFORMED in table.column_names
-        if missing and not per_record:
-            raise SchemaError(
-                f"input for {self.name!r} lacks required column(s) {missing}; "
-                f"it has {table.column_names}. Expected columns: {[c.name for c in self.columns]}"
-            )
+        if not per_record:
+            self.require(table.column_names)
         n = table.num_rows
         out: dict[str, pa.Array] = {}
         failed: list[tuple[str, np.ndarray, Any]] = []
@@ -194,7 +200,7 @@ def dead_letters(
     """Build dead-letter rows (raw row as JSON, capped) for the refused rows of ``raw``;
     each is identified by its source and position unless ``ids`` are given."""
     rows = _pylist(raw)
-    now = pd.Timestamp.now(tz="UTC").floor("ms").tz_localize(None)
+    now = time.time_ns() // 1_000_000  # ms since the epoch, UTC
     raws = [_raw_json(r)[:MAX_RAW_CHARS] for r in rows]
     return pa.table(
         {
@@ -204,7 +210,7 @@ def dead_letters(
             "step": [step] * len(rows),
             "reason": reasons,
             "raw": raws,
-            "received_at": pa.array([now] * len(rows), pa.timestamp("ms")),
+            "received_at": pa.array([now] * len(rows), pa.int64()).cast(pa.timestamp("ms")),
         },
         schema=DEAD_LETTER_SCHEMA,
     )

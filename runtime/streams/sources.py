@@ -64,6 +64,19 @@ class FileSource:
         self.batch_size = batch_size
         self.id = f"file:{self.path.name}:{_fingerprint(self.path)}"
 
+    def columns(self) -> list[str] | None:
+        """The file's columns, from its header alone (Parquet footer, CSV first line);
+        None for JSON lines, whose records each name their own fields."""
+        try:
+            if self.fmt == "parquet":
+                return list(pq.read_schema(self.path).names)
+            if self.fmt == "csv":
+                with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+                    return list(next(csv.reader(f), None) or [])
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SchemaError(f"cannot read {self.path} as {self.fmt}: {err}") from err
+        return None
+
     def batches(self, start: int = 0) -> Iterator[tuple[pa.Table, int]]:
         pos = 0
         for batch in self._read():

@@ -1,0 +1,101 @@
+"""The read-only commands and the replay's header check start fast, as users run them
+(subprocesses): `sql`, `entity` and `status --data` read the Lance datasets without
+importing `lancedb` or Ray, and a file without a required column is refused before Ray
+starts (no cluster is reached)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runtime import Runtime, run
+from runtime.dataflow.app import App
+from runtime.streams.schema import Column, EventSchema
+from runtime.testing import MemorySource
+from runtime.testing.fixtures import Tally
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = (
+    "import runpy, sys; sys.argv = ['edgecore', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_module('runtime.cli', run_name='__main__')\n"
+    "except SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+    "heavy = sorted(m for m in ('lancedb', 'ray', 'torch', 'sklearn') if m in sys.modules)\n"
+    "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(code)\n"
+)
+
+
+def edgecore(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI in a subprocess; also the heavy packages it imported."""
+    p = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    line = [ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY=")]
+    return p, (line[-1][6:].split(",") if line and line[-1][6:] else [])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("fast") / "data"
+    schema = EventSchema(
+        "readings",
+        [Column("event_id", "int64"), Column("key", "string"), Column("value", "float64")],
+    )
+    rows = [{"event_id": i, "key": f"k{i % 7}", "value": float(i)} for i in range(700)]
+    with Runtime(data_dir=str(data), mode="local", shards=2) as rt:
+        run(rt, App("tally", schema, Tally), MemorySource(rows, 100))
+    return data
+
+
+def test_sql_reads_the_folder_without_lancedb_or_ray(folder):
+    p, heavy = edgecore(
+        "sql", "SELECT key, n, total FROM tallies WHERE key = 'k3'", "--data", str(folder), "--json"
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["rows"] == [
+        {"key": "k3", "n": 100, "total": float(sum(range(3, 700, 7)))}
+    ]
+    assert heavy == [], heavy
+
+
+def test_entity_and_status_read_the_folder_without_lancedb_or_ray(folder):
+    p, heavy = edgecore("entity", "tallies", "k5", "--data", str(folder), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["n"] == 100 and heavy == [], heavy
+    p, heavy = edgecore("status", "--data", str(folder), "--json")
+    assert p.returncode == 0, p.stderr
+    tables = {t["name"]: t["rows"] for t in json.loads(p.stdout)["tables"]}
+    assert tables["tallies"] == 7 and json.loads(p.stdout)["checkpoint"]["epoch"] >= 1
+    assert heavy == [], heavy
+    p, heavy = edgecore("entity", "tallies", "nobody", "--data", str(folder))
+    assert p.returncode == 1 and "nobody" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_replay_refuses_a_file_without_a_required_column_before_reaching_ray(tmp_path, fmt):
+    """--address names a cluster that is not there: the header check answers first."""
+    t = pa.table({"event_id": [1, 2], "customer_id": ["a", "b"], "ts": ["2026-01-01T00:00:00"] * 2})
+    f = tmp_path / f"tx.{fmt}"
+    if fmt == "csv":
+        f.write_text("event_id,customer_id,ts\n1,a,2026-01-01T00:00:00\n")
+    else:
+        pq.write_table(t, f)
+    p, heavy = edgecore(
+        "replay",
+        str(f),
+        "--app",
+        "fraud",
+        "--data",
+        str(tmp_path / "d"),
+        "--address",
+        "127.0.0.1:1",
+    )
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "lacks required column(s)" in p.stderr and "amount" in p.stderr, p.stderr
+    assert str(f) in p.stderr and "Traceback" not in p.stderr
+    assert "ray" not in heavy and not (tmp_path / "d").exists()
