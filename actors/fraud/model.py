@@ -26,7 +26,6 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import SGDClassifier
 
 from runtime.state.snapshot import pack, unpack
 
@@ -72,6 +71,10 @@ class OnlineModel:
     max_t: float = 20_000.0
 
     def __post_init__(self) -> None:
+        # here: importing scikit-learn takes ~0.7 s, which commands that only load the app
+        # (a replay refused from its file header, --help) should not pay
+        from sklearn.linear_model import SGDClassifier
+
         self.clf = SGDClassifier(
             loss="log_loss",
             learning_rate="invscaling",
