@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from runtime.testing import procs
+from runtime.testing.procs import free_port, wait_until  # noqa: F401 - used by the scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
 RESTARTED = "restarting from the last checkpoint"
@@ -31,31 +31,7 @@ RESTARTED = "restarting from the last checkpoint"
 
 def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a command: this checkout's code first, Ray's chatter off."""
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {
-        **os.environ,
-        "PYTHONPATH": path,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "LANCE_LOG": "error",
-        **(extra or {}),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(what: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    """``what()``'s first truthy answer within ``timeout`` seconds, else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(every)
-    return None
+    return procs.env(extra, root=ROOT)
 
 
 class Command:

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,19 +48,16 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 
 from soak_stats import per_event, verdict  # noqa: E402
 
+from runtime.testing import procs  # noqa: E402
+from runtime.testing.procs import free_port  # noqa: E402
+
 MB = 2**20
 # outputs kept by design (until retention, for topics): judged by bytes per event
 APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models", "_topics")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    return procs.env(root=ROOT)
 
 
 def start_serve(data: Path, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:

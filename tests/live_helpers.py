@@ -20,6 +20,8 @@ from urllib.error import HTTPError, URLError
 
 import psutil
 
+from runtime.testing.procs import free_port  # noqa: F401 - the tests import it from here
+
 
 def cli_json(cwd: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
     """``edgecore ARGS --json`` as users run it (a subprocess, embedded Ray), from the
@@ -35,12 +37,6 @@ def cli_json(cwd: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ndjson(rows: list[dict]) -> bytes:
