@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.grouped import by_entity
 from runtime import Batch, EntityKind
 
 
@@ -58,8 +59,7 @@ class CoreView(EntityKind):
             return  # rows from a source: a core view is fed by its edge kind only
         c, ev = batch.state.cols, batch.events
         gstart = batch.starts
-        gsize = np.diff(np.append(gstart, len(batch.order)))
-        gslot = batch.slots[batch.order[gstart]]
+        _, gsize, _, _, gslot = by_entity(batch)
         last = pa.array(batch.order[gstart + gsize - 1])  # each device's newest row
         c[topic][gslot] += gsize
         if "site" in ev.column_names:

@@ -99,3 +99,21 @@ def test_replay_refuses_a_file_without_a_required_column_before_reaching_ray(tmp
     assert "lacks required column(s)" in p.stderr and "amount" in p.stderr, p.stderr
     assert str(f) in p.stderr and "Traceback" not in p.stderr
     assert "ray" not in heavy and not (tmp_path / "d").exists()
+
+
+def test_replay_refuses_a_file_that_is_not_what_its_suffix_says_in_one_line(tmp_path):
+    """Hostile input at the header check: bytes that are no Parquet, refused before Ray."""
+    f = tmp_path / "tx.parquet"
+    f.write_bytes(b"PAR1" + b"\x00\xff" * 64)
+    p, heavy = edgecore(
+        "replay",
+        str(f),
+        "--app",
+        "fraud",
+        "--data",
+        str(tmp_path / "d"),
+        "--address",
+        "127.0.0.1:1",
+    )
+    assert p.returncode == 1 and "cannot read" in p.stderr and str(f) in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and "ray" not in heavy

@@ -72,7 +72,8 @@ class FileSource:
                 return list(pq.read_schema(self.path).names)
             if self.fmt == "csv":
                 with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
-                    return list(next(csv.reader(f), None) or [])
+                    header = next(csv.reader(f), None)
+                return header or None  # an empty file: no rows to refuse (as replay reads it)
         except (pa.ArrowInvalid, OSError) as err:
             raise SchemaError(f"cannot read {self.path} as {self.fmt}: {err}") from err
         return None

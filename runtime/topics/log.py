@@ -164,17 +164,22 @@ class PartitionLog:
         if start >= end:
             return out
         c = max(self.chunk_head, bisect_right(self.chunk_firsts, start, self.chunk_head) - 1)
-        parts = list(zip(self.chunk_firsts[c:], self.chunks[c:], strict=True))
+        # walk only the chunks the range spans (a read or a persist touches the newest few)
+        while c < len(self.chunks) and self.chunk_firsts[c] < end:
+            self._slice_into(out, self.chunk_firsts[c], self.chunks[c], start, end)
+            c += 1
         if self.open and end > self.open_first:
             self.open = [self._combined()]
-            parts.append((self.open_first, self.open[0]))
-        for f, t in parts:
-            if f >= end:
-                break
-            lo, hi = max(start, f), min(end, f + t.num_rows)
-            if hi > lo:
-                out.append((lo, t.slice(lo - f, hi - lo)))
+            self._slice_into(out, self.open_first, self.open[0], start, end)
         return out
+
+    @staticmethod
+    def _slice_into(
+        out: list[tuple[int, pa.Table]], f: int, t: pa.Table, start: int, end: int
+    ) -> None:
+        lo, hi = max(start, f), min(end, f + t.num_rows)
+        if hi > lo:
+            out.append((lo, t.slice(lo - f, hi - lo)))
 
     def reset(self, next_offset: int) -> None:
         """Start an empty log whose next row gets ``next_offset`` (after a restore)."""
