@@ -17,14 +17,16 @@ the plain kind stayed flat after warm-up (198 -> 229 -> 229 MB).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 
 import numpy as np
 
 from actors.fraud.app import TRANSACTIONS, make_app
-from actors.fraud.customer import FraudConfig
+from actors.fraud.customer import Customer, FraudConfig
 from actors.fraud.generator import GeneratorSource, TxnGeneratorConfig
 from runtime import App, Batch, EntityKind, RunStats, Runtime, run
+from runtime.dataflow.builder import Pipeline
 
 
 class Plain(EntityKind):
@@ -56,15 +58,23 @@ def main() -> None:
     p.add_argument("--checkpoint-rows", type=int, default=300_000)
     p.add_argument("--plain", action="store_true", help="a counting kind instead of the app")
     p.add_argument("--no-alerts", action="store_true", help="a threshold no score crosses")
+    p.add_argument("--no-sinks", action="store_true", help="the app without its table sinks")
+    p.add_argument("--feature-log-rows", type=int, help="FraudConfig.feature_log_rows")
     args = p.parse_args()
+    fraud = FraudConfig()
+    if args.feature_log_rows is not None:
+        fraud = FraudConfig(feature_log_rows=args.feature_log_rows)
     cfg = TxnGeneratorConfig(n_customers=args.customers, seed=11)
     src = GeneratorSource(cfg, n_events=args.events, batch_size=args.batch_size)
     if args.plain:
         app = App("plain", TRANSACTIONS, Plain)
     elif args.no_alerts:
-        app = make_app(FraudConfig(threshold=1.01, target_precision=None))
+        app = make_app(dataclasses.replace(fraud, threshold=1.01, target_precision=None))
+    elif args.no_sinks:
+        flow = Pipeline("fraud").validate(TRANSACTIONS).key_by("customer_id")
+        app = flow.to_entity("profile", Customer, fraud).build()
     else:
-        app = make_app()
+        app = make_app(fraud)
     printed: set[int] = set()
 
     def progress(stats: RunStats) -> None:

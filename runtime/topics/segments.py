@@ -113,7 +113,11 @@ def write_segment(
     ArrowTypeError if they do not."""
     folder.mkdir(parents=True, exist_ok=True)
     first = batches[0][0]
+    # one record batch per segment, not one per published batch: reading a file back
+    # builds heap objects per record batch and column (~KBs each), which for a log of
+    # small batches outweighed the rows themselves (the soak's shard grew with them)
     table = pa.concat_tables([t for _, t, _ in batches], promote_options="default")
+    table = table.combine_chunks()
     info = {
         "format": FORMAT,
         "topic": topic,
