@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench import PeakRss  # noqa: E402
-from scale_stream import SCHEMA, ScaleSource, Tally, customer_keys, expected_sums  # noqa: E402
+from scale_stream import SCHEMA, ScaleSource, Tally, check, customer_keys  # noqa: E402
 
 from runtime import App  # noqa: E402
 
@@ -233,48 +233,6 @@ def restore(args: argparse.Namespace, app: App, data_dir: Path, keys: pa.Array) 
         "table": got,
         **mem,
     }
-
-
-def check(src: ScaleSource, data_dir: Path, sample: np.ndarray, got: pa.Table | None) -> dict:
-    """Stored (DuckDB) and restored (lookup) profiles of ``sample`` against the stream."""
-    from runtime.state.sql import query
-
-    exp = expected_sums(src, sample)
-    keys = customer_keys(sample).to_pylist()
-    in_list = ",".join(f"'{k}'" for k in keys)
-    stored = query(
-        data_dir,
-        f"SELECT customer_id, n, cents, last_id FROM {KIND} WHERE customer_id IN ({in_list})",
-    )
-    totals = query(data_dir, f"SELECT count(*) AS rows, sum(n) AS n, sum(cents) AS c FROM {KIND}")
-    out: dict[str, Any] = {"sample": len(sample), "mismatches": []}
-    want = {
-        k: (int(exp["n"][i]), int(exp["cents"][i]), int(exp["last_id"][i]))
-        for i, k in enumerate(keys)
-    }
-    sides = {"stored": stored}
-    if got is not None:
-        sides["restored"] = got
-    for side, table in sides.items():
-        have = {
-            r["customer_id"]: (r["n"], r["cents"], r["last_id"])
-            for r in table.select(["customer_id", "n", "cents", "last_id"]).to_pylist()
-            if r["customer_id"] in want
-        }
-        for k, w in want.items():
-            if have.get(k) != w:
-                out["mismatches"].append({"side": side, "key": k, "want": w, "have": have.get(k)})
-    t = totals.to_pylist()[0]
-    out["totals"] = {"rows": t["rows"], "n": int(t["n"] or 0), "cents": int(t["c"] or 0)}
-    out["totals_expected"] = {
-        "rows": min(src.customers, src.events),
-        "n": int(exp["total_n"]),
-        "cents": int(exp["total_cents"]),
-    }
-    if out["totals"] != out["totals_expected"]:
-        out["mismatches"].append({"side": "totals", **out["totals"]})
-    out["exact"] = not out["mismatches"]
-    return out
 
 
 def pick(n_seen: int, restore_n: int, sample_n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The stream and the entity kind of ``scripts/bench_scale.py``: many customers, Zipf activity.
+"""The stream, entity kind and exactness check of ``scripts/bench_scale.py``: Zipf activity.
 
 Event ``p`` (its position, also its ``event_id``) of a stream over ``customers`` ids:
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -163,3 +165,47 @@ def expected_sums(src: ScaleSource, sample: np.ndarray) -> dict[str, np.ndarray]
         "total_n": np.int64(src.events),
         "total_cents": np.int64(total_cents),
     }
+
+
+def check(src: ScaleSource, data_dir: Path, sample: np.ndarray, got: pa.Table | None) -> dict:
+    """Stored (DuckDB) and restored (lookup) profiles of ``sample`` against the stream."""
+    from runtime.state.sql import query
+
+    exp = expected_sums(src, sample)
+    keys = customer_keys(sample).to_pylist()
+    in_list = ",".join(f"'{k}'" for k in keys)
+    stored = query(
+        data_dir,
+        f"SELECT customer_id, n, cents, last_id FROM {Tally.name} WHERE customer_id IN ({in_list})",
+    )
+    totals = query(
+        data_dir, f"SELECT count(*) AS rows, sum(n) AS n, sum(cents) AS c FROM {Tally.name}"
+    )
+    out: dict[str, Any] = {"sample": len(sample), "mismatches": []}
+    want = {
+        k: (int(exp["n"][i]), int(exp["cents"][i]), int(exp["last_id"][i]))
+        for i, k in enumerate(keys)
+    }
+    sides = {"stored": stored}
+    if got is not None:
+        sides["restored"] = got
+    for side, table in sides.items():
+        have = {
+            r["customer_id"]: (r["n"], r["cents"], r["last_id"])
+            for r in table.select(["customer_id", "n", "cents", "last_id"]).to_pylist()
+            if r["customer_id"] in want
+        }
+        for k, w in want.items():
+            if have.get(k) != w:
+                out["mismatches"].append({"side": side, "key": k, "want": w, "have": have.get(k)})
+    t = totals.to_pylist()[0]
+    out["totals"] = {"rows": t["rows"], "n": int(t["n"] or 0), "cents": int(t["c"] or 0)}
+    out["totals_expected"] = {
+        "rows": min(src.customers, src.events),
+        "n": int(exp["total_n"]),
+        "cents": int(exp["total_cents"]),
+    }
+    if out["totals"] != out["totals_expected"]:
+        out["mismatches"].append({"side": "totals", **out["totals"]})
+    out["exact"] = not out["mismatches"]
+    return out

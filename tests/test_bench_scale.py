@@ -16,7 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_scale  # noqa: E402
 import scale_stream  # noqa: E402
 from scale_stream import ScaleSource, Tally, customer_keys, expected_sums  # noqa: E402
 
@@ -89,7 +88,7 @@ def test_the_check_finds_a_wrong_or_missing_profile(tmp_path: Path, broken: str 
     elif broken == "missing":
         table = table.filter(pa.array(np.arange(table.num_rows) != 299))
     Store(tmp_path).upsert(Tally.name, table, key="customer_id")
-    out = bench_scale.check(src, tmp_path, sample, table)
+    out = scale_stream.check(src, tmp_path, sample, table)
     assert out["exact"] is (broken is None)
     if broken == "n":
         sides = sorted(m["side"] for m in out["mismatches"])
