@@ -86,20 +86,22 @@ class Timeline(PeakRss):
         super().sample()
         now = time.perf_counter() - self._t0
         driver = self.me.memory_info().rss
-        workers = shards = 0
+        workers = shards = shards_anon = 0
         for pid, (p, is_worker) in list(self._known.items()):
             try:
-                rss = p.memory_info().rss
+                mem = p.memory_info()
                 if is_worker and pid not in self._shard_pids and "Shard" in " ".join(p.cmdline()):
                     self._shard_pids.add(pid)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            workers += rss if is_worker else 0
-            shards += rss if pid in self._shard_pids else 0
+            workers += mem.rss if is_worker else 0
+            if pid in self._shard_pids:
+                # anonymous = the heap; the rest is mapped files and Ray's shared objects
+                shards, shards_anon = shards + mem.rss, shards_anon + mem.rss - mem.shared
         vm = psutil.virtual_memory()
         used_gb = (vm.total - vm.available) / 2**30
         row = {"t": now, "events": self.events, "rss_mb": (driver + workers) / MB}
-        row.update(shards_mb=shards / MB, machine_gb=used_gb)
+        row.update(shards_mb=shards / MB, shards_anon_mb=shards_anon / MB, machine_gb=used_gb)
         if self.rt is not None:
             try:
                 st = self.rt.shard_stats().get(KIND, [])
@@ -186,13 +188,17 @@ def load(args: argparse.Namespace, app: App, data_dir: Path) -> dict[str, Any]:
     }
 
 
-def per_entity_cost(rows: list[dict[str, float]], max_active: int, shards: int) -> float | None:
-    """Shard RSS bytes per active entity while the shards fill up (a least-squares slope)."""
-    pts = [
-        (r["active"], r["shards_mb"] * MB)
-        for r in rows
-        if "active" in r and 0 < r["active"] <= 0.9 * max_active * shards
-    ]
+def per_entity_cost(rows: list[dict[str, float]], column: str = "shards_anon_mb") -> float | None:
+    """Shard memory (bytes) per active entity while the shards fill up, before the first
+    passivation: the least-squares slope of ``column`` over the active entities."""
+    pts = []
+    for r in rows:
+        if "active" not in r or r.get("passivated", 0) > 0:
+            if pts:
+                break
+            continue
+        if r["active"] > 0:
+            pts.append((r["active"], r[column] * MB))
     if len(pts) < 3 or pts[-1][0] - pts[0][0] < 10_000:
         return None
     x, y = np.array(pts).T
@@ -280,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = args.data_dir or Path(tmp) / "data"
         say(f"loading {args.events:,} events for {args.customers:,} customers ...")
         ld = load(args, app, data_dir)
-        ld["bytes_per_entity_measured"] = per_entity_cost(
-            ld["timeline"], ld["max_active_per_shard"], args.shards
-        )
+        ld["bytes_per_entity_measured"] = per_entity_cost(ld["timeline"])
+        ld["bytes_per_entity_rss"] = per_entity_cost(ld["timeline"], "shards_mb")
         result["load"] = ld
         seen = min(args.customers, ld["input"])
         sample, ids = pick(seen, args.restore, args.sample, args.seed)
@@ -328,16 +333,19 @@ def report(r: dict[str, Any], max_rows: int = 40) -> None:
         f"{r['cpus']} CPUs (load before: {r['loadavg_before']})"
     )
     print(
-        f"{'t s':>7}{'events':>13}{'RSS MB':>9}{'shards MB':>10}{'active':>12}"
+        f"{'t s':>7}{'events':>13}{'RSS MB':>9}{'shards MB':>10}{'anon':>7}{'active':>12}"
         f"{'passivated/s':>14}{'activated/s':>13}{'outbox':>10}{'machine GB':>11}"
     )
     for x in shown:
         print(
             f"{x['t']:>7.1f}{x['events']:>13,}{x['rss_mb']:>9,.0f}{x['shards_mb']:>10,.0f}"
-            f"{x['active']:>12,.0f}{x.get('passivated_per_s', 0):>14,.0f}"
+            f"{x['shards_anon_mb']:>7,.0f}{x['active']:>12,.0f}{x.get('passivated_per_s', 0):>14,.0f}"
             f"{x.get('activated_per_s', 0):>13,.0f}{x['outbox']:>10,.0f}{x['machine_gb']:>11.1f}"
         )
-    bpe = ld["bytes_per_entity_measured"]
+
+    def per(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f} B"
+
     print(
         f"load: {ld['input']:,} events in {ld['run_s']:.1f} s ({ld['events_per_s']:,.0f}/s), "
         f"start-up {ld['startup_s']:.1f} s, shutdown {ld['shutdown_s']:.1f} s, "
@@ -346,8 +354,8 @@ def report(r: dict[str, Any], max_rows: int = 40) -> None:
     print(
         f"residency: {ld['active_end']:,} active at the end, {ld['passivated']:,} passivated, "
         f"{ld['activated']:,} activated from storage; per entity: runtime's estimate "
-        f"{ld['estimated_bytes_per_entity']} B, measured "
-        f"{'-' if bpe is None else f'{bpe:,.0f} B'} (shard RSS slope)"
+        f"{ld['estimated_bytes_per_entity']} B, measured while filling: "
+        f"{per(ld['bytes_per_entity_measured'])} anonymous, {per(ld['bytes_per_entity_rss'])} RSS"
     )
     print(
         f"peak RSS: {ld['peak_rss_mb']:,.0f} MB (driver {ld['peak_rss_driver_mb']:,.0f} MB + "

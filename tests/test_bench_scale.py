@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bench_scale  # noqa: E402
 import scale_stream  # noqa: E402
 from scale_stream import ScaleSource, Tally, customer_keys, expected_sums  # noqa: E402
 
@@ -55,6 +56,18 @@ def test_expected_sums_agree_with_a_plain_aggregation() -> None:
         assert exp["n"][i] == len(hit) and exp["cents"][i] == cents[hit].sum()
         assert exp["last_id"][i] == hit.max()
     assert exp["total_cents"] == cents.sum() and exp["total_n"] == 4000
+
+
+def test_per_entity_cost_is_the_slope_before_the_first_passivation() -> None:
+    mb = 1024 * 1024
+    rows = [{"t": 0.0, "shards_anon_mb": 50.0}]  # before the counters: skipped
+    rows += [  # 200 bytes an entity while filling, then flat memory after passivating
+        {"active": a, "passivated": 0, "shards_anon_mb": (100 * mb + 200 * a) / mb}
+        for a in (1000, 50_000, 100_000, 150_000)
+    ]
+    rows += [{"active": 100_000, "passivated": 90_000, "shards_anon_mb": 500.0}]
+    assert bench_scale.per_entity_cost(rows) == pytest.approx(200, rel=1e-6)
+    assert bench_scale.per_entity_cost(rows[:3]) is None  # too few points to tell
 
 
 def stored_profiles(src: ScaleSource) -> pa.Table:
@@ -119,7 +132,9 @@ def test_a_tiny_run_end_to_end(tmp_path: Path) -> None:
     assert ld["passivated"] > 10_000 and ld["activated"] > 1_000
     assert ld["active_end"] <= 2 * 1500 + 5000  # the budget, plus a batch's keys at most
     assert ld["peak_rss_mb"] > 0 and ld["timeline"]
-    assert {"t", "events", "rss_mb", "shards_mb", "machine_gb"} <= set(ld["timeline"][-1])
+    assert {"t", "events", "rss_mb", "shards_mb", "shards_anon_mb", "machine_gb"} <= set(
+        ld["timeline"][-1]
+    )
     assert rs["profiles"] == rs["found"] == 20_000 and rs["lookup_s"] > 0
     assert rs["startup_s"] > 0 and rs["seconds_per_1m"] > 0
     assert ex["exact"] is True and ex["mismatches"] == [] and ex["sample"] == 400
