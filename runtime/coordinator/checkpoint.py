@@ -26,7 +26,7 @@ from runtime.edge.wiring import merge_cut
 from runtime.errors import ConfigError, SnapshotError
 from runtime.eventtime.watermarks import Watermarks
 from runtime.ml.registry import METRICS, MODELS, ModelRegistry
-from runtime.state.index import SeenSet
+from runtime.state.index import SeenSet, seen_sets
 from runtime.state.snapshot import FIX, pack, unpack
 from runtime.state.store import Checkpoint, Store
 from runtime.streams.schema import DEAD_LETTER_SCHEMA, DEAD_LETTERS
@@ -129,14 +129,8 @@ class Checkpointer:
             except (TypeError, ValueError):
                 raise SnapshotError(f"{where} is not base64: refused; {FIX}") from None
             self.watermarks[scope] = Watermarks.restore(blob, where=where)
-        if store.exists(SEEN):
-            seen = store.read(SEEN).sort_by("epoch")  # oldest first: forgotten first
-            for scope in pc.unique(seen.column("scope")).to_pylist():
-                ids = (
-                    seen.filter(pc.equal(seen.column("scope"), scope)).column("event_id").to_numpy()
-                )
-                _, first = np.unique(ids, return_index=True)
-                self._seen_set(scope).add(ids[np.sort(first)])
+        if store.exists(SEEN):  # oldest first: forgotten first
+            self.seen = seen_sets(store.read(SEEN), self.config.dedup_capacity)
 
     # -- what the last commit holds -----------------------------------------------------------
     def position(self, source_id: str) -> int:

@@ -23,6 +23,10 @@ from runtime.state.fields import ColumnarState
 from runtime.state.keys import as_signed, shard_of
 from runtime.state.store import Store
 
+#: stored entities brought back at once up to which an ``IN`` filter reads them; more
+#: are found in one scan of the table (see Residency._read_stored)
+IN_LIST_MAX = 20_000
+
 
 class Residency:
     """One shard's entities: live in ``state``, the rest stored or in the outbox."""
@@ -75,7 +79,10 @@ class Residency:
         self.tag_sites = self.site is not None
         if not self.store.exists(self.name):
             return
-        stored = self.store.read(self.name)
+        # the keys first (8 bytes a row): the whole table only when it is loaded whole
+        with_site = self.site is not None and self.store.has_column(self.name, self.site_key)
+        columns = ["_key_hash", *([self.site_key] if with_site else [])]
+        stored = self.store.read(self.name, columns=columns)
         hashes = stored.column("_key_hash").to_numpy().view(np.uint64)
         ours = shard_of(hashes, n_shards) == shard_id
         site_key = self.site_key
@@ -90,7 +97,10 @@ class Residency:
         mine = np.flatnonzero(ours)
         self.stored = np.sort(hashes[mine])
         if 0 < len(mine) <= self.max_active:
-            self._activate_from(stored.take(pa.array(mine)))
+            whole = self.store.read(self.name)
+            if whole.num_rows != stored.num_rows:  # pragma: no cover - written meanwhile
+                raise RuntimeError(f"table {self.name!r} changed while a shard started")
+            self._activate_from(whole.take(pa.array(mine)))
 
     def _activate_from(self, rows: pa.Table) -> None:
         hashes = rows.column("_key_hash").to_numpy().view(np.uint64)
@@ -114,13 +124,21 @@ class Residency:
             returned = np.concatenate([returned, self._from_handed(want, returned)])
             stored = want[self.is_stored(want) & ~np.isin(want, returned)]
             if len(stored):
-                in_list = ",".join(map(str, as_signed(stored).tolist()))
-                rows = self.store.read(self.name, where=f"_key_hash IN ({in_list})")
+                rows = self._read_stored(stored)
                 if rows.num_rows:
                     self._activate_from(rows)
             self.state.activate(uniq[missing], keys.take(pa.array(first[missing])))
             uslots = self.state.lookup(uniq)
         return uslots
+
+    def _read_stored(self, hashes: np.ndarray) -> pa.Table:
+        """Stored profiles of ``hashes``: a few by an ``IN`` filter, many in one scan (at
+        2M stored rows, 100k keys took 1.2 s by ``IN``, 0.3 s by the scan; 1k keys 0.1 s
+        by ``IN``, 0.4 s by the scan)."""
+        if len(hashes) > IN_LIST_MAX:
+            return self.store.read_matching(self.name, "_key_hash", as_signed(hashes))
+        in_list = ",".join(map(str, as_signed(hashes).tolist()))
+        return self.store.read(self.name, where=f"_key_hash IN ({in_list})")
 
     def _from_outbox(self, want: np.ndarray) -> np.ndarray:
         """Reactivate passivated entities still waiting in the outbox; returns their hashes."""

@@ -156,8 +156,12 @@ class ColumnarState:
         for name in ("active", "dirty"):
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype=bool)]))
         self.last_used = np.concatenate([self.last_used, np.zeros(extra, dtype=np.int64)])
-        free = np.arange(new_cap - 1, self.capacity - 1, -1, dtype=np.int64)
-        self._free = np.concatenate([free, self._free[: self._n_free]])
+        # the stack keeps room for every slot (release pushes up to n_active at once);
+        # the new slots go below the old free ones, which are taken first
+        stack = np.empty(new_cap, dtype=np.int64)
+        stack[:extra] = np.arange(new_cap - 1, self.capacity - 1, -1, dtype=np.int64)
+        stack[extra : extra + self._n_free] = self._free[: self._n_free]
+        self._free = stack
         self._n_free += extra
         self.capacity = new_cap
 

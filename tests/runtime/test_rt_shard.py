@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import runtime.entities.residency as residency_module
 import runtime.entities.shard as shard_module
 from runtime.cluster.handles import spawn
 from runtime.entities.grouping import group_rows
@@ -184,7 +185,13 @@ def test_vectorized_apply_and_emit(tmp_path: Path) -> None:
         undeclared.apply(ev)
 
 
-def test_passivation_drain_and_reactivation_from_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_list_max", [20_000, 0], ids=["in-filter", "one-scan"])
+def test_passivation_drain_and_reactivation_from_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_list_max: int
+) -> None:
+    """Stored entities come back the same whether read by an IN filter (a few) or by
+    one scan of the table (many: runtime.entities.residency.IN_LIST_MAX)."""
+    monkeypatch.setattr(residency_module, "IN_LIST_MAX", in_list_max)
     data = str(tmp_path / "data")
     max_active = 8
     shard = Shard(Clicks, None, 0, 1, data, max_active=max_active)
@@ -235,6 +242,14 @@ def test_passivation_drain_and_reactivation_from_store(tmp_path: Path) -> None:
     with pytest.raises(UnknownEntityError):
         again.get("never-seen")
     assert_matches(again, oracle, sorted(oracle.s))
+    # many at once (a stream-state join's lookup): one read, values as stored
+    third = Shard(Clicks, None, 0, 1, data, max_active=max_active)
+    every = sorted(oracle.s)
+    found = third.lookup(pa.array([*every, "never-seen"]))
+    at = found.schema.get_field_index("last_ts")
+    got = found.set_column(at, "last_ts", found["last_ts"].cast(pa.int64())).to_pylist()
+    assert got[:-1] == [{"user_id": k, **oracle.s[k]} for k in every]
+    assert got[-1]["user_id"] is None and third.stats()["loaded"] == len(every)
     feed(40, again)
     assert_matches(again, oracle, sorted(oracle.s))
     table = again.drain().table

@@ -270,3 +270,22 @@ def test_row_and_set_row() -> None:
     assert st.row(s)["label"] == "x"
     st.set_row(s, {"count": 9})  # partial update
     assert st.row(s)["count"] == 9 and st.row(s)["label"] == "x"
+
+
+def test_release_everything_after_growing() -> None:
+    """After a grow the free stack still has room for every slot: a shard that filled
+    up past its first capacity passivates most of its entities in one release (this
+    failed with a broadcast error once the stack was shorter than the capacity)."""
+    st = ColumnarState(SPEC, key="k", capacity=4)
+    h, k = keys_of([f"k{i}" for i in range(3)])
+    st.activate(h, k)  # 1 slot left free when it grows
+    h2, k2 = keys_of([f"m{i}" for i in range(100)])
+    st.activate(h2, k2)
+    assert st.n_active == 103
+    every = np.flatnonzero(st.active)
+    st.release(every)
+    assert st.n_active == 0 and not st.active.any()
+    # every slot can be handed out again, each once
+    h3, k3 = keys_of([f"z{i}" for i in range(st.capacity)])
+    s3, new = st.activate(h3, k3)
+    assert new.all() and sorted(s3.tolist()) == list(range(st.capacity))
