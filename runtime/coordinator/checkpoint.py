@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runtime.cluster.handles import resolve
+from runtime.cluster.heap import trim_heap
 from runtime.coordinator.config import RuntimeConfig
 from runtime.edge.wiring import merge_cut
 from runtime.errors import ConfigError, SnapshotError
@@ -363,6 +364,7 @@ class Checkpointer:
                     keep_newer_than=previous.started_at or prepared.started,
                     keep_version=cp.versions.get(n),
                 )
+        trim_heap()  # what the cut's tables and LanceDB's writes freed (runtime.cluster.heap)
         return cp
 
     def _append_seen(self, seen: list[tuple[str, np.ndarray]]) -> None:

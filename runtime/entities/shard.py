@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from runtime.cluster.handles import ready, resolve
+from runtime.cluster.heap import trim_heap
 from runtime.cluster.wire import unpack
 from runtime.edge.calls import LinkCalls, open_links
 from runtime.edge.inbox import Inbox
@@ -358,6 +359,7 @@ class Shard(EntityCalls, LinkCalls):
         self._handed = self._not_resident(table)
         outlets = {name: topic.snapshot() for name, topic in self.outlets.items()}
         own = self.kind.shard_snapshot() if self.kind_cls.snapshot_scope == "kind" else None
+        trim_heap()  # what the batches since the last cut freed (see runtime.cluster.heap)
         return Drained(table, self.kind.snapshot(), fwd, outlets, own, self.link_cut())
 
     @serialized

@@ -16,6 +16,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runtime.cluster.heap import trim_heap
 from runtime.cluster.wire import unpack
 from runtime.state.store import Store
 from runtime.topics.topic import OFFSET, PARTITION
@@ -95,6 +96,7 @@ class TableSink(BufferedSink):
         self._writes += 1
         if self._writes % self.compact_every == 0:  # bound fragments and versions
             self.store.compact(self.table, keep_newer_than=time.time() - 60)
+        trim_heap()  # what LanceDB's write freed (see runtime.cluster.heap)
 
     def flush(self) -> int:
         """Write what is buffered; returns the table's row count."""
