@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -34,44 +33,12 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return procs.env(extra, root=ROOT)
 
 
-class Command:
-    """``python -m runtime.cli ARGS`` in its own session, stderr followed line by line.
-
-    Every process it starts (Ray's GCS, raylet and workers live in sessions of their own)
-    is remembered while it runs, so :meth:`kill_all` ends them by pid, never by name."""
+class Command(procs.Command):
+    """``python -m runtime.cli ARGS`` from this checkout (see runtime.testing.procs.Command),
+    and where its embedded Ray's control store listens."""
 
     def __init__(self, *args: str, extra_env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env(extra_env),
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self.known: dict[int, psutil.Process] = {}
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    def said(self, pattern: str) -> bool:
-        return any(re.search(pattern, line) for line in list(self.lines))
-
-    def tree(self) -> list[psutil.Process]:
-        """The command's process and everything under it (remembered for kill_all)."""
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                self.known.setdefault(p.pid, p)
-        return [p for p in self.known.values() if p.is_running()]
+        super().__init__(*args, env=env(extra_env), cwd=ROOT)
 
     def gcs_address(self) -> str | None:
         """The embedded Ray's GCS address, as its raylet's command line names it."""
@@ -81,22 +48,6 @@ class Command:
                     if arg.startswith("--gcs-address="):
                         return arg.split("=", 1)[1]
         return None
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill_all(self) -> None:
-        """SIGKILL the command and every process it started that is still there."""
-        procs = self.tree()
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=30)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
 
 
 #: run in a process of its own: read the actor table from the runtime's Ray control store

@@ -3,10 +3,8 @@ and killing it; a restartable Mosquitto broker."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,9 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
 
-import psutil
-
-from runtime.testing.procs import free_port  # noqa: F401 - the tests import it from here
+from runtime.testing.procs import Command, free_port  # noqa: F401 - tests import free_port here
 
 
 def cli_json(cwd: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
@@ -78,47 +74,17 @@ def get(port: int, path: str = "/healthz", token: str | None = None) -> tuple[in
         return err.code, json.loads(err.read())
 
 
-class Serve:
-    """``python -m runtime.cli serve ...`` in its own process group, stderr followed."""
+class Serve(Command):
+    """``python -m runtime.cli serve ...`` as users run it (see runtime.testing.procs.Command),
+    on a free loopback port unless ``--http`` is given."""
 
     def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port() if "--http" not in args else None
-        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--data", str(data)]
+        cmd = ["serve", "--data", str(data)]
         if self.port is not None:
             cmd += ["--http", f"127.0.0.1:{self.port}"]
         cmd += ["--checkpoint-seconds", "2", *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,  # its own process group, as a shell job has
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            if self.proc.poll() is not None:
-                time.sleep(0.2)
-                raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.stderr[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"serve did not print {pattern!r}:\n{self.stderr[-3000:]}")
+        super().__init__(*cmd, env={**os.environ, **(env or {})})
 
     def wait_http(self, timeout: float = 120) -> int:
         m = self.wait_for(r"on https?://[^:]+:(\d+)/v1/events", timeout)
@@ -132,36 +98,19 @@ class Serve:
                 time.sleep(0.05)
         raise AssertionError("healthz never answered")
 
-    def signal(self, sig: int, group: bool = False) -> None:
-        if group:
-            os.killpg(os.getpgid(self.proc.pid), sig)
-        else:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 60) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+    def wait(self, timeout: float = 60) -> int:  # type: ignore[override]
+        rc = super().wait(timeout)
+        if rc is None:
+            raise AssertionError(f"serve still running after {timeout} s:\n{self.stderr[-3000:]}")
         return rc
 
     def kill_everything(self) -> None:
-        """SIGKILL the serve process and every process it started (Ray's GCS, raylet and
-        workers, which live in sessions of their own), all at once: a machine crash as
-        far as the data folder can tell."""
-        try:
-            procs = [psutil.Process(self.proc.pid)]
-            procs += procs[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            self.proc.wait(timeout=30)
-            return
-        for p in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=30)
-        self._reader.join(timeout=5)
+        """SIGKILL serve and every process it started, all at once."""
+        self.kill_all()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.kill_everything()
+            self.kill_all()
 
 
 class Broker:
