@@ -54,6 +54,7 @@ class Deployment:
         #: how each subscriber was started, to start it again after a restart
         self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
         self.board: BoardClient | None = None
+        self._starting: list[Handle] = []  # subscribers spawned with wait=False
         #: edge shards whose forwards go through durable links (runtime.edge)
         self.links = Links()
 
@@ -138,9 +139,12 @@ class Deployment:
         name: str,
         from_offset: Any = None,
         linger_s: float = 0.0,
+        wait: bool = True,
         **kwargs: Any,
     ) -> SubscriberClient:
-        """Host ``cls(*args, **kwargs)`` as subscriber ``name`` of ``topics(topic_name)``."""
+        """Host ``cls(*args, **kwargs)`` as subscriber ``name`` of ``topics(topic_name)``.
+        ``wait=False``: return while its actor is still starting; :meth:`settle` waits for
+        it (several subscribers then start side by side, not one after the other)."""
         for needed in ("on_batch", "flush"):
             if not callable(getattr(cls, needed, None)):
                 raise ConfigError(f"subscriber {cls.__qualname__} must define {needed}()")
@@ -152,11 +156,18 @@ class Deployment:
         sub = SubscriberClient(self.spawn(receiving(cls), *args, spec=spec, **kwargs))
         # up before the topic relies on it: deliveries to an actor still starting (seconds
         # on a small machine) pile up and hold back every publisher
-        wait_ready([sub.handle])
+        self._starting.append(sub.handle)
+        if wait:
+            self.settle()
         resolve([topic.subscribe(name, sub, from_offset, linger_s)])
         self.subscribers[name] = sub
         self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
         return sub
+
+    def settle(self) -> None:
+        """Wait until every subscriber started with ``wait=False`` is up."""
+        starting, self._starting = self._starting, []
+        wait_ready(starting)
 
     def hosted_topics(self, kind: str) -> list[str]:
         """The topics whose partitions live in ``kind``'s shards."""

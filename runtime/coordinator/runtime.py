@@ -156,12 +156,12 @@ class Runtime:
         return name in self.deployment.subscribers
 
     def sink_to_table(
-        self, topic: str, table: str, key: str | tuple[str, ...] | None = None
+        self, topic: str, table: str, key: str | tuple[str, ...] | None = None, wait: bool = True
     ) -> SubscriberClient:
-        """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``);
-        pushed at most every 0.2 s: a table is written in large batches anyway."""
-        path, name = str(self.checkpoints.store.path), f"{topic}->{table}"
-        return self.subscribe(topic, TableSink, path, table, key, name=name, linger_s=SINK_LINGER_S)
+        """Persist a topic into a LanceDB table of the data folder (idempotent with ``key``),
+        pushed every 0.2 s at most; ``wait=False``: see ``Deployment.settle``."""
+        args, name = (str(self.checkpoints.store.path), table, key), f"{topic}->{table}"
+        return self.subscribe(topic, TableSink, *args, name=name, linger_s=SINK_LINGER_S, wait=wait)
 
     def read_topic(self, topic: str, offset: int = 0, max_rows: int = 100_000) -> pa.Table:
         """Rows retained from ``offset`` on, in every partition (partition by partition)."""

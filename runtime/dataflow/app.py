@@ -227,7 +227,8 @@ def setup(rt: Runtime, app: App) -> None:
         rt.register(cls, config, sites=sites, forward=forward)
     for topic, (table, key) in app.sinks.items():
         if not rt.has_subscriber(f"{topic}->{table}"):
-            rt.sink_to_table(topic, table, key)
+            rt.sink_to_table(topic, table, key, wait=False)  # the sinks start side by side
+    rt.deployment.settle()
     if rt.config.export_dir:
         from runtime.streams.export import export_outputs
 
