@@ -65,6 +65,7 @@ _OPTIONAL = [
     ("price", "int64"),
     ("channel", "string"),
     ("url", "string"),
+    ("extra", "string"),  # the padding; q0, q1 and q7 pass it on, as Flink's SQL does
 ]
 #: the union stream; the columns of one type are null for the others
 NEXMARK = EventSchema(
@@ -97,7 +98,7 @@ def _bids(name: str, source: Source | None) -> Pipeline:
 def _euros(t: pa.Table) -> pa.Table:
     rate = pa.scalar(Decimal("0.908"), pa.decimal128(3, 3))
     price = pc.multiply(pc.cast(t["price"], pa.decimal128(19, 0)), rate)
-    return t.select(["auction", "bidder", "date_time"]).append_column(
+    return t.select(["auction", "bidder", "date_time", "extra"]).append_column(
         "price", pc.cast(price, pa.decimal128(23, 3))
     )
 
@@ -116,7 +117,7 @@ def _join_key(t: pa.Table) -> pa.Table:
 
 
 def q0(source: Source | None = None) -> Pipeline:
-    sel = ["auction", "bidder", "price", "date_time"]
+    sel = ["auction", "bidder", "price", "date_time", "extra"]
     return _bids("q0", source).map("pass", lambda t: t.select(sel)).key_by("auction").to_topic("q0")
 
 
@@ -325,7 +326,10 @@ def q7(source: Source | None = None) -> Pipeline:
     return (
         _bids("q7", source)
         .event_time("date_time")
-        .map("window", lambda t: _tumble(t.select(["auction", "price", "bidder", "date_time"])))
+        .map(
+            "window",
+            lambda t: _tumble(t.select(["auction", "price", "bidder", "date_time", "extra"])),
+        )
         .key_by("window_start")
         .argmax("q7", "price")
     )
@@ -384,7 +388,7 @@ def answer(q: str, rows: pa.Table) -> pa.Table:
         )
     if q == "q7":
         return rows.select(
-            ["auction", "price", "bidder", "date_time", "window_start", "window_end"]
+            ["auction", "price", "bidder", "date_time", "extra", "window_start", "window_end"]
         )
     if q == "q8":
         return rows.select(["id", "name", "window_start"])

@@ -9,6 +9,8 @@ DataType(string)
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -104,7 +106,13 @@ def channel_table(cfg: NexmarkConfig) -> tuple[pa.Array, pa.Array]:
     drawn once from the seed. 9 in 10 of the other channels' urls end in
     ``&channel_id=<abs(Integer.reverse(n))>`` (a Java int, so channel 1 gets -2**31).
     """
-    rng = np.random.default_rng([cfg.seed, 4])
+    return _channel_table(cfg.seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_table(seed: int) -> tuple[pa.Array, pa.Array]:
+    # cached: every chunk of a stream needs the same table (Arrow arrays are immutable)
+    rng = np.random.default_rng([seed, 4])
     hot_urls = _base_urls(rng, len(HOT_CHANNELS))
     number = np.arange(CHANNELS_NUMBER, dtype=np.int64)
     urls = _base_urls(rng, CHANNELS_NUMBER)
