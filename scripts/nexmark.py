@@ -37,15 +37,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.nexmark.config import NexmarkConfig
-from actors.nexmark.generator import generate, union, write
-from actors.nexmark.queries import QUERIES, answer
-from actors.nexmark.source import NexmarkSource
-from runtime import Runtime
-from runtime.cluster.handles import init_ray
-from runtime.dataflow.app import run, setup
-from runtime.streams.sources import Source
-from runtime.testing import MemorySource
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
+
+from actors.nexmark.config import NexmarkConfig  # noqa: E402
+from actors.nexmark.generator import generate, union, write  # noqa: E402
+from actors.nexmark.queries import QUERIES, answer  # noqa: E402
+from actors.nexmark.source import NexmarkSource  # noqa: E402
+from runtime import Runtime  # noqa: E402
+from runtime.cluster.handles import init_ray  # noqa: E402
+from runtime.dataflow.app import run, setup  # noqa: E402
+from runtime.streams.sources import Source  # noqa: E402
+from runtime.testing import MemorySource  # noqa: E402
 
 #: events/s per core published for Flink in the nexmark/nexmark README
 FLINK_PER_CORE = {
