@@ -97,11 +97,11 @@ from actors.nexmark.config import (
     OUT_OF_ORDER_MULTIPLIER,
     PERSON_ID_LEAD,
     PERSON_SCHEMA,
-    UNION_SCHEMA,
     US_CITIES,
     US_STATES,
     NexmarkConfig,
 )
+from actors.nexmark.stream import union
 from actors.nexmark.strings import byte_lengths, channel_table, credit_cards, extra, next_strings
 
 
@@ -176,29 +176,6 @@ def _chunk(config: NexmarkConfig) -> dict[str, pa.Table]:
         ),
         "bid": _bids(cfg, rng(3), event_id[is_bid], date_time[is_bid]),
     }
-
-
-def union(tables: dict[str, pa.Table]) -> pa.Table:
-    """All events as one stream sorted by ``event_id``, in :data:`UNION_SCHEMA`.
-
-    Columns: ``event_id, type, date_time, id, name, email_address, credit_card, city,
-    state, item_name, description, initial_bid, reserve, expires, seller, category,
-    auction, bidder, price, channel, url, extra``; ``type`` is 'person', 'auction' or 'bid'
-    and a column is null where it does not apply to the type (``id`` is set for persons and
-    auctions; ``extra`` for all).
-    """
-    parts = []
-    for kind in ("person", "auction", "bid"):
-        t = tables[kind]
-        cols = {
-            name: t.column(name) if name in t.column_names else pa.nulls(t.num_rows, type_)
-            for name, type_ in zip(UNION_SCHEMA.names, UNION_SCHEMA.types, strict=True)
-            if name != "type"
-        }
-        cols["type"] = pa.repeat(pa.scalar(kind), t.num_rows)
-        parts.append(pa.table(cols).select(UNION_SCHEMA.names).cast(UNION_SCHEMA))
-    merged = pa.concat_tables(parts).combine_chunks()
-    return merged.take(pc.sort_indices(merged.column("event_id")))
 
 
 def write(tables: dict[str, pa.Table], out_dir: str | Path) -> None:
@@ -379,3 +356,6 @@ def _bids(
         extra(cfg, rng, 8 * 4, cfg.avg_bid_byte_size, n),
     ]
     return pa.Table.from_arrays(columns, schema=BID_SCHEMA)
+
+
+__all__ = ["chunks", "generate", "union", "write"]  # union: re-exported from its module
