@@ -46,7 +46,8 @@ QUERIES: dict[str, str] = {
         FROM bid ORDER BY event_id""",
     # Query 1: currency conversion. Flink's result type is DECIMAL(23, 3): kept exact.
     "q1": f"""
-        SELECT auction, bidder, CAST({EURO_RATE} * price AS DECIMAL(23, 3)) AS price, date_time
+        SELECT auction, bidder, CAST({EURO_RATE} * price AS DECIMAL(23, 3)) AS price, date_time,
+               extra
         FROM bid ORDER BY event_id""",
     # Query 2: selection of every 123rd auction.
     "q2": """
@@ -94,7 +95,7 @@ QUERIES: dict[str, str] = {
             SELECT *, {_floor("date_time", WINDOW_MS)} AS window_start FROM bid
         ),
         maxes AS (SELECT window_start, max(price) AS maxprice FROM w GROUP BY window_start)
-        SELECT w.auction, w.price, w.bidder, w.date_time,
+        SELECT w.auction, w.price, w.bidder, w.date_time, w.extra,
                w.window_start, w.window_start + {WINDOW_MS} AS window_end
         FROM w JOIN maxes M ON w.window_start = M.window_start AND w.price = M.maxprice
         ORDER BY w.window_start, w.event_id""",
@@ -133,12 +134,12 @@ def reference(
     returns. Columns:
 
     * q0: auction, bidder, price, date_time, extra -- every bid, by event_id
-    * q1: auction, bidder, price (DECIMAL(23, 3) = 0.908 * price), date_time
+    * q1: auction, bidder, price (DECIMAL(23, 3) = 0.908 * price), date_time, extra
     * q2: auction, price -- bids with ``auction % 123 = 0``
     * q3: name, city, state, id (auction id) -- category 10 by sellers in OR/ID/CA
     * q4: category, avg_price (DOUBLE)
     * q5: auction, num, window_start, window_end -- sliding 10 s every 2 s
-    * q7: auction, price, bidder, date_time, window_start, window_end -- tumbling 10 s
+    * q7: auction, price, bidder, date_time, extra, window_start, window_end -- tumbling 10 s
     * q8: id, name, window_start -- tumbling 10 s
 
     All times are int64 ms; see the module docstring for the window boundaries.

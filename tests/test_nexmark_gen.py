@@ -3,7 +3,9 @@ and the DuckDB reference queries (tests/nexmark_sql.py) on its output."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import threading
 import time
 
 import numpy as np
@@ -24,6 +26,7 @@ from actors.nexmark.config import (
     NexmarkConfig,
 )
 from actors.nexmark.generator import generate, union, write
+from actors.nexmark.source import NexmarkSource, pregenerated
 from runtime.errors import ConfigError
 
 N = 50_000
@@ -152,11 +155,12 @@ def test_values(tables):
     assert all(re.fullmatch(r"channel-\d{1,4}", c) for c in channel[~hot][:1000])
     url = r"https://www\.nexmark\.com/[a-z_]{3,4}/[a-z_]{3,4}/[a-z_]{3,4}/item\.htm\?query=1"
     assert pc.all(pc.match_substring_regex(bid["url"], f"^{url}(&channel_id=-?\\d+)?$")).as_py()
-    assert all(t.column("extra").to_pylist() == [""] * t.num_rows for t in tables.values())
+    for t in tables.values():  # padded by default, with letters only (nextExactString)
+        assert pc.all(pc.match_substring_regex(t["extra"], "^[a-z]+$")).as_py()
 
 
 def test_extra_bytes():
-    padded = generate(NexmarkConfig(events=5_000, extra_bytes=None))  # the reference's sizes
+    padded = generate(NexmarkConfig(events=5_000))  # the default: the reference's sizes
     bid_extra = pc.utf8_length(padded["bid"]["extra"]).to_numpy()
     assert bid_extra.min() >= 54 and bid_extra.max() <= 81  # 100 - 32 bytes, +-20%
     for kind, avg in (("person", 200), ("auction", 500)):
@@ -170,6 +174,8 @@ def test_extra_bytes():
     short = generate(NexmarkConfig(events=1_000, extra_bytes=20))
     lengths = pc.utf8_length(short["bid"]["extra"]).to_numpy()
     assert lengths.min() >= 16 and lengths.max() < 24
+    off = generate(NexmarkConfig(events=1_000, extra_bytes=0))
+    assert all(t["extra"].to_pylist() == [""] * t.num_rows for t in off.values())
 
 
 def test_timestamps_follow_the_event_rate(stream):
@@ -287,3 +293,103 @@ def test_reference_query_semantics(con, tables):
     assert {(r["id"], r["window_start"]) for r in q8} == expected
     with pytest.raises(ValueError):
         reference(con, "q6")
+
+
+# -- the generating source (actors/nexmark/source.py) -----------------------------------
+
+SMALL = NexmarkConfig(events=23_000, chunk_events=5_000, seed=7)
+
+
+def read(src: NexmarkSource, start: int = 0) -> tuple[pa.Table, list[int]]:
+    got = list(src.batches(start))
+    return pa.concat_tables([b for b, _ in got]), [end for _, end in got]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_source_is_the_pregenerated_stream(prefetch):
+    """Batch by batch, across chunk boundaries, from any position: the rows of
+    union(generate(config)), in order, with positions that count them."""
+    whole = pregenerated(SMALL)
+    assert whole.equals(union(generate(SMALL))) and whole.num_rows == SMALL.events
+    got, ends = read(NexmarkSource(SMALL, batch_size=3_000, prefetch=prefetch))
+    assert got.equals(whole)
+    assert ends == [*range(3_000, 23_000, 3_000), 23_000]
+    for start in (1, 4_999, 5_000, 12_345, 22_999):
+        tail, ends = read(NexmarkSource(SMALL, batch_size=4_000, prefetch=prefetch), start)
+        assert tail.equals(whole.slice(start)), start
+        assert ends[-1] == 23_000 and ends[0] == min(start + 4_000, 23_000)
+    assert list(NexmarkSource(SMALL, prefetch=prefetch).batches(23_000)) == []
+
+
+def test_source_deterministic_by_seed():
+    a, _ = read(NexmarkSource(SMALL, batch_size=6_000))
+    b, _ = read(NexmarkSource(SMALL, batch_size=10_000, prefetch=0))
+    assert a.equals(b)  # the batch size and the thread change nothing
+    other = dataclasses.replace(SMALL, seed=8)
+    c, _ = read(NexmarkSource(other, batch_size=6_000))
+    assert not a["price"].equals(c["price"]) and not a["extra"].equals(c["extra"])
+    assert a["event_id"].equals(c["event_id"]) and a["date_time"].equals(c["date_time"])
+    # the checkpoint names the stream: another seed, padding or chunking is another id
+    ids = {
+        NexmarkSource(cfg).id
+        for cfg in (
+            SMALL,
+            other,
+            dataclasses.replace(SMALL, extra_bytes=0),
+            dataclasses.replace(SMALL, chunk_events=1_000),
+        )
+    }
+    assert len(ids) == 4
+    assert NexmarkSource(NexmarkConfig()).id == "nexmark:seed=1:events=100000"
+
+
+def test_source_pads_like_the_reference():
+    """Bids carry 100 - 4 * 8 = 68 letters +-20%; an event's size (8 + its strings, or
+    its numbers for bids) averages the reference's 200 / 500 / 100 bytes."""
+    stream, _ = read(NexmarkSource(SMALL))
+    assert stream.schema == UNION_SCHEMA
+    kind = stream["type"]
+    extra = pc.utf8_length(stream["extra"]).to_numpy()
+    bid = pc.equal(kind, "bid").to_numpy(zero_copy_only=False)
+    assert extra[bid].min() >= 54 and extra[bid].max() <= 81 and abs(extra[bid].mean() - 68) < 1
+    person = stream.filter(pc.equal(kind, "person"))
+    size = 8 + sum(
+        pc.utf8_length(person[c]).to_numpy()
+        for c in ("name", "email_address", "credit_card", "city", "state", "extra")
+    )
+    assert abs(size.mean() - 200) < 8
+    auction = stream.filter(pc.equal(kind, "auction"))
+    size = (
+        8
+        + 5 * 8
+        + sum(pc.utf8_length(auction[c]).to_numpy() for c in ("item_name", "description", "extra"))
+    )
+    assert abs(size.mean() - 500) < 10
+    off, _ = read(NexmarkSource(dataclasses.replace(SMALL, extra_bytes=0)))
+    assert pc.all(pc.equal(off["extra"], "")).as_py()
+    assert (
+        off.drop_columns(["extra"])
+        .select(["event_id", "type"])
+        .equals(stream.select(["event_id", "type"]))
+    )
+
+
+def test_source_errors_reach_the_reader_and_closing_stops_the_thread(monkeypatch):
+    before = {t.name for t in threading.enumerate()}
+    it = NexmarkSource(SMALL, batch_size=1_000, prefetch=1).batches()
+    next(it)
+    assert any(t.name == "nexmark-generator" for t in threading.enumerate())
+    it.close()  # the reader stops early: the thread ends with it
+    assert "nexmark-generator" not in {t.name for t in threading.enumerate()} - before
+
+    def broken(*_a, **_k):
+        raise ValueError("generator broke")
+
+    monkeypatch.setattr("actors.nexmark.source.union", broken)
+    with pytest.raises(ValueError, match="generator broke"):
+        read(NexmarkSource(SMALL, prefetch=2))
+    for bad in ({"batch_size": 0}, {"prefetch": -1}):
+        with pytest.raises(ConfigError):
+            NexmarkSource(SMALL, **bad)
+    with pytest.raises(ConfigError, match="chunk_events"):
+        NexmarkConfig(chunk_events=1_000, out_of_order_group_size=300)

@@ -95,6 +95,7 @@ UNION_SCHEMA = pa.schema(
         *[f for f in PERSON_SCHEMA if f.name not in ("event_id", "date_time", "extra")],
         *[f for f in AUCTION_SCHEMA if f.name not in ("event_id", "id", "date_time", "extra")],
         *[f for f in BID_SCHEMA if f.name not in ("event_id", "date_time", "extra")],
+        ("extra", pa.string()),  # every kind's padding, in one column
     ]
 )
 
@@ -105,8 +106,16 @@ class NexmarkConfig:
 
     ``events`` is Beam's ``numEvents`` default; ``base_time``, ``first_event_id`` and
     ``first_event_number`` are Beam's ``NexmarkUtils.standardGeneratorConfig`` (Flink's
-    source uses the wall clock and 1/1 instead). ``extra_bytes``: ``None`` pads like the
-    reference to ``avg_*_byte_size``; an int gives ``extra`` about that many letters.
+    source uses the wall clock and 1/1 instead). ``extra_bytes``: ``None`` (the default)
+    pads like the reference to ``avg_*_byte_size``; an int gives ``extra`` about that many
+    letters (0: empty, to compare with unpadded events).
+
+    ``chunk_events``: events drawn per call of the vectorized generator. Each chunk seeds
+    its own draws (from ``seed`` and its first event number), so the chunk size is part of
+    the stream's identity: the stream is the same however it is read (all at once by
+    :func:`~actors.nexmark.generator.generate`, batch by batch by
+    :class:`~actors.nexmark.source.NexmarkSource`), but a different chunk size gives other
+    values. It must be a multiple of ``out_of_order_group_size``.
     """
 
     events: int = 100_000  # numEvents
@@ -124,16 +133,21 @@ class NexmarkConfig:
     num_in_flight_auctions: int = 100
     num_active_people: int = 1000
     out_of_order_group_size: int = 1  # 1: in order
+    # the padding targets of nexmark/nexmark's NexmarkConfiguration (avgPersonByteSize,
+    # avgAuctionByteSize, avgBidByteSize; Beam's are the same): each generator passes its
+    # event's size so far to StringsGenerator.nextExtra, which pads to this average +-20%
+    # (person: 8 + its strings' lengths; auction: 8 + item + description + 5 * 8; bid: 4 * 8)
     avg_person_byte_size: int = 200
     avg_auction_byte_size: int = 500
     avg_bid_byte_size: int = 100
-    extra_bytes: int | None = 0
+    extra_bytes: int | None = None
+    chunk_events: int = 50_000
 
     def __post_init__(self) -> None:
         positive = (
             "events_per_second", "person_proportion", "auction_proportion", "hot_auction_ratio",
             "hot_sellers_ratio", "hot_bidders_ratio", "num_in_flight_auctions",
-            "num_active_people", "out_of_order_group_size",
+            "num_active_people", "out_of_order_group_size", "chunk_events",
         )  # fmt: skip
         bad = [name for name in positive if getattr(self, name) < 1]
         bad += [
@@ -143,6 +157,8 @@ class NexmarkConfig:
         ]
         if self.extra_bytes is not None and self.extra_bytes < 0:
             bad.append("extra_bytes")
+        if self.chunk_events % max(self.out_of_order_group_size, 1):
+            bad.append("chunk_events (a multiple of out_of_order_group_size)")
         if bad:
             raise ConfigError(f"NexmarkConfig: {', '.join(bad)} out of range (see the docstring)")
 

@@ -47,9 +47,14 @@ one of four hot ones (Google, Facebook, Baidu, Apple) half of the time, else one
 ``channel-0`` .. ``channel-9999``, each with a fixed random ``url``.
 
 ``extra`` pads events with letters. The reference pads each event to an average of
-200 (person), 500 (auction), 100 (bid) bytes; that is ``extra_bytes=None`` here. The
-default ``extra_bytes=0`` leaves it empty to keep data small; a positive value makes it
-about that long (+-20%).
+200 (person), 500 (auction), 100 (bid) bytes; that is the default ``extra_bytes=None``
+here. ``extra_bytes=0`` leaves it empty; a positive value makes it about that long
+(+-20%).
+
+Events are drawn in chunks of ``chunk_events`` (50,000), each from its own seeded
+streams, so that a source can generate the stream batch by batch while it is read
+(:class:`actors.nexmark.source.NexmarkSource`) and still give exactly what
+:func:`generate` gives at once.
 
 Times (``date_time``, ``expires``) are int64 milliseconds since the epoch.
 
@@ -64,7 +69,8 @@ Times (``date_time``, ``expires``) are int64 milliseconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +97,17 @@ from actors.nexmark.config import (
     OUT_OF_ORDER_MULTIPLIER,
     PERSON_ID_LEAD,
     PERSON_SCHEMA,
-    UNION_SCHEMA,
     US_CITIES,
     US_STATES,
     NexmarkConfig,
 )
+from actors.nexmark.stream import union
 from actors.nexmark.strings import byte_lengths, channel_table, credit_cards, extra, next_strings
 
 
 def generate(config: NexmarkConfig) -> dict[str, pa.Table]:
-    """Generate ``config.events`` events, split by kind.
+    """Generate ``config.events`` events, split by kind: the chunks of :func:`chunks`
+    concatenated (their draws do not depend on how the stream is read).
 
     Returns ``{'person': ..., 'auction': ..., 'bid': ...}`` with the columns of
     :data:`PERSON_SCHEMA`, :data:`AUCTION_SCHEMA`, :data:`BID_SCHEMA`; rows are in
@@ -115,6 +122,31 @@ def generate(config: NexmarkConfig) -> dict[str, pa.Table]:
     >>> sorted(set(t["auction"].column("category").to_pylist()) - {10, 11, 12, 13, 14})
     []
     """
+    parts = [chunk for _, chunk in chunks(config)]
+    if len(parts) == 1:
+        return parts[0]
+    return {k: pa.concat_tables([p[k] for p in parts]).combine_chunks() for k in parts[0]}
+
+
+def chunks(config: NexmarkConfig, start: int = 0) -> Iterator[tuple[int, dict[str, pa.Table]]]:
+    """The stream's chunks from the one holding position ``start`` on, each as (its
+    position, its events split by kind); position p is the p-th event emitted.
+
+    >>> [(lo, t["bid"].num_rows) for lo, t in chunks(NexmarkConfig(events=250, chunk_events=100))]
+    [(0, 92), (100, 92), (200, 46)]
+    """
+    size = config.chunk_events
+    first = min(start, config.events) // size * size
+    for lo in range(first, max(config.events, 1), size):
+        n = min(size, config.events - lo)
+        yield (
+            lo,
+            _chunk(replace(config, events=n, first_event_number=config.first_event_number + lo)),
+        )
+
+
+def _chunk(config: NexmarkConfig) -> dict[str, pa.Table]:
+    """``config.events`` events from event number ``config.first_event_number`` on."""
     cfg = config
     count = np.arange(cfg.events, dtype=np.int64)
     number = cfg.first_event_number + count
@@ -144,29 +176,6 @@ def generate(config: NexmarkConfig) -> dict[str, pa.Table]:
         ),
         "bid": _bids(cfg, rng(3), event_id[is_bid], date_time[is_bid]),
     }
-
-
-def union(tables: dict[str, pa.Table]) -> pa.Table:
-    """All events as one stream sorted by ``event_id``, in :data:`UNION_SCHEMA`.
-
-    Columns: ``event_id, type, date_time, id, name, email_address, credit_card, city,
-    state, item_name, description, initial_bid, reserve, expires, seller, category,
-    auction, bidder, price, channel, url``; ``type`` is 'person', 'auction' or 'bid' and
-    a column is null where it does not apply to the type (``id`` is set for persons and
-    auctions). ``extra`` is dropped.
-    """
-    parts = []
-    for kind in ("person", "auction", "bid"):
-        t = tables[kind]
-        cols = {
-            name: t.column(name) if name in t.column_names else pa.nulls(t.num_rows, type_)
-            for name, type_ in zip(UNION_SCHEMA.names, UNION_SCHEMA.types, strict=True)
-            if name != "type"
-        }
-        cols["type"] = pa.repeat(pa.scalar(kind), t.num_rows)
-        parts.append(pa.table(cols).select(UNION_SCHEMA.names).cast(UNION_SCHEMA))
-    merged = pa.concat_tables(parts).combine_chunks()
-    return merged.take(pc.sort_indices(merged.column("event_id")))
 
 
 def write(tables: dict[str, pa.Table], out_dir: str | Path) -> None:
@@ -347,3 +356,6 @@ def _bids(
         extra(cfg, rng, 8 * 4, cfg.avg_bid_byte_size, n),
     ]
     return pa.Table.from_arrays(columns, schema=BID_SCHEMA)
+
+
+__all__ = ["chunks", "generate", "union", "write"]  # union: re-exported from its module

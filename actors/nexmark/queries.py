@@ -29,17 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors.nexmark.winners import AuctionWinners, CategoryAverage
 from runtime.dataflow.builder import Pipeline
-from runtime.entities.kind import Batch, EntityKind
 from runtime.eventtime.windows import WindowSpec
 from runtime.operators.windowed import argmax_kind
-from runtime.state.snapshot import pack, reading, unpack
 from runtime.streams.schema import Column, EventSchema
 from runtime.streams.sources import Source
 
@@ -65,6 +64,7 @@ _OPTIONAL = [
     ("price", "int64"),
     ("channel", "string"),
     ("url", "string"),
+    ("extra", "string"),  # the padding; q0, q1 and q7 pass it on, as Flink's SQL does
 ]
 #: the union stream; the columns of one type are null for the others
 NEXMARK = EventSchema(
@@ -90,14 +90,21 @@ def _stream(name: str, source: Source | None) -> Pipeline:
     return p.validate(NEXMARK)
 
 
-def _bids(name: str, source: Source | None) -> Pipeline:
-    return _stream(name, source).filter("bids", _of("bid"))
+def _bids(name: str, source: Source | None, columns: list[str]) -> Pipeline:
+    """The bids, with only ``columns`` (and ``type``): selected before the filter, which
+    copies what it keeps, so the other kinds' columns are never copied."""
+    keep = ["type", *columns]
+    return (
+        _stream(name, source)
+        .map("bid_columns", lambda t: t.select(keep))
+        .filter("bids", _of("bid"))
+    )
 
 
 def _euros(t: pa.Table) -> pa.Table:
     rate = pa.scalar(Decimal("0.908"), pa.decimal128(3, 3))
     price = pc.multiply(pc.cast(t["price"], pa.decimal128(19, 0)), rate)
-    return t.select(["auction", "bidder", "date_time"]).append_column(
+    return t.select(["auction", "bidder", "date_time", "extra"]).append_column(
         "price", pc.cast(price, pa.decimal128(23, 3))
     )
 
@@ -116,12 +123,18 @@ def _join_key(t: pa.Table) -> pa.Table:
 
 
 def q0(source: Source | None = None) -> Pipeline:
-    sel = ["auction", "bidder", "price", "date_time"]
-    return _bids("q0", source).map("pass", lambda t: t.select(sel)).key_by("auction").to_topic("q0")
+    sel = ["auction", "bidder", "price", "date_time", "extra"]
+    return (
+        _bids("q0", source, sel)
+        .map("pass", lambda t: t.select(sel))
+        .key_by("auction")
+        .to_topic("q0")
+    )
 
 
 def q1(source: Source | None = None) -> Pipeline:
-    return _bids("q1", source).map("euros", _euros).key_by("auction").to_topic("q1")
+    sel = ["auction", "bidder", "price", "date_time", "extra"]
+    return _bids("q1", source, sel).map("euros", _euros).key_by("auction").to_topic("q1")
 
 
 def _every_123rd(t: pa.Table) -> np.ndarray:
@@ -130,7 +143,7 @@ def _every_123rd(t: pa.Table) -> np.ndarray:
 
 def q2(source: Source | None = None) -> Pipeline:
     return (
-        _bids("q2", source)
+        _bids("q2", source, ["auction", "price"])
         .filter("every_123rd", _every_123rd)
         .map("select", lambda t: t.select(["auction", "price"]))
         .key_by("auction")
@@ -168,131 +181,6 @@ def q3(source: Source | None = None) -> Pipeline:
     )
 
 
-class AuctionWinners(EntityKind):
-    """Q4's first stage, keyed by auction: each open auction's best bid between its start
-    and its expiry (both inclusive); when the watermark passes the expiry, the winner
-    (auction, category, final) goes on. Bids that arrive before their auction (NEXMark
-    lets a bid name an auction up to 10 ahead) wait until event time makes a match
-    impossible."""
-
-    name = "q4_winners"
-    key = "auction"
-    stateless = True
-    snapshot_scope = "shard"
-    topics = ("q4_winners",)
-
-    def __init__(self, config: Any = None) -> None:
-        super().__init__(config)
-        self.open: pa.Table | None = None  # auction, category, start, expires, final (null)
-        self.waiting: pa.Table | None = None  # auction, date_time, price
-        self.watermark = -(2**63)
-
-    def apply(self, batch: Batch) -> None:
-        t = batch.events
-        auctions = t.filter(pc.equal(t["type"], "auction"))
-        if auctions.num_rows:
-            new = pa.table(
-                {
-                    "auction": auctions["auction"],
-                    "category": auctions["category"],
-                    "start": auctions["date_time"],
-                    "expires": auctions["expires"],
-                    "final": pa.nulls(auctions.num_rows, pa.int64()),
-                }
-            )
-            self.open = new if self.open is None else pa.concat_tables([self.open, new])
-        bids = t.filter(pc.equal(t["type"], "bid")).select(["auction", "date_time", "price"])
-        if self.waiting is not None and self.waiting.num_rows:
-            bids = pa.concat_tables([self.waiting, bids])
-            self.waiting = None
-        if bids.num_rows and self.open is not None:
-            self._match(bids)
-        elif bids.num_rows:
-            self.waiting = bids
-        self._close(batch)
-
-    def _match(self, bids: pa.Table) -> None:
-        assert self.open is not None
-        known = pc.is_in(bids["auction"], value_set=self.open["auction"])
-        self.waiting = bids.filter(pc.invert(known)) or None
-        j = bids.filter(known).join(
-            self.open.select(["auction", "start", "expires"]), keys="auction", use_threads=False
-        )
-        valid = pc.and_(
-            pc.greater_equal(j["date_time"], j["start"]),
-            pc.less_equal(j["date_time"], j["expires"]),
-        )
-        best = j.filter(valid).group_by("auction", use_threads=False).aggregate([("price", "max")])
-        if best.num_rows == 0:
-            return
-        merged = self.open.join(best, keys="auction", use_threads=False)
-        final = pc.max_element_wise(merged["final"], merged["price_max"], skip_nulls=True)
-        self.open = merged.drop_columns(["final", "price_max"]).append_column("final", final)
-
-    def _close(self, batch: Batch) -> None:
-        wm = batch.watermark
-        if wm is None or self.open is None:
-            return
-        self.watermark = max(self.watermark, wm)
-        done = pc.less(self.open["expires"], wm)  # every bid at or before expiry is in
-        closed = self.open.filter(done)
-        self.open = self.open.filter(pc.invert(done))
-        if self.waiting is not None and self.waiting.num_rows:
-            # an auction created from now on starts at or after the watermark: older bids
-            # can never count for it
-            stale = pc.less(self.waiting["date_time"], wm)
-            batch.count("q4_unmatched_bids", int(pc.sum(stale).as_py() or 0))
-            self.waiting = self.waiting.filter(pc.invert(stale))
-        won = closed.filter(pc.is_valid(closed["final"]))
-        if won.num_rows:
-            batch.emit("q4_winners", won.select(["auction", "category", "final"]))
-
-    def on_watermark(self, batch: Batch) -> None:
-        self._close(batch)
-
-    def snapshot(self) -> bytes | None:
-        """The open auctions and the waiting bids (Arrow tables) and the event time, as a
-        ``nexmark_q4_winners`` snapshot (see runtime.state.snapshot)."""
-        saved = (("open", self.open), ("waiting", self.waiting))
-        tables = {n: t for n, t in saved if t is not None}  # None and empty differ
-        return pack("nexmark_q4_winners", {"watermark": self.watermark}, tables=tables)
-
-    def restore(self, blob: bytes) -> None:
-        where = "the snapshot of q4_winners"
-        state = unpack(blob, "nexmark_q4_winners", where=where)
-        with reading("nexmark_q4_winners", where):
-            self.watermark = int(state.meta["watermark"])
-        self.open, self.waiting = state.tables.get("open"), state.tables.get("waiting")
-
-
-class CategoryAverage(EntityKind):
-    """Q4's second stage, an entity per category: the running average of winning bids,
-    re-emitted whenever it changes (the last row per category is the answer)."""
-
-    name = "q4_categories"
-    key = "category"
-    state: ClassVar[dict[str, str]] = {"total": "float64", "auctions": "int64"}
-    topics = ("q4",)
-    #: an upsert stream: a category's average is re-emitted once per batch that changes
-    #: it, so the number of rows depends on batching; the last one per category does not
-    changelog_topics: ClassVar[dict[str, tuple[str, ...]]] = {"q4": ("category",)}
-
-    def apply(self, batch: Batch) -> None:
-        st = batch.state
-        price = batch.events["final"].to_numpy().astype(np.float64)
-        np.add.at(st.cols["total"], batch.slots, price)
-        np.add.at(st.cols["auctions"], batch.slots, 1)
-        assert batch.order is not None and batch.starts is not None
-        first = batch.order[batch.starts]  # one row per category in the batch
-        cats = batch.events["category"].take(pa.array(first))
-        uslots = batch.slots[first]
-        total, n = st.cols["total"][uslots], st.cols["auctions"][uslots]
-        batch.emit(
-            "q4",
-            pa.table({"category": cats, "avg_price": total / n, "auctions": n}),
-        )
-
-
 def _auction_key(t: pa.Table) -> pa.Table:
     """Bids name their auction; an auction's own id is its key."""
     i = t.schema.get_field_index("auction")
@@ -313,7 +201,7 @@ def q4(source: Source | None = None) -> Pipeline:
 
 def q5(source: Source | None = None) -> Pipeline:
     return (
-        _bids("q5", source)
+        _bids("q5", source, ["auction", "price", "date_time"])
         .event_time("date_time")
         .key_by("auction")
         .window("q5_counts", WindowSpec(WINDOW_MS, HOP_MS), value="price")
@@ -323,9 +211,12 @@ def q5(source: Source | None = None) -> Pipeline:
 
 def q7(source: Source | None = None) -> Pipeline:
     return (
-        _bids("q7", source)
+        _bids("q7", source, ["auction", "price", "bidder", "date_time", "extra"])
         .event_time("date_time")
-        .map("window", lambda t: _tumble(t.select(["auction", "price", "bidder", "date_time"])))
+        .map(
+            "window",
+            lambda t: _tumble(t.select(["auction", "price", "bidder", "date_time", "extra"])),
+        )
         .key_by("window_start")
         .argmax("q7", "price")
     )
@@ -384,11 +275,11 @@ def answer(q: str, rows: pa.Table) -> pa.Table:
         )
     if q == "q7":
         return rows.select(
-            ["auction", "price", "bidder", "date_time", "window_start", "window_end"]
+            ["auction", "price", "bidder", "date_time", "extra", "window_start", "window_end"]
         )
     if q == "q8":
         return rows.select(["id", "name", "window_start"])
     return rows
 
 
-__all__ = ["NEXMARK", "QUERIES", "answer"]
+__all__ = ["NEXMARK", "QUERIES", "AuctionWinners", "CategoryAverage", "answer"]

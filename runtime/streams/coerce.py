@@ -45,8 +45,13 @@ def _show(values: np.ndarray):
 
 def coerce(arr: pa.ChunkedArray, col: Column):
     """Cast one column to its type; return (values, [(bad mask, reason fn), ...])."""
-    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    null_in = arr.is_null().to_numpy(zero_copy_only=False)
+    if isinstance(arr, pa.ChunkedArray):  # one chunk (a slice of a batch): no copy
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    null_in = (
+        np.zeros(len(arr), dtype=bool)
+        if arr.null_count == 0
+        else arr.is_null().to_numpy(zero_copy_only=False)
+    )
     checks: list[tuple[np.ndarray, Any]] = []
     if col.required:
         checks.append((null_in, lambda i: "missing value"))
