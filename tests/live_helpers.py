@@ -35,6 +35,21 @@ def cli_json(cwd: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def script_json(script: str, *args: str, cwd: Path, timeout: float = 300) -> dict[str, Any]:
+    """``python scripts/SCRIPT ARGS --json`` as users run it; the JSON object of its last
+    line of output, after asserting it exited 0."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / script
+    done = subprocess.run(
+        [sys.executable, str(path), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def ndjson(rows: list[dict]) -> bytes:
     return "\n".join(json.dumps(r, default=str) for r in rows).encode()
 

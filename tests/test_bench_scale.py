@@ -4,8 +4,6 @@ to end as users run it (a subprocess, real Ray, real LanceDB)."""
 from __future__ import annotations
 
 import doctest
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_scale  # noqa: E402
 import scale_stream  # noqa: E402
+from live_helpers import script_json  # noqa: E402
 from scale_stream import ScaleSource, Tally, customer_keys, expected_sums  # noqa: E402
 
 from runtime.state.keys import hash_keys  # noqa: E402
@@ -115,16 +114,14 @@ def test_the_check_finds_a_wrong_or_missing_profile(tmp_path: Path, broken: str 
 def test_a_tiny_run_end_to_end(tmp_path: Path) -> None:
     """Passivation and activation happen (a budget of 1,500 per shard for 20k
     customers), the restart reads every profile back, and every sum is exact."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench_scale.py"),
+    r = script_json(
+        "bench_scale.py",
         *("--customers", "20000", "--events", "60000", "--batch-size", "5000"),
         *("--max-active", "1500", "--restore", "20000", "--sample", "400"),
-        *("--interval", "0.3", "--data-dir", str(tmp_path / "data"), "--json"),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+        *("--interval", "0.3", "--data-dir", str(tmp_path / "data")),
+        cwd=ROOT,
+        timeout=240,
+    )
     assert set(r) >= {"load", "restore", "exactness", "targets", "customers", "events"}
     ld, rs, ex = r["load"], r["restore"], r["exactness"]
     assert ld["input"] == ld["accepted"] == 60_000

@@ -76,6 +76,14 @@ def test_entity_and_status_read_the_folder_without_lancedb_or_ray(folder):
     assert p.returncode == 1 and "nobody" in p.stderr and "Traceback" not in p.stderr
 
 
+def replay_towards_no_cluster(f: Path, data: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``edgecore replay F`` with ``--address`` naming a cluster that is not there: what
+    answers is whatever refuses the file before Ray is reached."""
+    return edgecore(
+        "replay", str(f), "--app", "fraud", "--data", str(data), "--address", "127.0.0.1:1"
+    )
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_replay_refuses_a_file_without_a_required_column_before_reaching_ray(tmp_path, fmt):
     """--address names a cluster that is not there: the header check answers first."""
@@ -85,16 +93,7 @@ def test_replay_refuses_a_file_without_a_required_column_before_reaching_ray(tmp
         f.write_text("event_id,customer_id,ts\n1,a,2026-01-01T00:00:00\n")
     else:
         pq.write_table(t, f)
-    p, heavy = edgecore(
-        "replay",
-        str(f),
-        "--app",
-        "fraud",
-        "--data",
-        str(tmp_path / "d"),
-        "--address",
-        "127.0.0.1:1",
-    )
+    p, heavy = replay_towards_no_cluster(f, tmp_path / "d")
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "lacks required column(s)" in p.stderr and "amount" in p.stderr, p.stderr
     assert str(f) in p.stderr and "Traceback" not in p.stderr
@@ -105,15 +104,6 @@ def test_replay_refuses_a_file_that_is_not_what_its_suffix_says_in_one_line(tmp_
     """Hostile input at the header check: bytes that are no Parquet, refused before Ray."""
     f = tmp_path / "tx.parquet"
     f.write_bytes(b"PAR1" + b"\x00\xff" * 64)
-    p, heavy = edgecore(
-        "replay",
-        str(f),
-        "--app",
-        "fraud",
-        "--data",
-        str(tmp_path / "d"),
-        "--address",
-        "127.0.0.1:1",
-    )
+    p, heavy = replay_towards_no_cluster(f, tmp_path / "d")
     assert p.returncode == 1 and "cannot read" in p.stderr and str(f) in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and "ray" not in heavy

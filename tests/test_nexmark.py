@@ -3,8 +3,6 @@ Ray; a crash mid-stream followed by a restart gives the same answers as a clean 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +21,7 @@ from runtime.dataflow.app import run
 from runtime.testing import MemorySource
 
 sys.path.insert(0, str(Path(__file__).parent))
+from live_helpers import script_json  # noqa: E402
 from nexmark_sql import reference  # noqa: E402
 
 EVENTS = 120_000  # 12 s of event time: several tumbling and sliding windows
@@ -136,15 +135,12 @@ def test_restart_mid_stream_gives_the_clean_answer(q, nexmark, tmp_path):
 def test_script_both_modes_give_the_same_answers(tmp_path):
     """scripts/nexmark.py as users run it: generation inside the run and the pregenerated
     stream, side by side, every figure reported and every answer equal."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "nexmark.py"),
+    report = script_json(
+        "nexmark.py",
         *("--events", "6000", "--queries", "q0,q7", "--batch", "2500", "--pregenerated"),
-        *("--out", str(tmp_path / "out"), "--json"),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+        *("--out", str(tmp_path / "out")),
+        cwd=tmp_path,
+    )
     assert report["config"]["extra_bytes"] is None and report["ray_init_s"] > 0
     for q in ("q0", "q7"):
         modes = report["queries"][q]
