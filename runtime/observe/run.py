@@ -299,17 +299,21 @@ class RunMetrics:
 
     def checkpointed(self, rt: Runtime, prepared: PreparedCheckpoint, seconds: float) -> None:
         """A checkpoint of ``rt`` was committed: its cost, and the shards' own counters
-        (entities, busy time), asked for now that the shards were drained anyway."""
+        (entities, busy time), asked for now that the shards were drained anyway. The shards
+        answer first and both land under the registry's lock: a scrape that sees the
+        checkpoint counted also sees the shards' figures it brought."""
         written = [t for _, _, t in prepared.states] + prepared.dead
-        self.checkpoint(seconds, sum(t.num_rows for t in written), sum(t.nbytes for t in written))
         per_shard = rt.shard_stats()
-        self.shard_stats(
-            [
-                (s.name, st)
-                for kind, all_stats in per_shard.items()
-                for s, st in zip(rt.shards_of(kind), all_stats, strict=True)
-            ]
-        )
+        shards = [
+            (s.name, st)
+            for kind, all_stats in per_shard.items()
+            for s, st in zip(rt.shards_of(kind), all_stats, strict=True)
+        ]
+        with self.registry.lock:
+            self.checkpoint(
+                seconds, sum(t.num_rows for t in written), sum(t.nbytes for t in written)
+            )
+            self.shard_stats(shards)
 
     def shard_stats(self, per_shard: list[tuple[str, dict[str, float]]]) -> None:
         """(shard actor name, :meth:`Shard.stats`) of every shard."""

@@ -166,6 +166,31 @@ def test_a_run_reconciles_and_is_on_the_board():
     assert got[("edgecore_checkpoint_duration_seconds_count", (("app", "t"),))] == 1
 
 
+def test_a_scrape_during_a_checkpoint_sees_its_count_with_the_shard_figures(monkeypatch):
+    """The checkpoint counter and the shards' figures it brings land together: a scrape that
+    comes while the shards are being asked (CI once saw ``checkpoints_total`` 1 and no
+    ``entities_active``) sees neither, never one without the other."""
+    app = App("t", EventSchema("e", [Column("event_id", "int64"), Column("key", "string")]), Tally)
+    rows = [{"event_id": i, "key": f"k{i % 5}"} for i in range(20)]
+    scrapes: list[dict] = []
+    with Runtime(data_dir=tempfile.mkdtemp(), mode="local", shards=2) as rt:
+        ask = rt.shard_stats
+
+        def scraped_while_asking():
+            scrapes.append(parsed(rt.metrics.registry.render()))
+            return ask()
+
+        monkeypatch.setattr(rt, "shard_stats", scraped_while_asking)
+        drive(rt, app, [SourceFeeder(MemorySource(rows, batch_size=8))])
+        after = parsed(rt.metrics.registry.render())
+    assert scrapes
+    for got in [*scrapes, after]:
+        cps = got[("edgecore_checkpoints_total", (("app", "t"),))]
+        active = [k for k in got if k[0] == "edgecore_entities_active"]
+        assert bool(cps) == bool(active), (cps, active)
+    assert after[("edgecore_checkpoints_total", (("app", "t"),))] == 1
+
+
 def test_server_answers_metrics_only_and_checks_its_token():
     reg = Registry()
     reg.counter("edgecore_c_total", "x").inc(7)
