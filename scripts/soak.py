@@ -4,7 +4,8 @@
                            [--checkpoint-seconds 30] [--out DIR] [--json]
 
 1. Starts ``edgecore serve --app fraud`` as users do (a subprocess on its embedded Ray,
-   write-ahead log on) on a fresh data folder.
+   write-ahead log on) on a fresh data folder, remembering the last 10M event ids for
+   dedup (``--dedup-capacity``; see :data:`DEDUP_CAPACITY`).
 2. Measures capacity: ``--capacity-seconds`` (default 20) of Arrow IPC posts as fast as
    two connections carry them; capacity = events acknowledged per second. ``--rate``
    skips this and soaks at the rate given.
@@ -52,6 +53,10 @@ from runtime.testing import procs  # noqa: E402
 from runtime.testing.procs import free_port  # noqa: E402
 
 MB = 2**20
+#: event ids serve remembers for dedup: its default (50M) is bounded too, but a 10-minute
+#: soak sends ~100M events, so that window would still be filling when the soak ends and
+#: its growth could not be told from a leak; 10M turns over several times in the soak
+DEDUP_CAPACITY = 10_000_000
 # outputs kept by design (until retention, for topics): judged by bytes per event
 APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models", "_topics")
 
@@ -212,6 +217,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             code = -9
     return {
         "startup_s": round(startup_s, 1),
+        "dedup_capacity": args.dedup_capacity,
         "capacity_eps": round(cap, 1),
         "rate_eps": round(rate, 1),
         "load": sent,
@@ -322,7 +328,8 @@ def plot(run: dict[str, Any], path: Path) -> None:
 def show(run: dict[str, Any], v: dict[str, Any]) -> None:
     print(
         f"serve start-up {run['startup_s']} s; capacity {run['capacity_eps']:,.0f} events/s; "
-        f"soak at {run['rate_eps']:,.0f} events/s for {run['samples'][-1]['t'] / 60:.1f} min"
+        f"soak at {run['rate_eps']:,.0f} events/s for {run['samples'][-1]['t'] / 60:.1f} min; "
+        f"dedup window {run['dedup_capacity'] or 'serve default'}"
     )
     print(f"{'series':42} {'first':>10} {'last':>10} {'max':>10} {'slope/h':>10}  verdict")
     for name, s in v["series"].items():
@@ -363,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-seconds", type=float, default=10.0)
     ap.add_argument("--checkpoint-seconds", type=float, default=30.0)
     ap.add_argument(
-        "--dedup-capacity", type=int, default=0, help="serve's --dedup-capacity (0: its default)"
+        "--dedup-capacity",
+        type=int,
+        default=DEDUP_CAPACITY,
+        help="serve's --dedup-capacity (0: serve's own default, 50M ids)",
     )
     ap.add_argument("--out", type=Path, default=Path("soak-out"))
     ap.add_argument("--keep", action="store_true", help="keep the data folder (under --out)")

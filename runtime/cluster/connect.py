@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.cluster import security
+from runtime.cluster.heap import limit_arenas
 from runtime.errors import ConfigError, EdgecoreError, NotStartedError
 
 
@@ -45,6 +46,7 @@ def init_ray(
     isolate: Any = contextlib.nullcontext()
     token: Path | None = None
     if address is None:
+        limit_arenas()  # the embedded Ray's services and workers inherit the cap
         isolate = _own_sessions()
         token = security.new_session_token()
         # the one local node plays both roles

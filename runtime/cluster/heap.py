@@ -13,6 +13,14 @@ Measured with ``scripts/mem_growth.py`` (fraud app, in-process): anonymous memor
 million events; a trim takes 3-6 ms. The runtime trims after each checkpoint's drain,
 write or commit, at most once a second per process (:data:`MIN_INTERVAL_S`).
 
+A trim cannot return a page that holds one live block, and glibc spreads the blocks of a
+multi-threaded process over up to 8 arenas per core, one per thread that allocates at
+the same time: LanceDB's writer threads and Ray's own each fill arenas of their own, and
+the holes multiply. :func:`limit_arenas` caps them at :data:`ARENAS` for the runtime's
+processes (the driver, and the embedded Ray's services and workers, which inherit
+``MALLOC_ARENA_MAX``). A loop of 600 checkpoint-sized LanceDB appends grew 97 -> 246 MB
+anonymous with the default, and 97 -> 141 MB (flat after ~180) with 2 arenas.
+
 >>> trim_heap(force=True)
 True
 >>> trim_heap()  # again within the interval: skipped
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,21 +40,54 @@ from typing import Any
 #: with a tiny interval) would pay a few ms each time for little
 MIN_INTERVAL_S = 1.0
 
+#: malloc arenas of a runtime process (``EDGECORE_MALLOC_ARENAS``; 0 keeps glibc's
+#: default); a ``MALLOC_ARENA_MAX`` of the user's own wins
+ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+
 _trim: Callable[[int], Any] | None = None
 _looked_up = False
 _last = float("-inf")
 
 
+def _libc(symbol: str) -> Callable[..., Any] | None:
+    """A glibc function, or None where the C library has none (musl, macOS)."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), symbol)
+    except (OSError, AttributeError):
+        return None
+
+
 def _malloc_trim() -> Callable[[int], Any] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
     global _trim, _looked_up
     if not _looked_up:
         _looked_up = True
-        try:
-            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = None
+        _trim = _libc("malloc_trim")
     return _trim
+
+
+def limit_arenas() -> int | None:
+    """Cap glibc's malloc arenas in this process, and (through ``MALLOC_ARENA_MAX``) in
+    the processes it starts from now on; returns the cap, or None if left as it was.
+
+    Arenas that exist already stay (threads that want a new one share those instead),
+    so the earlier in a process the better; processes started with the variable set
+    (the embedded Ray's workers) have the cap from their first allocation.
+    """
+    raw = os.environ.get("MALLOC_ARENA_MAX") or os.environ.get(
+        "EDGECORE_MALLOC_ARENAS", str(ARENAS)
+    )
+    try:
+        n = int(raw)
+    except ValueError:
+        return None
+    if n <= 0:
+        return None
+    os.environ["MALLOC_ARENA_MAX"] = str(n)
+    mallopt = _libc("mallopt")
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, n)
+    return n
 
 
 def trim_heap(force: bool = False) -> bool:

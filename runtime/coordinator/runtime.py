@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from runtime.cluster.handles import init_ray, resolve
+from runtime.cluster.heap import limit_arenas
 from runtime.cluster.placement import ActorSpec
 from runtime.coordinator.checkpoint import DEAD_LETTERS, Checkpointer, PreparedCheckpoint
 from runtime.coordinator.config import RuntimeConfig
@@ -65,6 +66,7 @@ class Runtime:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> Runtime:
+        limit_arenas()  # before Ray's services and workers start: they inherit it
         if self.config.mode == "ray":
             self._started_ray = init_ray(self.config.address, self.config.num_cpus)
         self.store = Store(self.config.data_dir)
@@ -293,13 +295,11 @@ class Runtime:
         self, prepared: PreparedCheckpoint, positions: dict[str, int] | None = None
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
-        # what the topics delivered up to the cut must be in its sinks' tables before the
-        # commit names the cut: topic rows live in memory only, so after a crash nothing
-        # before it is delivered again (a TableSink buffers up to 50,000 rows: all lost)
+        # what the topics delivered up to the cut is in its sinks' tables before the commit
+        # names it: a group resumes after the cut, and a TableSink buffers 50,000 rows
         self.flush_topics()
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
-        # edge logs forget what the core committed (runtime.edge)
-        self.deployment.links.committed(self.deployment, cp.meta.get("edge", {}))
+        self.deployment.links.committed(self.deployment, cp.meta.get("edge", {}))  # edges trim
         self._checkpoint_at = time.time()  # its age on the board: is state being committed?
         if self.config.export_dir and prepared.states:
             from runtime.streams.export import export_profiles

@@ -5,6 +5,7 @@ is whatever the tests before it left."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,43 @@ def test_a_trim_returns_the_holes_that_freed_temporaries_left() -> None:
     ).stdout
     before, after = map(int, out.split())
     assert before - after > 150, (before, after)  # ~280 MB of holes; most come back
+
+
+ARENAS = r"""
+import os, subprocess, sys
+from runtime.cluster.heap import limit_arenas
+print(limit_arenas())
+print(subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"],
+                     capture_output=True, text=True).stdout.strip())
+"""
+
+
+@pytest.mark.parametrize(
+    ("env", "cap", "child"),
+    [
+        ({}, "2", "2"),  # the runtime's default, handed to the processes it starts
+        ({"EDGECORE_MALLOC_ARENAS": "4"}, "4", "4"),
+        ({"MALLOC_ARENA_MAX": "3", "EDGECORE_MALLOC_ARENAS": "4"}, "3", "3"),  # the user's
+        ({"EDGECORE_MALLOC_ARENAS": "0"}, "None", "None"),  # glibc's default kept
+        ({"EDGECORE_MALLOC_ARENAS": "lots"}, "None", "None"),
+    ],
+)
+def test_the_arena_cap_is_set_here_and_inherited(env, cap, child) -> None:
+    base = {k: v for k, v in os.environ.items() if "ARENA" not in k}
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**base, **env},
+    ).stdout.split()
+    assert out == [cap, child]
+
+
+def test_the_embedded_rays_workers_start_with_the_cap(ray_session) -> None:
+    @ray_session.remote
+    def arenas() -> str | None:
+        return os.environ.get("MALLOC_ARENA_MAX")
+
+    # "2" unless this process was started with a cap of the user's own
+    assert ray_session.get(arenas.remote(), timeout=120) == os.environ["MALLOC_ARENA_MAX"]
