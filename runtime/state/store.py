@@ -65,16 +65,27 @@ class Store:
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir)
-        # imported here: loading LanceDB before Ray forks its services makes every
-        # fork warn about LanceDB's runtime; processes that never open a store skip it
-        import lancedb
-
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self.db = lancedb.connect(str(self.path), session=_session())
-        except Exception as err:  # pragma: no cover - depends on the filesystem
+        except OSError as err:
             raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
+        self._db: Any = None
         self._tables: dict[str, Any] = {}
+
+    @property
+    def db(self) -> Any:
+        """The LanceDB connection, made on first use: importing LanceDB costs ~100 MB and
+        ~1 s, and a process that only asks whether a table exists (a shard starting on
+        a fresh folder) need not pay it. Imported here, not at the top, also because
+        LanceDB loaded before Ray forks its services makes every fork warn."""
+        if self._db is None:
+            import lancedb
+
+            try:
+                self._db = lancedb.connect(str(self.path), session=_session())
+            except Exception as err:  # pragma: no cover - depends on the filesystem
+                raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
+        return self._db
 
     # -- tables --------------------------------------------------------------------------
     def tables(self) -> list[str]:
@@ -83,6 +94,9 @@ class Store:
         return sorted(str(n) for n in names)
 
     def exists(self, name: str) -> bool:
+        # a local table is the folder <name>.lance: none there, no need for LanceDB to say so
+        if self._db is None and not (self.path / f"{name}.lance").exists():
+            return False
         return name in self.tables()
 
     def table(self, name: str) -> Any:

@@ -347,3 +347,45 @@ def test_a_clean_entity_leaving_memory_before_the_commit_comes_back_as_drained(
         feed([f"x{i}"])
     Store(data).upsert(Clicks.name, shard.drain().table, key=Clicks.key)
     assert_matches(Shard(Clicks, None, 0, 1, data), oracle, sorted(oracle.s))
+
+
+FRESH_SHARD = r"""
+import sys
+import pyarrow as pa
+from runtime.entities.kind import EntityKind
+from runtime.entities.shard import Shard
+from runtime.state.keys import hash_keys
+from runtime.state.store import Store
+
+class Counter(EntityKind):
+    name, key, state = "counters", "user_id", {"clicks": "int64"}
+    def on_event(self, state, event):
+        state["clicks"] += 1
+
+ev = pa.table({"user_id": ["a", "b", "a"]})
+ev = ev.append_column("_key_hash", pa.array(hash_keys(ev["user_id"])))
+if sys.argv[2] == "stored":  # a profile committed before: the shard must read it back
+    Store(sys.argv[1]).upsert("counters", ev.slice(0, 1).append_column(
+        "clicks", pa.array([40], pa.int64())), key="user_id")
+    del sys.modules["lancedb"]  # what the shard imports from here on
+shard = Shard(Counter, None, 0, 1, sys.argv[1])
+shard.apply(ev)
+print(shard.get("a")["clicks"], "lancedb" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("folder", "expect"), [("fresh", "2 False"), ("stored", "42 True")])
+def test_a_shard_reads_lancedb_only_when_there_is_a_table(tmp_path: Path, folder, expect):
+    """LanceDB costs a process ~100 MB and ~1 s to import: a shard starting on a fresh folder
+    (every replay's and benchmark's first run) has nothing to read and does without it."""
+    import subprocess
+    import sys
+
+    got = subprocess.run(
+        [sys.executable, "-c", FRESH_SHARD, str(tmp_path), folder],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    assert " ".join(got) == expect
