@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -45,25 +46,17 @@ MIN_INTERVAL_S = 1.0
 ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 
-_trim: Callable[[int], Any] | None = None
-_looked_up = False
 _last = float("-inf")
 
 
+@functools.cache
 def _libc(symbol: str) -> Callable[..., Any] | None:
-    """A glibc function, or None where the C library has none (musl, macOS)."""
+    """A glibc function (looked up once), or None where the C library has none (musl,
+    macOS)."""
     try:
         return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), symbol)
     except (OSError, AttributeError):
         return None
-
-
-def _malloc_trim() -> Callable[[int], Any] | None:
-    global _trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        _trim = _libc("malloc_trim")
-    return _trim
 
 
 def limit_arenas() -> int | None:
@@ -101,7 +94,7 @@ def trim_heap(force: bool = False) -> bool:
     import pyarrow as pa  # every runtime process has it loaded already
 
     pa.default_memory_pool().release_unused()
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is not None:
         trim(0)
     return True

@@ -295,11 +295,10 @@ class Runtime:
         self, prepared: PreparedCheckpoint, positions: dict[str, int] | None = None
     ) -> Checkpoint:
         """Write a prepared cut to LanceDB and commit it with the ``positions`` it reflects."""
-        # what the topics delivered up to the cut is in its sinks' tables before the commit
-        # names it: a group resumes after the cut, and a TableSink buffers 50,000 rows
-        self.flush_topics()
+        self.flush_topics()  # sinks hold what topics delivered up to the cut before it commits
         cp = self.checkpoints.commit(prepared, positions, list(self.deployment.kinds))
-        self.deployment.links.committed(self.deployment, cp.meta.get("edge", {}))  # edges trim
+        # edge logs forget what the core committed (runtime.edge)
+        self.deployment.links.committed(self.deployment, cp.meta.get("edge", {}))
         self._checkpoint_at = time.time()  # its age on the board: is state being committed?
         if self.config.export_dir and prepared.states:
             from runtime.streams.export import export_profiles

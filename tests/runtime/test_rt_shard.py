@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -378,9 +380,6 @@ print(shard.get("a")["clicks"], "lancedb" in sys.modules)
 def test_a_shard_reads_lancedb_only_when_there_is_a_table(tmp_path: Path, folder, expect):
     """LanceDB costs a process ~100 MB and ~1 s to import: a shard starting on a fresh folder
     (every replay's and benchmark's first run) has nothing to read and does without it."""
-    import subprocess
-    import sys
-
     got = subprocess.run(
         [sys.executable, "-c", FRESH_SHARD, str(tmp_path), folder],
         capture_output=True,
