@@ -217,3 +217,40 @@ def test_compaction_keeps_commit_of_a_table_not_written_lately(tmp_path: Path) -
     fresh = Store(tmp_path)
     fresh.recover(["t"])
     assert rows(fresh, "t") == {"k1": 1, "k2": 2, "k3": 3}
+
+
+def _key_index(store: Store, name: str) -> dict[str, int] | None:
+    for ix in store.table(name).list_indices():
+        if list(ix.columns) == ["id"]:
+            stats = store.table(name).index_stats(ix.name)
+            return {"indexed": stats.num_indexed_rows, "unindexed": stats.num_unindexed_rows}
+    return None
+
+
+def test_an_upsert_key_is_indexed_and_keys_stay_unique_across_indexed_and_new_rows(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.upsert("p", people(["a", "b", "c"], [1, 2, 3]), key="id")
+    assert _key_index(store, "p") == {"indexed": 3, "unindexed": 0}
+    store.upsert("p", people(["c", "d"], [30, 4]), key="id")  # d: a fragment the index lacks
+    assert _key_index(store, "p")["unindexed"] >= 1
+    # one key in the indexed fragments (a), one only in the new fragment (d), one new (e)
+    store.upsert("p", people(["a", "d", "e"], [10, 40, 5]), key="id")
+    assert rows(store, "p") == {"a": 10, "b": 2, "c": 30, "d": 40, "e": 5}
+    assert store.table("p").count_rows() == 5
+    store.compact("p", keep_newer_than=time.time())  # folds the new rows into the index
+    assert _key_index(store, "p") == {"indexed": 5, "unindexed": 0}
+    store.upsert("p", people(["e", "f"], [50, 6]), key="id")
+    assert rows(store, "p") == {"a": 10, "b": 2, "c": 30, "d": 40, "e": 50, "f": 6}
+
+
+def test_a_table_written_before_key_indexes_gets_one_at_its_next_upsert(tmp_path: Path) -> None:
+    Store(tmp_path).append("p", people(["a", "b"], [1, 2]))  # as an older version left it
+    store = Store(tmp_path)
+    assert _key_index(store, "p") is None
+    store.upsert("p", people(["b", "c"], [20, 3]), key="id")
+    assert _key_index(store, "p") is not None
+    assert rows(store, "p") == {"a": 1, "b": 20, "c": 3}
+    store.upsert("p", people(["c"], [30]), key="id")  # no second index on the same key
+    assert len(store.table("p").list_indices()) == 1
