@@ -154,6 +154,73 @@ def test_the_model_round_trips_as_arrays():
     assert again.threshold() == scorer.threshold()
 
 
+def test_a_restored_model_learns_on_exactly_as_one_that_never_left_memory():
+    """Weights come back as arrays and enter a classifier only when it learns again."""
+    from actors.fraud.model import N_FEATURES, OnlineModel
+
+    rng = np.random.default_rng(5)
+    X1, X2 = rng.normal(size=(4_000, N_FEATURES)), rng.normal(size=(4_000, N_FEATURES))
+    live = OnlineModel()
+    live.learn(X1, X1[:, 1] > 1)
+    restored = OnlineModel.from_arrays(live.arrays())
+    assert restored._clf is None  # scoring and saving need no classifier
+    np.testing.assert_array_equal(restored.score(X2), live.score(X2))
+    assert restored.explain(X2[:5]) == live.explain(X2[:5])
+    live.learn(X2, X2[:, 1] > 1)
+    restored.learn(X2, X2[:, 1] > 1)
+    np.testing.assert_array_equal(restored.clf.coef_, live.clf.coef_)
+    assert restored.clf.t_ == live.clf.t_
+    for k, v in live.arrays().items():
+        np.testing.assert_array_equal(restored.arrays()[k], v)
+
+
+def test_replicas_average_by_what_each_learned_since_the_last_sync():
+    from actors.fraud.model import N_FEATURES, OnlineModel
+
+    def replica(coef: float, since: int, total: int, t: float, version: int) -> dict:
+        m = OnlineModel.from_arrays(OnlineModel().arrays())
+        m.fitted, m.version, m.learned_since_sync, m.learned_total = True, version, since, total
+        m._restored = (np.full((1, N_FEATURES), coef), np.array([coef]), t)
+        return m.arrays()
+
+    unfitted = OnlineModel().arrays()  # a replica that saw no label: left out of the mean
+    got = OnlineModel.from_arrays(
+        OnlineModel.average_arrays(
+            [replica(1.0, 99, 199, 50.0, 3), unfitted, replica(4.0, 299, 399, 70.0, 2)]
+        )
+    )
+    w = np.array([100.0, 300.0]) / 400.0
+    np.testing.assert_allclose(got.weights()[0], np.full((1, N_FEATURES), w @ [1.0, 4.0]))
+    np.testing.assert_allclose(got.weights()[1], [w @ [1.0, 4.0]])
+    assert got.weights()[2] == 70.0
+    assert (got.version, got.learned_since_sync, got.learned_total) == (4, 0, 100 + 99 + 299)
+
+
+def test_the_coordinators_work_on_the_fraud_kind_does_not_import_scikit_learn():
+    """Building the kind, merging fitted replicas and reading the model card happen in the
+    coordinator (the driver): scikit-learn (~0.8 s, ~77 MB) stays in the shards."""
+    code = """
+import sys, numpy as np
+from actors.fraud.customer import Customer, FraudConfig
+from actors.fraud.model import N_FEATURES, OnlineModel
+kind = Customer(FraudConfig())
+snaps = []
+for c in (1.0, 3.0):
+    m = OnlineModel.from_arrays(OnlineModel().arrays())
+    m.fitted, m.learned_since_sync = True, 10
+    m._restored = (np.full((1, N_FEATURES), c), np.array([c]), 9.0)
+    kind.scorer.model = m  # a shard's replica, as it snapshots it
+    snaps.append(kind.scorer.to_bytes())
+merged = kind.merge_snapshots(snaps)
+card = kind.model_card(merged)
+print(card["version"], "sklearn" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.split() == ["1", "False"]
+
+
 def test_a_challenger_is_promoted_only_when_its_auc_gain_is_significant():
     from actors.fraud.challenger import MIN_FRAUDS, Shadow
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,18 +72,9 @@ class OnlineModel:
     max_t: float = 20_000.0
 
     def __post_init__(self) -> None:
-        # here: importing scikit-learn takes ~0.7 s, which commands that only load the app
-        # (a replay refused from its file header, --help) should not pay
-        from sklearn.linear_model import SGDClassifier
-
-        self.clf = SGDClassifier(
-            loss="log_loss",
-            learning_rate="invscaling",
-            eta0=self.eta0,
-            alpha=self.alpha,
-            class_weight={0: 1.0, 1: self.fraud_weight},
-            random_state=0,
-        )
+        self._clf: Any = None  # made on first fit (see clf)
+        #: weights read from arrays (coef, intercept, t) and not yet in a classifier
+        self._restored: tuple[np.ndarray, np.ndarray, float] | None = None
         self.fitted = False
         self.version = 0
         self.learned_since_sync = 0
@@ -90,13 +82,51 @@ class OnlineModel:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         self._pending_rows = 0
 
+    @property
+    def clf(self) -> Any:
+        """The SGDClassifier, made when first needed: importing scikit-learn costs ~0.8 s
+        and ~77 MB, which a process that only scores, averages replicas or reads a model
+        card (the coordinator, a replay refused from its file header) need not pay."""
+        if self._clf is None:
+            from sklearn.linear_model import SGDClassifier
+
+            self._clf = SGDClassifier(
+                loss="log_loss",
+                learning_rate="invscaling",
+                eta0=self.eta0,
+                alpha=self.alpha,
+                class_weight={0: 1.0, 1: self.fraud_weight},
+                random_state=0,
+            )
+            if self._restored is not None:  # what partial_fit needs to go on where it was
+                coef, intercept, t = self._restored
+                self._clf.classes_ = np.array([0, 1])
+                self._clf.coef_, self._clf.intercept_, self._clf.t_ = coef, intercept, t
+                self._clf.n_features_in_ = N_FEATURES
+                self._restored = None
+        return self._clf
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(coef (1, n), intercept (1,), step count t) of a fitted model, else None."""
+        if not self.fitted:
+            return None
+        if self._clf is None:
+            return self._restored
+        return self._clf.coef_, self._clf.intercept_, float(self._clf.t_)
+
+    def _step_count(self) -> float:
+        if self._clf is not None:
+            return float(getattr(self._clf, "t_", 1.0))
+        return self._restored[2] if self._restored is not None else 1.0
+
     def score(self, X: np.ndarray) -> np.ndarray:
         """Fraud probability per row (0 until the model has seen both classes)."""
-        if not self.fitted or len(X) == 0:
+        w = self.weights()
+        if w is None or len(X) == 0:
             return np.zeros(len(X))
-        # predict_proba of a binary log-loss model is this sigmoid; calling it directly
+        # predict_proba of a binary log-loss model is this sigmoid; computing it directly
         # skips scikit-learn's input checks, which cost more than the math on small batches
-        z = X @ self.clf.coef_[0] + self.clf.intercept_[0]
+        z = X @ w[0][0] + w[1][0]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def learn(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
@@ -132,9 +162,10 @@ class OnlineModel:
 
     def explain(self, X: np.ndarray, top: int = 3) -> list[list[str]]:
         """Per row, the features that pushed its score up most (coefficient x value > 0)."""
-        if not self.fitted or len(X) == 0:
+        w = self.weights()
+        if w is None or len(X) == 0:
             return [[] for _ in range(len(X))]
-        contrib = X * self.clf.coef_[0]
+        contrib = X * w[0][0]
         best = np.argsort(-contrib, axis=1)[:, :top]
         return [
             [FEATURES[j] for j in row if contrib[i, j] > 0] for i, row in enumerate(best.tolist())
@@ -155,12 +186,12 @@ class OnlineModel:
             "version": self.version,
             "learned_since_sync": self.learned_since_sync,
             "learned_total": self.learned_total,
-            "t": float(getattr(self.clf, "t_", 1.0)),
+            "t": self._step_count(),
         }
         out = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-        if self.fitted:
-            out["coef"] = self.clf.coef_
-            out["intercept"] = self.clf.intercept_
+        w = self.weights()
+        if w is not None:
+            out["coef"], out["intercept"] = w[0], w[1]
         return out
 
     @classmethod
@@ -173,12 +204,12 @@ class OnlineModel:
         )
         m.version, m.fitted = int(meta["version"]), bool(meta["fitted"])
         m.learned_since_sync, m.learned_total = meta["learned_since_sync"], meta["learned_total"]
-        if m.fitted:  # what partial_fit needs to go on exactly where it was
-            m.clf.classes_ = np.array([0, 1])
-            m.clf.coef_ = np.array(arrays["coef"], dtype=np.float64).reshape(1, -1)
-            m.clf.intercept_ = np.array(arrays["intercept"], dtype=np.float64).reshape(1)
-            m.clf.t_ = float(meta["t"])
-            m.clf.n_features_in_ = N_FEATURES
+        if m.fitted:  # into a classifier only if it learns again (see clf)
+            m._restored = (
+                np.array(arrays["coef"], dtype=np.float64).reshape(1, -1),
+                np.array(arrays["intercept"], dtype=np.float64).reshape(1),
+                float(meta["t"]),
+            )
         return m
 
     @staticmethod
@@ -191,11 +222,12 @@ class OnlineModel:
             w = np.array([m.learned_since_sync + 1.0 for m in fitted])
             w /= w.sum()
             base = fitted[0]
-            base.clf.coef_ = sum(wi * m.clf.coef_ for wi, m in zip(w, fitted, strict=True))
-            base.clf.intercept_ = sum(
-                wi * m.clf.intercept_ for wi, m in zip(w, fitted, strict=True)
+            ws = [m.weights() for m in fitted]  # from arrays: plain numpy, no scikit-learn
+            base._restored = (
+                sum(wi * c for wi, (c, _, _) in zip(w, ws, strict=True)),
+                sum(wi * i for wi, (_, i, _) in zip(w, ws, strict=True)),
+                max(t for _, _, t in ws),
             )
-            base.clf.t_ = max(m.clf.t_ for m in fitted)
             # each replica's total is the last synced total plus what it learned since
             synced = max(m.learned_total - m.learned_since_sync for m in models)
             base.learned_total = synced + sum(m.learned_since_sync for m in models)
