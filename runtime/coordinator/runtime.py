@@ -69,7 +69,7 @@ class Runtime:
         limit_arenas()  # before Ray's services and workers start: they inherit it
         if self.config.mode == "ray":
             self._started_ray = init_ray(self.config.address, self.config.num_cpus)
-        self.store = Store(self.config.data_dir)
+        self.store = Store(self.config.data_dir, warm=self.config.mode == "ray")  # Ray is up
         self._checkpoints = Checkpointer(self.config, self.store)
         self._checkpoints.load()
         self._started_at = time.time()
@@ -99,6 +99,7 @@ class Runtime:
 
             ray.shutdown()
             self._started_ray = False
+        self.store.close()
         self.store = None
 
     def restart(self) -> None:

@@ -17,8 +17,10 @@ names, so a crash in the middle of a checkpoint leaves no half-applied state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 import warnings
 from datetime import timedelta
@@ -63,13 +65,17 @@ class Store:
     """A data folder of LanceDB tables. Safe to open from several processes for reading;
     the runtime's coordinator is the only writer of checkpointed tables."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, warm: bool = False) -> None:
         self.path = Path(data_dir)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
         self._db: Any = None
+        self._connecting = threading.Lock()
+        self._warming: threading.Thread | None = None
+        if warm:
+            self.warm()
         self._tables: dict[str, Any] = {}
         self._keyed: set[str] = set()  # tables whose upsert key this Store has seen indexed
 
@@ -79,14 +85,34 @@ class Store:
         ~1 s, and a process that only asks whether a table exists (a shard starting on
         a fresh folder) need not pay it. Imported here, not at the top, also because
         LanceDB loaded before Ray forks its services makes every fork warn."""
-        if self._db is None:
-            import lancedb
+        with self._connecting:  # once, also when warm() is connecting in the background
+            if self._db is None:
+                import lancedb
 
-            try:
-                self._db = lancedb.connect(str(self.path), session=_session())
-            except Exception as err:  # pragma: no cover - depends on the filesystem
-                raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
+                try:
+                    self._db = lancedb.connect(str(self.path), session=_session())
+                except Exception as err:  # pragma: no cover - depends on the filesystem
+                    raise StoreError(f"cannot open the data folder {self.path}: {err}") from err
         return self._db
+
+    def warm(self) -> None:
+        """Import LanceDB and connect in a background thread, now, so that the first write
+        does not wait for it: the coordinator does this once Ray is up (LanceDB loaded
+        before Ray forks its services makes each fork warn), and the import (~1 s of CPU)
+        overlaps the seconds its actors take to start instead of stalling the first
+        checkpoint of a run. An error is left for that first use to raise."""
+        if self._warming is None and self._db is None:
+            self._warming = threading.Thread(target=self._warm, name="store-warm", daemon=True)
+            self._warming.start()
+
+    def _warm(self) -> None:
+        with contextlib.suppress(Exception):
+            _ = self.db
+
+    def close(self) -> None:
+        """Wait for a :meth:`warm` still importing (not cut off by the interpreter's exit)."""
+        if self._warming is not None:
+            self._warming.join(timeout=10.0)
 
     # -- tables --------------------------------------------------------------------------
     def tables(self) -> list[str]:

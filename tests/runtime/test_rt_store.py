@@ -254,3 +254,15 @@ def test_a_table_written_before_key_indexes_gets_one_at_its_next_upsert(tmp_path
     assert rows(store, "p") == {"a": 1, "b": 20, "c": 3}
     store.upsert("p", people(["c"], [30]), key="id")  # no second index on the same key
     assert len(store.table("p").list_indices()) == 1
+
+
+def test_a_warm_store_connects_in_the_background_and_a_cold_one_on_first_use(
+    tmp_path: Path,
+) -> None:
+    cold = Store(tmp_path / "cold")
+    assert cold._db is None and not cold.exists("p")  # still not connected: no table
+    warm = Store(tmp_path / "warm", warm=True)
+    warm.close()  # waits for the background connect
+    assert warm._db is not None
+    warm.upsert("p", people(["a"], [1]), key="id")  # the connection it made serves writes
+    assert rows(warm, "p") == {"a": 1}
