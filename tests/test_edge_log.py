@@ -87,3 +87,37 @@ def test_the_receivers_client_matches_its_class():
     from runtime.edge.receiver import Receiver, ReceiverClient
 
     check_client(ReceiverClient, Receiver)
+
+
+def test_a_batch_larger_than_one_call_is_logged_in_slices_and_arrives_whole(
+    tmp_path, monkeypatch
+) -> None:
+    """A call to the core carries at least one entry, so no entry may outgrow a call: a
+    gate's backlog dispatched at once goes in slices, each delivered (and, after a
+    timeout, sent again) on its own; the watermark travels with the last."""
+    import runtime.edge.link as link_module
+    from runtime.cluster.handles import resolve, spawn
+    from runtime.edge.link import EdgeLink, LinkSpec
+    from runtime.edge.receiver import Receiver, ReceiverClient
+    from runtime.entities.clients import ShardClient
+    from runtime.entities.shard import Shard
+    from runtime.testing import Tally
+
+    monkeypatch.setattr(link_module, "MAX_SEND_BYTES", 4_000)
+    core = ShardClient(
+        spawn(Shard, Tally, None, 0, 1, str(tmp_path / "core"), name="c", mode="local")
+    )
+    targets = {"tallies": (Tally, [core], 1, [])}
+    rx = ReceiverClient(spawn(Receiver, "eu-1", targets, name="r", mode="local"))
+    link = EdgeLink(LinkSpec("out", "tallies", rx, str(tmp_path / "log")), "edge", "eu-1")
+    rows = pa.table({"key": [f"k{i % 7}" for i in range(2_000)]})
+    link.send(rows, watermark=99)
+    assert link.settle(10.0) == 0
+    last = link.log.last
+    link.close()
+    logged = ForwardLog(tmp_path / "log", keep_from=0, keep_to=last).entries
+    assert len(logged) >= 3 and sum(e.rows for e in logged) == 2_000
+    assert all(len(e.payload) <= 3 * 4_000 for e in logged)  # (IPC framing on top of nbytes)
+    assert [e.watermark for e in logged][-1] == 99 and {e.watermark for e in logged[:-1]} == {None}
+    want = {f"k{j}": sum(1 for i in range(2_000) if i % 7 == j) for j in range(7)}
+    assert {k: resolve([core.get(k)])[0]["n"] for k in want} == want

@@ -55,6 +55,25 @@ SYNC_EVERY_S = 1.0
 BACKOFF_S = (0.1, 5.0)
 
 
+def entry_slices(table: pa.Table, max_bytes: int | None = None) -> list[pa.Table]:
+    """``table`` in row slices of about ``max_bytes`` (:data:`MAX_SEND_BYTES`) each.
+
+    A call to the receiver carries at least one entry, so an entry is the unit a slow
+    or cut-off core makes the link send again: a 77 MB entry (a gate's backlog of
+    millions of rows, dispatched at once after a stall) outlived the link's timeout at
+    the receiver and was resent each time, filling the object store with copies.
+
+    >>> t = pa.table({"x": list(range(1000))})
+    >>> [p.num_rows for p in entry_slices(t, max_bytes=3_000)]
+    [375, 375, 250]
+    """
+    limit = MAX_SEND_BYTES if max_bytes is None else max_bytes
+    if table.nbytes <= limit or table.num_rows <= 1:
+        return [table]
+    rows = max(1, table.num_rows * limit // table.nbytes)
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """One forwarded topic of one edge shard, as the deployment starts it."""
@@ -109,7 +128,10 @@ class EdgeLink:
             if watermark is not None:
                 self.advance(watermark, channel)
             return
-        self._append(stamp(events, time.time() if ingested is None else ingested), watermark)
+        stamped = stamp(events, time.time() if ingested is None else ingested)
+        parts = entry_slices(stamped)
+        for i, part in enumerate(parts):  # the watermark with the last: it follows the rows
+            self._append(part, watermark if i == len(parts) - 1 else None)
 
     def advance(self, watermark: int, channel: str = "source") -> None:
         """Event time reached ``watermark``: logged, so it reaches the core in order."""
