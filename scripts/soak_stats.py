@@ -15,6 +15,16 @@ and is left out. On the rest an ordinary least-squares line is fitted; a series
   thirds' means do not climb. (Means, not peaks: one spike late in the second third hid
   a shard's steady climb in a soak.)
 
+A sawtooth with a reset by design (a write-ahead log truncated at each commit, table
+versions cleaned every 20 writes) is judged by what it returns to, as a garbage-collected
+heap is judged after each collection: once the judged part of the run holds two resets
+(a drop by more than a third of the level, and more than the floor), the series grows
+only if the value right after each reset climbs: at more than ``allow`` (and the floor)
+an hour, and by more than the floor between two resets, or significantly (3 standard
+errors) over three or more. With few cycles in a run, the thirds' means of a bounded sawtooth rise
+or fall with where the run happens to end in its cycle (a table's versions, 8 -> 27 every
+four minutes, failed a 12-minute soak that way).
+
 Output tables that keep every alert (``alerts``, ``dead_letters``) grow with the input
 by design; for them the test is that their bytes per event do not accelerate: the
 second half's growth per acknowledged event at most 1.5 times the first half's.
@@ -61,6 +71,16 @@ def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -
     means = [sum(p) / len(p) for p in parts]
     rising = means[0] < means[1] < means[2]
     grows = bool(significant and rising and per_hour > max(allow * abs(level), floor))
+    drops = [i for i in range(1, len(y2)) if y2[i - 1] - y2[i] > max(floor, y2[i - 1] / 3)]
+    troughs = [y2[i] for i in drops]
+    if len(drops) >= 2:  # a sawtooth: does what it returns to climb?
+        rise, span = troughs[-1] - troughs[0], t2[drops[-1]] - t2[drops[0]]
+        low_slope, low_se = ols([t2[i] for i in drops], troughs)
+        if len(drops) == 2:  # (a line through two points has no error to test against)
+            low_slope, real = rise / max(span, 1e-9), rise > floor
+        else:
+            real = low_slope > 3 * low_se
+        grows = bool(real and low_slope * 3600.0 > max(allow * abs(level), floor))
     return {
         "first": y[0] if y else None,
         "last": y[-1] if y else None,
@@ -68,6 +88,7 @@ def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -
         "slope_per_hour": per_hour,
         "t_stat": (slope / se) if se not in (0, math.inf) else None,
         "thirds": means,
+        "troughs": troughs,
         "grows": grows,
     }
 

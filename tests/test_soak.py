@@ -78,3 +78,19 @@ def test_a_sawtooth_whose_peaks_do_not_climb_is_bounded():
     assert not verdict(t, saw, floor=8.0)["grows"]
     climbing = [20.0 * (i % 9) + 3.0 * i for i in range(60)]
     assert verdict(t, climbing, floor=8.0)["grows"]
+
+
+def test_a_sawtooth_is_judged_by_what_it_returns_to_not_by_where_the_run_ends():
+    """Table versions cleaned every 20 writes: 8 -> 27 every four minutes, a 12-minute run
+    sampled every 10 s. Its thirds' means rise with the phase the run ends in; the value
+    after each cleanup does not. The same saw on a floor that climbs is a leak."""
+    t = [10.0 * i for i in range(72)]
+    versions = [8.0 + (i % 24) * 19 / 23 for i in range(72)]
+    got = verdict(t, versions, floor=2.0)
+    assert got["troughs"] == [8.0, 8.0] and not got["grows"]
+    leaking = [v + 0.2 * i for i, v in enumerate(versions)]  # +72 versions an hour
+    assert verdict(t, leaking, floor=2.0)["grows"]
+    long_run = [10.0 * i for i in range(288)]  # 48 minutes: 10 resets
+    saw = [8.0 + (i % 24) * 19 / 23 for i in range(288)]
+    assert not verdict(long_run, saw, floor=2.0)["grows"]
+    assert verdict(long_run, [v + 0.02 * i for i, v in enumerate(saw)], floor=2.0)["grows"]
