@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ from runtime.state.checkpoints import (  # noqa: F401 - CHECKPOINTS is part of t
 INDEX_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_INDEX_CACHE_MB", "256"))
 METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_METADATA_CACHE_MB", "32"))
 _SESSION: Any = None
+log = logging.getLogger(__name__)
 
 
 def _session() -> Any:
@@ -152,10 +154,15 @@ class Store:
             tbl = self.table(name)
             tbl.checkout_latest()
             self._index_key(name, key)
+            keys = [key] if isinstance(key, str) else list(key)
+            # a null key matches nothing and is inserted by a scan; a probe of the key's
+            # index drops it without a word (lance 14), so such a batch is not probed
+            probe = not any(data.column(k).null_count for k in keys)
             (
-                tbl.merge_insert(key if isinstance(key, str) else list(key))
+                tbl.merge_insert(keys)
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
+                .use_index(probe)
                 .execute(_conform(data, _evolve(tbl, data)))
             )
         except StoreError:
@@ -171,15 +178,18 @@ class Store:
         (model versions) stay unindexed: those tables are small."""
         if name in self._keyed:
             return
-        self._keyed.add(name)
-        if not isinstance(key, str):
-            return
         tbl = self.table(name)
+        self._keyed.add(name)  # tried once per table: the index is a speed-up, not a must
+        if not isinstance(key, str) or not _btree_indexable(tbl.schema.field(key).type):
+            return
         if any(list(ix.columns) == [key] for ix in tbl.list_indices()):
             return
         from lancedb.index import BTree
 
-        tbl.create_index(key, config=BTree(), replace=False)
+        try:
+            tbl.create_index(key, config=BTree(), replace=False)
+        except Exception as err:  # another writer indexing it now; the write goes on by scan
+            log.warning("no index on %s.%s (%s); its upserts scan the table", name, key, err)
 
     def append(self, name: str, data: pa.Table) -> None:
         if data.num_rows == 0:
@@ -321,6 +331,17 @@ class Store:
                         f"cannot restore {name!r} in {self.path} to committed version {committed}: {err}"
                     ) from err
         return cp
+
+
+def _btree_indexable(t: pa.DataType) -> bool:
+    """Key types a BTREE index takes (not large strings, binary, dictionaries, decimals)."""
+    return bool(
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+    )
 
 
 def _evolve(tbl: Any, data: pa.Table) -> pa.Schema:

@@ -266,3 +266,46 @@ def test_a_warm_store_connects_in_the_background_and_a_cold_one_on_first_use(
     assert warm._db is not None
     warm.upsert("p", people(["a"], [1]), key="id")  # the connection it made serves writes
     assert rows(warm, "p") == {"a": 1}
+
+
+@pytest.mark.parametrize("key_type", [pa.string(), pa.int64()])
+def test_a_row_with_a_null_key_is_inserted_as_before_the_index(tmp_path: Path, key_type) -> None:
+    store = Store(tmp_path)
+    first = pa.table({"id": pa.array(["1", "2"]).cast(key_type), "n": [1, 2]})
+    store.upsert("p", first, key="id")
+    assert _key_index(store, "p") is not None
+    nulled = pa.table({"id": pa.array([None, "3"]).cast(key_type), "n": [9, 3]})
+    store.upsert("p", nulled, key="id")
+    got = sorted((r["id"] is None, r["n"]) for r in store.read("p").to_pylist())
+    assert got == [(False, 1), (False, 2), (False, 3), (True, 9)]
+
+
+def test_a_key_a_btree_cannot_index_is_upserted_by_scan(tmp_path: Path) -> None:
+    store = Store(tmp_path)  # polars writes large strings
+    store.upsert("p", pa.table({"id": pa.array(["a", "b"], pa.large_string()), "n": [1, 2]}), "id")
+    store.upsert("p", pa.table({"id": pa.array(["b", "c"], pa.large_string()), "n": [20, 3]}), "id")
+    assert rows(store, "p") == {"a": 1, "b": 20, "c": 3}
+    assert store.table("p").list_indices() == []
+
+
+def test_two_writers_upserting_a_table_first_at_once_both_land(tmp_path: Path) -> None:
+    import threading
+
+    Store(tmp_path).append("p", people(["a"], [1]))  # written before key indexes
+    stores, errors = [Store(tmp_path), Store(tmp_path)], []
+
+    def write(store: Store, key: str) -> None:
+        try:
+            store.upsert("p", people([key], [2]), key="id")
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [
+        threading.Thread(target=write, args=(s, k)) for s, k in zip(stores, "bc", strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert rows(Store(tmp_path), "p") == {"a": 1, "b": 2, "c": 2}
