@@ -121,3 +121,18 @@ def test_a_batch_larger_than_one_call_is_logged_in_slices_and_arrives_whole(
     assert [e.watermark for e in logged][-1] == 99 and {e.watermark for e in logged[:-1]} == {None}
     want = {f"k{j}": sum(1 for i in range(2_000) if i % 7 == j) for j in range(7)}
     assert {k: resolve([core.get(k)])[0]["n"] for k in want} == want
+
+
+def test_slices_of_a_dictionary_column_carry_only_their_own_values() -> None:
+    from runtime.edge.link import entry_slices
+    from runtime.edge.log import to_payload
+
+    values = pa.array([f"merchant-{i:06d}-" + "x" * 40 for i in range(20_000)])
+    codes = pa.array([i % 20_000 for i in range(40_000)], pa.int32())
+    table = pa.table({"m": pa.DictionaryArray.from_arrays(codes, values), "v": range(40_000)})
+    parts = entry_slices(table, max_bytes=200_000)
+    assert len(parts) > 5 and sum(p.num_rows for p in parts) == 40_000
+    whole = len(to_payload(table))
+    assert sum(len(to_payload(p)) for p in parts) < 2 * whole  # not the dictionary each time
+    assert all(p.schema == table.schema for p in parts)
+    assert pa.concat_tables(parts).column("m").to_pylist() == table.column("m").to_pylist()
