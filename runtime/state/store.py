@@ -17,6 +17,7 @@ names, so a crash in the middle of a checkpoint leaves no half-applied state.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -48,6 +49,15 @@ INDEX_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_INDEX_CACHE_MB", "256"))
 METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_METADATA_CACHE_MB", "32"))
 _SESSION: Any = None
 log = logging.getLogger(__name__)
+#: background connects still running; joined at exit, also when a start failed before
+#: its runtime could close the store (an import cut off by finalization can crash)
+_WARMING: set[threading.Thread] = set()
+
+
+@atexit.register
+def _join_warming() -> None:
+    for thread in list(_WARMING):
+        thread.join(timeout=10.0)
 
 
 def _session() -> Any:
@@ -106,6 +116,7 @@ class Store:
         if self._warming is None and self._db is None:
             self._warming = threading.Thread(target=self._warm, name="store-warm", daemon=True)
             self._warming.start()
+            _WARMING.add(self._warming)
 
     def _warm(self) -> None:
         with contextlib.suppress(Exception):
@@ -115,6 +126,7 @@ class Store:
         """Wait for a :meth:`warm` still importing (not cut off by the interpreter's exit)."""
         if self._warming is not None:
             self._warming.join(timeout=10.0)
+            _WARMING.discard(self._warming)
 
     # -- tables --------------------------------------------------------------------------
     def tables(self) -> list[str]:
