@@ -75,10 +75,10 @@ def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -
     troughs = [y2[i] for i in drops]
     if len(drops) >= 2:  # a sawtooth: does what it returns to climb?
         rise, span = troughs[-1] - troughs[0], t2[drops[-1]] - t2[drops[0]]
-        low_slope, low_se = ols([t2[i] for i in drops], troughs)
         if len(drops) == 2:  # (a line through two points has no error to test against)
             low_slope, real = rise / max(span, 1e-9), rise > floor
         else:
+            low_slope, low_se = ols([t2[i] for i in drops], troughs)
             real = low_slope > 3 * low_se
         grows = bool(real and low_slope * 3600.0 > max(allow * abs(level), floor))
     return {

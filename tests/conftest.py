@@ -13,6 +13,30 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("LANCE_LOG", "error")
 
 
+#: the edge sites of :func:`edge_cluster`
+EDGE_SITES = ("eu-1", "eu-2")
+
+
+@pytest.fixture(scope="module")
+def edge_cluster():
+    """A multi-node Ray for the module: a core head and an edge node per site of
+    :data:`EDGE_SITES` (one CPU each), labelled as ``cluster.yaml`` labels them."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "labels": {"role": "core", "site": "core"}},
+    )
+    for site in EDGE_SITES:
+        c.add_node(num_cpus=1, labels={"role": "edge", "site": site})
+    c.wait_for_nodes()
+    ray.init(address=c.address, namespace="edgecore")
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     """An embedded Ray for the whole module: starting one costs seconds on 2 cores."""

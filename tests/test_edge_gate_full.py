@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from conftest import EDGE_SITES
 from live_helpers import ndjson, post
 
 from runtime import Runtime
@@ -32,26 +32,8 @@ from runtime.ingest.live import LiveFeeder
 from runtime.state.store import Store
 from runtime.testing.edge import relay_app
 
-SITES = ("eu-1", "eu-2")
+SITES = EDGE_SITES
 GATE_ROWS = 3_000  # each gate's bound on rows logged but not yet taken by its shards
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "labels": {"role": "core", "site": "core"}},
-    )
-    for site in SITES:
-        c.add_node(num_cpus=1, labels={"role": "edge", "site": site})
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="edgecore")
-    yield c
-    ray.shutdown()
-    c.shutdown()
 
 
 def on_actor(name: str, fn) -> object:
@@ -96,7 +78,7 @@ class Client:
 
 
 def test_a_gate_at_a_cut_off_edge_refuses_once_full_and_what_it_acknowledged_arrives_once(
-    cluster, tmp_path: Path
+    edge_cluster, tmp_path: Path
 ) -> None:
     stop, opened = threading.Event(), threading.Event()
     feeder = LiveFeeder(
@@ -104,7 +86,9 @@ def test_a_gate_at_a_cut_off_edge_refuses_once_full_and_what_it_acknowledged_arr
     )
     out: dict = {}
     cfg = dict(shards=1, checkpoint_seconds=1.0, link_timeout_s=1.0, link_settle_s=60.0)
-    rt = Runtime(address=cluster.address, data_dir=str(tmp_path), edge_buffer_bytes=40_000, **cfg)
+    rt = Runtime(
+        address=edge_cluster.address, data_dir=str(tmp_path), edge_buffer_bytes=40_000, **cfg
+    )
     rt.start()
 
     def run() -> None:

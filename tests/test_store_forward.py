@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
+from conftest import EDGE_SITES
 
 from runtime import Runtime
 from runtime.cluster import names
@@ -29,25 +29,7 @@ from runtime.state.store import Store
 from runtime.testing import MemorySource
 from runtime.testing.edge import relay_app
 
-SITES = ("eu-1", "eu-2")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "labels": {"role": "core", "site": "core"}},
-    )
-    for site in SITES:
-        c.add_node(num_cpus=1, labels={"role": "edge", "site": site})
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="edgecore")
-    yield c
-    ray.shutdown()
-    c.shutdown()
+SITES = EDGE_SITES
 
 
 def readings(n: int, keys: int = 40) -> pa.Table:
@@ -120,7 +102,9 @@ def config(tmp_path: Path, **over) -> dict:
     }
 
 
-def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact(cluster, tmp_path):
+def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact(
+    edge_cluster, tmp_path
+):
     """The receivers' processes stop (a partition): the edge goes on taking its stream in
     and holding it for the core, checkpoints go on, until edge_buffer_bytes wait for the
     core: then its source waits. When the partition heals, the calls stuck in it run
@@ -162,11 +146,11 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
             seen["cps_while_cut"] = stats.checkpoints - seen["cps"]
 
     cfg = config(tmp_path, edge_buffer_bytes=60_000)
-    with Runtime(address=cluster.address, **cfg) as rt:
+    with Runtime(address=edge_cluster.address, **cfg) as rt:
         stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
         where = {p["actor"]: p for p in rt.placement()}
         rt.publish_status(force=True)
-        after = cli_status(cluster.address)["links"]  # as `edgecore status --json` shows it
+        after = cli_status(edge_cluster.address)["links"]  # as `edgecore status --json` shows it
     assert stats.restarts == 0 and stats.accepted == stats.input == 6_000
     assert core_totals(tmp_path) == expected(events)  # 0 lost, 0 doubled
     edge = {r["key"]: r["n"] for r in Store(tmp_path).read("site_relays").to_pylist()}
@@ -193,7 +177,9 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
     assert "drain_s" in seen, "the backlog never drained"
 
 
-def test_a_restart_of_the_whole_run_resends_the_log_from_the_committed_point(cluster, tmp_path):
+def test_a_restart_of_the_whole_run_resends_the_log_from_the_committed_point(
+    edge_cluster, tmp_path
+):
     """Entries logged before a checkpoint and not yet at the core survive a restart of
     every actor (an edge shard killed): the log keeps them until the core commits them."""
     import ray
@@ -216,14 +202,14 @@ def test_a_restart_of_the_whole_run_resends_the_log_from_the_committed_point(clu
                 signal_all(seen["pids"], signal.SIGKILL)
                 ray.kill(ray.get_actor("shard:site_relays:eu-1:0", namespace="edgecore"))
 
-    with Runtime(address=cluster.address, **config(tmp_path)) as rt:
+    with Runtime(address=edge_cluster.address, **config(tmp_path)) as rt:
         stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
     assert "killed" in seen and stats.restarts >= 1
     assert stats.accepted == stats.input == 4_000
     assert core_totals(tmp_path) == expected(events)
 
 
-def test_receivers_killed_alone_the_edge_resends_and_the_run_goes_on(cluster, tmp_path):
+def test_receivers_killed_alone_the_edge_resends_and_the_run_goes_on(edge_cluster, tmp_path):
     """Only the core's receivers die (SIGKILL, Ray starts them again): the run is not
     restarted, the senders resend from the core's last acknowledgement, and the core's
     shards drop what they had applied already."""
@@ -237,7 +223,7 @@ def test_receivers_killed_alone_the_edge_resends_and_the_run_goes_on(cluster, tm
         elif "killed" in seen and "after" not in seen:
             time.sleep(0.05)  # let the stream run on while Ray restarts them
 
-    with Runtime(address=cluster.address, **config(tmp_path)) as rt:
+    with Runtime(address=edge_cluster.address, **config(tmp_path)) as rt:
         stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
         rt.publish_status(force=True)
         links = rt.status()["links"]
@@ -248,7 +234,7 @@ def test_receivers_killed_alone_the_edge_resends_and_the_run_goes_on(cluster, tm
     assert any(lk["failures"] >= 1 for lk in links), links  # the kill was felt
 
 
-def test_the_shipped_devices_app_crosses_to_the_core_through_the_link(cluster, tmp_path):
+def test_the_shipped_devices_app_crosses_to_the_core_through_the_link(edge_cluster, tmp_path):
     """The devices app as shipped: readings stay at the edges, summaries and alerts cross
     through each site's durable log. With the path to the core cut for seconds, the edges
     go on, and the core's tables end holding exactly what the edges emitted."""
@@ -273,7 +259,7 @@ def test_the_shipped_devices_app_crosses_to_the_core_through_the_link(cluster, t
     app = device_app(sites=SITES)
     fleet = TelemetryConfig(n_devices=60, sites=SITES)
     srcs = {s: TelemetrySource(fleet, 12_000, batch_size=500, site=s) for s in SITES}
-    with Runtime(address=cluster.address, **config(tmp_path, checkpoint_rows=3_000)) as rt:
+    with Runtime(address=edge_cluster.address, **config(tmp_path, checkpoint_rows=3_000)) as rt:
         stats = run_sites(rt, app, srcs, step_rows=500, progress=watch)
         where = {p["actor"]: p for p in rt.placement()}
     assert "pids" in seen and stats.restarts == 0 and stats.accepted == stats.input

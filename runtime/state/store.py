@@ -86,10 +86,10 @@ class Store:
         self._db: Any = None
         self._connecting = threading.Lock()
         self._warming: threading.Thread | None = None
-        if warm:
-            self.warm()
         self._tables: dict[str, Any] = {}
         self._keyed: set[str] = set()  # tables whose upsert key this Store has seen indexed
+        if warm:
+            self.warm()
 
     @property
     def db(self) -> Any:
