@@ -80,7 +80,7 @@ class TableSink(BufferedSink):
         compact_every: int = 20,
     ) -> None:
         super().__init__(flush_rows)
-        self.store = Store(data_dir)
+        self.store = Store(data_dir, writer=True)  # see WRITER_METADATA_CACHE_MB
         self.table = table
         self.key = key
         self.compact_every = compact_every
@@ -215,7 +215,7 @@ class WebhookSink:
     ) -> None:
         self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
         self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.store = Store(data_dir)
+        self.store = Store(data_dir, writer=True)  # see WRITER_METADATA_CACHE_MB
         self.failed_table = f"{name}_failed"
         self.delivered = 0
         self.failed = 0

@@ -309,3 +309,22 @@ def test_two_writers_upserting_a_table_first_at_once_both_land(tmp_path: Path) -
         t.join(60)
     assert errors == []
     assert rows(Store(tmp_path), "p") == {"a": 1, "b": 2, "c": 2}
+
+
+def test_a_writers_metadata_cache_stays_at_its_small_cap(tmp_path: Path, monkeypatch) -> None:
+    """A sink only writes: LanceDB's metadata cache fills with every version's manifest and
+    is never read back. The default cap let each sink's process climb by it in a soak."""
+    import numpy as np
+
+    monkeypatch.setattr(store_module, "WRITER_METADATA_CACHE_MB", 1)
+    sizes = {}
+    for writer in (True, False):
+        store = Store(tmp_path / f"w{writer}", writer=writer)
+        for i in range(120):
+            keys = np.arange(i * 2_000, (i + 1) * 2_000)
+            store.upsert("alerts", pa.table({"event_id": keys, "score": keys * 0.5}), key="event_id")
+            if i % 20 == 19:
+                store.compact("alerts", keep_newer_than=time.time() - 60)
+        assert store.table("alerts").count_rows() == 240_000
+        sizes[writer] = store_module._session(store.metadata_cache_mb).size_bytes / 2**20
+    assert sizes[True] <= 1.25 < sizes[False], sizes
