@@ -322,7 +322,9 @@ def test_a_writers_metadata_cache_stays_at_its_small_cap(tmp_path: Path, monkeyp
         store = Store(tmp_path / f"w{writer}", writer=writer)
         for i in range(120):
             keys = np.arange(i * 2_000, (i + 1) * 2_000)
-            store.upsert("alerts", pa.table({"event_id": keys, "score": keys * 0.5}), key="event_id")
+            store.upsert(
+                "alerts", pa.table({"event_id": keys, "score": keys * 0.5}), key="event_id"
+            )
             if i % 20 == 19:
                 store.compact("alerts", keep_newer_than=time.time() - 60)
         assert store.table("alerts").count_rows() == 240_000
