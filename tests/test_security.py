@@ -111,6 +111,15 @@ def test_serve_listens_on_loopback_only_and_its_ray_refuses_a_client_without_the
             (ip, p) for ip, p, _ in found
         }, found
         assert off_loopback(found) == [], found
+        # the embedded head runs no autoscaler monitor and no API server (connect._lean_head)
+        tree = psutil.Process(serve.proc.pid).children(recursive=True)
+        cmds = [" ".join(p.cmdline()) for p in tree if p.is_running()]
+        assert not [
+            c
+            for c in cmds
+            if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c
+        ]
+        assert any("log_monitor.py" in c for c in cmds), cmds  # not vacuous: Ray's are there
 
         token_file = security.token_for(address)
         assert token_file is not None, f"no token file for {address}"

@@ -47,7 +47,7 @@ def init_ray(
     token: Path | None = None
     if address is None:
         limit_arenas()  # the embedded Ray's services and workers inherit the cap
-        isolate = _own_sessions()
+        isolate = _own_sessions_lean_head()
         token = security.new_session_token()
         # the one local node plays both roles
         kwargs.update(
@@ -210,6 +210,44 @@ def _send_token_if_we_have_one() -> None:
             Config.initialize("")
         except (ImportError, AttributeError):  # a Ray without it reads the environment
             pass
+
+
+@contextlib.contextmanager
+def _own_sessions_lean_head() -> Iterator[None]:
+    """:func:`_own_sessions`, and a head without the two services an embedded one-node Ray
+    has no use for (:func:`_lean_head`)."""
+    with _own_sessions(), _lean_head():
+        yield
+
+
+@contextlib.contextmanager
+def _lean_head() -> Iterator[None]:
+    """Start the embedded head without Ray's autoscaler monitor and its API server.
+
+    With ``include_dashboard=False`` Ray still starts ``dashboard.py`` for usage stats
+    alone (which the embedded Ray turns off) and listening on port 8265, and an autoscaler
+    monitor for a node that never scales: two Python processes, ~200 MB of RSS (118 + 84
+    MB in the soak) and their imports' CPU while the runtime's own actors start. Neither
+    serves the runtime: it asks Ray for no job, no state API, no ``ray status``. Ray has
+    flags for neither in ``ray.init`` (``ray start --no-monitor`` has one for the
+    first), so the head's two start methods are skipped while it starts; a Ray without
+    them starts as it would.
+    """
+    try:
+        from ray._private.node import Node
+    except ImportError:  # pragma: no cover - another Ray layout: start it whole
+        yield
+        return
+    saved = {
+        m: Node.__dict__[m] for m in ("start_monitor", "start_api_server") if m in Node.__dict__
+    }
+    for name in saved:
+        setattr(Node, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)
 
 
 @contextlib.contextmanager
