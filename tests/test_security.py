@@ -5,6 +5,7 @@ tree checked — never the machine's, where other Ray sessions may run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,6 +50,16 @@ def listeners(root_pid: int) -> list[tuple[str, int, str]]:
                 name = "?"
             found.append((c.laddr.ip, c.laddr.port, name))
     return found
+
+
+def commands(root_pid: int) -> list[str]:
+    """The command lines of the process tree of ``root_pid``."""
+    out = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for p in psutil.Process(root_pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                out.append(" ".join(p.cmdline()))
+    return out
 
 
 def off_loopback(found: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
@@ -111,9 +122,8 @@ def test_serve_listens_on_loopback_only_and_its_ray_refuses_a_client_without_the
             (ip, p) for ip, p, _ in found
         }, found
         assert off_loopback(found) == [], found
-        # the embedded head runs no autoscaler monitor and no API server (connect._lean_head)
-        tree = psutil.Process(serve.proc.pid).children(recursive=True)
-        cmds = [" ".join(p.cmdline()) for p in tree if p.is_running()]
+        # the embedded head runs no autoscaler monitor and no API server (connect.lean_head)
+        cmds = commands(serve.proc.pid)
         assert not [
             c
             for c in cmds
@@ -194,10 +204,12 @@ def test_demo_on_a_simulated_cluster_listens_on_loopback_only(tmp_path):
         start_new_session=True,
     )
     seen: set[tuple[str, int, str]] = set()
+    cmds: set[str] = set()
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             seen |= set(listeners(proc.pid))
+            cmds |= set(commands(proc.pid))
             time.sleep(1)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -209,6 +221,11 @@ def test_demo_on_a_simulated_cluster_listens_on_loopback_only(tmp_path):
     assert len({p for _, p, _ in raylets}) >= 4, seen  # two nodes, two ports each
     assert off_loopback(sorted(seen)) == [], seen
     assert json.loads(out)["events"] == 6000
+    # its head runs no API server and no autoscaler monitor (connect.lean_head)
+    assert not [
+        c for c in cmds if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c
+    ]
+    assert any("log_monitor.py" in c for c in cmds), cmds  # not vacuous: Ray's are there
 
 
 def test_a_ray_older_than_the_one_relied_on_is_refused_before_anything_starts(monkeypatch):

@@ -47,7 +47,7 @@ def init_ray(
     token: Path | None = None
     if address is None:
         limit_arenas()  # the embedded Ray's services and workers inherit the cap
-        isolate = _own_sessions_lean_head()
+        isolate = _embedded_head()
         token = security.new_session_token()
         # the one local node plays both roles
         kwargs.update(
@@ -213,15 +213,15 @@ def _send_token_if_we_have_one() -> None:
 
 
 @contextlib.contextmanager
-def _own_sessions_lean_head() -> Iterator[None]:
+def _embedded_head() -> Iterator[None]:
     """:func:`_own_sessions`, and a head without the two services an embedded one-node Ray
-    has no use for (:func:`_lean_head`)."""
-    with _own_sessions(), _lean_head():
+    has no use for (:func:`lean_head`)."""
+    with _own_sessions(), lean_head():
         yield
 
 
 @contextlib.contextmanager
-def _lean_head() -> Iterator[None]:
+def lean_head() -> Iterator[None]:
     """Start the embedded head without Ray's autoscaler monitor and its API server.
 
     With ``include_dashboard=False`` Ray still starts ``dashboard.py`` for usage stats
