@@ -214,40 +214,36 @@ def _send_token_if_we_have_one() -> None:
 
 @contextlib.contextmanager
 def _embedded_head() -> Iterator[None]:
-    """:func:`_own_sessions`, and a head without the two services an embedded one-node Ray
-    has no use for (:func:`lean_head`)."""
+    """:func:`_own_sessions`, and a head without the autoscaler monitor (:func:`lean_head`)."""
     with _own_sessions(), lean_head():
         yield
 
 
 @contextlib.contextmanager
 def lean_head() -> Iterator[None]:
-    """Start the embedded head without Ray's autoscaler monitor and its API server.
+    """Start a head without Ray's autoscaler monitor: a Python process (84 MB of RSS in
+    the soak, and its imports' CPU while the runtime's own actors start) that watches a
+    node which never scales; the runtime asks it nothing. ``ray start --no-monitor`` has
+    a flag for it, ``ray.init`` none, so the head's ``start_monitor`` is skipped while it
+    starts; a Ray without that method starts as it would.
 
-    With ``include_dashboard=False`` Ray still starts ``dashboard.py`` for usage stats
-    alone (which the embedded Ray turns off) and listening on port 8265, and an autoscaler
-    monitor for a node that never scales: two Python processes, ~200 MB of RSS (118 + 84
-    MB in the soak) and their imports' CPU while the runtime's own actors start. Neither
-    serves the runtime: it asks Ray for no job, no state API, no ``ray status``. Ray has
-    flags for neither in ``ray.init`` (``ray start --no-monitor`` has one for the
-    first), so the head's two start methods are skipped while it starts; a Ray without
-    them starts as it would.
+    Ray's API server (``dashboard.py``, usage stats alone with ``include_dashboard=False``)
+    stays: without its address, every node's dashboard agent logs a traceback a second
+    looking for it, for as long as it runs.
     """
     try:
         from ray._private.node import Node
     except ImportError:  # pragma: no cover - another Ray layout: start it whole
         yield
         return
-    saved = {
-        m: Node.__dict__[m] for m in ("start_monitor", "start_api_server") if m in Node.__dict__
-    }
-    for name in saved:
-        setattr(Node, name, lambda self, *args, **kwargs: None)
+    saved = Node.__dict__.get("start_monitor")
+    if saved is not None:
+        Node.start_monitor = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for name, method in saved.items():
-            setattr(Node, name, method)
+        if saved is not None:
+            Node.start_monitor = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

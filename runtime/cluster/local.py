@@ -44,7 +44,7 @@ class LocalCluster:
         security.check_ray_version()
         token = security.new_session_token()  # the nodes' processes inherit token mode
         local = {"node_ip_address": security.LOOPBACK}  # so each binds to loopback
-        with lean_head():  # as the embedded Ray: no autoscaler monitor, no API server
+        with lean_head():  # as the embedded Ray: no autoscaler monitor
             self.cluster = Cluster(
                 initialize_head=True,
                 head_node_args={
