@@ -95,7 +95,8 @@ class PeakRss(threading.Thread):
         workers = system = n_workers = 0
         if self.samples % 10 == 0:  # new processes are rare: look for them now and then
             for p in self.me.children(recursive=True):
-                if p.pid not in self._known:
+                known = self._known.get(p.pid)
+                if known is None or not known[1]:  # a worker may not have its ray:: title yet
                     try:
                         self._known[p.pid] = (p, any("ray::" in part for part in p.cmdline()))
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
