@@ -113,6 +113,10 @@ def role(p: psutil.Process) -> str:
     for name in ("gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "log_monitor"):
         if name in joined:
             return name
+    if "dashboard/dashboard.py" in joined:
+        return "ray_api_server"  # usage stats alone (include_dashboard=False)
+    if "autoscaler/_private/monitor.py" in joined:
+        return "autoscaler_monitor"  # not started by the runtime's embedded head
     if "runtime.cli" in joined:
         return "serve"
     return os.path.basename(head)[:24]
