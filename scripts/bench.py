@@ -91,7 +91,9 @@ class PeakRss(threading.Thread):
 
     def sample(self) -> None:
         driver = self.me.memory_info().rss
-        together = pss(self.me.pid)
+        # PSS walks each process's page tables: every other sample (once a second) is enough
+        with_pss = self.samples % 2 == 0
+        together = pss(self.me.pid) if with_pss else 0
         workers = system = n_workers = 0
         if self.samples % 10 == 0:  # new processes are rare: look for them now and then
             for p in self.me.children(recursive=True):
@@ -109,7 +111,7 @@ class PeakRss(threading.Thread):
             if is_worker:
                 workers += rss
                 n_workers += 1
-                together += pss(p.pid)
+                together += pss(p.pid) if with_pss else 0
             else:
                 system += rss
         self.samples += 1

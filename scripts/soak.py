@@ -115,7 +115,7 @@ def role(p: psutil.Process) -> str:
             return name
     if "dashboard/dashboard.py" in joined:
         return "ray_api_server"  # usage stats alone (include_dashboard=False)
-    if "autoscaler/_private/monitor.py" in joined:
+    if "autoscaler/_private/monitor.py" in joined or "autoscaler/v2/monitor.py" in joined:
         return "autoscaler_monitor"  # not started by the runtime's embedded head
     if "runtime.cli" in joined:
         return "serve"

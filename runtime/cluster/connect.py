@@ -219,13 +219,17 @@ def _embedded_head() -> Iterator[None]:
         yield
 
 
+_LEAN = threading.Lock()
+
+
 @contextlib.contextmanager
 def lean_head() -> Iterator[None]:
     """Start a head without Ray's autoscaler monitor: a Python process (84 MB of RSS in
     the soak, and its imports' CPU while the runtime's own actors start) that watches a
     node which never scales; the runtime asks it nothing. ``ray start --no-monitor`` has
     a flag for it, ``ray.init`` none, so the head's ``start_monitor`` is skipped while it
-    starts; a Ray without that method starts as it would.
+    starts; a Ray without that method starts as it would. (A ``ray.cluster_utils.Cluster``
+    takes ``no_monitor`` in its head's arguments instead: :class:`LocalCluster`.)
 
     Ray's API server (``dashboard.py``, usage stats alone with ``include_dashboard=False``)
     stays: without its address, every node's dashboard agent logs a traceback a second
@@ -236,14 +240,15 @@ def lean_head() -> Iterator[None]:
     except ImportError:  # pragma: no cover - another Ray layout: start it whole
         yield
         return
-    saved = Node.__dict__.get("start_monitor")
-    if saved is not None:
-        Node.start_monitor = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
+    with _LEAN:  # two starts at once must not restore each other's no-op
+        saved = Node.__dict__.get("start_monitor")
         if saved is not None:
-            Node.start_monitor = saved  # type: ignore[method-assign]
+            Node.start_monitor = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            if saved is not None:
+                Node.start_monitor = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.cluster import security
-from runtime.cluster.connect import lean_head
 from runtime.errors import ConfigError
 
 
@@ -44,16 +43,16 @@ class LocalCluster:
         security.check_ray_version()
         token = security.new_session_token()  # the nodes' processes inherit token mode
         local = {"node_ip_address": security.LOOPBACK}  # so each binds to loopback
-        with lean_head():  # as the embedded Ray: no autoscaler monitor
-            self.cluster = Cluster(
-                initialize_head=True,
-                head_node_args={
-                    "num_cpus": self.core_cpus,
-                    "labels": {"role": "core", "site": "core"},
-                    "include_dashboard": False,
-                    **local,
-                },
-            )
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": self.core_cpus,
+                "labels": {"role": "core", "site": "core"},
+                "include_dashboard": False,
+                "no_monitor": True,  # as the embedded Ray (runtime.cluster.connect.lean_head)
+                **local,
+            },
+        )
         for site in self.sites:
             self.edge_nodes[site] = self.cluster.add_node(
                 num_cpus=self.edge_cpus, labels={"role": "edge", "site": site}, **local

@@ -54,6 +54,7 @@ METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_METADATA_CACHE_MB", "32")
 #: 3.4M rows, its writes no slower (18.3 vs 17.8 ms)
 WRITER_METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_WRITER_METADATA_CACHE_MB", "4"))
 _SESSIONS: dict[int, Any] = {}  # metadata cache MB -> the process's session of that size
+_SESSIONS_LOCK = threading.Lock()  # a warm() thread and the caller may both ask at once
 log = logging.getLogger(__name__)
 #: background connects still running; joined at exit, also when a start failed before
 #: its runtime could close the store (an import cut off by finalization can crash)
@@ -69,14 +70,15 @@ def _join_warming() -> None:
 def _session(metadata_cache_mb: int = METADATA_CACHE_MB) -> Any:
     """The process's LanceDB session with that metadata cache: bounded caches shared by
     every Store asking for the same size (a local run's driver hosts the sinks too)."""
-    if metadata_cache_mb not in _SESSIONS:
-        import lancedb
+    with _SESSIONS_LOCK:
+        if metadata_cache_mb not in _SESSIONS:
+            import lancedb
 
-        _SESSIONS[metadata_cache_mb] = lancedb.Session(
-            index_cache_size_bytes=INDEX_CACHE_MB << 20,
-            metadata_cache_size_bytes=metadata_cache_mb << 20,
-        )
-    return _SESSIONS[metadata_cache_mb]
+            _SESSIONS[metadata_cache_mb] = lancedb.Session(
+                index_cache_size_bytes=INDEX_CACHE_MB << 20,
+                metadata_cache_size_bytes=metadata_cache_mb << 20,
+            )
+        return _SESSIONS[metadata_cache_mb]
 
 
 class Store:

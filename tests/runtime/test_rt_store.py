@@ -317,6 +317,7 @@ def test_a_writers_metadata_cache_stays_at_its_small_cap(tmp_path: Path, monkeyp
     import numpy as np
 
     monkeypatch.setattr(store_module, "WRITER_METADATA_CACHE_MB", 1)
+    monkeypatch.setattr(store_module, "_SESSIONS", {})  # none of the other tests' sessions
     sizes = {}
     for writer in (True, False):
         store = Store(tmp_path / f"w{writer}", writer=writer)
@@ -329,4 +330,4 @@ def test_a_writers_metadata_cache_stays_at_its_small_cap(tmp_path: Path, monkeyp
                 store.compact("alerts", keep_newer_than=time.time() - 60)
         assert store.table("alerts").count_rows() == 240_000
         sizes[writer] = store_module._session(store.metadata_cache_mb).size_bytes / 2**20
-    assert sizes[True] <= 1.25 < sizes[False], sizes
+    assert sizes[True] <= 1.5 < sizes[False], sizes  # measured: 1.19 and 2.96
