@@ -42,6 +42,9 @@ class BufferedSink:
         raise NotImplementedError
 
     def on_batch(self, rows: pa.Table) -> None:
+        # here, where the last flush's tables and LanceDB's buffers are gone (right after
+        # the write they are still held: see runtime.cluster.heap)
+        trim_heap()
         rows = unpack(rows)  # topics push batches packed (runtime.cluster.wire)
         if rows.num_rows == 0:  # nothing to write (an empty write trips the key dedup)
             return
@@ -96,7 +99,6 @@ class TableSink(BufferedSink):
         self._writes += 1
         if self._writes % self.compact_every == 0:  # bound fragments and versions
             self.store.compact(self.table, keep_newer_than=time.time() - 60)
-        trim_heap()  # what LanceDB's write freed (see runtime.cluster.heap)
 
     def flush(self) -> int:
         """Write what is buffered; returns the table's row count."""

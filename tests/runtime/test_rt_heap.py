@@ -79,3 +79,28 @@ def test_the_embedded_rays_workers_start_with_the_cap(ray_session) -> None:
 
     # "2" unless this process was started with a cap of the user's own
     assert ray_session.get(arenas.remote(), timeout=120) == os.environ["MALLOC_ARENA_MAX"]
+
+
+def test_a_shard_and_a_sink_trim_as_work_comes_in_not_while_a_cut_is_held(tmp_path, monkeypatch):
+    """Trimmed inside the checkpoint's drain, while the cut's tables were still held, a
+    soak's shard kept 80 MB that a trim between batches gave back: the shard trims as a
+    batch comes in, a sink as rows come in, and the drain does not."""
+    import pyarrow as pa
+
+    import runtime.entities.shard as shard_mod
+    import runtime.streams.sinks as sinks_mod
+    from runtime.state.keys import hash_keys
+    from runtime.testing import Tally
+
+    calls: list[str] = []
+    monkeypatch.setattr(shard_mod, "trim_heap", lambda: calls.append("shard"))
+    monkeypatch.setattr(sinks_mod, "trim_heap", lambda: calls.append("sink"))
+    shard = shard_mod.Shard(Tally, None, 0, 1, str(tmp_path))
+    keys = pa.array(["a", "b", "a"])
+    shard.apply(pa.table({"key": keys, "_key_hash": pa.array(hash_keys(keys))}))
+    assert calls == ["shard"]
+    shard.drain()
+    assert calls == ["shard"]
+    sink = sinks_mod.TableSink(str(tmp_path), "out", flush_rows=1)
+    sink.on_batch(pa.table({"x": [1, 2]}))
+    assert calls == ["shard", "sink"] and sink.flush() == 2
