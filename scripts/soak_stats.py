@@ -25,6 +25,14 @@ errors) over three or more. With few cycles in a run, the thirds' means of a bou
 or fall with where the run happens to end in its cycle (a table's versions, 8 -> 27 every
 four minutes, failed a 12-minute soak that way).
 
+What is judged of a process is its own memory: its RSS without its shared-memory pages
+(``own_mb``). Those are Ray's object store, mapped by every worker that reads or writes
+an object: a page once touched stays resident, so they are a high-water mark bounded by
+the store's capacity (``--object-store-memory``, 30 % of RAM by default), not a leak;
+they are reported once, as the raylet's (``object_store_pages_mb``), beside that
+capacity, and not judged by slope (30 minutes at 230k events/s took it 4 -> 34 MB of a
+7 GB store, growing ever more slowly).
+
 Output tables that keep every alert (``alerts``, ``dead_letters``) grow with the input
 by design; for them the test is that their bytes per event do not accelerate: the
 second half's growth per acknowledged event at most 1.5 times the first half's.
@@ -105,4 +113,64 @@ def per_event(events: list[float], y: list[float]) -> dict[str, Any]:
         "second_half": second,
         # + 0.1 byte/event: a table a few bytes larger is not an acceleration
         "accelerates": bool(second > 1.5 * max(first, 0.0) + 0.1),
+    }
+
+
+#: outputs kept by design (until retention, for topics): judged by bytes per event
+APPEND_ONLY = ("alerts", "dead_letters", "model_metrics", "_checkpoints", "_models", "_topics")
+MB = 2**20
+
+
+def own_mb(sample: dict[str, Any]) -> dict[str, float]:
+    """Each role's RSS without its shared-memory pages (see the module's docstring)."""
+    parts = sample.get("rss_parts_mb", {})
+    return {
+        role: rss - parts.get(role, {}).get("shmem", 0.0) for role, rss in sample["rss_mb"].items()
+    }
+
+
+def judge(run: dict[str, Any]) -> dict[str, Any]:
+    """Every series of a soak's samples judged: each role's own memory, the data folder's
+    entries and table versions bounded (:func:`verdict`), append-only outputs linear in
+    the events (:func:`per_event`), the object store's pages reported; and whether the
+    committed profiles hold exactly the events acknowledged."""
+    samples = run["samples"]
+    t = [s["t"] for s in samples]
+    acked = [float(s["acked"]) for s in samples]
+    series: dict[str, dict[str, Any]] = {}
+    own = [own_mb(s) for s in samples]
+
+    def each(field: str, floor: float, values: list[dict[str, float]]) -> None:
+        for name in sorted({k for v in values for k in v}):
+            y = [float(v.get(name, 0.0)) for v in values]
+            if field == "size_mb" and name in APPEND_ONLY:
+                in_bytes = [v * MB for v in y]
+                series[f"{field}:{name}"] = {**per_event(acked, in_bytes), "kind": "per_event"}
+            else:
+                series[f"{field}:{name}"] = {**verdict(t, y, floor), "kind": "bounded"}
+
+    each("own_mb", 32.0, own)
+    each("versions", 2.0, [s["versions"] for s in samples])
+    each("size_mb", 8.0, [s["size_mb"] for s in samples])
+    series["own_mb:total"] = {**verdict(t, [sum(v.values()) for v in own], 64.0), "kind": "bounded"}
+    pages = [s.get("rss_parts_mb", {}).get("raylet", {}).get("shmem", 0.0) for s in samples]
+    series["object_store_pages_mb"] = {
+        **verdict(t, pages, 32.0),
+        "kind": "reported",
+        "capacity_mb": run.get("object_store_mb"),
+    }
+    bad = [
+        k
+        for k, v in series.items()
+        if v["kind"] != "reported" and (v.get("grows") or v.get("accelerates"))
+    ]
+    # the capacity probe's events are in the profiles too
+    acked_total = run["load"].get("accepted", 0) + run["capacity_accepted"]
+    exact = run["profiles_txn_count"] == acked_total
+    return {
+        "series": series,
+        "growing": bad,
+        "acked_accepted": acked_total,
+        "exact": exact,
+        "ok": not bad and exact and run["serve_exit"] == 0 and len(samples) >= 4,
     }

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from soak_stats import per_event, verdict  # noqa: E402
+from soak_stats import judge, per_event, verdict  # noqa: E402
 
 
 def test_a_flat_noisy_series_is_bounded_and_a_slow_leak_is_not():
@@ -66,7 +66,7 @@ def test_a_short_soak_of_serve_keeps_every_acknowledged_event(tmp_path):
     assert got["exact"] and got["acked_accepted"] > 30_000
     assert got["acked_accepted"] == got["profiles_txn_count"]
     series = got["series"]
-    assert {"rss_mb:total", "rss_mb:Shard", "rss_mb:LiveIngest", "size_mb:customers"} <= set(series)
+    assert {"own_mb:total", "own_mb:Shard", "own_mb:LiveIngest", "size_mb:customers"} <= set(series)
     assert (out / "soak.png").stat().st_size > 10_000
     rows = (out / "soak.csv").read_text().splitlines()
     assert rows[0].startswith("t,acked,") and len(rows) >= 6
@@ -94,3 +94,43 @@ def test_a_sawtooth_is_judged_by_what_it_returns_to_not_by_where_the_run_ends():
     saw = [8.0 + (i % 24) * 19 / 23 for i in range(288)]
     assert not verdict(long_run, saw, floor=2.0)["grows"]
     assert verdict(long_run, [v + 0.02 * i for i, v in enumerate(saw)], floor=2.0)["grows"]
+
+
+def test_the_object_stores_pages_are_reported_and_a_processs_own_growth_is_judged():
+    """The raylet's RSS climbing by shared pages only (the object store's high-water
+    mark) is reported beside the store's capacity, not failed on; a worker whose own
+    (anonymous) memory climbs fails the soak, even though its shared pages are flat."""
+
+    def sample(i: int) -> dict:
+        shm, anon = 4.0 + 0.5 * i, 200.0 + 2.0 * i  # +180, +720 MB an hour
+        return {
+            "t": 10.0 * i,
+            "acked": 1000 * i,
+            "rss_mb": {"raylet": 30.0 + shm, "Shard": 300.0 + anon, "gcs_server": 50.0},
+            "rss_parts_mb": {
+                "raylet": {"anon": 30.0, "file": 0.0, "shmem": shm},
+                "Shard": {"anon": anon, "file": 100.0, "shmem": 200.0},
+                "gcs_server": {"anon": 50.0, "file": 0.0, "shmem": 0.0},
+            },
+            "size_mb": {},
+            "versions": {},
+        }
+
+    run = {
+        "samples": [sample(i) for i in range(60)],
+        "load": {"accepted": 59_000},
+        "capacity_accepted": 0,
+        "profiles_txn_count": 59_000,
+        "serve_exit": 0,
+        "object_store_mb": 7000.0,
+    }
+    got = judge(run)
+    pages = got["series"]["object_store_pages_mb"]
+    assert pages["kind"] == "reported" and pages["capacity_mb"] == 7000.0 and pages["grows"]
+    assert got["series"]["own_mb:raylet"]["last"] == 30.0  # RSS without its shared pages
+    assert not got["series"]["own_mb:raylet"]["grows"]
+    assert got["growing"] == ["own_mb:Shard", "own_mb:total"] and not got["ok"]
+    for s in run["samples"]:  # the worker flat: the soak passes
+        s["rss_parts_mb"]["Shard"]["anon"] = 200.0
+        s["rss_mb"]["Shard"] = 500.0
+    assert judge(run)["ok"]
