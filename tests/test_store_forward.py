@@ -23,7 +23,7 @@ from conftest import EDGE_SITES
 
 from runtime import Runtime
 from runtime.cluster import names
-from runtime.cluster.handles import resolve
+from runtime.cluster.handles import ready, resolve
 from runtime.ingest.sites import run_sites
 from runtime.state.store import Store
 from runtime.testing import MemorySource
@@ -119,23 +119,44 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
     seen: dict = {}
 
     def cut_then_heal():
-        """Heal once the cut was seen (links down, held for the core) and the intake has
-        stood still for STALL_S: driven by what happens, not by a clock, so a slow
-        machine changes how long it takes and not what it shows (a fixed 1.3 s look
-        caught a link not yet timed out on a loaded CI run)."""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            stalled = time.monotonic() - ticks[-1][0] >= STALL_S
-            went_on = ticks[-1][1] - seen["input"]  # a stall before is the machine's
-            if "links" in seen and went_on >= WENT_ON and stalled:
-                break
-            time.sleep(0.1)
-        _, last_input, last_cps = ticks[-1]
-        seen["went_on"], seen["cps_while_cut"] = last_input - seen["input"], last_cps - seen["cps"]
-        seen["healed"] = time.monotonic()
-        signal_all(seen["pids"], signal.SIGCONT)
-        shards = rt.shards_of("site_relays")
-        while time.monotonic() - seen["healed"] < 60:
+        """Heal once the cut was seen (links down, held for the core), the edge took
+        WENT_ON events in meanwhile, and its buffer is full: the intake stood still for
+        STALL_S while an edge shard left a call unanswered as long (it waits for room).
+        Driven by what happens, not by a clock, so a slow machine changes how long it
+        takes and not what it shows (a fixed 1.3 s look caught a link not yet timed out
+        on a loaded CI run); without that evidence it heals at a deadline and says so."""
+        try:
+            shards, asked = rt.shards_of("site_relays"), {}
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not done.is_set():
+                now = time.monotonic()
+                for i, shard in enumerate(shards):
+                    asked.setdefault(i, (shard.link_status(), now))
+                answered, _ = ready([f for f, _ in asked.values()], len(asked), timeout=0.1)
+                gone = {id(f) for f in answered}
+                asked = {i: (f, t) for i, (f, t) in asked.items() if id(f) not in gone}
+                unanswered = max((now - t for _, t in asked.values()), default=0.0)
+                went_on = ticks[-1][1] - seen["input"]
+                still = now - ticks[-1][0]
+                # (at the stream's end the shards wait for the core too: settle_links)
+                midway = ticks[-1][1] < events.num_rows
+                if (
+                    "links" in seen
+                    and went_on >= WENT_ON
+                    and midway
+                    and min(still, unanswered) >= STALL_S
+                ):
+                    seen["heal"] = "the edge's buffer was full"
+                    break
+                time.sleep(0.1)
+            seen.setdefault("heal", "deadline: no full buffer seen")
+            _, last_input, last_cps = ticks[-1]
+            seen["went_on"] = last_input - seen["input"]
+            seen["cps_while_cut"] = last_cps - seen["cps"]
+        finally:
+            seen["healed"] = time.monotonic()
+            signal_all(seen["pids"], signal.SIGCONT)
+        while time.monotonic() - seen["healed"] < 60 and not done.is_set():
             links = [lk for got in resolve([s.link_status() for s in shards]) for lk in got]
             if all(lk["up"] and lk["buffered_entries"] == 0 for lk in links):
                 seen["drain_s"] = time.monotonic() - seen["healed"]
@@ -148,7 +169,8 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
         if "pids" not in seen and stats.input >= 1_200:
             seen.update(pids=receiver_pids(), at=now, input=stats.input, cps=stats.checkpoints)
             signal_all(seen["pids"], signal.SIGSTOP)  # the path to the core is cut
-            threading.Thread(target=cut_then_heal, daemon=True).start()
+            seen["helper"] = threading.Thread(target=cut_then_heal, daemon=True)
+            seen["helper"].start()
         elif "healed" not in seen and "pids" in seen:
             time.sleep(0.15)  # a paced source: the cut lasts seconds of stream
         if "pids" in seen and "links" not in seen and "healed" not in seen:
@@ -163,12 +185,18 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
                     for s in f["samples"]
                 }
 
+    done = threading.Event()
     cfg = config(tmp_path, edge_buffer_bytes=60_000)
-    with Runtime(address=edge_cluster.address, **cfg) as rt:
-        stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
-        where = {p["actor"]: p for p in rt.placement()}
-        rt.publish_status(force=True)
-        after = cli_status(edge_cluster.address)["links"]  # as `edgecore status --json` shows it
+    try:
+        with Runtime(address=edge_cluster.address, **cfg) as rt:
+            stats = run_sites(rt, relay_app(SITES), sources(events), step_rows=200, progress=watch)
+            where = {p["actor"]: p for p in rt.placement()}
+            rt.publish_status(force=True)
+            after = cli_status(edge_cluster.address)["links"]  # as `edgecore status --json`
+    finally:  # the receivers run again whatever happened: the next test needs them
+        done.set()
+        if "helper" in seen:
+            seen["helper"].join(timeout=120)
     assert stats.restarts == 0 and stats.accepted == stats.input == 6_000
     assert core_totals(tmp_path) == expected(events)  # 0 lost, 0 doubled
     edge = {r["key"]: r["n"] for r in Store(tmp_path).read("site_relays").to_pylist()}
@@ -183,6 +211,7 @@ def test_edge_goes_on_while_cut_off_then_waits_when_full_and_the_core_ends_exact
     assert all(seen["gauges"][("edgecore_edge_link_up", s)] == 0 for s in SITES)
     assert all(seen["gauges"][("edgecore_edge_buffer_bytes", s)] > 0 for s in SITES)
     print(f"while cut off: {seen['went_on']} events in, {seen['cps_while_cut']} checkpoints")
+    assert seen["heal"] == "the edge's buffer was full", seen["heal"]
     assert seen["went_on"] >= WENT_ON and seen["cps_while_cut"] >= 1
     # then the buffer was full: the intake stood still until the partition healed
     during = [t for t, _, _ in ticks if seen["at"] <= t]

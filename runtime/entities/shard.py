@@ -211,8 +211,9 @@ class Shard(EntityCalls, LinkCalls):
     def apply(self, events: pa.Table) -> dict[str, float]:
         """Apply one batch of events (with a ``_key_hash`` column) to their entities."""
         t0 = time.perf_counter()
-        # here, where the last batch's temporaries and the last cut's tables are gone (at
-        # the cut they are still held, and a trim there kept 80 MB: runtime.cluster.heap)
+        # here, where the last batch's temporaries and the last cut's tables have been
+        # freed (inside the drain they are still held, and a trim there left 80 MB of
+        # holes: runtime.cluster.heap)
         trim_heap()
         events = unpack(events)
         self._seq += 1

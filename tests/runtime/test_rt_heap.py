@@ -84,7 +84,7 @@ def test_the_embedded_rays_workers_start_with_the_cap(ray_session) -> None:
 def test_a_shard_and_a_sink_trim_as_work_comes_in_not_while_a_cut_is_held(tmp_path, monkeypatch):
     """Trimmed inside the checkpoint's drain, while the cut's tables were still held, a
     soak's shard kept 80 MB that a trim between batches gave back: the shard trims as a
-    batch comes in, a sink as rows come in, and the drain does not."""
+    batch comes in, a sink as rows come in (and at its flush), and the drain does not."""
     import pyarrow as pa
 
     import runtime.entities.shard as shard_mod
@@ -103,4 +103,4 @@ def test_a_shard_and_a_sink_trim_as_work_comes_in_not_while_a_cut_is_held(tmp_pa
     assert calls == ["shard"]
     sink = sinks_mod.TableSink(str(tmp_path), "out", flush_rows=1)
     sink.on_batch(pa.table({"x": [1, 2]}))
-    assert calls == ["shard", "sink"] and sink.flush() == 2
+    assert calls[0] == "shard" and set(calls[1:]) == {"sink"} and sink.flush() == 2
