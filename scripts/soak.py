@@ -20,8 +20,8 @@
    events the load got a ``200`` for (nothing acknowledged was lost over the soak).
 5. Judges each series with :mod:`soak_stats` (a least-squares slope after a warm-up:
    fails if it is significant and would grow more than 10 % an hour; a process by its
-   RSS without the object store's shared pages, which are reported once, beside the
-   store's capacity: a high-water mark, see :mod:`soak_stats`), writes
+   RSS without its pages of Ray's object store, a high-water mark reported beside the
+   store's capacity: see :mod:`soak_stats`), writes
    ``soak.json``, ``soak.csv`` and a plot ``soak.png`` to ``--out``, prints a table (or one
    JSON object with ``--json``), and exits 1 if anything grows without bound, the
    acknowledged events and the profiles disagree, or ``serve`` did not exit cleanly.
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from soak_stats import judge  # noqa: E402
+from soak_stats import judge, own_mb  # noqa: E402
 
 from runtime.testing import procs  # noqa: E402
 from runtime.testing.procs import free_port  # noqa: E402
@@ -123,26 +123,40 @@ def role(p: psutil.Process) -> str:
 
 
 def rss_by_role(root: psutil.Process) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """RSS per role, and its parts per role (anonymous, file-backed, shared memory: Ray's
-    object store is shared memory, memory-mapped topic segments are file-backed)."""
+    """RSS per role, and its parts per role: anonymous, file-backed, shared memory, and of
+    that the pages of Ray's object store (``plasma``: its file in /dev/shm, mapped by every
+    worker that reads or writes an object; see soak_stats)."""
     out: dict[str, float] = {}
     parts: dict[str, dict[str, float]] = {}
     for p in [root, *root.children(recursive=True)]:
         try:
             rss = p.memory_info().rss / MB
             status = Path(f"/proc/{p.pid}/status").read_text()
+            plasma = plasma_mb(p.pid)
         except (psutil.Error, OSError):
             continue
         r = role(p)
         out[r] = out.get(r, 0.0) + rss
+        mine = parts.setdefault(r, {})
+        mine["plasma"] = mine.get("plasma", 0.0) + plasma
         for line in status.splitlines():
             key, _, value = line.partition(":")
             if key in ("RssAnon", "RssFile", "RssShmem"):
                 kind = key[3:].lower()
-                parts.setdefault(r, {})[kind] = (
-                    parts.get(r, {}).get(kind, 0.0) + int(value.split()[0]) / 1024
-                )
+                mine[kind] = mine.get(kind, 0.0) + int(value.split()[0]) / 1024
     return out, parts
+
+
+def plasma_mb(pid: int) -> float:
+    """Resident MB of Ray's object store in process ``pid`` (its /dev/shm/plasma* maps)."""
+    total, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                inside = "/dev/shm/plasma" in line
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def object_store_mb(root: psutil.Process) -> float | None:
@@ -209,6 +223,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "acked": sent.get("acked", 0),
                     "rss_mb": rss,
                     "rss_parts_mb": parts,
+                    "own_mb": own_mb({"rss_mb": rss, "rss_parts_mb": parts}),
                     "size_mb": sizes,
                     "versions": versions,
                 }
@@ -263,13 +278,13 @@ def write(run: dict[str, Any], verdicts: dict[str, Any], out: Path) -> None:
         {
             f"{f}:{k}"
             for s in run["samples"]
-            for f in ("rss_mb", "size_mb", "versions")
-            for k in s[f]
+            for f in ("rss_mb", "own_mb", "size_mb", "versions")
+            for k in s.get(f, {})
         }
     )
     lines = [",".join(["t", "acked", *keys])]
     for s in run["samples"]:
-        vals = [str(s[f].get(k, "")) for f, k in (key.split(":", 1) for key in keys)]
+        vals = [str(s.get(f, {}).get(k, "")) for f, k in (key.split(":", 1) for key in keys)]
         lines.append(",".join([str(s["t"]), str(s["acked"]), *vals]))
     (out / "soak.csv").write_text("\n".join(lines) + "\n")
     plot(run, out / "soak.png")
@@ -285,16 +300,19 @@ def plot(run: dict[str, Any], path: Path) -> None:
     t = [s["t"] / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
     for ax, field, unit in zip(
-        axes, ("rss_mb", "size_mb", "versions"), ("MB", "MB", "versions"), strict=True
+        axes, ("own_mb", "size_mb", "versions"), ("MB", "MB", "versions"), strict=True
     ):
-        for name in sorted({k for s in samples for k in s[field]}):
+        for name in sorted({k for s in samples for k in s.get(field, {})}):
             y = [s[field].get(name, 0.0) for s in samples]
             if max(y) > 0:
                 ax.plot(t, y, label=name.lstrip("_"))  # matplotlib hides "_" labels
+        if field == "own_mb":  # the object store's pages: the largest of any process
+            pages = [max(p.get("plasma", 0.0) for p in s["rss_parts_mb"].values()) for s in samples]
+            ax.plot(t, pages, "k--", label="object store pages")
         ax.set_ylabel(unit)
         ax.set_title(
             {
-                "rss_mb": "RSS per process role",
+                "own_mb": "memory per process role (RSS without the object store's pages)",
                 "size_mb": "data folder per entry",
                 "versions": "LanceDB versions per table",
             }[field]
@@ -322,8 +340,9 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
             )
             continue
         said = "GROWS" if s["grows"] else "bounded"
-        if s["kind"] == "reported":  # a high-water mark bounded by capacity, not judged
-            said = f"of {s['capacity_mb'] or 0:,.0f} MB"
+        if s["kind"] == "reported":  # a high-water mark, judged against capacity only
+            cap = f"{s['capacity_mb']:,.0f}" if s["capacity_mb"] else "?"
+            said = f"{'OVER HALF ' if s['grows'] else ''}of {cap} MB"
         print(
             f"{name:42} {s['first']:10.1f} {s['last']:10.1f} {s['max']:10.1f} "
             f"{s['slope_per_hour']:10.1f}  {said}"

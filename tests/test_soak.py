@@ -67,9 +67,11 @@ def test_a_short_soak_of_serve_keeps_every_acknowledged_event(tmp_path):
     assert got["acked_accepted"] == got["profiles_txn_count"]
     series = got["series"]
     assert {"own_mb:total", "own_mb:Shard", "own_mb:LiveIngest", "size_mb:customers"} <= set(series)
+    pages = series["object_store_pages_mb"]  # Ray's plasma file, found in the processes' maps
+    assert pages["capacity_mb"] > 75 and 0 < pages["max"] < pages["capacity_mb"] / 2
     assert (out / "soak.png").stat().st_size > 10_000
     rows = (out / "soak.csv").read_text().splitlines()
-    assert rows[0].startswith("t,acked,") and len(rows) >= 6
+    assert rows[0].startswith("t,acked,") and "own_mb:Shard" in rows[0] and len(rows) >= 6
 
 
 def test_a_sawtooth_whose_peaks_do_not_climb_is_bounded():
@@ -97,20 +99,21 @@ def test_a_sawtooth_is_judged_by_what_it_returns_to_not_by_where_the_run_ends():
 
 
 def test_the_object_stores_pages_are_reported_and_a_processs_own_growth_is_judged():
-    """The raylet's RSS climbing by shared pages only (the object store's high-water
-    mark) is reported beside the store's capacity, not failed on; a worker whose own
-    (anonymous) memory climbs fails the soak, even though its shared pages are flat."""
+    """The raylet's RSS climbing by its object-store pages only (a high-water mark) is
+    reported beside the store's capacity, not failed on; a worker whose own memory climbs
+    fails the soak, and so does other shared memory (a tmpfs file it maps), or object
+    store pages past half the store."""
 
     def sample(i: int) -> dict:
-        shm, anon = 4.0 + 0.5 * i, 200.0 + 2.0 * i  # +180, +720 MB an hour
+        pages, anon = 4.0 + 0.5 * i, 200.0 + 2.0 * i  # +180, +720 MB an hour
         return {
             "t": 10.0 * i,
             "acked": 1000 * i,
-            "rss_mb": {"raylet": 30.0 + shm, "Shard": 300.0 + anon, "gcs_server": 50.0},
+            "rss_mb": {"raylet": 30.0 + pages, "Shard": 300.0 + anon, "gcs_server": 50.0},
             "rss_parts_mb": {
-                "raylet": {"anon": 30.0, "file": 0.0, "shmem": shm},
-                "Shard": {"anon": anon, "file": 100.0, "shmem": 200.0},
-                "gcs_server": {"anon": 50.0, "file": 0.0, "shmem": 0.0},
+                "raylet": {"anon": 30.0, "file": 0.0, "shmem": pages, "plasma": pages},
+                "Shard": {"anon": anon, "file": 100.0, "shmem": 200.0, "plasma": 200.0},
+                "gcs_server": {"anon": 50.0, "file": 0.0, "shmem": 0.0, "plasma": 0.0},
             },
             "size_mb": {},
             "versions": {},
@@ -126,11 +129,18 @@ def test_the_object_stores_pages_are_reported_and_a_processs_own_growth_is_judge
     }
     got = judge(run)
     pages = got["series"]["object_store_pages_mb"]
-    assert pages["kind"] == "reported" and pages["capacity_mb"] == 7000.0 and pages["grows"]
-    assert got["series"]["own_mb:raylet"]["last"] == 30.0  # RSS without its shared pages
+    assert pages["kind"] == "reported" and pages["capacity_mb"] == 7000.0
+    assert pages["max"] == 200.0 and not pages["grows"]  # the largest of any process
+    assert got["series"]["own_mb:raylet"]["last"] == 30.0  # RSS without the store's pages
     assert not got["series"]["own_mb:raylet"]["grows"]
     assert got["growing"] == ["own_mb:Shard", "own_mb:total"] and not got["ok"]
     for s in run["samples"]:  # the worker flat: the soak passes
         s["rss_parts_mb"]["Shard"]["anon"] = 200.0
         s["rss_mb"]["Shard"] = 500.0
     assert judge(run)["ok"]
+    for i, s in enumerate(run["samples"]):  # shared memory that is not the object store
+        s["rss_parts_mb"]["gcs_server"]["shmem"] = 2.0 * i
+        s["rss_mb"]["gcs_server"] = 50.0 + 2.0 * i
+    assert "own_mb:gcs_server" in judge(run)["growing"]
+    run["object_store_mb"] = 300.0  # the pages past half the store
+    assert "object_store_pages_mb" in judge(run)["growing"]
