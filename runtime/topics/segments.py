@@ -26,8 +26,11 @@ import contextlib
 import json
 import os
 import re
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, overload
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -49,6 +52,57 @@ class SegmentError(EdgecoreError, ValueError):
     """A segment file is not a segment this version wrote (truncated, corrupt, foreign)."""
 
 
+class BatchIndex(Sequence[tuple[int, int, float]]):
+    """(first offset, rows, wall-clock publish time) of each batch of a segment, held in
+    three flat arrays (24 bytes a batch). A topic of small batches retains hundreds of
+    thousands (the soak's alerts averaged 3.4 rows a batch): as a list of tuples they
+    took 72 bytes each written, ~130 read back (the ints and floats parsed from JSON),
+    and, long-lived, scattered small blocks over the heap of the shard hosting the
+    topic, which a trim cannot return.
+
+    >>> ix = BatchIndex([(0, 2, 10.0), (2, 1, 11.5)])
+    >>> ix[-1], len(ix), ix.rows_total, ix == [(0, 2, 10.0), (2, 1, 11.5)]
+    ((2, 1, 11.5), 2, 3, True)
+    """
+
+    __slots__ = ("firsts", "rows", "walls", "rows_total")
+
+    def __init__(self, batches: Iterable[tuple[int, int, float]] = ()) -> None:
+        self.firsts, self.rows, self.walls = array("q"), array("q"), array("d")
+        for f, n, w in batches:
+            self.firsts.append(f)
+            self.rows.append(n)
+            self.walls.append(w)
+        self.rows_total = sum(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, int, float]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, int, float]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return list(zip(self.firsts[i], self.rows[i], self.walls[i], strict=True))
+        return self.firsts[i], self.rows[i], self.walls[i]
+
+    def __iter__(self) -> Iterator[tuple[int, int, float]]:
+        return zip(self.firsts, self.rows, self.walls, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(
+            a == tuple(b) for a, b in zip(self, other, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
 @dataclass
 class Segment:
     """A segment file on disk: the offsets it holds and each batch's publish time."""
@@ -56,13 +110,13 @@ class Segment:
     path: Path
     first: int
     #: (first offset, rows, wall-clock publish time) of each batch, in offset order
-    batches: list[tuple[int, int, float]]
+    batches: BatchIndex
     size: int  # bytes on disk
 
     @property
     def end(self) -> int:
         """The offset after its last row."""
-        return self.first + sum(n for _, n, _ in self.batches)
+        return self.first + self.batches.rows_total
 
     @property
     def newest(self) -> float:
@@ -142,7 +196,8 @@ def write_segment(
             os.unlink(tmp)
         raise
     fsync_dir(folder)
-    return Segment(path, first, [(f, t.num_rows, w) for f, t, w in batches], path.stat().st_size)
+    index = BatchIndex((f, t.num_rows, w) for f, t, w in batches)
+    return Segment(path, first, index, path.stat().st_size)
 
 
 def read_segment(path: Path) -> tuple[Segment, pa.Table]:
@@ -181,4 +236,4 @@ def read_segment(path: Path) -> tuple[Segment, pa.Table]:
             f"{first}..{at} (file name {path.name})"
         )
     table = table.replace_schema_metadata(meta or None)
-    return Segment(path, first, batches, path.stat().st_size), table
+    return Segment(path, first, BatchIndex(batches), path.stat().st_size), table
