@@ -22,7 +22,7 @@ from live_helpers import Serve, ndjson, post
 
 from runtime import Runtime
 from runtime.cluster.handles import resolve
-from runtime.topics.segments import read_segment, segment_files, topic_dir
+from runtime.topics.segments import SegmentError, read_segment, segment_files, topic_dir
 from runtime.topics.topic import Topic
 
 
@@ -181,6 +181,32 @@ def test_a_corrupt_segment_is_set_aside_and_the_log_starts_after_it(tmp_path, da
     assert again.read(0).column("_offset").to_pylist() == [4, 5]
     assert again.poll("behind").column("x").to_pylist() == [2, 2]
     assert again.groups()["behind"]["skipped"] == 4
+
+
+def test_a_segment_naming_offsets_past_int64_is_set_aside_not_a_crash(tmp_path):
+    """A file with a 20-digit name and a consistent index whose offsets do not fit in 64
+    bits (crafted, or from a foreign writer): refused as a segment, so the log's load sets
+    it aside instead of failing the topic's restore."""
+    t = topic(tmp_path, segment_bytes=1)
+    t.publish(pa.table({"x": [1, 2]}))
+    state = saved(t)
+    folder = topic_dir(tmp_path, "news", 0)
+    _, rows = read_segment(segment_files(folder)[0])
+    huge = 10**19  # 20 digits, over 2**63
+    info = {"format": 1, "first": huge, "rows": 2, "batches": [[huge, 2, 0.0]]}
+    rows = rows.replace_schema_metadata({b"edgecore.segment": json.dumps(info)})
+    bad = folder / f"{huge:020d}.arrow"
+    with pa.OSFile(str(bad), "wb") as f, pa.ipc.new_file(f, rows.schema) as w:
+        w.write_table(rows)
+    with pytest.raises(SegmentError, match="malformed"):
+        read_segment(bad)
+    again = topic(tmp_path, segment_bytes=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again.restore(state)
+    assert (bad.parent / (bad.name + ".corrupt")).exists()  # as any corrupt segment
+    again.publish(pa.table({"x": [3]}))  # and the topic goes on, its offsets too
+    assert again.read(2).column("x").to_pylist() == [3]
 
 
 def test_tail_reads_a_data_folder_from_an_offset_or_a_time(tmp_path):

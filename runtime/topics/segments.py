@@ -220,10 +220,10 @@ def read_segment(path: Path) -> tuple[Segment, pa.Table]:
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         got = info.get("format") if isinstance(info, dict) else None
         raise SegmentError(f"topic segment {path}: unknown format {got!r} (this version: {FORMAT})")
-    try:
-        batches = [(int(f), int(n), float(w)) for f, n, w in info["batches"]]
+    try:  # (offsets past int64, which the index's arrays cannot hold, are malformed too)
+        batches = BatchIndex((int(f), int(n), float(w)) for f, n, w in info["batches"])
         first = int(info["first"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise SegmentError(f"topic segment {path}: malformed batch list ({err})") from err
     at = first
     for f, n, _ in batches:
@@ -236,4 +236,4 @@ def read_segment(path: Path) -> tuple[Segment, pa.Table]:
             f"{first}..{at} (file name {path.name})"
         )
     table = table.replace_schema_metadata(meta or None)
-    return Segment(path, first, BatchIndex(batches), path.stat().st_size), table
+    return Segment(path, first, batches, path.stat().st_size), table
