@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-from soak_stats import judge, own_mb  # noqa: E402
+from soak_stats import judge, own_mb, store_pages_mb  # noqa: E402
 
 from runtime.testing import procs  # noqa: E402
 from runtime.testing.procs import free_port  # noqa: E402
@@ -223,7 +223,6 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "acked": sent.get("acked", 0),
                     "rss_mb": rss,
                     "rss_parts_mb": parts,
-                    "own_mb": own_mb({"rss_mb": rss, "rss_parts_mb": parts}),
                     "size_mb": sizes,
                     "versions": versions,
                 }
@@ -274,41 +273,40 @@ def profiles_total(data: Path) -> int | None:
 def write(run: dict[str, Any], verdicts: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps({**run, **verdicts}, indent=1))
+    samples = [{**s, "own_mb": own_mb(s)} for s in run["samples"]]  # what is judged
     keys = sorted(
         {
             f"{f}:{k}"
-            for s in run["samples"]
+            for s in samples
             for f in ("rss_mb", "own_mb", "size_mb", "versions")
-            for k in s.get(f, {})
+            for k in s[f]
         }
     )
     lines = [",".join(["t", "acked", *keys])]
-    for s in run["samples"]:
-        vals = [str(s.get(f, {}).get(k, "")) for f, k in (key.split(":", 1) for key in keys)]
+    for s in samples:
+        vals = [str(s[f].get(k, "")) for f, k in (key.split(":", 1) for key in keys)]
         lines.append(",".join([str(s["t"]), str(s["acked"]), *vals]))
     (out / "soak.csv").write_text("\n".join(lines) + "\n")
-    plot(run, out / "soak.png")
+    plot(run["rate_eps"], samples, out / "soak.png")
 
 
-def plot(run: dict[str, Any], path: Path) -> None:
+def plot(rate_eps: float, samples: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = run["samples"]
     t = [s["t"] / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(10, 11), sharex=True)
     for ax, field, unit in zip(
         axes, ("own_mb", "size_mb", "versions"), ("MB", "MB", "versions"), strict=True
     ):
-        for name in sorted({k for s in samples for k in s.get(field, {})}):
+        for name in sorted({k for s in samples for k in s[field]}):
             y = [s[field].get(name, 0.0) for s in samples]
             if max(y) > 0:
                 ax.plot(t, y, label=name.lstrip("_"))  # matplotlib hides "_" labels
-        if field == "own_mb":  # the object store's pages: the largest of any process
-            pages = [max(p.get("plasma", 0.0) for p in s["rss_parts_mb"].values()) for s in samples]
-            ax.plot(t, pages, "k--", label="object store pages")
+        if field == "own_mb":  # the object store's pages, judged apart (soak_stats)
+            ax.plot(t, [store_pages_mb(s) for s in samples], "k--", label="object store pages")
         ax.set_ylabel(unit)
         ax.set_title(
             {
@@ -319,7 +317,7 @@ def plot(run: dict[str, Any], path: Path) -> None:
         )
         ax.legend(fontsize=7, ncol=3, loc="upper left")
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(f"minutes at {run['rate_eps']:,.0f} events/s")
+    axes[-1].set_xlabel(f"minutes at {rate_eps:,.0f} events/s")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -131,6 +131,11 @@ def own_mb(sample: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def store_pages_mb(sample: dict[str, Any]) -> float:
+    """The object store's resident pages: the largest of any process (each maps the file)."""
+    return max([p.get("plasma", 0.0) for p in sample.get("rss_parts_mb", {}).values()] or [0.0])
+
+
 def judge(run: dict[str, Any]) -> dict[str, Any]:
     """Every series of a soak's samples judged: each role's own memory, the data folder's
     entries and table versions bounded (:func:`verdict`), append-only outputs linear in
@@ -155,10 +160,7 @@ def judge(run: dict[str, Any]) -> dict[str, Any]:
     each("versions", 2.0, [s["versions"] for s in samples])
     each("size_mb", 8.0, [s["size_mb"] for s in samples])
     series["own_mb:total"] = {**verdict(t, [sum(v.values()) for v in own], 64.0), "kind": "bounded"}
-    pages = [
-        max([p.get("plasma", 0.0) for p in s.get("rss_parts_mb", {}).values()] or [0.0])
-        for s in samples
-    ]
+    pages = [store_pages_mb(s) for s in samples]
     capacity = run.get("object_store_mb")
     series["object_store_pages_mb"] = {
         **verdict(t, pages, 32.0),
