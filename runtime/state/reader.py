@@ -30,6 +30,25 @@ from runtime.state.checkpoints import CHECKPOINTS, Checkpoint, latest_checkpoint
 SUFFIX = ".lance"
 
 
+def has_version(table_dir: Path) -> bool:
+    """Whether a table's folder holds a table: Lance writes a new table's data files first
+    and its first version's manifest last, so a process killed in between (a sink's first
+    write cut off by kill -9) leaves a folder that LanceDB lists but cannot open. Such a
+    folder holds no row anyone was promised; it is no table, and a write creates the
+    table over it.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()) / "t.lance"
+    >>> (d / "data").mkdir(parents=True)
+    >>> has_version(d)
+    False
+    """
+    try:
+        return any(p.name.endswith(".manifest") for p in (table_dir / "_versions").iterdir())
+    except OSError:
+        return False
+
+
 class FolderReader:
     """The tables of a data folder, read-only."""
 
@@ -46,11 +65,11 @@ class FolderReader:
         return sorted(
             p.name[: -len(SUFFIX)]
             for p in self.path.iterdir()
-            if p.name.endswith(SUFFIX) and p.is_dir()
+            if p.name.endswith(SUFFIX) and has_version(p)
         )
 
     def exists(self, name: str) -> bool:
-        return (self.path / f"{name}{SUFFIX}").is_dir()
+        return has_version(self.path / f"{name}{SUFFIX}")
 
     def dataset(self, name: str) -> Any:
         ds = self._open.get(name)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -39,6 +40,7 @@ from runtime.state.checkpoints import (  # noqa: F401 - CHECKPOINTS is part of t
     Checkpoint,
     latest_checkpoint,
 )
+from runtime.state.reader import SUFFIX, has_version
 
 #: LanceDB's caches, per process: its defaults (GiBs) let a process that writes a table
 #: every few seconds grow by ~125 KB a write for as long as it runs (the soak's shards and
@@ -142,15 +144,15 @@ class Store:
 
     # -- tables --------------------------------------------------------------------------
     def tables(self) -> list[str]:
+        """The tables of the folder, without a folder a create cut off left behind."""
         res = self.db.list_tables()
         names = getattr(res, "tables", res)
-        return sorted(str(n) for n in names)
+        return sorted(str(n) for n in names if has_version(self.path / f"{n}{SUFFIX}"))
 
     def exists(self, name: str) -> bool:
-        # a local table is the folder <name>.lance: none there, no need for LanceDB to say so
-        if self._db is None and not (self.path / f"{name}.lance").exists():
-            return False
-        return name in self.tables()
+        # a local table is the folder <name>.lance holding a version: no need to ask
+        # LanceDB (which also lists a folder whose create was cut off, see `has_version`)
+        return has_version(self.path / f"{name}{SUFFIX}")
 
     def table(self, name: str) -> Any:
         tbl = self._tables.get(name)
@@ -287,6 +289,8 @@ class Store:
     def drop(self, name: str) -> None:
         if self.exists(name):
             self.db.drop_table(name)
+        else:  # a create cut off: its folder holds no version, only orphaned files
+            shutil.rmtree(self.path / f"{name}{SUFFIX}", ignore_errors=True)
         self._tables.pop(name, None)
         self._keyed.discard(name)
 
