@@ -21,7 +21,7 @@
 5. Judges each series with :mod:`soak_stats` (a least-squares slope after a warm-up:
    fails if it is significant and would grow more than 10 % an hour; a process by its
    RSS without its pages of Ray's object store, a high-water mark reported beside the
-   store's capacity: see :mod:`soak_stats`), writes
+   store's capacity, and of shared libraries' files: see :mod:`soak_stats`), writes
    ``soak.json``, ``soak.csv`` and a plot ``soak.png`` to ``--out``, prints a table (or one
    JSON object with ``--json``), and exits 1 if anything grows without bound, the
    acknowledged events and the profiles disagree, or ``serve`` did not exit cleanly.
@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
+from soak_procs import object_store_mb, rss_by_role  # noqa: E402
 from soak_stats import judge, own_mb, store_pages_mb  # noqa: E402
 
 from runtime.testing import procs  # noqa: E402
@@ -97,76 +98,6 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def role(p: psutil.Process) -> str:
-    """The driver, a Ray daemon, or an actor's worker named by its class (Ray titles
-    a worker ``ray::Class.method`` while busy and ``ray::Class`` while idle)."""
-    try:
-        cmd = p.cmdline()
-    except psutil.Error:
-        return "gone"
-    head = cmd[0] if cmd else p.name()
-    if head.startswith("ray::"):
-        return head[5:].split(".")[0].split(" ")[0] or "worker"
-    joined = " ".join(cmd)
-    for name in ("gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "log_monitor"):
-        if name in joined:
-            return name
-    if "dashboard/dashboard.py" in joined:
-        return "ray_api_server"  # usage stats alone (include_dashboard=False)
-    if "autoscaler/_private/monitor.py" in joined or "autoscaler/v2/monitor.py" in joined:
-        return "autoscaler_monitor"  # not started by the runtime's embedded head
-    if "runtime.cli" in joined:
-        return "serve"
-    return os.path.basename(head)[:24]
-
-
-def rss_by_role(root: psutil.Process) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """RSS per role, and its parts per role: anonymous, file-backed, shared memory, and of
-    that the pages of Ray's object store (``plasma``: its file in /dev/shm, mapped by every
-    worker that reads or writes an object; see soak_stats)."""
-    out: dict[str, float] = {}
-    parts: dict[str, dict[str, float]] = {}
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            rss = p.memory_info().rss / MB
-            status = Path(f"/proc/{p.pid}/status").read_text()
-            plasma = plasma_mb(p.pid)
-        except (psutil.Error, OSError):
-            continue
-        r = role(p)
-        out[r] = out.get(r, 0.0) + rss
-        mine = parts.setdefault(r, {})
-        mine["plasma"] = mine.get("plasma", 0.0) + plasma
-        for line in status.splitlines():
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile", "RssShmem"):
-                kind = key[3:].lower()
-                mine[kind] = mine.get(kind, 0.0) + int(value.split()[0]) / 1024
-    return out, parts
-
-
-def plasma_mb(pid: int) -> float:
-    """Resident MB of Ray's object store in process ``pid`` (its /dev/shm/plasma* maps)."""
-    total, inside = 0, False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
-                inside = "/dev/shm/plasma" in line
-            elif inside and line.startswith("Rss:"):
-                total += int(line.split()[1])
-    return total / 1024
-
-
-def object_store_mb(root: psutil.Process) -> float | None:
-    """The capacity of the embedded Ray's object store (the raylet's argument)."""
-    for p in root.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            for arg in p.cmdline():
-                if arg.startswith("--object_store_memory="):
-                    return int(arg.split("=", 1)[1]) / MB
-    return None
 
 
 def folder(data: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -339,8 +270,10 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
             continue
         said = "GROWS" if s["grows"] else "bounded"
         if s["kind"] == "reported":  # a high-water mark, judged against capacity only
-            cap = f"{s['capacity_mb']:,.0f}" if s["capacity_mb"] else "?"
-            said = f"{'OVER HALF ' if s['grows'] else ''}of {cap} MB"
+            cap = f"{s['capacity_mb']:,.0f} MB" if s.get("capacity_mb") else "?"
+            if "capacity_mb" not in s:
+                cap = "the libraries' files"
+            said = f"{'OVER HALF ' if s['grows'] else ''}of {cap}"
         print(
             f"{name:42} {s['first']:10.1f} {s['last']:10.1f} {s['max']:10.1f} "
             f"{s['slope_per_hour']:10.1f}  {said}"

@@ -144,3 +144,37 @@ def test_the_object_stores_pages_are_reported_and_a_processs_own_growth_is_judge
     assert "own_mb:gcs_server" in judge(run)["growing"]
     run["object_store_mb"] = 300.0  # the pages past half the store
     assert "object_store_pages_mb" in judge(run)["growing"]
+
+
+def test_a_librarys_pages_are_reported_and_not_judged_but_a_mapped_data_file_is():
+    """A sink paging in LanceDB's code as compaction first runs (file-backed pages of a
+    .so, bounded by its size) is not its own growth; file pages of anything else are."""
+
+    def sample(i: int, lib: float, data: float) -> dict:
+        return {
+            "t": 10.0 * i,
+            "acked": 1000 * i,
+            "rss_mb": {"TableSink": 130.0 + lib + data},
+            "rss_parts_mb": {
+                "TableSink": {"anon": 130.0, "file": lib + data, "plasma": 0.0, "code": lib}
+            },
+            "size_mb": {},
+            "versions": {},
+        }
+
+    def run(lib: float, data: float) -> dict:
+        samples = [sample(i, 60.0 + lib * i, data * i) for i in range(60)]
+        return {
+            "samples": samples,
+            "load": {"accepted": 59_000},
+            "capacity_accepted": 0,
+            "profiles_txn_count": 59_000,
+            "serve_exit": 0,
+            "object_store_mb": 7000.0,
+        }
+
+    got = judge(run(lib=2.0, data=0.0))  # +720 MB an hour of a library's pages
+    assert got["ok"] and got["series"]["own_mb:TableSink"]["last"] == 130.0
+    lib = got["series"]["library_pages_mb"]
+    assert lib["kind"] == "reported" and lib["max"] == 60.0 + 2.0 * 59
+    assert judge(run(lib=0.0, data=2.0))["growing"] == ["own_mb:TableSink", "own_mb:total"]

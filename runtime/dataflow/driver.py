@@ -55,6 +55,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from runtime.cluster.heap import trim_heap
 from runtime.coordinator.routing import sum_stats
 from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, RunStats, new_counts, setup
@@ -304,6 +305,10 @@ def _loop(
             stopped = True
             break
         only_live = all(getattr(f, "live", False) for f in active)
+        # what the last step's ticks, reports and routing freed, given back (at most once
+        # a second): a trim only after each commit left 28-55 MB in holes in a serve's
+        # driver, and its floor climbed 331 -> 367 MB over a 30-minute soak
+        trim_heap()
         for f in list(active):
             tick = f.step(0.05 if only_live else 0.0)
             absorb(tick.counts, tick.shard_stats)
