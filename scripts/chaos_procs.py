@@ -137,7 +137,7 @@ def progress(data: Path) -> int:
     """How far the data folder's last commit is: the sum of its source positions (0: none)."""
     from runtime.state.store import Store
 
-    if not (data / "_checkpoints.lance").exists():
+    if not Store(data).exists("_checkpoints"):
         return 0
     try:
         return int(sum(Store(data).last_checkpoint().positions.values()))

@@ -69,26 +69,47 @@ def _is_library(path: str) -> bool:
     return name.endswith(".so") or ".so." in name
 
 
-def mapped_mb(pid: int) -> dict[str, float]:
-    """Resident MB in process ``pid`` of Ray's object store (its /dev/shm/plasma* maps) and
-    of shared libraries' files (their code and read-only data, paged in as it runs)."""
+def mapped_mb(pid: int, smaps: str | None = None) -> dict[str, float]:
+    r"""Resident MB in process ``pid`` of Ray's object store (its /dev/shm/plasma* maps) and
+    of shared libraries' files (``code``: their code and read-only data, paged in as it
+    runs, and the copy-on-write pages of their data segments, bounded by the mappings'
+    sizes), and how many library files it maps (``libraries``: a process loading ever more
+    of them is growing, whatever each one's pages). ``smaps``: that file's text instead.
+
+    >>> text = (
+    ...     "7f00-7f10 r-xp 00000000 08:01 12 /venv/lancedb/_lancedb.abi3.so\n"
+    ...     "Rss:                 800 kB\n"
+    ...     "7f20-7f30 rw-s 00000000 00:1a 13 /dev/shm/plasma_x (deleted)\n"
+    ...     "Rss:                2048 kB\n"
+    ...     "7f40-7f50 rw-p 00000000 00:00 0 \n"
+    ...     "Rss:                4096 kB\n"
+    ...     "7f60-7f70 r--p 00000000 08:01 14 /data/my file.arrow\n"
+    ...     "Rss:                1024 kB\n"
+    ...     "7f80-7f90 r--p 00000000 08:01 15 /usr/lib/libssl.so.3\n"
+    ...     "Rss:                 224 kB\n"
+    ... )
+    >>> mapped_mb(0, text)
+    {'plasma': 2.0, 'code': 1.0, 'libraries': 2}
+    """
     totals = {"plasma": 0, "code": 0}
+    libraries: set[str] = set()
     kind: str | None = None
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
-                fields = line.split(None, 5)
-                path = fields[5].strip() if len(fields) > 5 else ""
-                kind = (
-                    "plasma"
-                    if path.startswith("/dev/shm/plasma")
-                    else "code"
-                    if path.startswith("/") and _is_library(path)
-                    else None
-                )
-            elif kind is not None and line.startswith("Rss:"):
-                totals[kind] += int(line.split()[1])
-    return {k: v / 1024 for k, v in totals.items()}
+    if smaps is None:
+        with open(f"/proc/{pid}/smaps") as f:
+            smaps = f.read()
+    for line in smaps.splitlines():
+        if line and line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+            fields = line.split(None, 5)
+            path = fields[5].strip() if len(fields) > 5 else ""
+            kind = None
+            if path.startswith("/dev/shm/plasma"):
+                kind = "plasma"
+            elif path.startswith("/") and _is_library(path):
+                kind = "code"
+                libraries.add(path)
+        elif kind is not None and line.startswith("Rss:"):
+            totals[kind] += int(line.split()[1])
+    return {**{k: v / 1024 for k, v in totals.items()}, "libraries": len(libraries)}
 
 
 def object_store_mb(root: psutil.Process) -> float | None:

@@ -181,7 +181,7 @@ def test_invalid_utf8_in_a_string_field_is_dead_lettered_and_checkpoints_go_on(t
         # a checkpoint commits the dead letters (and the events around them) ...
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if (tmp_path / "d" / "dead_letters.lance").exists():
+            if Store(tmp_path / "d").exists("dead_letters"):
                 dead = Store(tmp_path / "d").read("dead_letters")
                 if dead.num_rows == 2:
                     break

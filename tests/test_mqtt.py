@@ -163,7 +163,7 @@ def test_messages_sent_while_serve_is_dead_arrive_once_it_is_back(broker, rows, 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             time.sleep(1)
-            if (data / "customers.lance").exists() and sum(txn_counts(data).values()) >= len(rows):
+            if Store(data).exists("customers") and sum(txn_counts(data).values()) >= len(rows):
                 break
         second.signal(signal.SIGTERM)
         assert second.wait(timeout=30) == 0, second.stderr[-3000:]

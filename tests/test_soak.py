@@ -14,7 +14,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import soak_procs  # noqa: E402
+import soak_stats  # noqa: E402
 from soak_stats import judge, per_event, verdict  # noqa: E402
+
+
+def test_doctests():
+    """The smaps parser (paths with spaces, a deleted plasma file, anonymous maps) and the
+    verdicts' examples."""
+    import doctest
+
+    for module in (soak_procs, soak_stats):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_a_flat_noisy_series_is_bounded_and_a_slow_leak_is_not():
@@ -178,3 +189,7 @@ def test_a_librarys_pages_are_reported_and_not_judged_but_a_mapped_data_file_is(
     lib = got["series"]["library_pages_mb"]
     assert lib["kind"] == "reported" and lib["max"] == 60.0 + 2.0 * 59
     assert judge(run(lib=0.0, data=2.0))["growing"] == ["own_mb:TableSink", "own_mb:total"]
+    more = run(lib=0.0, data=0.0)  # ever more library files mapped: growth after all
+    for i, s in enumerate(more["samples"]):
+        s["rss_parts_mb"]["TableSink"]["libraries"] = 40 + i
+    assert judge(more)["growing"] == ["library_pages_mb"]

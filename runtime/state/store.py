@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,8 @@ METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_METADATA_CACHE_MB", "32")
 #: sinks: +26 MB in 10 minutes, in steps); 4 MB holds it at ~5 MB over 450 upserts to
 #: 3.4M rows, its writes no slower (18.3 vs 17.8 ms)
 WRITER_METADATA_CACHE_MB = int(os.environ.get("EDGECORE_LANCE_WRITER_METADATA_CACHE_MB", "4"))
+#: the folder of the data folder holding the tables' create locks (see Store._creating)
+LOCKS = "_locks"
 _SESSIONS: dict[int, Any] = {}  # metadata cache MB -> the process's session of that size
 _SESSIONS_LOCK = threading.Lock()  # a warm() thread and the caller may both ask at once
 log = logging.getLogger(__name__)
@@ -164,8 +168,29 @@ class Store:
             self._tables[name] = tbl
         return tbl
 
-    def _create(self, name: str, data: pa.Table) -> None:
-        self._tables[name] = self.db.create_table(name, data, mode="create")
+    @contextlib.contextmanager
+    def _creating(self, name: str) -> Iterator[None]:
+        """Hold the table's create lock: Lance commits a second create of the same table as
+        an overwrite of the first, dropping its rows without a word, so two writers' first
+        writes to a table (two Stores, two processes) must not both create it. A lock
+        file's ``flock`` is released by the kernel if its holder is killed."""
+        locks = self.path / LOCKS
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _create(self, name: str, data: pa.Table) -> bool:
+        """Create the table from ``data``; False if another writer created it first (the
+        caller then writes ``data`` into it)."""
+        with self._creating(name):
+            if has_version(self.path / f"{name}{SUFFIX}"):
+                return False
+            self._tables[name] = self.db.create_table(name, data, mode="create")
+            return True
 
     def upsert(self, name: str, data: pa.Table, key: str | tuple[str, ...]) -> None:
         """Insert or replace rows by ``key`` (a column, or columns together) in one
@@ -173,8 +198,7 @@ class Store:
         if data.num_rows == 0:
             return
         try:
-            if not self.exists(name):
-                self._create(name, data)
+            if not self.exists(name) and self._create(name, data):
                 self._index_key(name, key)
                 return
             tbl = self.table(name)
@@ -221,9 +245,7 @@ class Store:
         if data.num_rows == 0:
             return
         try:
-            if not self.exists(name):
-                self._create(name, data)
-            else:
+            if self.exists(name) or not self._create(name, data):
                 tbl = self.table(name)
                 tbl.checkout_latest()
                 tbl.add(_conform(data, _evolve(tbl, data)))
@@ -287,10 +309,11 @@ class Store:
         return int(tbl.version)
 
     def drop(self, name: str) -> None:
-        if self.exists(name):
-            self.db.drop_table(name)
-        else:  # a create cut off: its folder holds no version, only orphaned files
-            shutil.rmtree(self.path / f"{name}{SUFFIX}", ignore_errors=True)
+        with self._creating(name):  # not under a writer creating it now
+            if self.exists(name):
+                self.db.drop_table(name)
+            else:  # a create cut off: its folder holds no version, only orphaned files
+                shutil.rmtree(self.path / f"{name}{SUFFIX}", ignore_errors=True)
         self._tables.pop(name, None)
         self._keyed.discard(name)
 
