@@ -364,6 +364,10 @@ class Checkpointer:
                     keep_newer_than=previous.started_at or prepared.started,
                     keep_version=cp.versions.get(n),
                 )
+            # the caches' entries of the versions just deleted are dead weight: 1M
+            # profiles upserted 15k at a time held 222 MB after 50 checkpoints, 0 with
+            # this; the next upsert, re-reading the key index, took 105 ms instead of 62
+            store.forget_cached()
         trim_heap()  # what the cut's tables and LanceDB's writes freed (runtime.cluster.heap)
         return cp
 

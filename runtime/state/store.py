@@ -140,6 +140,20 @@ class Store:
         with contextlib.suppress(Exception):
             _ = self.db
 
+    def forget_cached(self) -> None:
+        """Start a new LanceDB session (empty caches) for this process's stores of this
+        size, from this store's next call on. For after a compaction: it deletes the old
+        versions' files, and what the caches hold of them (each version's manifest, each
+        rebuilt key index) is never read again, but stays until the LRU's cap (32 MB of
+        metadata, 256 MB of indexes). A checkpointing driver grew by ~0.25 MB a
+        checkpoint so (+22 MB over a 20-minute soak, still climbing); the next write
+        re-reads what it needs of the current version. Other stores sharing the old
+        session keep it until they forget theirs."""
+        with self._connecting, _SESSIONS_LOCK:
+            _SESSIONS.pop(self.metadata_cache_mb, None)
+            self._db = None
+            self._tables.clear()
+
     def close(self) -> None:
         """Wait for a :meth:`warm` still importing (not cut off by the interpreter's exit)."""
         if self._warming is not None:

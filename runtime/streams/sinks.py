@@ -100,6 +100,7 @@ class TableSink(BufferedSink):
         self._writes += 1
         if self._writes % self.compact_every == 0:  # bound fragments and versions
             self.store.compact(self.table, keep_newer_than=time.time() - 60)
+            self.store.forget_cached()  # what LanceDB cached of the versions just deleted
 
     def flush(self) -> int:
         """Write what is buffered; returns the table's row count."""

@@ -406,3 +406,25 @@ def test_two_writers_creating_a_table_at_once_keep_both_rows(tmp_path: Path) -> 
         for t in threads:
             t.join(60)
         assert errors == [] and rows(Store(folder), "p") == {"a": 1, "b": 1}, round_
+
+
+def test_forgetting_the_caches_starts_an_empty_session_and_the_store_goes_on(
+    tmp_path: Path,
+) -> None:
+    """After a compaction deleted the old versions, their cached manifests and key indexes
+    are dead weight: ``forget_cached`` drops them; reads and upserts go on from disk."""
+    store = Store(tmp_path)
+    for i in range(12):
+        store.upsert("t", people([f"k{j}" for j in range(500)], [i] * 500), key="id")
+        if i % 4 == 3:
+            store.compact("t", keep_newer_than=time.time())
+    size = store_module.METADATA_CACHE_MB
+    before = store_module._SESSIONS[size]
+    assert before.size_bytes > 0
+    store.forget_cached()
+    assert size not in store_module._SESSIONS  # the next call opens a new session
+    assert rows(store, "t") == {f"k{j}": 11 for j in range(500)}
+    store.upsert("t", people(["k0", "new"], [99, 1]), key="id")
+    assert store_module._SESSIONS[size] is not before
+    got = rows(store, "t")
+    assert got["k0"] == 99 and got["new"] == 1 and len(got) == 501
