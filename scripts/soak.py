@@ -241,7 +241,7 @@ def plot(rate_eps: float, samples: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_title(
             {
-                "own_mb": "memory per process role (RSS without the object store's pages)",
+                "own_mb": "memory per process role (RSS without object store and library pages)",
                 "size_mb": "data folder per entry",
                 "versions": "LanceDB versions per table",
             }[field]
