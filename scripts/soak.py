@@ -288,7 +288,10 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
             a, b = first.get(role_, {}), last[role_]
             print(
                 f"  {role_}: "
-                + ", ".join(f"{k} {a.get(k, 0):.0f} -> {b[k]:.0f} MB" for k in sorted(b))
+                + ", ".join(
+                    f"{k} {a.get(k, 0):.0f} -> {b[k]:.0f}{'' if k == 'libraries' else ' MB'}"
+                    for k in sorted(b)
+                )
             )
     print(
         f"acknowledged {v['acked_accepted']:,}; profiles count {run['profiles_txn_count']}; "
