@@ -50,7 +50,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from soak_procs import object_store_mb, rss_by_role  # noqa: E402
-from soak_stats import judge, own_mb, store_pages_mb  # noqa: E402
+from soak_stats import judge, largest_part, own_mb  # noqa: E402
 
 from runtime.testing import procs  # noqa: E402
 from runtime.testing.procs import free_port  # noqa: E402
@@ -237,7 +237,7 @@ def plot(rate_eps: float, samples: list[dict[str, Any]], path: Path) -> None:
             if max(y) > 0:
                 ax.plot(t, y, label=name.lstrip("_"))  # matplotlib hides "_" labels
         if field == "own_mb":  # the object store's pages, judged apart (soak_stats)
-            ax.plot(t, [store_pages_mb(s) for s in samples], "k--", label="object store pages")
+            ax.plot(t, [largest_part(s) for s in samples], "k--", label="object store pages")
         ax.set_ylabel(unit)
         ax.set_title(
             {

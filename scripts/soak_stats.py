@@ -26,8 +26,9 @@ or fall with where the run happens to end in its cycle (a table's versions, 8 ->
 four minutes, failed a 12-minute soak that way).
 
 What is judged of a process is its own memory: its RSS without its pages of Ray's object
-store and of shared libraries' files (``own_mb``). The store is one file in /dev/shm that every worker maps when it
-reads or writes an object: a page once touched stays resident in that process, so these
+store and of shared libraries' files (``own_mb``). The store is one file in /dev/shm that
+every worker maps when it reads or writes an object: a page once touched stays resident
+in that process, so these
 pages are a high-water mark of the store's use, bounded by its capacity
 (``object_store_memory``, 30 % of RAM by default), not a leak of the process. They are
 reported as the largest of any process (``object_store_pages_mb``) beside that capacity,
@@ -139,9 +140,10 @@ def own_mb(sample: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def store_pages_mb(sample: dict[str, Any], part: str = "plasma") -> float:
-    """The object store's resident pages (or with ``part="code"`` the libraries'): the
-    largest of any process (each maps the file)."""
+def largest_part(sample: dict[str, Any], part: str = "plasma") -> float:
+    """One part of a sample's processes' memory, the largest of any role: the object
+    store's resident pages (each process maps the file), or the libraries' (``"code"``),
+    or how many library files a role maps (``"libraries"``)."""
     return max([p.get(part, 0.0) for p in sample.get("rss_parts_mb", {}).values()] or [0.0])
 
 
@@ -169,7 +171,7 @@ def judge(run: dict[str, Any]) -> dict[str, Any]:
     each("versions", 2.0, [s["versions"] for s in samples])
     each("size_mb", 8.0, [s["size_mb"] for s in samples])
     series["own_mb:total"] = {**verdict(t, [sum(v.values()) for v in own], 64.0), "kind": "bounded"}
-    pages = [store_pages_mb(s) for s in samples]
+    pages = [largest_part(s) for s in samples]
     capacity = run.get("object_store_mb")
     series["object_store_pages_mb"] = {
         **verdict(t, pages, 32.0),
@@ -177,8 +179,8 @@ def judge(run: dict[str, Any]) -> dict[str, Any]:
         "capacity_mb": capacity,
         "grows": bool(capacity and max(pages) > capacity / 2),  # past half: a real problem
     }
-    code = [store_pages_mb(s, "code") for s in samples]
-    libs = [store_pages_mb(s, "libraries") for s in samples]
+    code = [largest_part(s, "code") for s in samples]
+    libs = [largest_part(s, "libraries") for s in samples]
     judged = libs[int(len(libs) * WARM_UP) :] or [0.0]
     series["library_pages_mb"] = {
         **verdict(t, code, 32.0),

@@ -49,6 +49,15 @@ def has_version(table_dir: Path) -> bool:
         return False
 
 
+def table_names(folder: Path) -> list[str]:
+    """The tables of a data folder: its ``<name>.lance`` folders that hold a version."""
+    return sorted(
+        p.name[: -len(SUFFIX)]
+        for p in folder.iterdir()
+        if p.name.endswith(SUFFIX) and has_version(p)
+    )
+
+
 class FolderReader:
     """The tables of a data folder, read-only."""
 
@@ -62,11 +71,7 @@ class FolderReader:
         self._open: dict[str, Any] = {}
 
     def tables(self) -> list[str]:
-        return sorted(
-            p.name[: -len(SUFFIX)]
-            for p in self.path.iterdir()
-            if p.name.endswith(SUFFIX) and has_version(p)
-        )
+        return table_names(self.path)
 
     def exists(self, name: str) -> bool:
         return has_version(self.path / f"{name}{SUFFIX}")

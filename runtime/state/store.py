@@ -42,7 +42,7 @@ from runtime.state.checkpoints import (  # noqa: F401 - CHECKPOINTS is part of t
     Checkpoint,
     latest_checkpoint,
 )
-from runtime.state.reader import SUFFIX, has_version
+from runtime.state.reader import SUFFIX, has_version, table_names
 
 #: LanceDB's caches, per process: its defaults (GiBs) let a process that writes a table
 #: every few seconds grow by ~125 KB a write for as long as it runs (the soak's shards and
@@ -163,9 +163,7 @@ class Store:
     # -- tables --------------------------------------------------------------------------
     def tables(self) -> list[str]:
         """The tables of the folder, without a folder a create cut off left behind."""
-        res = self.db.list_tables()
-        names = getattr(res, "tables", res)
-        return sorted(str(n) for n in names if has_version(self.path / f"{n}{SUFFIX}"))
+        return table_names(self.path)
 
     def exists(self, name: str) -> bool:
         # a local table is the folder <name>.lance holding a version: no need to ask
