@@ -107,3 +107,21 @@ def test_replay_refuses_a_file_that_is_not_what_its_suffix_says_in_one_line(tmp_
     p, heavy = replay_towards_no_cluster(f, tmp_path / "d")
     assert p.returncode == 1 and "cannot read" in p.stderr and str(f) in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and "ray" not in heavy
+
+
+def test_sql_and_status_pass_over_a_table_whose_create_was_cut_off(folder, tmp_path):
+    """kill -9 between a new table's data files and its first manifest leaves a folder
+    LanceDB lists but cannot open: the read-only commands treat it as no table."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    half = data / "alerts.lance"
+    shutil.copytree(data / "tallies.lance", half)
+    shutil.rmtree(half / "_versions")  # the state the kill leaves (data files, no manifest)
+    p, _ = edgecore("status", "--data", str(data), "--json")
+    assert p.returncode == 0, p.stderr
+    assert "alerts" not in {t["name"] for t in json.loads(p.stdout)["tables"]}
+    p, _ = edgecore("sql", "SELECT count(*) AS n FROM tallies", "--data", str(data), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["rows"] == [{"n": 7}]
