@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -28,12 +29,39 @@ from typing import Any
 
 import psutil
 
+# Ports the kernel never hands out on its own: below its ephemeral range (where every
+# outgoing connection and every ``bind(0)`` of Ray's many processes lands) and above Ray's
+# default worker ports (10002-19999). A port picked by ``bind(0)`` and bound again later
+# was taken in between by Ray in one CI run (EADDRINUSE; serve gave up after 3 restarts).
+_QUIET_PORTS = (20000, 32768)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _QUIET_PORTS[1]
+
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the caller binds it soon after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now that the caller binds soon after: outside the
+    kernel's ephemeral range and Ray's default ports, so nothing else takes it meanwhile,
+    and never the same one twice in a process."""
+
+    hi = min(_QUIET_PORTS[1], _ephemeral_low())
+    for _ in range(200):
+        port = random.randrange(_QUIET_PORTS[0], hi) if hi > _QUIET_PORTS[0] + 100 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            got = int(s.getsockname()[1])
+        if got not in _handed_out:
+            _handed_out.add(got)
+            return got
+    raise RuntimeError("no free loopback port found in 200 tries")
 
 
 def wait_until(what: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
