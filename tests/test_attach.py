@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -66,3 +67,36 @@ def test_something_else_answers_at_the_address(command):
 def test_a_malformed_address_is_refused_at_once():
     rc, err, took = edgecore("status", "--address", "not-an-address")
     assert rc == 1 and "--address must be" in err and took < 10
+
+
+BARE_RAY = (
+    "import sys, time, ray\n"
+    "from runtime.cluster.connect import init_ray\n"
+    "init_ray(None, num_cpus=1)\n"
+    "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_auto_refuses_to_pick_one_of_two_clusters():
+    """Two runtimes on one machine: ``--address auto`` names both and asks which (Ray's
+    own ``auto`` would attach to either, and `sql` would answer from the wrong one)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BARE_RAY], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
+    try:
+        addresses = sorted(p.stdout.readline().decode().strip() for p in procs)
+        assert all(":" in a for a in addresses), addresses
+        for command in COMMANDS:
+            rc, err, _ = edgecore(*command, "--address", "auto")
+            assert rc == 1, err
+            assert err.strip().count("\n") == 0, err
+            assert re.search(r"\d+ Ray clusters run on this machine", err), err  # 2, or more
+            assert all(a in err for a in addresses), err
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

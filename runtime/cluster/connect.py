@@ -70,10 +70,7 @@ def init_ray(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     else:
         if address == "auto":  # named, so that a loopback GCS is kept as loopback below
-            with contextlib.suppress(ConnectionError, ImportError):
-                from ray._private.services import get_ray_address_from_environment
-
-                address = get_ray_address_from_environment("auto", None)
+            address = auto_address()
         kwargs["address"] = address
         _choose_token(address)
         if ":" in address and "//" not in address and security.refuses_our_token(address):
@@ -120,19 +117,7 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    target = address
-    if address == "auto":
-        try:
-            from ray._private.services import get_ray_address_from_environment
-
-            target = get_ray_address_from_environment("auto", None)
-        except ConnectionError:
-            raise NotStartedError(
-                "no Ray cluster is running on this machine (--address auto): start the runtime "
-                "(e.g. `edgecore serve`) or give the head node's --address HOST:PORT"
-            ) from None
-        except ImportError:  # a Ray without the helper: let ray.init find it
-            target = address
+    target = auto_address() if address == "auto" else address
     if target != "auto" and not target.startswith("ray://"):
         host, _, port = target.rpartition(":")
         if not host or not port.isdigit():
@@ -177,6 +162,37 @@ def attach(address: str, timeout: float = 8.0, hard: bool = False) -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(quiet)
+
+
+def auto_address() -> str:
+    """The address ``--address auto`` means: ``RAY_ADDRESS`` if set, else the one Ray
+    cluster whose processes run on this machine; :class:`NotStartedError` if there is
+    none or several.
+
+    Ray's own ``auto`` attaches to an arbitrary one of several (the first of a set, or
+    the last ``ray start``, with a warning in its log): two runtimes on one machine,
+    and ``edgecore sql --address auto`` would answer from either. Which one is the
+    user's to say.
+    """
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and env != "auto":
+        return env
+    try:
+        from ray._private.services import find_gcs_addresses
+    except ImportError:  # pragma: no cover - another Ray layout: let ray.init find it
+        return "auto"
+    found = sorted(find_gcs_addresses())
+    if not found:
+        raise NotStartedError(
+            "no Ray cluster is running on this machine (--address auto): start the runtime "
+            "(e.g. `edgecore serve`) or give the head node's --address HOST:PORT"
+        )
+    if len(found) > 1:
+        raise NotStartedError(
+            f"{len(found)} Ray clusters run on this machine ({', '.join(found)}): "
+            "choose one with --address HOST:PORT (or RAY_ADDRESS)"
+        )
+    return found[0]
 
 
 def _choose_token(address: str) -> None:
