@@ -17,8 +17,9 @@ from conftest import (
 )
 
 from actors.fraud import fraud_app
-from runtime import FileSource, Runtime, run
+from runtime import ConfigError, EntityKind, FileSource, Runtime, run
 from runtime.cluster.handles import resolve
+from runtime.dataflow.app import setup
 from runtime.state.store import Store
 
 
@@ -164,3 +165,43 @@ def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
     assert models[0].fitted and models[0].version >= 5
     np.testing.assert_array_equal(models[0].clf.coef_, models[1].clf.coef_)
     assert models[0].learned_total > 0
+
+
+class _Refusing(EntityKind):
+    """A kind whose constructor refuses its config, as a user's kind does on a typo."""
+
+    name = "refusing"
+    key = "customer_id"
+    state = {"n": "int64"}
+    topics = ("alerts",)
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if config != "ok":
+            raise ConfigError("refusing: config must be 'ok' (register it with kind_config='ok')")
+
+    def apply(self, batch):
+        pass
+
+
+@pytest.mark.parametrize("sinks", [True, False], ids=["sinks", "no-sinks"])
+@pytest.mark.parametrize("mode", ["local", "ray"])
+def test_a_kind_failing_at_start_is_refused_by_setup_with_its_own_message(
+    ray_session, tmp_path, mode, sinks
+):
+    """Shards and sinks start side by side (setup waits for them together): a kind whose
+    constructor raises still stops setup with the kind's own error, and the runtime
+    closes cleanly after it."""
+    import dataclasses
+
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    app = dataclasses.replace(fraud_app, name="refusing", kind=_Refusing, kind_config=None)
+    if not sinks:  # nothing else calls the shards before the first event
+        app = dataclasses.replace(app, sinks={})
+    with (
+        Runtime(data_dir=str(tmp_path), mode=mode, shards=2) as rt,
+        pytest.raises(ConfigError, match="config must be 'ok'"),
+    ):
+        setup(rt, app)

@@ -54,7 +54,10 @@ class Deployment:
         #: how each subscriber was started, to start it again after a restart
         self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
         self.board: BoardClient | None = None
-        self._starting: list[Handle] = []  # subscribers spawned with wait=False
+        # started with wait=False, waited for (and attached to their topics) by settle():
+        self._starting: list[Handle] = []  # subscriber actors
+        self._pinging: list[Any] = []  # shards' first answers
+        self._attaching: list[tuple[AnyTopic, str, SubscriberClient, Any, float]] = []
         #: edge shards whose forwards go through durable links (runtime.edge)
         self.links = Links()
 
@@ -95,6 +98,7 @@ class Deployment:
             self.stop_actor(name)
         self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
         self.board, self.links = None, Links()
+        self._starting, self._pinging, self._attaching = [], [], []
 
     # -- topics and subscribers ---------------------------------------------------------------
     def topic(self, name: str, saved: dict[str, Any] | None) -> AnyTopic:
@@ -144,7 +148,8 @@ class Deployment:
     ) -> SubscriberClient:
         """Host ``cls(*args, **kwargs)`` as subscriber ``name`` of ``topics(topic_name)``.
         ``wait=False``: return while its actor is still starting; :meth:`settle` waits for
-        it (several subscribers then start side by side, not one after the other)."""
+        it and attaches it to the topic (several subscribers then start side by side, and
+        beside shards registered with ``wait=False``, not one after the other)."""
         for needed in ("on_batch", "flush"):
             if not callable(getattr(cls, needed, None)):
                 raise ConfigError(f"subscriber {cls.__qualname__} must define {needed}()")
@@ -157,17 +162,27 @@ class Deployment:
         # up before the topic relies on it: deliveries to an actor still starting (seconds
         # on a small machine) pile up and hold back every publisher
         self._starting.append(sub.handle)
+        self._attaching.append((topic, name, sub, from_offset, linger_s))
         if wait:
             self.settle()
-        resolve([topic.subscribe(name, sub, from_offset, linger_s)])
         self.subscribers[name] = sub
         self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
         return sub
 
     def settle(self) -> None:
-        """Wait until every subscriber started with ``wait=False`` is up."""
+        """Wait until every shard and subscriber started with ``wait=False`` is up (a
+        shard's start-up error is raised here), then attach the subscribers to their topics.
+
+        Ray starts actor processes a few at a time, each importing for a second or more
+        on a small machine: started together, an app's shards and sinks are up ~1 s
+        sooner than shards first and sinks after."""
+        pinging, self._pinging = self._pinging, []
+        resolve(pinging)
         starting, self._starting = self._starting, []
         wait_ready(starting)
+        attaching, self._attaching = self._attaching, []
+        for topic, name, sub, from_offset, linger_s in attaching:
+            resolve([topic.subscribe(name, sub, from_offset, linger_s)])
 
     def hosted_topics(self, kind: str) -> list[str]:
         """The topics whose partitions live in ``kind``'s shards."""
@@ -201,10 +216,12 @@ class Deployment:
         forward: dict[str, str],
         store_path: str,
         saved: Checkpointer,
+        wait: bool = True,
     ) -> DeployedKind:
         """Start ``n`` shards of ``kind_cls`` (per site for a site-partitioned kind) from the
         last commit; its own output topics live in its shards (runtime.topics.colocated)
-        unless they exist already, are shared by several steps, or have a key of their own."""
+        unless they exist already, are shared by several steps, or have a key of their own.
+        ``wait=False``: return while the shards still start (see :meth:`settle`)."""
         name = kind_cls.name
         self._check_kind(kind_cls, sites, forward)
         total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
@@ -263,7 +280,11 @@ class Deployment:
                 )
                 shards.append(ShardClient(handle))
                 self.links.add(shards[-1], links)
-        resolve([s.ping() for s in shards])  # surfaces start-up errors here
+        pings = [s.ping() for s in shards]  # surfaces start-up errors (here or in settle)
+        if wait:
+            resolve(pings)
+        else:
+            self._pinging.extend(pings)
         for t in hosted:
             self.topics[t] = ColocatedTopic(t, shards, name)
         for target in set(forward.values()):  # downstream watermarks wait for all of these
