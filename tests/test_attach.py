@@ -78,9 +78,10 @@ BARE_RAY = (
 )
 
 
-def test_auto_refuses_to_pick_one_of_two_clusters():
+def test_auto_refuses_to_pick_one_of_two_clusters(monkeypatch):
     """Two runtimes on one machine: ``--address auto`` names both and asks which (Ray's
     own ``auto`` would attach to either, and `sql` would answer from the wrong one)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # it would choose for the commands
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", BARE_RAY], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL

@@ -17,9 +17,10 @@ from conftest import (
 )
 
 from actors.fraud import fraud_app
-from runtime import ConfigError, EntityKind, FileSource, Runtime, run
+from runtime import EntityKind, FileSource, Runtime, run
 from runtime.cluster.handles import resolve
 from runtime.dataflow.app import setup
+from runtime.errors import SnapshotError
 from runtime.state.store import Store
 
 
@@ -168,17 +169,16 @@ def test_model_replicas_are_synced_between_checkpoints(txns, tmp_path):
 
 
 class _Refusing(EntityKind):
-    """A kind whose constructor refuses its config, as a user's kind does on a typo."""
+    """A kind whose shards refuse their saved state at start (in the shard, not the
+    driver), as a kind does on a snapshot it cannot read."""
 
     name = "refusing"
     key = "customer_id"
     state = {"n": "int64"}
     topics = ("alerts",)
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        if config != "ok":
-            raise ConfigError("refusing: config must be 'ok' (register it with kind_config='ok')")
+    def on_start(self, store):
+        raise SnapshotError("saved state refused: written by another version")
 
     def apply(self, batch):
         pass
@@ -186,22 +186,27 @@ class _Refusing(EntityKind):
 
 @pytest.mark.parametrize("sinks", [True, False], ids=["sinks", "no-sinks"])
 @pytest.mark.parametrize("mode", ["local", "ray"])
-def test_a_kind_failing_at_start_is_refused_by_setup_with_its_own_message(
+def test_a_kind_failing_at_start_is_refused_by_setup_and_never_checkpointed(
     ray_session, tmp_path, mode, sinks
 ):
-    """Shards and sinks start side by side (setup waits for them together): a kind whose
-    constructor raises still stops setup with the kind's own error, and the runtime
-    closes cleanly after it."""
+    """Shards and sinks start side by side (setup waits for them together): shards that
+    fail at start stop setup with their own error, and the kind is gone as if never
+    registered, so the checkpoint of a runtime closed normally after it saves nothing of
+    it (nor of sinks that were never attached)."""
     import dataclasses
 
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     app = dataclasses.replace(fraud_app, name="refusing", kind=_Refusing, kind_config=None)
-    if not sinks:  # nothing else calls the shards before the first event
+    if not sinks:
         app = dataclasses.replace(app, sinks={})
-    with (
-        Runtime(data_dir=str(tmp_path), mode=mode, shards=2) as rt,
-        pytest.raises(ConfigError, match="config must be 'ok'"),
-    ):
-        setup(rt, app)
+    with Runtime(data_dir=str(tmp_path), mode=mode, shards=2) as rt:
+        with pytest.raises(SnapshotError, match="shard 0: saved state refused"):
+            setup(rt, app)
+        assert not rt.has_kind("refusing")
+        assert not rt.has_subscriber("alerts->alerts")
+    store = Store(tmp_path)
+    assert not store.exists("refusing")
+    commits = store.read("_checkpoints").to_pylist() if store.exists("_checkpoints") else []
+    assert not any("refusing" in str(r) for r in commits), commits

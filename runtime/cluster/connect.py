@@ -181,6 +181,9 @@ def auto_address() -> str:
         from ray._private.services import find_gcs_addresses
     except ImportError:  # pragma: no cover - another Ray layout: let ray.init find it
         return "auto"
+    # Ray keeps a found list for the life of the process: ask the process table again
+    with contextlib.suppress(AttributeError):
+        find_gcs_addresses.cache_clear()
     found = sorted(find_gcs_addresses())
     if not found:
         raise NotStartedError(

@@ -56,7 +56,7 @@ class Deployment:
         self.board: BoardClient | None = None
         # started with wait=False, waited for (and attached to their topics) by settle():
         self._starting: list[Handle] = []  # subscriber actors
-        self._pinging: list[Any] = []  # shards' first answers
+        self._pinging: list[tuple[str, list[Any]]] = []  # each kind's shards' first answers
         self._attaching: list[tuple[AnyTopic, str, SubscriberClient, Any, float]] = []
         #: edge shards whose forwards go through durable links (runtime.edge)
         self.links = Links()
@@ -163,10 +163,10 @@ class Deployment:
         # on a small machine) pile up and hold back every publisher
         self._starting.append(sub.handle)
         self._attaching.append((topic, name, sub, from_offset, linger_s))
-        if wait:
-            self.settle()
         self.subscribers[name] = sub
         self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
+        if wait:
+            self.settle()
         return sub
 
     def settle(self) -> None:
@@ -176,13 +176,35 @@ class Deployment:
         Ray starts actor processes a few at a time, each importing for a second or more
         on a small machine: started together, an app's shards and sinks are up ~1 s
         sooner than shards first and sinks after."""
-        pinging, self._pinging = self._pinging, []
-        resolve(pinging)
-        starting, self._starting = self._starting, []
-        wait_ready(starting)
-        attaching, self._attaching = self._attaching, []
-        for topic, name, sub, from_offset, linger_s in attaching:
-            resolve([topic.subscribe(name, sub, from_offset, linger_s)])
+        pinging, starting, attaching = self._pinging, self._starting, self._attaching
+        self._pinging, self._starting, self._attaching = [], [], []
+        attached = 0
+        try:
+            for kind, pings in pinging:
+                try:
+                    resolve(pings)
+                except BaseException:
+                    # as if never registered: no checkpoint may save a kind that never ran
+                    self._forget_kind(kind)
+                    raise
+            wait_ready(starting)
+            for topic, name, sub, from_offset, linger_s in attaching:
+                resolve([topic.subscribe(name, sub, from_offset, linger_s)])
+                attached += 1
+        except BaseException:
+            for _, name, _, _, _ in attaching[attached:]:  # never attached: as if never made
+                self.subscribers.pop(name, None)
+                self.subscriptions.pop(name, None)
+                self.stop_actor(names.subscriber(name))
+            raise
+
+    def _forget_kind(self, name: str) -> None:
+        """Stop ``name``'s shards and drop it and the topics they host."""
+        for t in self.hosted_topics(name):
+            del self.topics[t]
+        kind = self.kinds.pop(name, None)
+        for shard in kind.shards if kind is not None else []:
+            self.stop_actor(shard.name)
 
     def hosted_topics(self, kind: str) -> list[str]:
         """The topics whose partitions live in ``kind``'s shards."""
@@ -284,7 +306,7 @@ class Deployment:
         if wait:
             resolve(pings)
         else:
-            self._pinging.extend(pings)
+            self._pinging.append((name, pings))
         for t in hosted:
             self.topics[t] = ColocatedTopic(t, shards, name)
         for target in set(forward.values()):  # downstream watermarks wait for all of these
