@@ -19,7 +19,7 @@ from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, Place
 from runtime.cluster.status import BoardClient, StatusBoard
 from runtime.cluster.wire import receiving
 from runtime.coordinator.config import RuntimeConfig
-from runtime.coordinator.deployed import DeployedKind
+from runtime.coordinator.deployed import DeployedKind, check_new_kind
 from runtime.edge.wiring import Links, core_acks
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind
@@ -245,7 +245,7 @@ class Deployment:
         unless they exist already, are shared by several steps, or have a key of their own.
         ``wait=False``: return while the shards still start (see :meth:`settle`)."""
         name = kind_cls.name
-        self._check_kind(kind_cls, sites, forward)
+        check_new_kind(kind_cls, sites, forward, self.kinds)
         total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
         snapshots, own = saved.start_snapshots(kind_cls, total)
         emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
@@ -319,30 +319,6 @@ class Deployment:
         router = Router(kind_cls, shards, n, site_list, self.config.max_inflight)
         self.kinds[name] = DeployedKind(kind_cls, config, shards, router, by_site, n, forward)
         return self.kinds[name]
-
-    def _check_kind(
-        self, kind_cls: type[EntityKind], sites: list[str] | None, forward: dict[str, str]
-    ) -> None:
-        kind_cls.check()
-        name = kind_cls.name
-        if name in self.kinds:
-            raise ConfigError(f"entity kind {name!r} is registered already")
-        if kind_cls.site_key and not sites:
-            raise ConfigError(
-                f"entity kind {name!r} is partitioned by {kind_cls.site_key!r}: "
-                "register it with sites=[...]"
-            )
-        for topic, target in forward.items():
-            if topic not in kind_cls.topics:
-                raise ConfigError(
-                    f"entity kind {name!r} forwards topic {topic!r}, which it does not declare; "
-                    f"add it to {kind_cls.__qualname__}.topics"
-                )
-            if target not in self.kinds:
-                raise ConfigError(
-                    f"entity kind {name!r} forwards {topic!r} to {target!r}: register {target!r} "
-                    f"first; registered: {sorted(self.kinds)}"
-                )
 
     def sync_kinds(self) -> None:
         """Merge each kind's shard snapshots and hand the result back (no barrier): calls to
