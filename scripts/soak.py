@@ -283,7 +283,7 @@ def show(run: dict[str, Any], v: dict[str, Any]) -> None:
         run["samples"][-1].get("rss_parts_mb", {}),
     )
     for name in v["growing"]:
-        role_ = name.split(":", 1)[1]
+        role_ = name.partition(":")[2]  # (object_store_pages_mb, library_pages_mb: none)
         if name.startswith("own_mb:") and role_ in last:
             a, b = first.get(role_, {}), last[role_]
             print(
@@ -316,7 +316,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("soak-out"))
     ap.add_argument("--keep", action="store_true", help="keep the data folder (under --out)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--judge",
+        type=Path,
+        help="judge the samples of a soak.json written before (no run): after a change "
+        "to the verdicts, an hour's run is not run again",
+    )
     args = ap.parse_args(argv)
+    if args.judge is not None:
+        run = {k: v for k, v in json.loads(args.judge.read_text()).items()}
+        verdicts = judge(run)
+        show(run, verdicts)
+        return 0 if verdicts["ok"] else 1
     work = Path(tempfile.mkdtemp(prefix="edgecore-soak-"))
     try:
         run = soak(args, work)

@@ -20,8 +20,8 @@ versions cleaned every 20 writes) is judged by what it returns to, as a garbage-
 heap is judged after each collection: once the judged part of the run holds two resets
 (a drop by more than a third of the level, and more than the floor), the series grows
 only if the value right after each reset climbs: at more than ``allow`` (and the floor)
-an hour, and by more than the floor between two resets, or significantly (3 standard
-errors) over three or more. With few cycles in a run, the thirds' means of a bounded sawtooth rise
+an hour, by more than the floor from the first reset to the last, and, over three
+or more, significantly (3 standard errors). With few cycles in a run, the thirds' means of a bounded sawtooth rise
 or fall with where the run happens to end in its cycle (a table's versions, 8 -> 27 every
 four minutes, failed a 12-minute soak that way).
 
@@ -51,6 +51,18 @@ second half's growth per acknowledged event at most 1.5 times the first half's.
 False
 >>> leak = [100.0 + 4.0 * i for i in range(40)]
 >>> verdict([10.0 * i for i in range(40)], leak, floor=5.0)["grows"]
+True
+
+A sawtooth judged by its resets: one that returns a step higher once (table versions,
+cleaned by age, 6 then 7 after each cleanup) is bounded; one that returns ever higher
+is not.
+
+>>> def saw(lows):  # 7 cycles of 10 samples, each climbing from its low by 19
+...     return [low + min(19.0, 2.0 * k) for low in lows for k in range(10)]
+>>> t = [10.0 * i for i in range(90)]
+>>> verdict(t, saw([6, 6, 6, 6, 6, 6, 7, 7, 7]), floor=2.0)["grows"]
+False
+>>> verdict(t, saw([6, 8, 10, 12, 14, 16, 18, 20, 22]), floor=2.0)["grows"]
 True
 """
 
@@ -94,9 +106,10 @@ def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -
         rise, span = troughs[-1] - troughs[0], t2[drops[-1]] - t2[drops[0]]
         if len(drops) == 2:  # (a line through two points has no error to test against)
             low_slope, real = rise / max(span, 1e-9), rise > floor
-        else:
+        else:  # (and by more than the floor: a count of versions stepping 6 -> 7 once
+            # in an hour is a significant slope of 2 an hour, and no growth)
             low_slope, low_se = ols([t2[i] for i in drops], troughs)
-            real = low_slope > 3 * low_se
+            real = low_slope > 3 * low_se and rise > floor
         grows = bool(real and low_slope * 3600.0 > max(allow * abs(level), floor))
     return {
         "first": y[0] if y else None,

@@ -83,6 +83,16 @@ def test_a_short_soak_of_serve_keeps_every_acknowledged_event(tmp_path):
     assert (out / "soak.png").stat().st_size > 10_000
     rows = (out / "soak.csv").read_text().splitlines()
     assert rows[0].startswith("t,acked,") and "own_mb:Shard" in rows[0] and len(rows) >= 6
+    # the saved run judged again without running (after a change to the verdicts)
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--judge", str(out / "soak.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert again.returncode == done.returncode, again.stderr[-2000:]
+    assert f"acknowledged {got['acked_accepted']:,}" in again.stdout, again.stdout[-2000:]
 
 
 def test_a_sawtooth_whose_peaks_do_not_climb_is_bounded():
