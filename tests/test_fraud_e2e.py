@@ -189,10 +189,9 @@ class _Refusing(EntityKind):
 def test_a_kind_failing_at_start_is_refused_by_setup_and_never_checkpointed(
     ray_session, tmp_path, mode, sinks
 ):
-    """Shards and sinks start side by side (setup waits for them together): shards that
-    fail at start stop setup with their own error, and the kind is gone as if never
-    registered, so the checkpoint of a runtime closed normally after it saves nothing of
-    it (nor of sinks that were never attached)."""
+    """Shards that fail at start (in the shard: a saved state refused) stop setup with
+    their own error, and the kind is as if never registered: the checkpoint of a runtime
+    closed normally after the error saves nothing of it, nor of its sinks."""
     import dataclasses
 
     import ray

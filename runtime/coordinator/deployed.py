@@ -99,32 +99,3 @@ class DeployedKind:
         back = np.empty(len(order), dtype=np.int64)
         back[order] = np.arange(len(order))
         return keys, asked, back
-
-
-def check_new_kind(
-    kind_cls: type[EntityKind],
-    sites: list[str] | None,
-    forward: dict[str, str],
-    registered: dict[str, DeployedKind],
-) -> None:
-    """Refuse, before anything starts, a kind that cannot be deployed beside ``registered``."""
-    kind_cls.check()
-    name = kind_cls.name
-    if name in registered:
-        raise ConfigError(f"entity kind {name!r} is registered already")
-    if kind_cls.site_key and not sites:
-        raise ConfigError(
-            f"entity kind {name!r} is partitioned by {kind_cls.site_key!r}: "
-            "register it with sites=[...]"
-        )
-    for topic, target in forward.items():
-        if topic not in kind_cls.topics:
-            raise ConfigError(
-                f"entity kind {name!r} forwards topic {topic!r}, which it does not declare; "
-                f"add it to {kind_cls.__qualname__}.topics"
-            )
-        if target not in registered:
-            raise ConfigError(
-                f"entity kind {name!r} forwards {topic!r} to {target!r}: register {target!r} "
-                f"first; registered: {sorted(registered)}"
-            )

@@ -19,7 +19,7 @@ from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, Place
 from runtime.cluster.status import BoardClient, StatusBoard
 from runtime.cluster.wire import receiving
 from runtime.coordinator.config import RuntimeConfig
-from runtime.coordinator.deployed import DeployedKind, check_new_kind
+from runtime.coordinator.deployed import DeployedKind
 from runtime.edge.wiring import Links, core_acks
 from runtime.entities.clients import ShardClient
 from runtime.entities.kind import EntityKind
@@ -54,10 +54,7 @@ class Deployment:
         #: how each subscriber was started, to start it again after a restart
         self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
         self.board: BoardClient | None = None
-        # started with wait=False, waited for (and attached to their topics) by settle():
-        self._starting: list[Handle] = []  # subscriber actors
-        self._pinging: list[tuple[str, list[Any]]] = []  # each kind's shards' first answers
-        self._attaching: list[tuple[AnyTopic, str, SubscriberClient, Any, float]] = []
+        self._starting: list[Handle] = []  # subscribers spawned with wait=False
         #: edge shards whose forwards go through durable links (runtime.edge)
         self.links = Links()
 
@@ -98,7 +95,6 @@ class Deployment:
             self.stop_actor(name)
         self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
         self.board, self.links = None, Links()
-        self._starting, self._pinging, self._attaching = [], [], []
 
     # -- topics and subscribers ---------------------------------------------------------------
     def topic(self, name: str, saved: dict[str, Any] | None) -> AnyTopic:
@@ -148,8 +144,7 @@ class Deployment:
     ) -> SubscriberClient:
         """Host ``cls(*args, **kwargs)`` as subscriber ``name`` of ``topics(topic_name)``.
         ``wait=False``: return while its actor is still starting; :meth:`settle` waits for
-        it and attaches it to the topic (several subscribers then start side by side, and
-        beside shards registered with ``wait=False``, not one after the other)."""
+        it (several subscribers then start side by side, not one after the other)."""
         for needed in ("on_batch", "flush"):
             if not callable(getattr(cls, needed, None)):
                 raise ConfigError(f"subscriber {cls.__qualname__} must define {needed}()")
@@ -162,49 +157,17 @@ class Deployment:
         # up before the topic relies on it: deliveries to an actor still starting (seconds
         # on a small machine) pile up and hold back every publisher
         self._starting.append(sub.handle)
-        self._attaching.append((topic, name, sub, from_offset, linger_s))
-        self.subscribers[name] = sub
-        self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
         if wait:
             self.settle()
+        resolve([topic.subscribe(name, sub, from_offset, linger_s)])
+        self.subscribers[name] = sub
+        self.subscriptions[name] = (topic_name, cls, args, kwargs, linger_s)
         return sub
 
     def settle(self) -> None:
-        """Wait until every shard and subscriber started with ``wait=False`` is up (a
-        shard's start-up error is raised here), then attach the subscribers to their topics.
-
-        Ray starts actor processes a few at a time, each importing for a second or more
-        on a small machine: started together, an app's shards and sinks are up ~1 s
-        sooner than shards first and sinks after."""
-        pinging, starting, attaching = self._pinging, self._starting, self._attaching
-        self._pinging, self._starting, self._attaching = [], [], []
-        attached = 0
-        try:
-            for kind, pings in pinging:
-                try:
-                    resolve(pings)
-                except BaseException:
-                    # as if never registered: no checkpoint may save a kind that never ran
-                    self._forget_kind(kind)
-                    raise
-            wait_ready(starting)
-            for topic, name, sub, from_offset, linger_s in attaching:
-                resolve([topic.subscribe(name, sub, from_offset, linger_s)])
-                attached += 1
-        except BaseException:
-            for _, name, _, _, _ in attaching[attached:]:  # never attached: as if never made
-                self.subscribers.pop(name, None)
-                self.subscriptions.pop(name, None)
-                self.stop_actor(names.subscriber(name))
-            raise
-
-    def _forget_kind(self, name: str) -> None:
-        """Stop ``name``'s shards and drop it and the topics they host."""
-        for t in self.hosted_topics(name):
-            del self.topics[t]
-        kind = self.kinds.pop(name, None)
-        for shard in kind.shards if kind is not None else []:
-            self.stop_actor(shard.name)
+        """Wait until every subscriber started with ``wait=False`` is up."""
+        starting, self._starting = self._starting, []
+        wait_ready(starting)
 
     def hosted_topics(self, kind: str) -> list[str]:
         """The topics whose partitions live in ``kind``'s shards."""
@@ -238,14 +201,12 @@ class Deployment:
         forward: dict[str, str],
         store_path: str,
         saved: Checkpointer,
-        wait: bool = True,
     ) -> DeployedKind:
         """Start ``n`` shards of ``kind_cls`` (per site for a site-partitioned kind) from the
         last commit; its own output topics live in its shards (runtime.topics.colocated)
-        unless they exist already, are shared by several steps, or have a key of their own.
-        ``wait=False``: return while the shards still start (see :meth:`settle`)."""
+        unless they exist already, are shared by several steps, or have a key of their own."""
         name = kind_cls.name
-        check_new_kind(kind_cls, sites, forward, self.kinds)
+        self._check_kind(kind_cls, sites, forward)
         total = n * (len(sites or []) if kind_cls.site_key else 1)  # shards over all sites
         snapshots, own = saved.start_snapshots(kind_cls, total)
         emitted = [t for t in kind_cls(config).active_topics() if t not in forward]
@@ -302,11 +263,7 @@ class Deployment:
                 )
                 shards.append(ShardClient(handle))
                 self.links.add(shards[-1], links)
-        pings = [s.ping() for s in shards]  # surfaces start-up errors (here or in settle)
-        if wait:
-            resolve(pings)
-        else:
-            self._pinging.append((name, pings))
+        resolve([s.ping() for s in shards])  # surfaces start-up errors here
         for t in hosted:
             self.topics[t] = ColocatedTopic(t, shards, name)
         for target in set(forward.values()):  # downstream watermarks wait for all of these
@@ -319,6 +276,30 @@ class Deployment:
         router = Router(kind_cls, shards, n, site_list, self.config.max_inflight)
         self.kinds[name] = DeployedKind(kind_cls, config, shards, router, by_site, n, forward)
         return self.kinds[name]
+
+    def _check_kind(
+        self, kind_cls: type[EntityKind], sites: list[str] | None, forward: dict[str, str]
+    ) -> None:
+        kind_cls.check()
+        name = kind_cls.name
+        if name in self.kinds:
+            raise ConfigError(f"entity kind {name!r} is registered already")
+        if kind_cls.site_key and not sites:
+            raise ConfigError(
+                f"entity kind {name!r} is partitioned by {kind_cls.site_key!r}: "
+                "register it with sites=[...]"
+            )
+        for topic, target in forward.items():
+            if topic not in kind_cls.topics:
+                raise ConfigError(
+                    f"entity kind {name!r} forwards topic {topic!r}, which it does not declare; "
+                    f"add it to {kind_cls.__qualname__}.topics"
+                )
+            if target not in self.kinds:
+                raise ConfigError(
+                    f"entity kind {name!r} forwards {topic!r} to {target!r}: register {target!r} "
+                    f"first; registered: {sorted(self.kinds)}"
+                )
 
     def sync_kinds(self) -> None:
         """Merge each kind's shard snapshots and hand the result back (no barrier): calls to

@@ -181,10 +181,8 @@ class Runtime:
         shards: int | None = None,
         sites: list[str] | None = None,
         forward: dict[str, str] | None = None,
-        wait: bool = True,
     ) -> None:
         """Host ``kind_cls`` in shards; its stored profiles are picked up from the data folder.
-        ``wait=False``: return while the shards still start (``Deployment.settle`` waits).
 
         A kind with a ``site_key`` gets ``shards`` shards for each of ``sites``, each placed
         (usually) at its site's edge. ``forward`` maps topics the kind emits to kinds
@@ -196,9 +194,7 @@ class Runtime:
             ledger.store.drop(kind_cls.name)  # written by a checkpoint that never committed
         path = str(ledger.store.path)
         n = shards or self.n_shards
-        self.deployment.deploy_kind(
-            kind_cls, config, n, sites, dict(forward or {}), path, ledger, wait=wait
-        )
+        self.deployment.deploy_kind(kind_cls, config, n, sites, dict(forward or {}), path, ledger)
 
     def has_kind(self, name: str) -> bool:
         return name in self.deployment.kinds

@@ -224,11 +224,10 @@ def setup(rt: Runtime, app: App) -> None:
         stage = app.stages[i] if i < len(app.stages) else None
         forward = {t: chain[i + 1][0].name for t in stage.topics} if stage else None
         sites = list(app.sites) or None if i == 0 else None
-        # the shards and sinks start side by side; settle() waits for all of them
-        rt.register(cls, config, sites=sites, forward=forward, wait=False)
+        rt.register(cls, config, sites=sites, forward=forward)
     for topic, (table, key) in app.sinks.items():
         if not rt.has_subscriber(f"{topic}->{table}"):
-            rt.sink_to_table(topic, table, key, wait=False)
+            rt.sink_to_table(topic, table, key, wait=False)  # the sinks start side by side
     rt.deployment.settle()
     if rt.config.export_dir:
         from runtime.streams.export import export_outputs
