@@ -95,6 +95,7 @@ class Customer(EntityKind):
     feedback = LABELS  # labels that come after their events (see actors.fraud.labels)
     #: when the alert was raised (wall clock): differs between two runs of the same events
     volatile_columns = ("detected_at",)
+    preload = ("sklearn.linear_model",)  # the first labels fit the model (OnlineModel.clf)
     state = {
         "txn_count": "int64",
         "amount_sum": "float64",

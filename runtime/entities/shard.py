@@ -40,7 +40,7 @@ from runtime.edge.calls import LinkCalls, open_links
 from runtime.edge.inbox import Inbox
 from runtime.entities.calls import EntityCalls, serialized
 from runtime.entities.grouping import as_keys, group_rows
-from runtime.entities.kind import Batch, EntityKind, from_topic
+from runtime.entities.kind import Batch, EntityKind, from_topic, preload
 from runtime.entities.residency import Residency
 from runtime.entities.router import NO_WATERMARK, Router, ingested_at, read_tag
 from runtime.errors import ConfigError, SnapshotError
@@ -160,6 +160,7 @@ class Shard(EntityCalls, LinkCalls):
             self._refused = SnapshotError(f"entity kind {self.name!r}, shard {shard}: {err}")
             return
         self.res.warm_start(shard_id, n_shards)
+        preload(self.kind_cls.preload)
 
     # -- event time --------------------------------------------------------------------------
     @serialized

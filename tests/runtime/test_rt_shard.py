@@ -388,3 +388,25 @@ def test_a_shard_reads_lancedb_only_when_there_is_a_table(tmp_path: Path, folder
         cwd=Path(__file__).resolve().parents[2],
     ).stdout.split()
     assert " ".join(got) == expect
+
+
+def test_a_kinds_preload_is_imported_as_its_shard_starts_and_a_missing_one_is_no_error(
+    tmp_path,
+):
+    """A kind names the modules its first batches import (a learner's library): the
+    shard imports them in the background as it starts, so the first batch that needs one
+    does not stall on it; a module that cannot be imported fails where it is used."""
+    import time
+
+    probe = "runtime.testing.preload_probe"
+    sys.modules.pop(probe, None)
+
+    class Learner(Clicks):
+        preload = ("no_such_module_for_edgecore", probe)
+
+    shard = Shard(Learner, None, 0, 1, str(tmp_path))
+    deadline = time.monotonic() + 10
+    while probe not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert probe in sys.modules
+    assert shard.ping() == 0
