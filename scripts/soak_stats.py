@@ -20,8 +20,11 @@ versions cleaned every 20 writes) is judged by what it returns to, as a garbage-
 heap is judged after each collection: once the judged part of the run holds two resets
 (a drop by more than a third of the level, and more than the floor), the series grows
 only if the value right after each reset climbs: at more than ``allow`` (and the floor)
-an hour, by more than the floor from the first reset to the last, and, over three
-or more, significantly (3 standard errors). With few cycles in a run, the thirds' means of a bounded sawtooth rise
+an hour, by more than the floor between two resets, or significantly (3 standard
+errors) over three or more; a count (table versions, which move in whole steps) must
+also climb by more than the floor from the first reset to the last. The resets must
+span a third of the judged run: a leak that lifts the level until no drop reaches a
+third of it leaves two resets early on, and the fit over the whole run decides. With few cycles in a run, the thirds' means of a bounded sawtooth rise
 or fall with where the run happens to end in its cycle (a table's versions, 8 -> 27 every
 four minutes, failed a 12-minute soak that way).
 
@@ -57,12 +60,12 @@ A sawtooth judged by its resets: one that returns a step higher once (table vers
 cleaned by age, 6 then 7 after each cleanup) is bounded; one that returns ever higher
 is not.
 
->>> def saw(lows):  # 7 cycles of 10 samples, each climbing from its low by 19
-...     return [low + min(19.0, 2.0 * k) for low in lows for k in range(10)]
+>>> def saw(lows):  # one cycle of 10 samples per low, each climbing from it by 18
+...     return [low + 2.0 * k for low in lows for k in range(10)]
 >>> t = [10.0 * i for i in range(90)]
->>> verdict(t, saw([6, 6, 6, 6, 6, 6, 7, 7, 7]), floor=2.0)["grows"]
+>>> verdict(t, saw([6, 6, 6, 6, 6, 6, 7, 7, 7]), floor=2.0, count=True)["grows"]
 False
->>> verdict(t, saw([6, 8, 10, 12, 14, 16, 18, 20, 22]), floor=2.0)["grows"]
+>>> verdict(t, saw([6, 8, 10, 12, 14, 16, 18, 20, 22]), floor=2.0, count=True)["grows"]
 True
 """
 
@@ -87,8 +90,11 @@ def ols(t: list[float], y: list[float]) -> tuple[float, float]:
     return slope, se
 
 
-def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -> dict[str, Any]:
-    """Whether ``y`` (sampled at seconds ``t``) keeps growing after the warm-up."""
+def verdict(
+    t: list[float], y: list[float], floor: float, allow: float = 0.10, count: bool = False
+) -> dict[str, Any]:
+    """Whether ``y`` (sampled at seconds ``t``) keeps growing after the warm-up;
+    ``count``: ``y`` counts things (table versions), which move in whole steps."""
     skip = int(len(t) * WARM_UP)
     t2, y2 = t[skip:], y[skip:]
     slope, se = ols(t2, y2)
@@ -102,14 +108,19 @@ def verdict(t: list[float], y: list[float], floor: float, allow: float = 0.10) -
     grows = bool(significant and rising and per_hour > max(allow * abs(level), floor))
     drops = [i for i in range(1, len(y2)) if y2[i - 1] - y2[i] > max(floor, y2[i - 1] / 3)]
     troughs = [y2[i] for i in drops]
-    if len(drops) >= 2:  # a sawtooth: does what it returns to climb?
+    judged = t2[-1] - t2[0] if len(t2) > 1 else 0.0
+    # a sawtooth, its resets spread over the run: does what it returns to climb? (two
+    # resets close together say nothing of the rest of the run, where a leak may have
+    # lifted the level so far that no drop reaches a third of it: the fit above decides)
+    if len(drops) >= 2 and t2[drops[-1]] - t2[drops[0]] >= judged / 3:
         rise, span = troughs[-1] - troughs[0], t2[drops[-1]] - t2[drops[0]]
         if len(drops) == 2:  # (a line through two points has no error to test against)
             low_slope, real = rise / max(span, 1e-9), rise > floor
-        else:  # (and by more than the floor: a count of versions stepping 6 -> 7 once
-            # in an hour is a significant slope of 2 an hour, and no growth)
+        else:
             low_slope, low_se = ols([t2[i] for i in drops], troughs)
-            real = low_slope > 3 * low_se and rise > floor
+            real = low_slope > 3 * low_se
+            if count:  # a count stepping 6 -> 7 once in an hour is a significant slope
+                real = real and rise > floor  # of ~2 an hour, and no growth
         grows = bool(real and low_slope * 3600.0 > max(allow * abs(level), floor))
     return {
         "first": y[0] if y else None,
@@ -172,13 +183,17 @@ def judge(run: dict[str, Any]) -> dict[str, Any]:
     own = [own_mb(s) for s in samples]
 
     def each(field: str, floor: float, values: list[dict[str, float]]) -> None:
+        count = field == "versions"
         for name in sorted({k for v in values for k in v}):
             y = [float(v.get(name, 0.0)) for v in values]
             if field == "size_mb" and name in APPEND_ONLY:
                 in_bytes = [v * MB for v in y]
                 series[f"{field}:{name}"] = {**per_event(acked, in_bytes), "kind": "per_event"}
             else:
-                series[f"{field}:{name}"] = {**verdict(t, y, floor), "kind": "bounded"}
+                series[f"{field}:{name}"] = {
+                    **verdict(t, y, floor, count=count),
+                    "kind": "bounded",
+                }
 
     each("own_mb", 32.0, own)
     each("versions", 2.0, [s["versions"] for s in samples])

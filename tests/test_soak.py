@@ -203,3 +203,16 @@ def test_a_librarys_pages_are_reported_and_not_judged_but_a_mapped_data_file_is(
     for i, s in enumerate(more["samples"]):
         s["rss_parts_mb"]["TableSink"]["libraries"] = 40 + i
     assert judge(more)["growing"] == ["library_pages_mb"]
+
+
+def test_a_leak_under_a_sawtooth_is_caught_when_its_drops_fade():
+    """A driver's sawtooth (checkpoints lift it ~190 MB, then it returns) over a leak of
+    250 MB an hour: as the level climbs, drops stop reaching a third of it, and the two
+    early resets must not decide the verdict; a 40 MB/h leak over an hour is caught too,
+    and the sawtooth alone is bounded."""
+    t = [10.0 * i for i in range(360)]
+    saw = [260.0 + (190.0 if i % 9 in (3, 4) else 0.0) for i in range(360)]
+    assert not verdict(t, saw, floor=32.0)["grows"]
+    for per_hour in (40.0, 250.0):
+        leak = [v + per_hour * ti / 3600 for v, ti in zip(saw, t, strict=True)]
+        assert verdict(t, leak, floor=32.0)["grows"], per_hour
