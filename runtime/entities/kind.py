@@ -143,7 +143,7 @@ class EntityKind:
     #: routed by :attr:`key` to the shard holding the entity and handed to
     #: :meth:`on_feedback`; no entity is loaded for them. None: the kind takes none
     feedback: ClassVar[EventSchema | None] = None
-    #: modules the kind imports on first use inside :meth:`apply` (a learner's library):
+    #: modules the kind imports on first use (a learner's library, in apply or on_feedback):
     #: each shard imports them in a background thread as it starts, so the first batch
     #: that needs one does not stall on the import (scikit-learn: ~1 s on 2 cores)
     preload: ClassVar[tuple[str, ...]] = ()
@@ -182,6 +182,13 @@ class EntityKind:
         overridden = cls.apply is not EntityKind.apply or cls.on_event is not EntityKind.on_event
         if not overridden:
             raise ConfigError(f"{where}: define on_event(state, event) or apply(batch)")
+        if not isinstance(cls.preload, tuple) or not all(
+            isinstance(m, str) for m in cls.preload
+        ):  # a bare string would preload its letters, and silently nothing
+            raise ConfigError(
+                f"{where}: preload must be a tuple of module names, e.g. "
+                f"preload = ('sklearn.linear_model',), not {cls.preload!r}"
+            )
 
     @classmethod
     def handlers(cls) -> dict[str, Callable[..., Any]]:

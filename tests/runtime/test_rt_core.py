@@ -102,6 +102,13 @@ def test_bad_kind_definitions_are_refused_early():
     with pytest.raises(ConfigError, match="on_event"):
         NoHandler.check()
 
+    class BarePreload(NoName):
+        name = "things"
+        preload = "sklearn.linear_model"  # a string, not a tuple
+
+    with pytest.raises(ConfigError, match="preload must be a tuple"):
+        BarePreload.check()
+
 
 def test_idle_entities_are_passivated(tmp_path):
     from runtime.entities.shard import Shard
