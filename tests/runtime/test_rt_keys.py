@@ -144,3 +144,28 @@ def test_as_signed_is_a_view() -> None:
     h = np.array([0, 1, (1 << 63), MASK], dtype=np.uint64)
     assert as_signed(h).tolist() == [0, 1, -(1 << 63), -1]
     assert as_signed(h).view(np.uint64).tolist() == h.tolist()
+
+
+@pytest.mark.parametrize("distinct", [50, 3_000, 9_000])
+def test_large_batches_hash_like_the_reference_whichever_path(distinct: int) -> None:
+    # 9,000 keys: 50 or 3,000 distinct take the distinct-keys path, 9,000 hash each key
+    rng = np.random.default_rng(distinct)
+    words = [f"cust-{i}-{'ü' * (i % 3)}" for i in range(distinct)]
+    picked = [words[i] for i in rng.integers(0, distinct, 9_000)]
+    if distinct == 9_000:
+        picked = words
+    picked[::97] = [None] * len(picked[::97])
+    arr = pa.array(picked)
+    got = hash_keys(arr)
+    sample = rng.integers(0, len(picked), 400)
+    assert [int(got[i]) for i in sample] == [reference_hash(picked[i]) for i in sample]
+    # slices and chunks of a large batch agree with the whole
+    assert (hash_keys(arr.slice(1234, 5000)) == got[1234:6234]).all()
+    chunked = pa.chunked_array([arr.slice(0, 4500), arr.slice(4500)])
+    assert (hash_keys(chunked) == got).all()
+    # a dictionary array with null indices, and one with a null in its dictionary
+    assert (hash_keys(arr.dictionary_encode()) == got).all()
+    with_null_value = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 2, 1] * 1500, pa.int32()), pa.array(["a", None, "b"])
+    )
+    assert hash_keys(with_null_value).tolist()[:4] == [FROZEN["a"], 0, reference_hash("b"), 0]
