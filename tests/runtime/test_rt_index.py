@@ -97,6 +97,40 @@ def test_seen_set_random_against_python_set() -> None:
     assert len(seen) == len(oracle)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_seen_set_rising_random_and_repeated_batches_against_python_set(seed: int) -> None:
+    """Batches above every id (appended in place), interleaved and repeated ones (merged),
+    small ones (buffered) and large ones (spanning generations) all answer like a set."""
+    rng = np.random.default_rng(seed)
+    seen, oracle = SeenSet(capacity=1 << 40, generation=10_000), set()
+    top = 0
+    for _ in range(120):
+        size = int(rng.choice([0, 1, 50, 700, 2500, 6000]))
+        shape = rng.integers(0, 4)
+        if shape == 0:  # rising, above everything so far
+            ids = top + np.cumsum(rng.integers(1, 4, size))
+        elif shape == 1:  # rising, but starting inside what was seen
+            ids = max(top - size, 0) + np.arange(size) * 2
+        elif shape == 2:  # anywhere, with repeats inside the batch
+            ids = rng.integers(-50, top + 100, size)
+        else:  # rising, then one step back
+            ids = top + np.arange(size)
+            if size > 1:
+                ids[-1] = ids[0]
+        top = max(top, int(ids.max()) + 1) if size else top
+        expected = []
+        for i in ids.tolist():
+            expected.append(i not in oracle)
+            oracle.add(i)
+        assert seen.add_new(ids).tolist() == expected
+        assert len(seen) == len(oracle)
+    for gen in seen._gens:
+        assert (np.diff(gen) > 0).all() and len(gen) <= 10_000
+    assert sorted(seen.ids().tolist()) == sorted(oracle)
+    probe = rng.integers(-100, top + 100, 5000)
+    assert seen.contains(probe).tolist() == [int(i) in oracle for i in probe]
+
+
 def test_seen_set_capacity_evicts_oldest_generations() -> None:
     seen = SeenSet(capacity=10, generation=4)
     assert seen.add_new(np.arange(0, 6)).all()
