@@ -95,6 +95,7 @@ class Store:
         self.path = Path(data_dir)
         #: a store that only writes (a sink) keeps a small metadata cache
         self.metadata_cache_mb = WRITER_METADATA_CACHE_MB if writer else METADATA_CACHE_MB
+        self._writer = writer
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -139,6 +140,10 @@ class Store:
     def _warm(self) -> None:
         with contextlib.suppress(Exception):
             _ = self.db
+            if not self._writer:
+                # reads go through pylance (``to_lance``), a second import of ~0.3 s that
+                # otherwise ran at a replay's first checkpoint; a sink only writes
+                import lance  # noqa: F401
 
     def forget_cached(self) -> None:
         """Start a new LanceDB session (empty caches) for this process's stores of this

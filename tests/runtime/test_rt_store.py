@@ -270,6 +270,33 @@ def test_a_warm_store_connects_in_the_background_and_a_cold_one_on_first_use(
     assert rows(warm, "p") == {"a": 1}
 
 
+WARM_IMPORTS = """
+import sys
+from runtime.state.store import Store
+store = Store(sys.argv[1], warm=True, writer=sys.argv[2] == "writer")
+store.close()
+print(store._db is not None, "lance" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("role", "expect"), [("reader", "True True"), ("writer", "True False")])
+def test_a_warm_store_imports_what_its_first_use_would(tmp_path: Path, role, expect) -> None:
+    """A warm store imports LanceDB in the background, and a reading one pylance too (its
+    reads go through ``to_lance``: imported at the first read, it ran inside a replay's
+    first checkpoint); a sink's store only writes, and pylance would be 80 MB for nothing."""
+    import subprocess
+    import sys
+
+    got = subprocess.run(
+        [sys.executable, "-c", WARM_IMPORTS, str(tmp_path), role],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    assert " ".join(got) == expect
+
+
 @pytest.mark.parametrize("key_type", [pa.string(), pa.int64()])
 def test_a_row_with_a_null_key_is_inserted_as_before_the_index(tmp_path: Path, key_type) -> None:
     store = Store(tmp_path)
