@@ -134,6 +134,21 @@ def test_array_headers_read_like_numpy_reads_them(arr):
     assert got.dtype == arr.dtype and got.flags.f_contiguous == arr.flags.f_contiguous
 
 
+def test_an_array_header_running_past_its_member_is_refused():
+    """A member whose header length runs past its bytes is refused as numpy refuses it,
+    not read by the fast pattern (which would stop at the end and call it an empty array)."""
+    from runtime.state.snapshot import _array
+
+    good = io.BytesIO()
+    np.lib.format.write_array(good, np.zeros(0), allow_pickle=False)
+    data = good.getvalue()
+    (n,) = np.frombuffer(data[8:10], "<u2")
+    overrun = data[:8] + np.array([n + 64], "<u2").tobytes() + data[10:]
+    with pytest.raises(ValueError, match="EOF"):
+        _array(overrun, "x")
+    assert _array(data, "x").shape == (0,)
+
+
 def refusals(tmp_path) -> dict[str, tuple[bytes, str]]:
     """Crafted blobs and the words their refusal must use."""
     good = pack("demo", {"n": 1}, {"x": np.arange(4)})

@@ -74,7 +74,9 @@ def hash_keys(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
     if pa.types.is_dictionary(keys.type):
-        return _spread(keys)
+        # its dictionary may hold entries no row uses (many more than the rows, or bytes
+        # that are no text): only the values are hashed, as for any other array
+        keys = keys.dictionary_decode()
     if len(keys) >= _DICT_MIN:
         encoded = pc.dictionary_encode(keys)
         if len(encoded.dictionary) <= _DICT_SHARE * len(keys):
@@ -83,13 +85,14 @@ def hash_keys(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _spread(encoded: pa.DictionaryArray) -> np.ndarray:
-    """The hash of every value of a dictionary array, hashing each dictionary entry once."""
+    """The hash of every value of ``dictionary_encode``'s output (every entry used),
+    hashing each dictionary entry once."""
     table = _hash_each(encoded.dictionary)
-    indices = encoded.indices
+    indices = encoded.indices.cast(pa.int64())  # room for the extra entry below
     if indices.null_count:  # a null value hashes like ""
         table = np.append(table, _hash_each(pa.array([""])))
         indices = pc.fill_null(indices, len(table) - 1)
-    return table[indices.to_numpy(zero_copy_only=False)]
+    return table[indices.to_numpy()]
 
 
 def _hash_each(keys: pa.Array) -> np.ndarray:

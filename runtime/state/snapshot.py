@@ -255,7 +255,7 @@ def _members(data: bytes) -> dict[str, bytes]:
 #: 'shape': (3, 560), }`` and padding
 _NPY_HEADER = re.compile(
     rb"\{'descr': '([<>|=]?[a-zA-Z]\d*(?:\[\w+\])?)', 'fortran_order': (True|False), "
-    rb"'shape': \(((?:\d+, ?)*\d*)\), \} *\n"
+    rb"'shape': \(((?:(?:0|[1-9]\d*), ?)*(?:0|[1-9]\d*)?)\), \} *\n"
 )
 
 
@@ -269,7 +269,7 @@ def _header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """
     if data[:6] == b"\x93NUMPY" and data[6:8] == b"\x01\x00" and len(data) >= 10:
         (n,) = struct.unpack_from("<H", data, 8)
-        m = _NPY_HEADER.fullmatch(data, 10, 10 + n)
+        m = _NPY_HEADER.fullmatch(data, 10, 10 + n) if 10 + n <= len(data) else None
         if m is not None:
             shape = tuple(int(d) for d in m.group(3).split(b",") if d.strip())
             return shape, m.group(2) == b"True", np.dtype(m.group(1).decode()), 10 + n

@@ -169,3 +169,20 @@ def test_large_batches_hash_like_the_reference_whichever_path(distinct: int) -> 
         pa.array([0, 1, 2, 1] * 1500, pa.int32()), pa.array(["a", None, "b"])
     )
     assert hash_keys(with_null_value).tolist()[:4] == [FROZEN["a"], 0, reference_hash("b"), 0]
+
+
+def test_dictionary_arrays_of_any_index_type_hash_their_values_only() -> None:
+    """A dictionary array from elsewhere (IPC, pandas) hashes like its values: narrow
+    indices with a full dictionary and a null, and entries no row uses (even bytes that
+    are no text), change nothing."""
+    entries = [f"v{i}" for i in range(128)]
+    narrow = pa.DictionaryArray.from_arrays(pa.array([0, None, 127], pa.int8()), pa.array(entries))
+    assert hash_keys(narrow).tolist() == [reference_hash("v0"), 0, reference_hash("v127")]
+    unused = pa.DictionaryArray.from_arrays(
+        pa.array([1, 1], pa.int32()), pa.array([b"\xff\xfe", b"ok"], pa.binary())
+    )
+    assert hash_keys(unused).tolist() == [reference_hash("ok")] * 2
+    big = pa.DictionaryArray.from_arrays(
+        pa.array([5, 3], pa.int32()), pa.array([f"k{i}" for i in range(200_000)])
+    )
+    assert hash_keys(big).tolist() == [reference_hash("k5"), reference_hash("k3")]
