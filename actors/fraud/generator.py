@@ -8,6 +8,7 @@ generator as a resumable source (:class:`GeneratorSource`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -42,7 +43,12 @@ __all__ = [
     "write_transactions",
 ]
 
-_MS_SUFFIX = pa.array([f".{i:03d}Z" for i in range(1000)])
+
+@functools.cache
+def _ms_suffix() -> pa.Array:
+    # built on first use, not at import: pyarrow imports pandas (0.3 s) for the first array
+    # it builds from a list, and every command that loads the fraud app imported this
+    return pa.array([f".{i:03d}Z" for i in range(1000)])
 
 
 def _iso_ts(ts: pa.Array) -> pa.Array:
@@ -51,7 +57,7 @@ def _iso_ts(ts: pa.Array) -> pa.Array:
     secs, inverse = np.unique(ms // 1000, return_inverse=True)
     text = pc.strftime(pa.array(secs, pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%S")
     return pc.binary_join_element_wise(
-        text.take(pa.array(inverse)), _MS_SUFFIX.take(pa.array(ms % 1000)), ""
+        text.take(pa.array(inverse)), _ms_suffix().take(pa.array(ms % 1000)), ""
     )
 
 

@@ -23,18 +23,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from runtime.coordinator.runtime import Runtime
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError
 from runtime.ingest.queries import Query
 from runtime.state.fields import NAME_RE
 from runtime.streams.schema import EventSchema
 from runtime.streams.sources import Source
+
+if TYPE_CHECKING:  # the coordinator is imported where a runtime starts, not to read an app
+    from runtime.coordinator.runtime import Runtime
 
 
 @dataclass(frozen=True)

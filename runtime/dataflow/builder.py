@@ -31,11 +31,10 @@ name shows up in dead letters, in metrics and in errors. ``build()`` gives the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from runtime.coordinator.runtime import Runtime
 from runtime.dataflow.app import App, EventTime, RunStats, Stage, Step, run
 from runtime.entities.kind import EntityKind
 from runtime.errors import ConfigError
@@ -45,6 +44,9 @@ from runtime.operators.windowed import argmax_kind, emit_kind, window_kind
 from runtime.state.fields import NAME_RE
 from runtime.streams.schema import EventSchema
 from runtime.streams.sources import Source
+
+if TYPE_CHECKING:  # the coordinator is imported where a runtime starts, not to read an app
+    from runtime.coordinator.runtime import Runtime
 
 
 class Pipeline:
