@@ -89,6 +89,23 @@ def env(extra: dict[str, str] | None = None, root: str | Path | None = None) -> 
     }
 
 
+def fresh_python(code: str, *args: str, root: str | Path | None = None) -> list[str]:
+    """The words ``code`` prints, run by a new interpreter with ``args`` (what a module
+    imports is the point: this process has imported everything already).
+
+    >>> fresh_python("import sys; print(sys.argv[1:])", "a")
+    ["['a']"]
+    """
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env=env(root=root),
+    ).stdout.split()
+
+
 class Command:
     """``python -m runtime.cli ARGS`` in its own session (as a shell job), stderr followed
     line by line in :attr:`lines`.

@@ -74,6 +74,15 @@ def test_random_ops_against_dict_oracle(seed: int) -> None:
     assert sorted(idx.keys.tolist()) == sorted(oracle)
 
 
+def oracle_add(oracle: set[int], ids: np.ndarray) -> list[bool]:
+    """What ``SeenSet.add_new`` must answer, from a Python set (which takes the ids)."""
+    out = []
+    for i in ids.tolist():
+        out.append(i not in oracle)
+        oracle.add(i)
+    return out
+
+
 def test_seen_set_in_batch_repeats_first_wins() -> None:
     seen = SeenSet()
     ids = np.array([5, 3, 5, 5, 3, 9])
@@ -89,11 +98,7 @@ def test_seen_set_random_against_python_set() -> None:
     seen, oracle = SeenSet(), set()
     for _ in range(50):
         ids = rng.integers(-500, 500, size=rng.integers(0, 80))
-        expected = []
-        for i in ids.tolist():
-            expected.append(i not in oracle)
-            oracle.add(i)
-        assert seen.add_new(ids).tolist() == expected
+        assert seen.add_new(ids).tolist() == oracle_add(oracle, ids)
     assert len(seen) == len(oracle)
 
 
@@ -118,11 +123,7 @@ def test_seen_set_rising_random_and_repeated_batches_against_python_set(seed: in
             if size > 1:
                 ids[-1] = ids[0]
         top = max(top, int(ids.max()) + 1) if size else top
-        expected = []
-        for i in ids.tolist():
-            expected.append(i not in oracle)
-            oracle.add(i)
-        assert seen.add_new(ids).tolist() == expected
+        assert seen.add_new(ids).tolist() == oracle_add(oracle, ids)
         assert len(seen) == len(oracle)
     for gen in seen._gens:
         assert (np.diff(gen) > 0).all() and len(gen) <= 10_000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from runtime.entities.shard import Shard
 from runtime.errors import ConfigError, UnknownEntityError
 from runtime.state.keys import hash_keys, shard_of
 from runtime.state.store import Store
+from runtime.testing.procs import fresh_python
 from runtime.topics.clients import TopicClient
 from runtime.topics.topic import Topic
 
@@ -380,13 +380,7 @@ print(shard.get("a")["clicks"], "lancedb" in sys.modules)
 def test_a_shard_reads_lancedb_only_when_there_is_a_table(tmp_path: Path, folder, expect):
     """LanceDB costs a process ~100 MB and ~1 s to import: a shard starting on a fresh folder
     (every replay's and benchmark's first run) has nothing to read and does without it."""
-    got = subprocess.run(
-        [sys.executable, "-c", FRESH_SHARD, str(tmp_path), folder],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.split()
+    got = fresh_python(FRESH_SHARD, str(tmp_path), folder, root=Path(__file__).resolve().parents[2])
     assert " ".join(got) == expect
 
 

@@ -14,6 +14,7 @@ import runtime.state.store as store_module
 from runtime.errors import StoreError
 from runtime.state.reader import FolderReader
 from runtime.state.store import CHECKPOINTS, Checkpoint, Store
+from runtime.testing.procs import fresh_python
 
 
 def rows(store: Store, name: str) -> dict[str, int]:
@@ -284,16 +285,7 @@ def test_a_warm_store_imports_what_its_first_use_would(tmp_path: Path, role, exp
     """A warm store imports LanceDB in the background, and a reading one pylance too (its
     reads go through ``to_lance``: imported at the first read, it ran inside a replay's
     first checkpoint); a sink's store only writes, and pylance would be 80 MB for nothing."""
-    import subprocess
-    import sys
-
-    got = subprocess.run(
-        [sys.executable, "-c", WARM_IMPORTS, str(tmp_path), role],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    ).stdout.split()
+    got = fresh_python(WARM_IMPORTS, str(tmp_path), role, root=Path(__file__).resolve().parents[2])
     assert " ".join(got) == expect
 
 
