@@ -21,6 +21,7 @@ in the actors that use it). Outside Ray both do nothing.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,10 @@ MAX_PENDING = 10_000  # histogram observations kept between two syncs
 
 
 def in_ray() -> bool:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return False
-    return bool(ray.is_initialized())
+    """Whether this process runs Ray (a Ray worker, or a Ray runtime's driver). Ray not
+    imported is Ray not started: asking does not import it (0.7 s in a local run)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
 
 
 def ray_name(name: str, kind: str) -> str:

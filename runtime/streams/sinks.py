@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import datetime
-import sys
 import time
 
 import pyarrow as pa
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 
 from runtime.cluster.heap import trim_heap
 from runtime.cluster.wire import unpack
+from runtime.observe.raymirror import in_ray
 from runtime.state.store import Store
 from runtime.topics.topic import OFFSET, PARTITION
 
@@ -69,13 +69,6 @@ class BufferedSink:
         return self.written
 
 
-def _under_ray() -> bool:
-    """Whether this process runs Ray (a Ray worker, or a Ray runtime's driver); a local
-    run's driver imports LanceDB when it first writes, as it always did."""
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
 class TableSink(BufferedSink):
     """Write a topic to a LanceDB table, batched; with ``key`` an idempotent upsert.
 
@@ -95,7 +88,7 @@ class TableSink(BufferedSink):
         # under Ray, LanceDB is imported as the sink starts, in the background: imported at
         # its first flush, it cost a replay's alerts sink 1.4 s of CPU inside the run (its
         # namespace client's pydantic models), with the shards on the same two cores
-        self.store = Store(data_dir, writer=True, warm=_under_ray())  # WRITER_METADATA_CACHE_MB
+        self.store = Store(data_dir, writer=True, warm=in_ray())  # WRITER_METADATA_CACHE_MB
         self.table = table
         self.key = key
         self.compact_every = compact_every
