@@ -365,7 +365,8 @@ def _role(cmd: str) -> str:
         (("Shard", "shard:"), "shards"),
         (("Topic", "topic:"), "topics"),
         (("AlertProbe", "bench-probe"), "probe"),
-        (("TableSink", "sub:"), "sinks"),
+        # the table sinks and the status board share a host process (runtime.cluster.host)
+        (("ray::Host", "host:", "TableSink", "sub:"), "sinks"),
         (("StatusBoard", "runtime:status"), "status"),
         (("mosquitto",), "broker"),
         (("raylet",), "raylet"),

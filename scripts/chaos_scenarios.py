@@ -54,7 +54,9 @@ VICTIMS = {
     # the default apps host their output topics inside their shards (no topic actor);
     # dead letters have a topic actor of their own in every run
     "topic": "topic:dead_letters",
-    "sink": "sub:entries->",
+    # the table sinks live in their node's host process (runtime.cluster.host), with the
+    # status board: killing the sink is killing that process
+    "sink": "host:",
     "stage": "stage:ingest:ledger:",
 }
 SCENARIOS = ("shard", "stage", "topic", "sink", "edge", "commit", "broker")

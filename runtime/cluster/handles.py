@@ -15,6 +15,7 @@ Ray's errors are translated here into :class:`~runtime.errors.ActorFailedError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,8 +48,15 @@ class Handle:
 
     name: str
     mode: str
-    target: Any  # the object (local) or the Ray actor handle
+    target: Any  # the object (local), the Ray actor handle, or its host's (hosted)
     options: dict[str, Any] = field(default_factory=dict)
+    #: the name of the Host actor this object lives in (runtime.cluster.host), if hosted
+    host: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The Ray actor that runs it: its own name, or its host's."""
+        return self.host or self.name
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self.mode == "local":
@@ -56,6 +64,8 @@ class Handle:
                 return LocalFuture(getattr(self.target, method)(*args, **kwargs))
             except Exception as err:  # delivered at resolve(), as Ray would
                 return LocalFuture(error=err)
+        if self.host is not None:
+            return self.target.invoke.remote(self.name, method, *args, **kwargs)
         return getattr(self.target, method).remote(*args, **kwargs)
 
     def node_id(self) -> str:
@@ -68,10 +78,14 @@ class Handle:
         )
 
     def kill(self) -> None:
-        if self.mode == "ray":
-            import ray
+        if self.mode != "ray":
+            return
+        if self.host is not None:  # its host goes on with the others
+            self.target.drop.remote(self.name)
+            return
+        import ray
 
-            ray.kill(self.target, no_restart=True)
+        ray.kill(self.target, no_restart=True)
 
 
 def spawn(
@@ -108,6 +122,13 @@ def spawn(
         opts["label_selector"] = label_selector
     actor = ray.remote(cls).options(**opts).remote(*args, **kwargs)
     return Handle(name, mode, actor, opts)
+
+
+def spawn_hosted(host: Handle, cls: type, *args: Any, name: str, **kwargs: Any) -> Handle:
+    """Start ``cls(*args, **kwargs)`` as ``name`` inside the ``host`` actor
+    (:class:`runtime.cluster.host.Host`); :func:`wait_ready` raises its constructor's error."""
+    host.target.add.remote(name, cls, args, kwargs)
+    return Handle(name, host.mode, host.target, host.options, host=host.name)
 
 
 def resolve(futures: list[Any], timeout: float | None = None) -> list[Any]:
@@ -203,20 +224,35 @@ def nodes() -> list[dict[str, Any]]:
 
 def wait_ready(handles: list[Handle], timeout: float = 60.0) -> None:
     """Wait until the actors behind ``handles`` were created (and so have a node)."""
-    remote = [h.target.__ray_ready__.remote() for h in handles if h.mode == "ray"]
+    remote = [
+        h.target.ready.remote(h.name) if h.host else h.target.__ray_ready__.remote()
+        for h in handles
+        if h.mode == "ray"
+    ]
     if remote:
         resolve(remote, timeout=timeout)
 
 
 def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
-    """Name -> node id of every alive named actor, as Ray's control store records it."""
+    """Name -> node id of every alive named actor, as Ray's control store records it, and
+    of every object hosted in one (runtime.cluster.host): its host's node."""
+    import ray
     import ray._private.state as state
+
+    from runtime.cluster.names import HOST_PREFIX
 
     out = {}
     for info in state.state.actor_table(None).values():
         name = info.get("Name")
         if name and info.get("State") == "ALIVE" and info.get("RayNamespace") in (namespace, None):
             out[name] = info["Address"].get("NodeID", "")
+    hosts = []
+    for n in out:
+        if n.startswith(HOST_PREFIX):
+            with contextlib.suppress(ValueError):  # gone since the table was read
+                hosts.append(Handle(n, "ray", ray.get_actor(n, namespace=namespace)))
+    for host, inside in zip(hosts, hosted(hosts), strict=True):
+        out.update(dict.fromkeys(inside, out[host.name]))
     return out
 
 
@@ -242,14 +278,41 @@ def dead_actors(wanted: list[str], namespace: str = "edgecore") -> list[str]:
 
 
 def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
-    """Handles on the running runtime's actors whose names start with ``prefix``."""
+    """Handles on the running runtime's actors whose names start with ``prefix``, hosted
+    ones (runtime.cluster.host) included."""
     import ray
 
+    from runtime.cluster.names import HOST_PREFIX
+
     out: dict[str, Handle] = {}
+    hosts: list[Handle] = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name, ns = (
             (entry["name"], entry["namespace"]) if isinstance(entry, dict) else (entry, namespace)
         )
-        if ns == namespace and name.startswith(prefix):
-            out[name] = Handle(name, "ray", ray.get_actor(name, namespace=namespace))
+        if ns != namespace:
+            continue
+        if name.startswith(prefix) or name.startswith(HOST_PREFIX):
+            handle = Handle(name, "ray", ray.get_actor(name, namespace=namespace))
+            if name.startswith(prefix):
+                out[name] = handle
+            if name.startswith(HOST_PREFIX):
+                hosts.append(handle)
+    for host, inside in zip(hosts, hosted(hosts), strict=True):
+        for name in inside:
+            if name.startswith(prefix):
+                out[name] = Handle(name, "ray", host.target, host=host.name)
+    return out
+
+
+def hosted(hosts: list[Handle]) -> list[list[str]]:
+    """The objects each of ``hosts`` hosts ([] for a host gone meanwhile)."""
+    import ray
+
+    out = []
+    for ref in [h.target.hosted.remote() for h in hosts]:
+        try:
+            out.append(ray.get(ref, timeout=30))
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            out.append([])
     return out

@@ -17,6 +17,8 @@ ShardName(kind='customers', site=None, index=3)
 ('topic:alerts', 'sub:alerts->alerts', 'stage:ingest:fraud:eu-1')
 >>> receiver("devices", "eu-1"), role_of(receiver("devices", "eu-1"))
 ('stage:receiver:devices:eu-1', 'stage')
+>>> host("core"), host("edge", "eu-1"), role_of(host("any"))
+('host:core', 'host:edge:eu-1', 'host')
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ SHARD_PREFIX = "shard:"
 TOPIC_PREFIX = "topic:"
 SUBSCRIBER_PREFIX = "sub:"
 STAGE_PREFIX = "stage:"
+#: a process hosting several light actors (runtime.cluster.host)
+HOST_PREFIX = "host:"
 
 
 class ShardName(NamedTuple):
@@ -73,6 +77,11 @@ def ingest_stage(app: str, site: str) -> str:
 def receiver(kind: str, site: str) -> str:
     """The core end of the links of ``kind``'s shards at ``site`` (runtime.edge.receiver)."""
     return f"{STAGE_PREFIX}receiver:{kind}:{site}"
+
+
+def host(role: str, site: str | None = None) -> str:
+    """The host of a placement's light actors (``any``: a cluster without role labels)."""
+    return f"{HOST_PREFIX}{role}:{site}" if site else f"{HOST_PREFIX}{role}"
 
 
 def role_of(name: str) -> str | None:

@@ -20,6 +20,9 @@ from runtime.cluster.names import BOARD, role_of
 
 
 class StatusBoard:
+    #: shares its node's host process (runtime.cluster.host): two calls a second at most
+    edgecore_hostable = True
+
     def __init__(self) -> None:
         self._status: dict[str, Any] = {}
 

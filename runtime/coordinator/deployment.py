@@ -14,7 +14,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime.cluster import names
-from runtime.cluster.handles import Handle, actor_nodes, nodes, resolve, spawn, wait_ready
+from runtime.cluster.handles import (
+    Handle,
+    actor_nodes,
+    nodes,
+    resolve,
+    spawn,
+    spawn_hosted,
+    wait_ready,
+)
+from runtime.cluster.host import Host, hostable
 from runtime.cluster.placement import ActorSpec, DefaultPolicy, Placement, PlacementPolicy, selector
 from runtime.cluster.status import BoardClient, StatusBoard
 from runtime.cluster.wire import receiving
@@ -38,6 +47,8 @@ if TYPE_CHECKING:
 
 #: topics every step may write to: never hosted by one kind's shards
 SHARED_TOPICS = frozenset({DEAD_LETTERS, "late_events"})
+#: spawn options only an actor of its own can have: a class started with one is not hosted
+OWN_ACTOR_OPTIONS = frozenset({"num_cpus", "max_concurrency", "resources", "max_restarts"})
 
 
 class Deployment:
@@ -59,16 +70,29 @@ class Deployment:
         self.links = Links()
 
     def spawn(self, cls: type, *args: Any, spec: ActorSpec, **kwargs: Any) -> Handle:
-        """Start an actor where the placement policy wants it, among the nodes alive now."""
+        """Start an actor where the placement policy wants it, among the nodes alive now;
+        a hostable class (runtime.cluster.host) in the host of that placement."""
         want = self.policy.place(spec)
         sel, got = None, want
         if self.config.mode == "ray":
             sel, got = selector(want, [n for n in nodes() if n["alive"]])
+            if hostable(cls) and not OWN_ACTOR_OPTIONS & kwargs.keys():
+                handle = spawn_hosted(self._host(sel, got), cls, *args, name=spec.name, **kwargs)
+                self.placed[spec.name] = (spec, want, got, handle)
+                return handle
         handle = spawn(
             cls, *args, name=spec.name, mode=self.config.mode, label_selector=sel, **kwargs
         )
         self.placed[spec.name] = (spec, want, got, handle)
         return handle
+
+    def _host(self, sel: dict[str, str] | None, got: Placement) -> Handle:
+        """The host of the placement ``got`` (started on first use)."""
+        name = names.host(got.role, got.site) if sel is not None else names.host("any")
+        if name not in self.placed:
+            handle = spawn(Host, name=name, mode=self.config.mode, label_selector=sel)
+            self.placed[name] = (ActorSpec(name, "host", got.role, got.site), got, got, handle)
+        return self.placed[name][3]
 
     def start_board(self) -> None:
         if self.config.mode == "ray":
@@ -330,15 +354,16 @@ class Deployment:
         where = actor_nodes()
         info = {n["node_id"]: n for n in nodes()}
         out = []
-        for name, (spec, _, _, _) in self.placed.items():
-            node = info.get(where.get(name, ""), {})
+        for name, (spec, _, _, handle) in self.placed.items():
+            node_id = where.get(handle.actor, "")  # a hosted one runs where its host does
+            node = info.get(node_id, {})
             out.append(
                 {
                     "actor": name,
                     "kind": spec.kind,
                     "role": node.get("role", ""),
                     "site": node.get("site", ""),
-                    "node_id": where.get(name, ""),
+                    "node_id": node_id,
                 }
             )
         return out

@@ -76,6 +76,10 @@ class TableSink(BufferedSink):
     restart (at-least-once) leaves one row per key.
     """
 
+    #: one process per node hosts the table sinks and the status board
+    #: (runtime.cluster.host): a sink idles between flushes to a local folder
+    edgecore_hostable = True
+
     def __init__(
         self,
         data_dir: str,
@@ -143,6 +147,9 @@ class ParquetSink(BufferedSink):
     >>> sorted(p.name for p in __import__("pathlib").Path(root).iterdir())
     ['date=2026-01-01']
     """
+
+    #: hosted with the table sinks (runtime.cluster.host): it writes to a local folder
+    edgecore_hostable = True
 
     def __init__(
         self,
