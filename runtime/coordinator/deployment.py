@@ -115,7 +115,8 @@ class Deployment:
 
     def kill_all(self) -> None:
         self.links.close()
-        for name in list(self.placed):
+        # hosts last: the shards' topics push to the sinks hosted there until they go
+        for name in sorted(self.placed, key=lambda n: n.startswith(names.HOST_PREFIX)):
             self.stop_actor(name)
         self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
         self.board, self.links = None, Links()
