@@ -10,7 +10,8 @@ the stream (fixed by scenario and seed):
 - ``stage``: SIGKILL of the live ingest stage (HTTP) during ``edgecore serve``;
 - ``topic``: SIGKILL of a topic actor (the dead letters' topic: the apps' own output
   topics live inside their shards) during ``edgecore replay``;
-- ``sink``: SIGKILL of the sink actor persisting the ``entries`` topic to its table;
+- ``sink``: SIGKILL of the process hosting the sink that persists the ``entries`` topic to
+  its table (with the status board: runtime.cluster.host);
 - ``edge``: removal of an edge node of a real multi-node Ray (core + two edge sites);
 - ``commit``: a crash inside a LanceDB commit, between writing the table versions and
   the ``_checkpoints`` row (``EDGECORE_FAULT``, runtime.testing.faults), then the same
