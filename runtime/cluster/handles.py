@@ -236,7 +236,6 @@ def wait_ready(handles: list[Handle], timeout: float = 60.0) -> None:
 def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
     """Name -> node id of every alive named actor, as Ray's control store records it, and
     of every object hosted in one (runtime.cluster.host): its host's node."""
-    import ray
     import ray._private.state as state
 
     from runtime.cluster.names import HOST_PREFIX
@@ -246,13 +245,9 @@ def actor_nodes(namespace: str = "edgecore") -> dict[str, str]:
         name = info.get("Name")
         if name and info.get("State") == "ALIVE" and info.get("RayNamespace") in (namespace, None):
             out[name] = info["Address"].get("NodeID", "")
-    hosts = []
-    for n in out:
-        if n.startswith(HOST_PREFIX):
-            with contextlib.suppress(ValueError):  # gone since the table was read
-                hosts.append(Handle(n, "ray", ray.get_actor(n, namespace=namespace)))
-    for host, inside in zip(hosts, hosted(hosts), strict=True):
-        out.update(dict.fromkeys(inside, out[host.name]))
+    hosts = [n for n in out if n.startswith(HOST_PREFIX)]
+    for name, host in _hosted_objects(hosts, namespace).items():
+        out[name] = out[host.name]
     return out
 
 
@@ -284,35 +279,38 @@ def named_actors(prefix: str, namespace: str = "edgecore") -> dict[str, Handle]:
 
     from runtime.cluster.names import HOST_PREFIX
 
-    out: dict[str, Handle] = {}
-    hosts: list[Handle] = []
+    names = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name, ns = (
             (entry["name"], entry["namespace"]) if isinstance(entry, dict) else (entry, namespace)
         )
-        if ns != namespace:
-            continue
-        if name.startswith(prefix) or name.startswith(HOST_PREFIX):
-            handle = Handle(name, "ray", ray.get_actor(name, namespace=namespace))
-            if name.startswith(prefix):
-                out[name] = handle
-            if name.startswith(HOST_PREFIX):
-                hosts.append(handle)
-    for host, inside in zip(hosts, hosted(hosts), strict=True):
-        for name in inside:
-            if name.startswith(prefix):
-                out[name] = Handle(name, "ray", host.target, host=host.name)
+        if ns == namespace:
+            names.append(name)
+    out = {
+        n: Handle(n, "ray", ray.get_actor(n, namespace=namespace))
+        for n in names
+        if n.startswith(prefix)
+    }
+    hosts = [n for n in names if n.startswith(HOST_PREFIX)]
+    for name, host in _hosted_objects(hosts, namespace).items():
+        if name.startswith(prefix):
+            out[name] = Handle(name, "ray", host.target, host=host.name)
     return out
 
 
-def hosted(hosts: list[Handle]) -> list[list[str]]:
-    """The objects each of ``hosts`` hosts ([] for a host gone meanwhile)."""
+def _hosted_objects(hosts: list[str], namespace: str) -> dict[str, Handle]:
+    """Every object hosted in the host actors named ``hosts`` -> its host's handle (a host
+    gone meanwhile hosts nothing)."""
     import ray
 
-    out = []
-    for ref in [h.target.hosted.remote() for h in hosts]:
+    handles = []
+    for name in hosts:
+        with contextlib.suppress(ValueError):  # gone since its name was listed
+            handles.append(Handle(name, "ray", ray.get_actor(name, namespace=namespace)))
+    out: dict[str, Handle] = {}
+    for host, ref in [(h, h.target.hosted.remote()) for h in handles]:
         try:
-            out.append(ray.get(ref, timeout=30))
+            out.update(dict.fromkeys(ray.get(ref, timeout=30), host))
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            out.append([])
+            continue
     return out
