@@ -59,8 +59,12 @@ class Handle:
         return self.host or self.name
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` with ``args``; a future among them (another call's result) is
+        handed over as its value once it is done, as Ray does for a top-level argument:
+        the call waits for it, the caller does not."""
         if self.mode == "local":
             try:
+                args = tuple(a.result() if isinstance(a, LocalFuture) else a for a in args)
                 return LocalFuture(getattr(self.target, method)(*args, **kwargs))
             except Exception as err:  # delivered at resolve(), as Ray would
                 return LocalFuture(error=err)

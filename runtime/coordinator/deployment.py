@@ -66,6 +66,7 @@ class Deployment:
         self.subscriptions: dict[str, tuple[str, type, tuple[Any, ...], dict[str, Any], float]] = {}
         self.board: BoardClient | None = None
         self._starting: list[Handle] = []  # subscribers spawned with wait=False
+        self._syncing: list[Any] = []  # kind syncs in flight (sync_kinds)
         #: edge shards whose forwards go through durable links (runtime.edge)
         self.links = Links()
 
@@ -119,6 +120,7 @@ class Deployment:
         for name in sorted(self.placed, key=lambda n: n.startswith(names.HOST_PREFIX)):
             self.stop_actor(name)
         self.kinds, self.topics, self.subscribers, self.subscriptions = {}, {}, {}, {}
+        self._syncing = []  # their shards are gone: nothing to wait for
         self.board, self.links = None, Links()
 
     # -- topics and subscribers ---------------------------------------------------------------
@@ -327,15 +329,28 @@ class Deployment:
                 )
 
     def sync_kinds(self) -> None:
-        """Merge each kind's shard snapshots and hand the result back (no barrier): calls to
-        an actor run in order, so each snapshot reflects every batch sent before it."""
+        """Merge each kind's shard replicas (an online model) without waiting for it.
+
+        Every shard snapshots behind the batches sent before; the first merges those
+        snapshots and loads the result, the others load what it merged. Ray runs one
+        caller's calls to an actor in order and hands a call the results it takes when
+        they are done, so no batch runs between a shard's snapshot and its restore, and the
+        caller goes on routing meanwhile: waiting here for the round trips stalled a 2M
+        replay's driver for 0.2-0.5 s a sync. What the calls return is looked at by
+        :meth:`settle_syncs`, at the next sync and at each checkpoint.
+        """
+        self.settle_syncs()
         for k in self.kinds.values():
-            if k.cls.snapshot_scope == "shard":
-                continue  # each shard's own state: nothing to share
-            blobs = [b for b in resolve([s.snapshot_kind() for s in k.shards]) if b is not None]
-            merged = k.cls(None).merge_snapshots(blobs) if len(blobs) > 1 else None
-            if merged is not None:
-                resolve([s.restore_kind(merged) for s in k.shards])
+            if k.cls.snapshot_scope == "shard" or len(k.shards) < 2:
+                continue  # each shard's own state, or one replica: nothing to share
+            first, *rest = k.shards
+            merged = first.merge_kind([s.snapshot_kind() for s in k.shards])
+            self._syncing += [merged, *(s.restore_kind(merged) for s in rest)]
+
+    def settle_syncs(self) -> None:
+        """Wait for the syncs in flight (done long since, as a rule); raise what one raised."""
+        pending, self._syncing = self._syncing, []
+        resolve(pending)
 
     # -- where everything runs ----------------------------------------------------------------
     def placement(self) -> list[dict[str, Any]]:

@@ -288,6 +288,7 @@ class Runtime:
         sent behind its last batch of the cut."""
         started = time.time()
         self.routing.collect(self.routing.drain())  # kept for the next poll
+        self.deployment.settle_syncs()  # a failed model sync fails the checkpoint
         prepared = self.checkpoints.prepare(self.deployment, drains or {}, started)
         self.routing.collect(prepared.shard_stats)
         return prepared

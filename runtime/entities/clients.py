@@ -55,8 +55,15 @@ class ShardClient(ActorClient):
     def snapshot_kind(self) -> Any:
         return self._call(Shard.snapshot_kind)
 
-    def restore_kind(self, blob: bytes) -> Any:
+    def restore_kind(self, blob: Any) -> Any:
+        """Load a kind snapshot: bytes, None, or the future of another shard's
+        :meth:`merge_kind` (handed over when done; the caller does not wait)."""
         return self._call(Shard.restore_kind, blob)
+
+    def merge_kind(self, snapshots: list[Any]) -> Any:
+        """Merge the futures of every shard's :meth:`snapshot_kind` and load the result
+        here, as this shard's next call; its future holds the merged snapshot."""
+        return self._call(Shard.merge_kind, *snapshots)
 
     # -- single entities -----------------------------------------------------------------------
     def get(self, key: str) -> Any:

@@ -379,8 +379,21 @@ class Shard(EntityCalls, LinkCalls):
         return getattr(self.outlets[topic], method)(*args)
 
     @serialized
-    def restore_kind(self, blob: bytes) -> None:
-        self.kind.restore(blob)
+    def restore_kind(self, blob: bytes | None) -> None:
+        """Load a kind-wide snapshot (None: nothing to load, e.g. another shard's
+        :meth:`merge_kind` found fewer than two replicas)."""
+        if blob is not None:
+            self.kind.restore(blob)
+
+    @serialized
+    def merge_kind(self, *snapshots: bytes | None) -> bytes | None:
+        """Every shard's kind snapshot merged (the kind's ``merge_snapshots``) and loaded
+        here; the merged one, for the other shards to load (None: fewer than two)."""
+        blobs = [b for b in snapshots if b is not None]
+        merged = self.kind.merge_snapshots(blobs) if len(blobs) > 1 else None
+        if merged is not None:
+            self.kind.restore(merged)
+        return merged
 
     @serialized
     def snapshot_kind(self) -> bytes | None:
