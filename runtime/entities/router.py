@@ -123,8 +123,11 @@ class Router:
             # stable keeps arrival order per shard; on 16-bit keys numpy uses a radix sort
             order = np.argsort(sid.astype(np.uint16), kind="stable")
             bounds = np.searchsorted(sid[order], np.arange(n + 1))
-            grouped = events.take(pa.array(order))
-            parts = [(i, grouped.slice(bounds[i], bounds[i + 1] - bounds[i])) for i in range(n)]
+            # a take per shard, not slices of one: Ray's serializer copies a slice's buffers
+            # again to send it (2M events to 2 shards: put 0.20 -> 0.12 s, takes +0.03 s)
+            parts = [
+                (i, events.take(pa.array(order[bounds[i] : bounds[i + 1]]))) for i in range(n)
+            ]
         at = time.time() if ingested is None else ingested
         for i, part in parts:
             if part.num_rows == 0:
