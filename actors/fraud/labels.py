@@ -61,12 +61,14 @@ def on_the_event(
     merchant: np.ndarray,
 ) -> Joined:
     """Labels that came with their events, as joined rows (nothing is logged)."""
-    k = np.flatnonzero(known)
-    shadow = d.shadow[k] if d.shadow is not None else np.full(len(k), np.nan)  # type: ignore[attr-defined]
+    # a replay with its labels knows every one: the rows as they are, not a copy of each
+    k = slice(None) if known.all() else np.flatnonzero(known)
+    n = len(ids) if isinstance(k, slice) else len(k)
+    shadow = d.shadow[k] if d.shadow is not None else np.full(n, np.nan)  # type: ignore[attr-defined]
     v = version if d.model_scored else NOT_MODEL  # type: ignore[attr-defined]
     return Joined(
         ids[k], X[k], d.score[k], shadow, d.alert[k],  # type: ignore[attr-defined]
-        np.full(len(k), v, np.int32), labels[k], np.zeros(len(k), np.int64), merchant[k],
+        np.full(n, v, np.int32), labels[k], np.zeros(n, np.int64), merchant[k],
     )  # fmt: skip
 
 
