@@ -148,7 +148,7 @@ def test_as_signed_is_a_view() -> None:
 
 @pytest.mark.parametrize("distinct", [50, 3_000, 9_000])
 def test_large_batches_hash_like_the_reference_whichever_path(distinct: int) -> None:
-    # 9,000 keys: 50 or 3,000 distinct take the distinct-keys path, 9,000 hash each key
+    # 9,000 keys: 50 distinct take the distinct-keys path, 3,000 or 9,000 hash each key
     rng = np.random.default_rng(distinct)
     words = [f"cust-{i}-{'ü' * (i % 3)}" for i in range(distinct)]
     picked = [words[i] for i in rng.integers(0, distinct, 9_000)]

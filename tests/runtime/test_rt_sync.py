@@ -97,9 +97,11 @@ def test_a_failed_sync_surfaces_at_the_next_checkpoint(ray_session, tmp_path):
         def merge_snapshots(self, blobs: list[bytes]) -> bytes | None:
             raise ValueError("replicas of different shapes")
 
-    with pytest.raises(ActorFailedError, match="different shapes"):
-        with Runtime(data_dir=str(tmp_path), mode="ray", shards=2) as rt:
-            rt.register(Refusing)
-            rt.dispatch("refusing", batch(0))
-            rt.deployment.sync_kinds()  # does not wait: nothing raised yet
-            rt.checkpoint()
+    with (
+        pytest.raises(ActorFailedError, match="different shapes"),
+        Runtime(data_dir=str(tmp_path), mode="ray", shards=2) as rt,
+    ):
+        rt.register(Refusing)
+        rt.dispatch("refusing", batch(0))
+        rt.deployment.sync_kinds()  # does not wait: nothing raised yet
+        rt.checkpoint()
