@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import Batch, EntityKind, Runtime
+from runtime import Batch, Runtime
 from runtime.dataflow.app import App, run
 from runtime.state.reader import FolderReader
 from runtime.streams.schema import Column, EventSchema
